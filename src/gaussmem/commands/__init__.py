@@ -1,0 +1,1 @@
+"""One module per `gaussmem` subcommand; each exposes `register(subparsers)`."""
