@@ -1,0 +1,138 @@
+"""`gaussmem data check` and `gaussmem data download`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+from gaussmem.data.download import OFFICIAL_BASE_URL, download_omniglot
+from gaussmem.data.omniglot import OMNIGLOT_FOLDER, load_omniglot, load_omniglot_characters
+from gaussmem.data.omniglot_splits import SCHEME_SUBSETS
+from gaussmem.settings import (
+    CACHE_ENV_VAR,
+    DATA_ENV_VAR,
+    default_cache_dir,
+    default_data_dir,
+    resolve_cache_dir,
+    resolve_data_dir,
+)
+
+DATA_DIR_HELP = (f"dataset root holding omniglot/ (and lfw/); default: ${DATA_ENV_VAR}, "
+                 f"else {default_data_dir()}")
+CACHE_DIR_HELP = (f"where preprocessed arrays are cached; default: ${CACHE_ENV_VAR}, "
+                  f"else {default_cache_dir()}")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `data check` and `data download`."""
+    data = subparsers.add_parser("data", help="verify or fetch the datasets")
+    data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    check = data_commands.add_parser(
+        "check", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="verify the datasets found and print a summary",
+        description="Verify Omniglot by content (alphabets, characters, 20 drawers each, "
+        "105x105 images), build or reuse its cache, and print counts per split.")
+    check.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
+    check.add_argument("--cache-dir", default=None, help=CACHE_DIR_HELP)
+    check.add_argument("--json", dest="json_path", default=None,
+                       help="also write the summary as JSON to this file")
+    check.set_defaults(handler=run_check)
+
+    download = data_commands.add_parser(
+        "download", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="download the official Omniglot zips (needs internet), verified by MD5",
+        description="Fetch images_background.zip and images_evaluation.zip into "
+        "<data dir>/omniglot/, each checked against the official MD5 before it is kept.")
+    download.add_argument("dataset", choices=["omniglot"], help="which dataset to fetch")
+    download.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
+    download.add_argument("--base-url", default=OFFICIAL_BASE_URL, help="where to fetch from")
+    download.add_argument("--overwrite", action="store_true",
+                          help="fetch again even if a file is already there")
+    download.set_defaults(handler=run_download)
+
+
+def run_download(args: argparse.Namespace) -> int:
+    destination = resolve_data_dir(args.data_dir) / OMNIGLOT_FOLDER
+    for path in download_omniglot(destination, args.base_url, overwrite=args.overwrite):
+        print(f"ok  {path}")
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    data_dir = resolve_data_dir(args.data_dir)
+    cache_dir = resolve_cache_dir(args.cache_dir)
+    started = time.perf_counter()
+    cached = load_omniglot_characters(data_dir, cache_dir)
+    seconds = time.perf_counter() - started
+    collections = Counter(cached.metadata["collections"])
+    alphabets = Counter({(c, name.split("/")[0]) for name, c in
+                         zip(cached.metadata["characters"], cached.metadata["collections"],
+                             strict=True)})
+    n_samples, height, width = cached.array.shape[1:]
+    summary = {
+        "data_dir": str(data_dir), "cache": str(cached.directory),
+        "cache_status": cached.status, "load_seconds": round(seconds, 3),
+        "image_size": [int(height), int(width)], "samples_per_character": int(n_samples),
+        "collections": {c: {"alphabets": sum(1 for cc, _ in alphabets if cc == c),
+                            "characters": count, "images": count * int(n_samples)}
+                        for c, count in collections.items()},
+        "splits": _split_summary(data_dir, cache_dir),
+        "lfw": _lfw_status(data_dir),
+    }
+    _print_summary(summary)
+    if args.json_path:
+        from gaussmem.atomic import write_text_atomic
+        write_text_atomic(args.json_path, json.dumps(summary, indent=1))
+    return 0
+
+
+def _split_summary(data_dir: Path, cache_dir: Path) -> dict[str, dict]:
+    summary: dict[str, dict] = {}
+    for scheme, subsets in SCHEME_SUBSETS.items():
+        characters_by_subset = {}
+        for subset in subsets:
+            dataset = load_omniglot(scheme, subset, data_dir=data_dir, cache_dir=cache_dir)
+            characters_by_subset[subset] = {n.rsplit("/", 1)[0] for n in dataset.class_names}
+            summary[f"{scheme}/{subset}"] = {"classes": dataset.n_classes,
+                                             "images": dataset.n_classes
+                                             * dataset.n_samples_per_class,
+                                             "characters": len(characters_by_subset[subset])}
+        evaluation_subsets = [s for s in subsets if s not in ("trainval",)]
+        overlap = [(a, b) for i, a in enumerate(evaluation_subsets)
+                   for b in evaluation_subsets[i + 1:]
+                   if characters_by_subset[a] & characters_by_subset[b]]
+        summary[f"{scheme}/disjoint"] = {"ok": not overlap, "overlapping": overlap}
+    return summary
+
+
+def _lfw_status(data_dir: Path) -> str:
+    tarball = data_dir / "lfw" / "lfwa.tar.gz"
+    if tarball.is_file():
+        return f"found {tarball} (not verified: LFW-a support is not implemented yet)"
+    return f"not found ({tarball})"
+
+
+def _print_summary(summary: dict) -> None:
+    height, width = summary["image_size"]
+    print(f"Omniglot  data: {summary['data_dir']}/omniglot")
+    print(f"  cache: {summary['cache']}  [{summary['cache_status']}, "
+          f"{summary['load_seconds']:.2f} s]")
+    print(f"  images: 105x105 release -> {height}x{width} uint8, strokes = 255, "
+          f"{summary['samples_per_character']} drawers per character")
+    print(f"  {'collection':<20}{'alphabets':>10}{'characters':>12}{'images':>9}")
+    for name, counts in summary["collections"].items():
+        print(f"  {name:<20}{counts['alphabets']:>10}{counts['characters']:>12}"
+              f"{counts['images']:>9}")
+    print(f"  {'split':<20}{'classes':>10}{'characters':>12}{'images':>9}")
+    for name, counts in summary["splits"].items():
+        if name.endswith("/disjoint"):
+            verdict = "yes" if counts["ok"] else f"NO {counts['overlapping']}"
+            print(f"  {name:<20}{verdict:>10}")
+        else:
+            print(f"  {name:<20}{counts['classes']:>10}{counts['characters']:>12}"
+                  f"{counts['images']:>9}")
+    print(f"LFW-a  {summary['lfw']}")
