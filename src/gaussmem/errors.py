@@ -19,3 +19,7 @@ class CacheError(GaussmemError):
 
 class EpisodeError(GaussmemError):
     """An N-way K-shot request the dataset cannot satisfy."""
+
+
+class MemoryFileError(GaussmemError):
+    """A saved memory file is missing, corrupt, or does not fit the memory loading it."""

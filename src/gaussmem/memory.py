@@ -1,0 +1,673 @@
+"""Label memory: a fixed number of slots, each holding a key, a class label, a sample count
+and an age (update calls since the slot was last written or merged into).
+
+`SlotMemory` is the key-agnostic part after Kaiser et al. 2017 ("Learning to Remember Rare
+Events"): blocked nearest-slot search with label masks, slot allocation (empty slots
+first, then the oldest, with optional age noise), counts, ages and the batch write
+semantics. `GaussianMemory` plugs in diagonal-Gaussian keys (Tseran & Harada 2017, 3.1):
+symmetric-KL addressing through one GEMM of lifted features and moment-matching merges.
+A point-key baseline subclasses `SlotMemory` with its own score and merge.
+
+Keys never get gradients: writes run under `torch.no_grad()` on detached inputs, and all
+state lives in buffers (saved by `state_dict`, moved by `.to()`, absent from
+`parameters()`).
+
+"Not found" (empty memory, fewer than k matching entries, no entry with/without the
+label): slot `NOT_FOUND` (-1), label `NOT_FOUND` (-1), divergence +inf, similarity 0.
+
+Batch write semantics (`update_` and `write_support_`), deterministic and equal to this
+sequential order:
+1. Every item of the batch is looked up against the memory state BEFORE the batch.
+2. Items that merge into an existing entry are merged in batch order (sequential
+   moment-matching merges with w = (k-1)/k, 1/k; the result is order-free anyway).
+3. Items that need a new entry take distinct slots, in batch order: empty slots first
+   (lowest index first), then valid slots by decreasing age (plus uniform noise in
+   [-age_noise, age_noise] drawn once per call from the memory's own generator), ties to
+   the lowest index. A slot that this batch merges into is never overwritten.
+4. Every slot's age grows by 1; slots written or merged into by the batch get age 0.
+A batch whose new entries plus merged-into slots exceed the capacity is rejected.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import safetensors
+import safetensors.torch
+import torch
+from torch import nn
+
+from gaussmem.atomic import write_bytes_atomic
+from gaussmem.errors import MemoryFileError
+from gaussmem.gaussian import (
+    LiftedGaussians,
+    clamp_variance,
+    lift_entries,
+    lift_queries,
+    merge_running_,
+    similarity_from_divergence,
+    symmetric_kl_diag,
+)
+
+#: Slot and label returned where nothing was found; also the label of an empty slot.
+NOT_FOUND = -1
+#: Default bound on the elements of one temporary `(queries, slots)` score block:
+#: 2**26 float32 = 256 MiB, so 1e7 entries never materialise a 1e10-element matrix.
+DEFAULT_MAX_BLOCK_ELEMENTS = 2**26
+#: Fewest queries per block before entries are split instead: each query block re-reads
+#: every entry's key, so tiny query blocks turn the GEMM into a memory-bound scan.
+_MIN_QUERY_BLOCK = 256
+
+SearchBackend = Literal["torch", "faiss"]
+
+
+class SearchResult(NamedTuple):
+    """Top-k entries per query, nearest first; every field `(n_queries, k)`.
+
+    `divergence` is differentiable with respect to the query (never the memory).
+    """
+
+    divergence: torch.Tensor
+    similarity: torch.Tensor
+    labels: torch.Tensor
+    slots: torch.Tensor
+
+
+class NearestResult(NamedTuple):
+    """Nearest entry per query under a label condition; both fields `(n_queries,)`."""
+
+    divergence: torch.Tensor
+    slots: torch.Tensor
+
+
+class SlotMemory(nn.Module):
+    """Slot policy shared by every label memory; knows nothing about the keys' form.
+
+    Subclasses provide `_lift_query_keys`, `_score_block` (a divergence up to a per-query
+    constant, +inf at empty slots), `_store_keys_`, `_merge_keys_` and `_keys_changed_`.
+    """
+
+    labels: torch.Tensor
+    counts: torch.Tensor
+    ages: torch.Tensor
+    valid: torch.Tensor
+
+    def __init__(
+        self,
+        capacity: int,
+        *,
+        age_noise: float = 0.0,
+        seed: int | None = None,
+        max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS,
+    ) -> None:
+        super().__init__()
+        if capacity < 1:
+            raise ValueError(f"memory capacity must be >= 1, got {capacity}")
+        if age_noise < 0:
+            raise ValueError(f"age_noise must be >= 0, got {age_noise}")
+        self.capacity = capacity
+        self.age_noise = float(age_noise)
+        self.max_block_elements = max_block_elements
+        # A fresh generator's .seed() draws from the OS without touching the global RNG.
+        self.seed = int(seed) if seed is not None else torch.Generator().seed()
+        self._noise_generator = torch.Generator().manual_seed(self.seed)
+        self.register_buffer("labels", torch.full((capacity,), NOT_FOUND, dtype=torch.int64))
+        self.register_buffer("counts", torch.zeros(capacity, dtype=torch.int64))
+        self.register_buffer("ages", torch.zeros(capacity, dtype=torch.int64))
+        self.register_buffer("valid", torch.zeros(capacity, dtype=torch.bool))
+
+    def __len__(self) -> int:
+        """Number of valid entries (so an empty memory is falsy)."""
+        return int(self.valid.sum())
+
+    # State that a checkpoint needs beyond buffers: the age-noise generator, so a resumed
+    # run draws the same noise as an uninterrupted one.
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"noise_generator_state": self._noise_generator.get_state(), "seed": self.seed}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.seed = int(state["seed"])
+        self._noise_generator.set_state(state["noise_generator_state"])
+
+    @torch.no_grad()
+    def reset_(self) -> None:
+        """Empty every slot and re-seed the age noise, as after construction."""
+        self.labels.fill_(NOT_FOUND)
+        self.counts.zero_()
+        self.ages.zero_()
+        self.valid.zero_()
+        self._noise_generator.manual_seed(self.seed)
+        self._keys_changed_(None)
+
+    # --- hooks for the key type -------------------------------------------------------
+    def _lift_query_keys(self, keys: tuple[torch.Tensor, ...]) -> Any:
+        """Whatever per-query form `_score_block` consumes."""
+        raise NotImplementedError
+
+    def _score_block(
+        self, lifted_queries: Any, query_rows: slice, slot_rows: slice
+    ) -> torch.Tensor:
+        """`(query block, slot block)` scores: lower is nearer, +inf for empty slots.
+
+        May omit terms that are constant per query: only the ranking is used.
+        """
+        raise NotImplementedError
+
+    def _store_keys_(self, slots: torch.Tensor, keys: tuple[torch.Tensor, ...]) -> None:
+        """Overwrite the keys at distinct `slots` `(r,)` with `keys` (each `(r, ...)`)."""
+        raise NotImplementedError
+
+    def _merge_keys_(self, slots: torch.Tensor, keys: tuple[torch.Tensor, ...]) -> None:
+        """Merge `keys` into `slots` `(r,)` (repeats allowed) in batch order.
+
+        `self.counts` still holds the counts before this merge.
+        """
+        raise NotImplementedError
+
+    def _keys_changed_(self, slots: torch.Tensor | None) -> None:
+        """Refresh caches derived from keys at `slots` (None: all slots)."""
+
+    # --- search -----------------------------------------------------------------------
+    def _block_shape(self, n_queries: int, n_slots: int) -> tuple[int, int]:
+        """Queries and slots per score block, keeping their product <= max_block_elements."""
+        budget = max(1, self.max_block_elements)
+        query_rows = min(n_queries, max(1, budget // max(1, n_slots)))
+        query_rows = max(query_rows, min(n_queries, _MIN_QUERY_BLOCK, budget))
+        slot_rows = min(n_slots, max(1, budget // max(1, query_rows)))
+        return max(1, query_rows), max(1, slot_rows)
+
+    def _occupied_extent(self) -> int:
+        """One past the last valid slot: slots beyond it are empty and never scored."""
+        occupied = self.valid.nonzero()
+        return int(occupied[-1, 0]) + 1 if len(occupied) else 0
+
+    @torch.no_grad()
+    def _search_slots(
+        self,
+        keys: tuple[torch.Tensor, ...],
+        k: int,
+        query_labels: torch.Tensor | None = None,
+        same_label: bool = True,
+    ) -> torch.Tensor:
+        """The k nearest slots per query, `(n_queries, k)`, NOT_FOUND where none qualify.
+
+        `keys`: the queries' keys, each `(n_queries, ...)`, lifted by `_lift_query_keys`.
+
+        With `query_labels` `(n_queries,)`, only slots whose label equals (`same_label`)
+        or differs from the query's label qualify. Blocked over queries and slots so no
+        score block exceeds `max_block_elements`; a running top-k merges slot blocks.
+        Within a block, equal scores may come back in any order.
+        """
+        device = self.valid.device
+        n_queries = len(keys[0])
+        lifted_queries = self._lift_query_keys(keys)
+        n_slots = self._occupied_extent()
+        found = torch.full((n_queries, k), NOT_FOUND, dtype=torch.int64, device=device)
+        if n_slots == 0 or n_queries == 0:
+            return found
+        query_step, slot_step = self._block_shape(n_queries, n_slots)
+        for query_start in range(0, n_queries, query_step):
+            query_rows = slice(query_start, min(query_start + query_step, n_queries))
+            best_scores = best_slots = None
+            for slot_start in range(0, n_slots, slot_step):
+                slot_rows = slice(slot_start, min(slot_start + slot_step, n_slots))
+                scores = self._score_block(lifted_queries, query_rows, slot_rows)
+                if query_labels is not None:
+                    equal = query_labels[query_rows, None] == self.labels[None, slot_rows]
+                    scores = scores.masked_fill_(~equal if same_label else equal, torch.inf)
+                block_scores, block_slots = _smallest(scores, k)
+                block_slots += slot_start
+                if best_scores is not None:
+                    merged_scores, order = _smallest(torch.cat([best_scores, block_scores], 1), k)
+                    block_slots = torch.cat([best_slots, block_slots], 1).gather(1, order)
+                    block_scores = merged_scores
+                best_scores, best_slots = block_scores, block_slots
+            best_slots[best_scores == torch.inf] = NOT_FOUND
+            found[query_rows, : best_slots.shape[1]] = best_slots
+        return found
+
+    # --- writes -----------------------------------------------------------------------
+    @torch.no_grad()
+    def _allocate_slots(self, n_new: int, excluded: torch.Tensor) -> torch.Tensor:
+        """`n_new` distinct slots for new entries, best first, never one in `excluded`.
+
+        Empty slots first (lowest index first), then valid slots by age + noise, oldest
+        first, ties to the lowest index.
+        """
+        empty = (~self.valid).nonzero()[:, 0]
+        if n_new > self.capacity - len(excluded):
+            raise ValueError(
+                f"a batch needs {n_new} new entries but only {self.capacity - len(excluded)} "
+                f"of {self.capacity} slots are not being merged into; use a smaller batch"
+            )
+        if n_new <= len(empty):
+            return empty[:n_new]
+        slot_index = torch.arange(self.capacity, device=self.ages.device)
+        if self.age_noise > 0:
+            noise = torch.rand(self.capacity, generator=self._noise_generator, dtype=torch.float64)
+            priority = self.ages.double() + (2 * noise.to(self.ages.device) - 1) * self.age_noise
+            priority[~self.valid] = -torch.inf
+            priority[excluded] = -torch.inf
+        else:
+            # Exact integer key: older first, then lower index (ages stay << 2**63 / capacity).
+            priority = self.ages * self.capacity + (self.capacity - 1 - slot_index)
+            priority[~self.valid] = -1
+            priority[excluded] = -1
+        oldest = torch.topk(priority, n_new - len(empty)).indices
+        return torch.cat([empty, oldest])
+
+    @torch.no_grad()
+    def _commit_batch_(
+        self,
+        keys: tuple[torch.Tensor, ...],
+        labels: torch.Tensor,
+        merge_slots: torch.Tensor,
+        creator_of: torch.Tensor,
+    ) -> torch.Tensor:
+        """Apply one batch by the module's documented semantics; returns target slots `(b,)`.
+
+        Args:
+            keys: each `(b, ...)`, detached, in the memory's dtype and device.
+            labels: `(b,)` int64.
+            merge_slots: `(b,)` existing slot each item merges into, or NOT_FOUND.
+            creator_of: `(b,)` for items with merge_slots == NOT_FOUND, the batch index of
+                the item whose new entry they join (their own index to create one).
+        """
+        positions = torch.arange(len(labels), device=labels.device)
+        needs_new = merge_slots == NOT_FOUND
+        creates = needs_new & (creator_of == positions)
+        creators = positions[creates]
+        new_slots = self._allocate_slots(len(creators), torch.unique(merge_slots[~needs_new]))
+        targets = merge_slots.clone()
+        targets[creators] = new_slots
+        joins = needs_new & ~creates
+        targets[joins] = targets[creator_of[joins]]
+
+        self._store_keys_(new_slots, tuple(key[creators] for key in keys))
+        self.labels[new_slots] = labels[creators]
+        self.counts[new_slots] = 1
+        self.valid[new_slots] = True
+
+        mergers = positions[~creates]
+        if len(mergers):
+            self._merge_keys_(targets[mergers], tuple(key[mergers] for key in keys))
+            self.counts.index_add_(0, targets[mergers], torch.ones_like(mergers))
+        self.ages += 1
+        self.ages[targets] = 0
+        self._keys_changed_(torch.unique(targets))
+        return targets
+
+
+def _smallest(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to k smallest scores per row, ascending, with their column indices."""
+    if k == 1:
+        values, indices = scores.min(dim=1, keepdim=True)
+        return values, indices
+    return torch.topk(scores, min(k, scores.shape[1]), dim=1, largest=False)
+
+
+class GaussianMemory(SlotMemory):
+    """Memory of diagonal-Gaussian class embeddings, addressed by symmetric KL.
+
+    Args:
+        capacity: number of slots.
+        dim: embedding dimension (the paper's z_c).
+        age_noise: half-width of the uniform noise added to ages when choosing the slot to
+            overwrite (Kaiser et al.); 0 makes "oldest" exact.
+        dtype: float32 (default) or float64 for means, variances and the cached lift.
+        seed: seeds the age-noise generator; None draws one (stored in `seed`).
+        max_block_elements: bound on one temporary score block.
+        search_backend: "torch" (blocked GEMM) or "faiss" (exact flat inner-product
+            index over the lifted vectors; needs `pip install gaussmem[faiss]`; used by
+            `query` on CPU, label-filtered searches stay on torch).
+
+    Buffers: `means`, `variances` `(capacity, dim)`; `labels`, `counts`, `ages`, `valid`
+    `(capacity,)`; the non-persistent lift cache `entry_features` `(capacity, 4 * dim)`
+    and `entry_offsets` `(capacity,)` (+inf at empty slots so they never match; rebuilt
+    after `load_state_dict` and `.to()`).
+    """
+
+    means: torch.Tensor
+    variances: torch.Tensor
+    entry_features: torch.Tensor
+    entry_offsets: torch.Tensor
+
+    def __init__(
+        self,
+        capacity: int,
+        dim: int,
+        *,
+        age_noise: float = 0.0,
+        dtype: torch.dtype = torch.float32,
+        seed: int | None = None,
+        max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS,
+        search_backend: SearchBackend = "torch",
+    ) -> None:
+        super().__init__(
+            capacity, age_noise=age_noise, seed=seed, max_block_elements=max_block_elements
+        )
+        if dim < 1:
+            raise ValueError(f"embedding dim must be >= 1, got {dim}")
+        if search_backend not in ("torch", "faiss"):
+            raise ValueError(f"search_backend must be 'torch' or 'faiss', got {search_backend!r}")
+        if search_backend == "faiss":
+            _import_faiss()
+        self.dim = dim
+        self.search_backend = search_backend
+        self._faiss_index: Any = None
+        self._faiss_slots: torch.Tensor | None = None
+        self.register_buffer("means", torch.zeros(capacity, dim, dtype=dtype))
+        self.register_buffer("variances", torch.ones(capacity, dim, dtype=dtype))
+        self.register_buffer(
+            "entry_features", torch.zeros(capacity, 4 * dim, dtype=dtype), persistent=False
+        )
+        self.register_buffer(
+            "entry_offsets", torch.full((capacity,), torch.inf, dtype=dtype), persistent=False
+        )
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._keys_changed_(None))
+        self._keys_changed_(None)
+
+    def extra_repr(self) -> str:
+        return (
+            f"capacity={self.capacity}, dim={self.dim}, dtype={self.means.dtype}, "
+            f"age_noise={self.age_noise}, search_backend={self.search_backend!r}"
+        )
+
+    def _apply(self, fn: Any, recurse: bool = True) -> GaussianMemory:
+        # A float32 lift cast to float64 keeps float32's rounding; recompute it instead.
+        super()._apply(fn, recurse)
+        self._keys_changed_(None)
+        return self
+
+    # --- queries ----------------------------------------------------------------------
+    def query(self, mu: torch.Tensor, var: torch.Tensor, k: int = 1) -> SearchResult:
+        """The k nearest entries by symmetric KL, nearest first.
+
+        Args:
+            mu, var: `(n_queries, dim)` query means and variances.
+            k: entries per query; rows with fewer valid entries are padded with NOT_FOUND.
+        Returns: `SearchResult`, fields `(n_queries, k)`. Candidates come from the GEMM
+        form; their divergences are then recomputed exactly with `symmetric_kl_diag`
+        (differentiable in the query) and re-sorted.
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        mu, var = self._as_queries(mu, var)
+        if self.search_backend == "faiss" and mu.device.type == "cpu":
+            slots = self._faiss_search(mu, var, k)
+        else:
+            slots = self._search_slots((mu, var), k)
+        divergence, slots = self._exact_divergence(mu, var, slots)
+        labels = torch.where(slots == NOT_FOUND, NOT_FOUND, self.labels[slots.clamp_min(0)])
+        return SearchResult(divergence, similarity_from_divergence(divergence), labels, slots)
+
+    def nearest_with_label(
+        self, mu: torch.Tensor, var: torch.Tensor, labels: torch.Tensor
+    ) -> NearestResult:
+        """Nearest entry whose label equals the query's (the triplet loss's positive).
+
+        Args: `mu`, `var` `(n_queries, dim)`; `labels` `(n_queries,)`.
+        Returns: `NearestResult` `(n_queries,)`; NOT_FOUND / +inf where no entry has it.
+        """
+        return self._nearest_by_label(mu, var, labels, same_label=True)
+
+    def nearest_with_other_label(
+        self, mu: torch.Tensor, var: torch.Tensor, labels: torch.Tensor
+    ) -> NearestResult:
+        """Nearest entry whose label differs from the query's (the triplet's negative).
+
+        Args: `mu`, `var` `(n_queries, dim)`; `labels` `(n_queries,)`.
+        Returns: `NearestResult` `(n_queries,)`; NOT_FOUND / +inf where every entry has
+        the query's label or the memory is empty.
+        """
+        return self._nearest_by_label(mu, var, labels, same_label=False)
+
+    def entries(self, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Means and variances at `slots` (any shape), each `slots.shape + (dim,)`.
+
+        NOT_FOUND slots give slot 0's values: mask them with `slots >= 0`.
+        """
+        safe = slots.clamp_min(0)
+        return self.means[safe], self.variances[safe]
+
+    def _nearest_by_label(
+        self, mu: torch.Tensor, var: torch.Tensor, labels: torch.Tensor, *, same_label: bool
+    ) -> NearestResult:
+        mu, var = self._as_queries(mu, var)
+        labels = self._as_labels(labels, len(mu))
+        slots = self._search_slots((mu, var), 1, labels, same_label)
+        divergence, slots = self._exact_divergence(mu, var, slots)
+        return NearestResult(divergence[:, 0], slots[:, 0])
+
+    def _exact_divergence(
+        self, mu: torch.Tensor, var: torch.Tensor, slots: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact SKL to `(n, k)` slots, re-sorted ascending; +inf at NOT_FOUND."""
+        entry_mu, entry_var = self.entries(slots)
+        divergence = symmetric_kl_diag(mu[:, None, :], var[:, None, :], entry_mu, entry_var)
+        divergence = divergence.masked_fill(slots == NOT_FOUND, torch.inf)
+        if slots.shape[1] == 1:
+            return divergence, slots
+        order = torch.sort(divergence.detach(), dim=1, stable=True).indices
+        return divergence.gather(1, order), slots.gather(1, order)
+
+    # --- writes -----------------------------------------------------------------------
+    @torch.no_grad()
+    def update_(self, mu: torch.Tensor, var: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The paper's write rule for a batch (see the module docstring for batch order).
+
+        An item whose nearest entry has its label merges into it (moment matching with
+        w = (k-1)/k, 1/k; count + 1, age 0); any other item writes a new entry.
+
+        Args: `mu`, `var` `(batch, dim)` (detached here); `labels` `(batch,)`.
+        Returns: `(batch,)` the slot each item was written or merged into.
+        """
+        mu, var = self._as_queries(mu, var)
+        labels = self._as_labels(labels, len(mu))
+        nearest = self._search_slots((mu, var), 1)[:, 0]
+        nearest_labels = self.labels[nearest.clamp_min(0)]
+        hits = (nearest != NOT_FOUND) & (nearest_labels == labels)
+        merge_slots = torch.where(hits, nearest, NOT_FOUND)
+        creator_of = torch.arange(len(labels), device=labels.device)
+        return self._commit_batch_((mu, var), labels, merge_slots, creator_of)
+
+    @torch.no_grad()
+    def write_support_(
+        self, mu: torch.Tensor, var: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """Write an N-way K-shot support set: one entry per class, shots merged into it.
+
+        An item whose label already has an entry merges into the nearest such entry
+        (looked up before the batch). Otherwise the label's first item in the batch
+        creates an entry and its later items merge into it, whatever their nearest.
+
+        Args: `mu`, `var` `(n_way * n_shot, dim)`; `labels` `(n_way * n_shot,)`.
+        Returns: `(n_way * n_shot,)` the slot each item was written or merged into.
+        """
+        mu, var = self._as_queries(mu, var)
+        labels = self._as_labels(labels, len(mu))
+        merge_slots = self._search_slots((mu, var), 1, labels, same_label=True)[:, 0]
+        positions = torch.arange(len(labels), device=labels.device)
+        creator_of = positions.clone()
+        unseen = positions[merge_slots == NOT_FOUND]
+        if len(unseen):
+            _, label_group = torch.unique(labels[unseen], return_inverse=True)
+            first_item = torch.full(
+                (int(label_group.max()) + 1,), len(labels), device=labels.device
+            )
+            first_item.scatter_reduce_(0, label_group, unseen, reduce="amin")
+            creator_of[unseen] = first_item[label_group]
+        return self._commit_batch_((mu, var), labels, merge_slots, creator_of)
+
+    # --- SlotMemory hooks -------------------------------------------------------------
+    def _lift_query_keys(self, keys: tuple[torch.Tensor, ...]) -> LiftedGaussians:
+        return lift_queries(*keys)
+
+    def _score_block(
+        self, lifted_queries: LiftedGaussians, query_rows: slice, slot_rows: slice
+    ) -> torch.Tensor:
+        # SKL minus the per-query offset; the +inf offsets of empty slots propagate.
+        return torch.addmm(
+            self.entry_offsets[slot_rows],
+            lifted_queries.features[query_rows],
+            self.entry_features[slot_rows].T,
+        )
+
+    def _store_keys_(self, slots: torch.Tensor, keys: tuple[torch.Tensor, ...]) -> None:
+        mu, var = keys
+        self.means[slots] = mu
+        self.variances[slots] = clamp_variance(var)
+
+    def _merge_keys_(self, slots: torch.Tensor, keys: tuple[torch.Tensor, ...]) -> None:
+        mu, var = keys
+        merge_running_(self.means, self.variances, self.counts, slots, mu, var)
+
+    def _keys_changed_(self, slots: torch.Tensor | None) -> None:
+        rows = slice(None) if slots is None else slots
+        lifted = lift_entries(self.means[rows], self.variances[rows])
+        self.entry_features[rows] = lifted.features
+        self.entry_offsets[rows] = lifted.offsets.masked_fill(~self.valid[rows], torch.inf)
+        self._faiss_index = None
+
+    # --- validation -------------------------------------------------------------------
+    def _as_queries(self, mu: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if mu.ndim != 2 or mu.shape[1] != self.dim or var.shape != mu.shape:
+            raise ValueError(
+                f"expected mu and var of shape (n, {self.dim}), got {tuple(mu.shape)} and "
+                f"{tuple(var.shape)}"
+            )
+        return mu.to(self.means), var.to(self.means)
+
+    def _as_labels(self, labels: torch.Tensor, n_items: int) -> torch.Tensor:
+        labels = torch.as_tensor(labels, device=self.labels.device).to(torch.int64)
+        if labels.shape != (n_items,):
+            raise ValueError(f"expected labels of shape ({n_items},), got {tuple(labels.shape)}")
+        if n_items and int(labels.min()) < 0:
+            raise ValueError(f"labels must be >= 0 ({NOT_FOUND} marks empty slots)")
+        return labels
+
+    # --- FAISS backend ----------------------------------------------------------------
+    def _faiss_search(self, mu: torch.Tensor, var: torch.Tensor, k: int) -> torch.Tensor:
+        """Exact maximum-inner-product search: argmin SKL = argmax <[-lift_a, -1], [lift_b, off_b]>.
+
+        The per-query offset is constant along a row, so dropping it keeps the ranking.
+        The flat index holds only valid slots and is rebuilt after any write.
+        """
+        faiss = _import_faiss()
+        if self._faiss_index is None:
+            occupied = self.valid.nonzero()[:, 0]
+            vectors = torch.cat(
+                [self.entry_features[occupied], self.entry_offsets[occupied, None]], dim=1
+            )
+            index = faiss.IndexFlatIP(vectors.shape[1])
+            index.add(vectors.float().contiguous().numpy())
+            self._faiss_index, self._faiss_slots = index, occupied
+        lifted = lift_queries(mu.detach(), var.detach())
+        query_vectors = torch.cat([-lifted.features, -torch.ones_like(lifted.offsets)[:, None]], 1)
+        _, found = self._faiss_index.search(query_vectors.float().contiguous().numpy(), k)
+        found = torch.from_numpy(found)
+        return torch.where(found >= 0, self._faiss_slots[found.clamp_min(0)], NOT_FOUND)
+
+    # --- files ------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the memory to a safetensors file atomically (no lift cache: it is derived)."""
+        tensors = {name: getattr(self, name).detach().cpu().contiguous() for name in _SAVED_TENSORS}
+        tensors["noise_generator_state"] = self._noise_generator.get_state()
+        metadata = {
+            "format": _FILE_FORMAT,
+            "capacity": str(self.capacity),
+            "dim": str(self.dim),
+            "age_noise": repr(self.age_noise),
+            "seed": str(self.seed),
+        }
+        write_bytes_atomic(path, safetensors.torch.save(tensors, metadata=metadata))
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike[str], map_location: str | torch.device | None = None
+    ) -> GaussianMemory:
+        """Read a memory written by `save`; raises MemoryFileError naming the file."""
+        tensors, metadata = _read_memory_file(path)
+        try:
+            capacity, dim = int(metadata["capacity"]), int(metadata["dim"])
+            memory = cls(
+                capacity,
+                dim,
+                age_noise=float(metadata["age_noise"]),
+                dtype=tensors["means"].dtype,
+                seed=int(metadata["seed"]),
+            )
+        except (KeyError, ValueError) as error:
+            raise MemoryFileError(f"{path}: bad memory file metadata ({error})") from error
+        memory._copy_state_(tensors, path)
+        return memory if map_location is None else memory.to(map_location)
+
+    @torch.no_grad()
+    def restore_(self, path: str | os.PathLike[str]) -> None:
+        """Replace this memory's state by a file's; its capacity and dim must match."""
+        tensors, _ = _read_memory_file(path)
+        self._copy_state_(tensors, path)
+
+    def _copy_state_(self, tensors: dict[str, torch.Tensor], path: str | os.PathLike[str]) -> None:
+        expected = {
+            "means": (self.capacity, self.dim),
+            "variances": (self.capacity, self.dim),
+            "labels": (self.capacity,),
+            "counts": (self.capacity,),
+            "ages": (self.capacity,),
+            "valid": (self.capacity,),
+        }
+        for name, shape in expected.items():
+            if tuple(tensors[name].shape) != shape:
+                raise MemoryFileError(
+                    f"{path}: tensor {name!r} has shape {tuple(tensors[name].shape)}, "
+                    f"this memory needs {shape} (capacity {self.capacity}, dim {self.dim})"
+                )
+        with torch.no_grad():
+            for name in expected:
+                getattr(self, name).copy_(tensors[name])
+        try:
+            self._noise_generator.set_state(tensors["noise_generator_state"])
+        except RuntimeError as error:
+            raise MemoryFileError(f"{path}: bad age-noise generator state ({error})") from error
+        self._keys_changed_(None)
+
+
+_FILE_FORMAT = "gaussmem.GaussianMemory/1"
+_SAVED_TENSORS = ("means", "variances", "labels", "counts", "ages", "valid")
+
+
+def _read_memory_file(
+    path: str | os.PathLike[str],
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors and the metadata of a memory file, checked for format and names."""
+    path = Path(path)
+    try:
+        with safetensors.safe_open(str(path), framework="pt", device="cpu") as reader:
+            metadata = reader.metadata() or {}
+            names = reader.keys()
+            tensors = {name: reader.get_tensor(name) for name in names}
+    except FileNotFoundError as error:
+        raise MemoryFileError(f"{path}: memory file not found") from error
+    except (OSError, safetensors.SafetensorError, ValueError, RuntimeError) as error:
+        raise MemoryFileError(
+            f"{path}: not a readable safetensors memory file (truncated or corrupt?): {error}"
+        ) from error
+    if metadata.get("format") != _FILE_FORMAT:
+        raise MemoryFileError(f"{path}: format {metadata.get('format')!r} is not {_FILE_FORMAT!r}")
+    missing = sorted({*_SAVED_TENSORS, "noise_generator_state"} - tensors.keys())
+    if missing:
+        raise MemoryFileError(f"{path}: missing tensors {missing}")
+    return tensors, metadata
+
+
+def _import_faiss() -> Any:
+    try:
+        import faiss
+    except ImportError as error:
+        raise ImportError(
+            "search_backend='faiss' needs FAISS: pip install 'gaussmem[faiss]' (faiss-cpu)"
+        ) from error
+    return faiss
