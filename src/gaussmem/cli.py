@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from gaussmem import __version__
+from gaussmem.commands import DefaultsHelpFormatter
 from gaussmem.errors import GaussmemError
 
 # Order here is the order `gaussmem --help` lists the subcommands in.
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gaussmem",
         description="One-shot learning with a memory of Gaussian embeddings "
         "(Tseran & Harada 2017). Run `gaussmem COMMAND --help` for each command.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"gaussmem {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from gaussmem.commands import DefaultsHelpFormatter
 from gaussmem.data.download import OFFICIAL_BASE_URL, download_omniglot
 from gaussmem.data.omniglot import OMNIGLOT_FOLDER, load_omniglot, load_omniglot_characters
 from gaussmem.data.omniglot_splits import SCHEME_SUBSETS
@@ -32,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
     check = data_commands.add_parser(
-        "check", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "check", formatter_class=DefaultsHelpFormatter,
         help="verify the datasets found and print a summary",
         description="Verify Omniglot by content (alphabets, characters, 20 drawers each, "
         "105x105 images), build or reuse its cache, and print counts per split.")
@@ -43,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.set_defaults(handler=run_check)
 
     download = data_commands.add_parser(
-        "download", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "download", formatter_class=DefaultsHelpFormatter,
         help="download the official Omniglot zips (needs internet), verified by MD5",
         description="Fetch images_background.zip and images_evaluation.zip into "
         "<data dir>/omniglot/, each checked against the official MD5 before it is kept.")
