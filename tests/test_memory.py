@@ -1,0 +1,517 @@
+"""GaussianMemory: search against brute force, batch writes against a sequential reference."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from dataclasses import dataclass
+
+import pytest
+import safetensors.torch
+import torch
+
+from gaussmem.errors import MemoryFileError
+from gaussmem.gaussian import lift_entries, moment_match_merge, shot_weights, symmetric_kl_diag
+from gaussmem.memory import NOT_FOUND, GaussianMemory, SlotMemory
+
+DIM = 4
+
+
+def random_gaussians(count: int, *, seed: int, dim: int = DIM, dtype=torch.float64):
+    generator = torch.Generator().manual_seed(seed)
+    mu = torch.randn(count, dim, generator=generator, dtype=torch.float64)
+    var = torch.exp(torch.rand(count, dim, generator=generator, dtype=torch.float64) - 0.5)
+    return mu.to(dtype), var.to(dtype)
+
+
+def filled_memory(capacity: int = 10, n_entries: int = 6, **kwargs) -> GaussianMemory:
+    memory = GaussianMemory(capacity, DIM, seed=0, **kwargs)
+    mu, var = random_gaussians(n_entries, seed=1)
+    memory.update_(mu, var, torch.arange(n_entries) % 3)  # empty before: all new entries
+    return memory
+
+
+def brute_force_divergence(memory: GaussianMemory, mu, var) -> torch.Tensor:
+    """(n, capacity) exact SKL, +inf at empty slots."""
+    divergence = symmetric_kl_diag(
+        mu[:, None].double(),
+        var[:, None].double(),
+        memory.means.double(),
+        memory.variances.double(),
+    )
+    return divergence.masked_fill(~memory.valid, torch.inf)
+
+
+# --- sequential reference for the documented batch semantics --------------------------
+@dataclass
+class ReferenceMemory:
+    """Plain-Python memory that applies one item at a time (float64)."""
+
+    means: list[torch.Tensor]
+    variances: list[torch.Tensor]
+    labels: list[int]
+    counts: list[int]
+    ages: list[int]
+    valid: list[bool]
+
+    @classmethod
+    def of(cls, memory: GaussianMemory) -> ReferenceMemory:
+        return cls(
+            means=[row.double().clone() for row in memory.means],
+            variances=[row.double().clone() for row in memory.variances],
+            labels=memory.labels.tolist(),
+            counts=memory.counts.tolist(),
+            ages=memory.ages.tolist(),
+            valid=memory.valid.tolist(),
+        )
+
+    def nearest(self, mu, var, label: int | None = None) -> int | None:
+        best_slot, best_divergence = None, float("inf")
+        for slot in range(len(self.labels)):
+            if not self.valid[slot] or (label is not None and self.labels[slot] != label):
+                continue
+            divergence = symmetric_kl_diag(mu, var, self.means[slot], self.variances[slot]).item()
+            if divergence < best_divergence:
+                best_slot, best_divergence = slot, divergence
+        return best_slot
+
+    def allocate(self, used: set[int], excluded: set[int]) -> int:
+        for slot in range(len(self.labels)):
+            if not self.valid[slot] and slot not in used:
+                return slot
+        candidates = [s for s in range(len(self.labels)) if s not in used | excluded]
+        return max(candidates, key=lambda slot: (self.ages[slot], -slot))
+
+    def write(self, slot: int, mu, var, label: int) -> None:
+        self.means[slot], self.variances[slot] = mu.clone(), var.clone()
+        self.labels[slot], self.counts[slot], self.valid[slot] = label, 1, True
+
+    def merge(self, slot: int, mu, var) -> None:
+        self.counts[slot] += 1
+        w_1, w_2 = shot_weights(self.counts[slot])
+        self.means[slot], self.variances[slot] = moment_match_merge(
+            self.means[slot], self.variances[slot], mu, var, w_1, w_2
+        )
+
+    def finish_batch(self, touched: set[int]) -> None:
+        self.ages = [0 if slot in touched else age + 1 for slot, age in enumerate(self.ages)]
+
+    def update(self, mu, var, labels: list[int]) -> list[int]:
+        nearest = [self.nearest(mu[i], var[i]) for i in range(len(labels))]
+        merges = {
+            i: slot
+            for i, slot in enumerate(nearest)
+            if slot is not None and self.labels[slot] == labels[i]
+        }
+        targets, used = [], set()
+        for i, label in enumerate(labels):
+            if i in merges:
+                targets.append(merges[i])
+                continue
+            slot = self.allocate(used, set(merges.values()))
+            used.add(slot)
+            self.write(slot, mu[i], var[i], label)
+            targets.append(slot)
+        for i, slot in merges.items():  # dicts keep insertion (= batch) order
+            self.merge(slot, mu[i], var[i])
+        self.finish_batch(set(targets))
+        return targets
+
+    def write_support(self, mu, var, labels: list[int]) -> list[int]:
+        merges = {}
+        for i, label in enumerate(labels):
+            slot = self.nearest(mu[i], var[i], label)
+            if slot is not None:
+                merges[i] = slot
+        created: dict[int, int] = {}
+        targets, used = [], set()
+        for i, label in enumerate(labels):
+            if i in merges:
+                slot = merges[i]
+                self.merge(slot, mu[i], var[i])
+            elif label in created:
+                slot = created[label]
+                self.merge(slot, mu[i], var[i])
+            else:
+                slot = self.allocate(used, set(merges.values()))
+                used.add(slot)
+                created[label] = slot
+                self.write(slot, mu[i], var[i], label)
+            targets.append(slot)
+        self.finish_batch(set(targets))
+        return targets
+
+    def assert_matches(self, memory: GaussianMemory) -> None:
+        assert memory.labels.tolist() == self.labels
+        assert memory.counts.tolist() == self.counts
+        assert memory.ages.tolist() == self.ages
+        assert memory.valid.tolist() == self.valid
+        torch.testing.assert_close(memory.means, torch.stack(self.means))
+        torch.testing.assert_close(memory.variances, torch.stack(self.variances))
+
+
+def clustered_batch(batch_size: int, n_labels: int, generator: torch.Generator):
+    """Items near per-label centres, so batches mix hits, misses and duplicate labels."""
+    centres = torch.randn(n_labels, DIM, generator=torch.Generator().manual_seed(99)) * 3
+    labels = torch.randint(n_labels, (batch_size,), generator=generator)
+    mu = centres[labels] + 0.5 * torch.randn(batch_size, DIM, generator=generator)
+    var = torch.exp(torch.rand(batch_size, DIM, generator=generator) - 0.5)
+    # A few items carry a label other than their cluster's: guaranteed misses.
+    relabel = torch.rand(batch_size, generator=generator) < 0.2
+    labels = torch.where(relabel, (labels + 1) % n_labels, labels)
+    return mu.double(), var.double(), labels
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("method", ["update", "write_support"])
+def test_batch_writes_match_sequential_reference(seed, method):
+    generator = torch.Generator().manual_seed(seed)
+    memory = GaussianMemory(6, DIM, dtype=torch.float64, seed=seed)
+    reference = ReferenceMemory.of(memory)
+    hits_and_misses = 0
+    for _ in range(12):  # from empty to full and past it
+        batch_size = int(torch.randint(1, 7, (1,), generator=generator))
+        # update_ needs few labels to hit; write_support_ needs many to fill the memory.
+        mu, var, labels = clustered_batch(batch_size, 3 if method == "update" else 9, generator)
+        if method == "update":
+            targets = memory.update_(mu, var, labels)
+            expected = reference.update(mu, var, labels.tolist())
+        else:
+            targets = memory.write_support_(mu, var, labels)
+            expected = reference.write_support(mu, var, labels.tolist())
+        assert targets.tolist() == expected
+        reference.assert_matches(memory)
+        hits_and_misses += len(set(expected)) < batch_size
+    assert memory.valid.all(), "the sequence must reach a full memory"
+    assert hits_and_misses > 0, "the sequence must put two items into one slot"
+
+
+def test_update_merges_hit_and_writes_miss():
+    memory = GaussianMemory(4, DIM, seed=0)
+    mu, var = random_gaussians(2, seed=3, dtype=torch.float32)
+    memory.update_(mu, var, torch.tensor([7, 8]))
+    assert len(memory) == 2 and memory.counts[:2].tolist() == [1, 1]
+    near = mu[:1] + 0.01
+    memory.update_(near, var[:1], torch.tensor([7]))  # nearest is label 7: merge
+    assert len(memory) == 2 and memory.counts[0] == 2
+    torch.testing.assert_close(memory.means[0], (mu[0] + near[0]) / 2)
+    memory.update_(near, var[:1], torch.tensor([9]))  # nearest is label 7, wrong: new entry
+    assert len(memory) == 3 and memory.labels[2] == 9
+
+
+def test_oldest_slot_is_replaced_and_ties_go_to_lowest_index():
+    memory = GaussianMemory(3, DIM, seed=0)
+    mu, var = random_gaussians(6, seed=4, dtype=torch.float32)
+    for item in range(3):
+        memory.update_(mu[item : item + 1], var[item : item + 1], torch.tensor([item]))
+    assert memory.ages.tolist() == [2, 1, 0]
+    assert memory.update_(mu[3:4], var[3:4], torch.tensor([10])).tolist() == [0]
+    memory.reset_()
+    memory.update_(mu[:3], var[:3], torch.tensor([0, 1, 2]))  # equal ages
+    assert memory.update_(mu[3:5], var[3:5], torch.tensor([10, 11])).tolist() == [0, 1]
+
+
+def test_new_entries_never_overwrite_a_slot_merged_in_the_same_batch():
+    memory = GaussianMemory(3, DIM, dtype=torch.float64, seed=0)
+    mu, var = random_gaussians(3, seed=5)
+    for item in range(3):
+        memory.update_(mu[item : item + 1], var[item : item + 1], torch.tensor([item]))
+    # Item 0 hits slot 0 (the oldest); item 1 misses and must take slot 1, the next oldest.
+    targets = memory.update_(torch.stack([mu[0], mu[0]]), var[:2], torch.tensor([0, 5]))
+    assert targets.tolist() == [0, 1]
+    assert memory.labels.tolist() == [0, 5, 2]
+
+
+def test_batch_larger_than_the_memory_is_rejected():
+    memory = GaussianMemory(2, DIM)
+    mu, var = random_gaussians(3, seed=6, dtype=torch.float32)
+    with pytest.raises(ValueError, match="new entries"):
+        memory.update_(mu, var, torch.arange(3))
+
+
+def test_write_support_merges_shots_of_a_class():
+    memory = GaussianMemory(8, DIM, seed=0)
+    mu, var = random_gaussians(6, seed=7, dtype=torch.float32)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])  # 3-way 2-shot, shots interleaved
+    slots = memory.write_support_(mu, var, labels)
+    assert slots.tolist() == [0, 1, 2, 0, 1, 2]
+    assert len(memory) == 3 and memory.counts[:3].tolist() == [2, 2, 2]
+    expected_mu, expected_var = moment_match_merge(mu[:3], var[:3], mu[3:], var[3:], 0.5, 0.5)
+    torch.testing.assert_close(memory.means[:3], expected_mu)
+    torch.testing.assert_close(memory.variances[:3], expected_var)
+    # A third shot in a later call merges into the class's entry, whatever is nearest.
+    memory.write_support_(mu[1:2], var[1:2], torch.tensor([0]))
+    assert len(memory) == 3 and memory.counts[0] == 3
+
+
+def test_age_noise_is_reproducible_from_the_seed():
+    def replacement_slots(seed: int) -> list[int]:
+        memory = GaussianMemory(16, DIM, age_noise=5.0, seed=seed)
+        mu, var = random_gaussians(40, seed=8, dtype=torch.float32)
+        memory.update_(mu[:16], var[:16], torch.arange(16))
+        return [
+            int(memory.update_(mu[i : i + 1], var[i : i + 1], torch.tensor([100 + i])))
+            for i in range(16, 40)
+        ]
+
+    assert replacement_slots(0) == replacement_slots(0)
+    assert replacement_slots(0) != replacement_slots(1)
+    exact = replacement_slots(0)
+    assert exact != list(range(16)) + list(range(8)), "noise must change the exact order"
+
+
+def test_reset_empties_and_reseeds():
+    memory = filled_memory(age_noise=2.0)
+    state_after_fill = copy.deepcopy(memory.state_dict())
+    memory.reset_()
+    assert len(memory) == 0 and (memory.labels == NOT_FOUND).all() and not memory.counts.any()
+    mu, var = random_gaussians(6, seed=1)
+    memory.update_(mu, var, torch.arange(6) % 3)
+    for name, tensor in memory.state_dict().items():
+        if name != "_extra_state":
+            assert torch.equal(tensor, state_after_fill[name]), name
+
+
+# --- queries ---------------------------------------------------------------------------
+def test_empty_memory_returns_not_found():
+    memory = GaussianMemory(5, DIM)
+    mu, var = random_gaussians(3, seed=9, dtype=torch.float32)
+    result = memory.query(mu, var, k=2)
+    assert (result.slots == NOT_FOUND).all() and (result.labels == NOT_FOUND).all()
+    assert torch.isinf(result.divergence).all() and (result.similarity == 0).all()
+    nearest = memory.nearest_with_other_label(mu, var, torch.zeros(3, dtype=torch.int64))
+    assert (nearest.slots == NOT_FOUND).all() and torch.isinf(nearest.divergence).all()
+
+
+def test_query_top_k_matches_brute_force_and_pads_missing():
+    memory = filled_memory(capacity=10, n_entries=6)
+    mu, var = random_gaussians(5, seed=10, dtype=torch.float32)
+    result = memory.query(mu, var, k=8)
+    assert result.slots.shape == (5, 8)
+    exact = brute_force_divergence(memory, mu, var)
+    expected = exact.topk(6, dim=1, largest=False)
+    assert torch.equal(result.slots[:, :6], expected.indices)
+    torch.testing.assert_close(
+        result.divergence[:, :6].double(), expected.values, rtol=1e-5, atol=1e-5
+    )
+    assert (result.slots[:, 6:] == NOT_FOUND).all(), "empty slots never match"
+    assert (result.labels[:, 6:] == NOT_FOUND).all()
+    assert torch.equal(result.labels[:, :6], memory.labels[expected.indices])
+    torch.testing.assert_close(result.similarity, torch.exp(-result.divergence))
+
+
+def test_query_divergence_is_differentiable_in_the_query_only():
+    memory = filled_memory()
+    mu, var = random_gaussians(3, seed=11, dtype=torch.float32)
+    mu.requires_grad_(True)
+    memory.query(mu, var, k=2).divergence.sum().backward()
+    assert mu.grad is not None and torch.isfinite(mu.grad).all()
+    assert not any(buffer.requires_grad for buffer in memory.buffers())
+
+
+def test_nearest_with_label_and_other_label_match_brute_force():
+    memory = filled_memory(capacity=10, n_entries=6)  # labels 0, 1, 2 twice each
+    mu, var = random_gaussians(5, seed=12, dtype=torch.float32)
+    query_labels = torch.tensor([0, 1, 2, 3, 0])
+    exact = brute_force_divergence(memory, mu, var)
+    same = memory.labels[None] == query_labels[:, None]
+    positive = memory.nearest_with_label(mu, var, query_labels)
+    negative = memory.nearest_with_other_label(mu, var, query_labels)
+    expected_positive = exact.masked_fill(~same, torch.inf).min(1)
+    expected_negative = exact.masked_fill(same, torch.inf).min(1)
+    assert positive.slots[:3].tolist() == expected_positive.indices[:3].tolist()
+    assert positive.slots[4] == expected_positive.indices[4]
+    assert positive.slots[3] == NOT_FOUND and torch.isinf(positive.divergence[3])
+    assert torch.equal(negative.slots, expected_negative.indices)
+    torch.testing.assert_close(
+        negative.divergence.double(), expected_negative.values, rtol=1e-5, atol=1e-5
+    )
+
+
+def test_other_label_not_found_when_every_entry_shares_the_label():
+    memory = GaussianMemory(4, DIM)
+    mu, var = random_gaussians(2, seed=13, dtype=torch.float32)
+    memory.update_(mu, var, torch.tensor([3, 3]))
+    result = memory.nearest_with_other_label(mu, var, torch.tensor([3, 3]))
+    assert (result.slots == NOT_FOUND).all() and torch.isinf(result.divergence).all()
+
+
+@pytest.mark.parametrize("max_block_elements", [1, 7, 40])
+def test_chunked_search_equals_unchunked(max_block_elements):
+    memory = filled_memory(capacity=12, n_entries=11)
+    chunked = copy.deepcopy(memory)
+    chunked.max_block_elements = max_block_elements
+    mu, var = random_gaussians(9, seed=14, dtype=torch.float32)
+    labels = torch.arange(9) % 4
+    for name in ("slots", "labels", "divergence"):
+        assert torch.equal(
+            getattr(chunked.query(mu, var, k=4), name), getattr(memory.query(mu, var, k=4), name)
+        )
+    for search in ("nearest_with_label", "nearest_with_other_label"):
+        assert torch.equal(
+            getattr(chunked, search)(mu, var, labels).slots,
+            getattr(memory, search)(mu, var, labels).slots,
+        )
+
+
+def test_block_shape_respects_the_budget():
+    memory = GaussianMemory(1000, DIM, max_block_elements=5000)
+    for n_queries in (1, 300, 4000):
+        query_rows, slot_rows = memory._block_shape(n_queries, 1000)
+        assert query_rows * slot_rows <= 5000 and query_rows <= n_queries
+
+
+def test_bad_inputs_are_rejected():
+    memory = GaussianMemory(4, DIM)
+    mu, var = random_gaussians(2, seed=15, dtype=torch.float32)
+    with pytest.raises(ValueError, match="shape"):
+        memory.query(mu[:, :2], var[:, :2])
+    with pytest.raises(ValueError, match="labels"):
+        memory.update_(mu, var, torch.tensor([0]))
+    with pytest.raises(ValueError, match=">= 0"):
+        memory.update_(mu, var, torch.tensor([0, -1]))
+
+
+# --- module state ------------------------------------------------------------------------
+def test_state_is_buffers_not_parameters_and_writes_detach():
+    memory = GaussianMemory(4, DIM)
+    assert list(memory.parameters()) == []
+    assert {"means", "variances", "labels", "counts", "ages", "valid"} <= set(memory.state_dict())
+    mu, var = random_gaussians(2, seed=16, dtype=torch.float32)
+    mu.requires_grad_(True)
+    memory.update_(mu * 2, var, torch.tensor([0, 1]))
+    assert not memory.means.requires_grad and memory.means.grad_fn is None
+
+
+def test_state_dict_round_trip_continues_identically():
+    memory = filled_memory(capacity=8, n_entries=8, age_noise=3.0)
+    restored = GaussianMemory(8, DIM, age_noise=3.0, seed=123)
+    restored.load_state_dict(copy.deepcopy(memory.state_dict()))
+    assert torch.equal(restored.entry_features, memory.entry_features), "lift rebuilt on load"
+    mu, var = random_gaussians(4, seed=17, dtype=torch.float32)
+    for item in range(4):
+        new_labels = torch.tensor([50 + item])
+        assert torch.equal(
+            memory.update_(mu[item : item + 1], var[item : item + 1], new_labels),
+            restored.update_(mu[item : item + 1], var[item : item + 1], new_labels),
+        )
+
+
+def test_to_float64_recomputes_the_lift():
+    memory = filled_memory()
+    mu, var = random_gaussians(3, seed=18, dtype=torch.float32)
+    float32_result = memory.query(mu, var, k=3)
+    memory.to(torch.float64)
+    assert memory.means.dtype == memory.entry_features.dtype == torch.float64
+    assert memory.ages.dtype == torch.int64
+    expected_lift = lift_entries(memory.means, memory.variances).features
+    assert torch.equal(memory.entry_features[memory.valid], expected_lift[memory.valid])
+    float64_result = memory.query(mu.double(), var.double(), k=3)
+    assert torch.equal(float64_result.slots, float32_result.slots)
+    assert float64_result.divergence.dtype == torch.float64
+
+
+def test_save_load_round_trip(tmp_path):
+    memory = filled_memory(age_noise=1.5)
+    path = tmp_path / "memory.safetensors"
+    memory.save(path)
+    loaded = GaussianMemory.load(path, map_location="cpu")
+    assert (loaded.capacity, loaded.dim, loaded.age_noise, loaded.seed) == (10, DIM, 1.5, 0)
+    for name, tensor in memory.state_dict().items():
+        if name != "_extra_state":
+            assert torch.equal(getattr(loaded, name), tensor), name
+    mu, var = random_gaussians(3, seed=19, dtype=torch.float32)
+    assert torch.equal(loaded.query(mu, var, k=2).slots, memory.query(mu, var, k=2).slots)
+    into_existing = GaussianMemory(10, DIM)
+    into_existing.restore_(path)
+    assert torch.equal(into_existing.means, memory.means) and len(into_existing) == len(memory)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "missing"])
+def test_unreadable_file_names_the_file(tmp_path, damage):
+    path = tmp_path / "memory.safetensors"
+    if damage != "missing":
+        filled_memory().save(path)
+        payload = path.read_bytes()
+        path.write_bytes(payload[: len(payload) // 2] if damage == "truncated" else b"\x00" * 99)
+    with pytest.raises(MemoryFileError, match="memory.safetensors"):
+        GaussianMemory.load(path)
+
+
+def test_mismatched_file_names_the_file(tmp_path):
+    path = tmp_path / "memory.safetensors"
+    filled_memory(capacity=10).save(path)
+    with pytest.raises(MemoryFileError, match=r"memory\.safetensors.*'means'.*dim 5"):
+        GaussianMemory(10, 5).restore_(path)
+    with pytest.raises(MemoryFileError, match="capacity 7"):
+        GaussianMemory(7, DIM).restore_(path)
+    incomplete = tmp_path / "incomplete.safetensors"
+    tensors = safetensors.torch.load_file(path)
+    del tensors["ages"]
+    with open(path, "rb") as handle:
+        metadata = safetensors.safe_open(handle.name, "pt").metadata()
+    safetensors.torch.save_file(tensors, incomplete, metadata=metadata)
+    with pytest.raises(MemoryFileError, match=r"incomplete\.safetensors.*missing.*ages"):
+        GaussianMemory.load(incomplete)
+    foreign = tmp_path / "foreign.safetensors"
+    safetensors.torch.save_file({"weight": torch.zeros(2)}, foreign)
+    with pytest.raises(MemoryFileError, match=r"foreign\.safetensors.*format"):
+        GaussianMemory.load(foreign)
+
+
+# --- FAISS backend and reuse of the slot policy -----------------------------------------
+def test_faiss_backend_matches_torch():
+    pytest.importorskip("faiss")
+    memory = filled_memory(capacity=12, n_entries=9)
+    with_faiss = GaussianMemory(12, DIM, seed=0, search_backend="faiss")
+    with_faiss.load_state_dict(memory.state_dict())
+    mu, var = random_gaussians(6, seed=20, dtype=torch.float32)
+    expected, got = memory.query(mu, var, k=11), with_faiss.query(mu, var, k=11)
+    assert torch.equal(got.slots, expected.slots)
+    torch.testing.assert_close(got.divergence, expected.divergence)
+    new_mu, new_var = random_gaussians(2, seed=21, dtype=torch.float32)
+    with_faiss.update_(new_mu, new_var, torch.tensor([40, 41]))  # index must be rebuilt
+    assert with_faiss.query(new_mu, new_var).labels[:, 0].tolist() == [40, 41]
+
+
+def test_faiss_backend_without_faiss_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    with pytest.raises(ImportError, match=r"gaussmem\[faiss\]"):
+        GaussianMemory(4, DIM, search_backend="faiss")
+
+
+class PointMemory(SlotMemory):
+    """Point keys with squared Euclidean distance and mean merge: the policy is reusable."""
+
+    def __init__(self, capacity: int, dim: int) -> None:
+        super().__init__(capacity, seed=0)
+        self.register_buffer("keys", torch.zeros(capacity, dim))
+
+    def _lift_query_keys(self, keys):
+        return keys[0]
+
+    def _score_block(self, lifted_queries, query_rows, slot_rows):
+        distance = torch.cdist(lifted_queries[query_rows], self.keys[slot_rows]) ** 2
+        return distance.masked_fill(~self.valid[slot_rows], torch.inf)
+
+    def _store_keys_(self, slots, keys):
+        self.keys[slots] = keys[0]
+
+    def _merge_keys_(self, slots, keys):
+        totals = self.keys * self.counts[:, None]
+        totals.index_add_(0, slots, keys[0])
+        counts = self.counts.index_add(0, slots, torch.ones_like(slots))
+        self.keys[slots] = totals[slots] / counts[slots, None]
+
+
+def test_slot_policy_works_with_point_keys():
+    memory = PointMemory(3, 2)
+    points = torch.tensor([[0.0, 0.0], [5.0, 5.0], [0.1, 0.0]])
+    memory._commit_batch_(
+        (points[:2],), torch.tensor([0, 1]), torch.tensor([-1, -1]), torch.arange(2)
+    )
+    nearest = memory._search_slots((points[2:],), 1)[:, 0]
+    assert nearest.tolist() == [0]
+    memory._commit_batch_((points[2:],), torch.tensor([0]), nearest, torch.arange(1))
+    assert memory.counts.tolist() == [2, 1, 0] and memory.ages.tolist() == [0, 1, 2]
+    torch.testing.assert_close(memory.keys[0], torch.tensor([0.05, 0.0]))
