@@ -67,7 +67,7 @@ def load_omniglot_characters(data_dir: Path | str | None = None,
     sources = [CollectionSource(folder, collection) for collection in COLLECTIONS]
     try:
         key_payload = {
-            "sources": {source.collection: source.fingerprint() for source in sources},
+            "sources": {source.collection: _fingerprint(source) for source in sources},
             "preprocessing": asdict(preprocessing),
             "manifest": {"alphabets": manifest.alphabets,
                          "samples_per_character": manifest.samples_per_character},
@@ -77,6 +77,22 @@ def load_omniglot_characters(data_dir: Path | str | None = None,
     finally:
         for source in sources:
             source.close()
+
+
+_FINGERPRINTS: dict[tuple[str, int, int], str] = {}
+
+
+def _fingerprint(source: CollectionSource) -> str:
+    """The source's content fingerprint, hashed once per process per (path, size, mtime):
+    loading several subsets should not re-hash the release each time, yet an edited
+    release is hashed (and so verified) again."""
+    if not source.path.is_file():
+        return source.fingerprint()  # a folder's fingerprint is already only stat calls
+    stat = source.path.stat()
+    memo_key = (str(source.path), stat.st_size, stat.st_mtime_ns)
+    if memo_key not in _FINGERPRINTS:
+        _FINGERPRINTS[memo_key] = source.fingerprint()
+    return _FINGERPRINTS[memo_key]
 
 
 def _build(sources: list[CollectionSource], manifest: OmniglotManifest,

@@ -1,0 +1,51 @@
+"""Describe the machine a number was measured on, for every results JSON.
+
+A figure without its hardware cannot be compared or trusted, so benchmarks, training
+runs and evaluations all record this dictionary beside what they measured.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe_hardware() -> dict[str, Any]:
+    """CPU model and cores, accelerator (if any), and library versions."""
+    description: dict[str, Any] = {
+        "cpu": _cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+    }
+    if torch.cuda.is_available():
+        description["gpu"] = torch.cuda.get_device_name(0)
+    return description
+
+
+def command_line() -> str:
+    """The command that is running, as a user would retype it."""
+    program = Path(sys.argv[0]).name if sys.argv else "python"
+    if program.endswith(".py"):
+        program = f"python {os.path.relpath(sys.argv[0])}"
+    return " ".join([program, *map(shlex.quote, sys.argv[1:])])
