@@ -1,0 +1,71 @@
+"""Regenerate README's measured tables from the JSON files under results/.
+
+Figures in the README are never typed: each table sits between
+`<!-- BEGIN GENERATED: name -->` and `<!-- END GENERATED: name -->` markers and is
+rewritten from the JSON that a benchmark command wrote (which records the hardware, the
+command and the seed). Run after any benchmark:
+
+    python scripts/update_readme.py
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "results"
+
+
+def _hardware_line(result: dict) -> str:
+    hardware = result["hardware"]
+    device = hardware.get("gpu") or f"{hardware['cpu']}, {hardware['cpu_cores']} cores"
+    return (f"Measured on {device} (torch {hardware['torch']}, "
+            f"{hardware['torch_threads']} threads) with `{result['command']}`, "
+            f"seed {result['seed']}.")
+
+
+def render_data_loading(result: dict) -> str:
+    episodes = result["episodes"]
+    rows = [
+        ("First load: verify the release and build the cache",
+         f"{result['cold_cache_build_s']:.2f} s"),
+        ("Later load of all 1,623 characters (memory-mapped cache, checksum verified)",
+         f"{result['warm_load_all_characters_median_s']:.3f} s"),
+        ("Later load of the characters plus the rotated vinyals train/val/test subsets",
+         f"{result['warm_load_characters_and_vinyals_splits_median_s']:.3f} s"),
+        (f"Sampling {episodes['count']} {episodes['n_way']}-way {episodes['n_shot']}-shot "
+         f"{episodes['n_query']}-query episodes ({episodes['split']})",
+         f"{episodes['total_median_s']:.3f} s ({episodes['per_episode_median_ms']:.2f} ms "
+         "per episode)"),
+    ]
+    lines = ["| what | median time |", "| --- | --- |"]
+    lines += [f"| {what} | {time} |" for what, time in rows]
+    return "\n".join(lines) + f"\n\n{_hardware_line(result)} Medians of {result['repeats']} runs."
+
+
+RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
+    "data_loading": ("data_loading.json", render_data_loading),
+}
+
+
+def main() -> None:
+    readme_path = ROOT / "README.md"
+    readme = readme_path.read_text()
+    for name, (file_name, render) in RENDERERS.items():
+        source = RESULTS / file_name
+        if not source.exists():
+            continue
+        pattern = re.compile(rf"(<!-- BEGIN GENERATED: {name} -->\n).*?(<!-- END GENERATED: "
+                             rf"{name} -->)", re.S)
+        table = render(json.loads(source.read_text()))
+        readme, count = pattern.subn(lambda m, t=table: f"{m[1]}{t}\n{m[2]}", readme)
+        if count == 0:
+            raise SystemExit(f"README.md has no markers for {name!r}")
+    readme_path.write_text(readme)
+
+
+if __name__ == "__main__":
+    main()
