@@ -1,0 +1,72 @@
+"""`gaussmem evaluate`: N-way K-shot accuracy of a checkpoint, mean and 95% CI, as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+from gaussmem.commands import DefaultsHelpFormatter
+from gaussmem.evaluate import DEFAULT_N_QUERY
+from gaussmem.settings import resolve_cache_dir, resolve_data_dir
+
+SPLITS = ("test", "val", "train", "trainval")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="N-way K-shot accuracy of a checkpoint (support-query or online)",
+        description="Evaluate a checkpoint on seeded episodes. support-query: write the "
+        "K support Gaussians per class into a fresh memory, classify the queries by the "
+        "most similar entry. online: Kaiser et al.'s stream protocol (predict, then "
+        "learn each item); k-shot accuracy is the accuracy on a class's (k+1)-th showing.",
+        formatter_class=DefaultsHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="checkpoint file (.ckpt)")
+    parser.add_argument("--n-way", type=int, default=5, help="classes per episode")
+    parser.add_argument("--n-shot", type=int, default=1,
+                        help="support images per class (online: the largest k reported)")
+    parser.add_argument("--n-query", type=int, default=DEFAULT_N_QUERY,
+                        help="query images per class (support-query)")
+    parser.add_argument("--episodes", type=int, default=1000, help="number of episodes")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the episode sampler")
+    parser.add_argument("--split", default="test", choices=SPLITS, help="class subset")
+    parser.add_argument("--protocol", default="support-query",
+                        choices=("support-query", "online"), help="evaluation protocol")
+    parser.add_argument("--json", dest="json_path", default=None,
+                        help="write the result JSON here (atomically)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--data-dir", default=None, help="data directory ($GAUSSMEM_DATA)")
+    parser.add_argument("--cache-dir", default=None, help="cache directory ($GAUSSMEM_CACHE)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from gaussmem.atomic import write_text_atomic
+    from gaussmem.evaluate import evaluate_checkpoint
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = evaluate_checkpoint(
+        Path(args.checkpoint), n_way=args.n_way, n_shot=args.n_shot, n_query=args.n_query,
+        episodes=args.episodes, seed=args.seed, split=args.split, protocol=args.protocol,
+        data_dir=resolve_data_dir(args.data_dir), cache_dir=resolve_cache_dir(args.cache_dir),
+        progress=not args.no_progress)
+    report["command"] = "gaussmem " + " ".join(sys.argv[1:]) if sys.argv[1:] else None
+    report["hardware"] = {"machine": platform.machine(), "processor": platform.processor(),
+                          "torch_threads": torch.get_num_threads(),
+                          "torch": torch.__version__}
+    text = json.dumps(report, indent=2, sort_keys=True) + "\n"
+    if args.json_path:
+        write_text_atomic(args.json_path, text)
+    accuracy = report["result"]["accuracy"]
+    print(f"{args.n_way}-way {args.n_shot}-shot ({args.protocol}, {args.split}, "
+          f"{args.episodes} episodes, seed {args.seed}): "
+          f"{accuracy['mean']:.2f}% ± {accuracy['ci95']:.2f}")
+    if not args.json_path:
+        sys.stdout.write(text)
+    return 0

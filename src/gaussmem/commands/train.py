@@ -1,0 +1,81 @@
+"""`gaussmem train`: train the memory-augmented VAE from a preset, a TOML file, overrides."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from gaussmem.commands import DefaultsHelpFormatter
+from gaussmem.config import PRESETS, resolve
+from gaussmem.settings import resolve_cache_dir, resolve_data_dir
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train the memory-augmented VAE (episodic, shared memory)",
+        description="Train the paper's memory-augmented VAE on Omniglot's training "
+        "classes, validating on the validation classes (never the test classes). "
+        "Settings: --preset, then --config FILE.toml, then --set section.field=value.",
+        formatter_class=DefaultsHelpFormatter)
+    parser.add_argument("--preset", default="cpu-quick", choices=sorted(PRESETS),
+                        help="named experiment (see docs/model.md)")
+    parser.add_argument("--config", default=None, help="TOML file laid over the preset")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.FIELD=VALUE", help="override one field; repeatable")
+    parser.add_argument("--run-dir", default=None,
+                        help="run directory (default: runs/<preset>-<UTC time>)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --run-dir from its last checkpoint")
+    parser.add_argument("--seed", type=int, default=None, help="override the config's seed")
+    parser.add_argument("--max-steps", type=int, default=None, help="step budget")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="wall-clock budget of training (validation excluded)")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also write TensorBoard events (needs `tensorboard`)")
+    parser.add_argument("--data-dir", default=None, help="data directory ($GAUSSMEM_DATA)")
+    parser.add_argument("--cache-dir", default=None, help="cache directory ($GAUSSMEM_CACHE)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run)
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    overrides = list(args.overrides)
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    if args.max_steps is not None:
+        overrides.append(f"budget.max_steps={args.max_steps}")
+    if args.max_minutes is not None:
+        overrides.append(f"budget.max_minutes={args.max_minutes}")
+    if args.tensorboard:
+        overrides.append("tensorboard=true")
+    return overrides
+
+
+def run(args: argparse.Namespace) -> int:
+    # Imported here so `gaussmem --help` stays fast (no torch import).
+    from gaussmem.data.omniglot import load_omniglot
+    from gaussmem.train import TrainingError, train
+
+    config = resolve(args.preset, args.config, _overrides(args))
+    if args.resume and not args.run_dir:
+        raise TrainingError("--resume needs --run-dir")
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    run_dir = Path(args.run_dir or Path("runs") / f"{args.preset}-{stamp}").resolve()
+    data_dir, cache_dir = resolve_data_dir(args.data_dir), resolve_cache_dir(args.cache_dir)
+    data = config.data
+    train_set = load_omniglot(data.scheme, data.train_subset, data_dir=data_dir,
+                              cache_dir=cache_dir)
+    val_set = load_omniglot(data.scheme, data.val_subset, data_dir=data_dir,
+                            cache_dir=cache_dir)
+    print(f"gaussmem train: run directory {run_dir}")
+    result = train(config, run_dir, train_set, val_set, resume=args.resume,
+                   progress=not args.no_progress)
+    print(json.dumps({"run_dir": str(run_dir), "step": result.step,
+                      "minutes": round(result.elapsed_seconds / 60, 2),
+                      "best_val_accuracy": result.best_val_accuracy,
+                      "best_step": result.best_step,
+                      "minutes_to_97": result.minutes_to_97,
+                      "best_checkpoint": str(run_dir / "checkpoints" / "best.ckpt")}))
+    return 0

@@ -1,0 +1,218 @@
+"""Evaluation protocols, spoken only through the `FewShotClassifier` interface.
+
+* support-query: per episode, `fit` the support set, `predict` the queries; accuracy is
+  the fraction of queries labelled right; we report the mean over episodes and a 95%
+  confidence interval `1.96 * std / sqrt(episodes)` (sample std), as Snell et al. do.
+* online (Kaiser et al. 2017): per episode a stream shows each of `n_way` classes
+  `max_shot + 1` times in random order; the classifier predicts each item, then learns
+  it. k-shot accuracy = accuracy on the items that are the (k+1)-th showing of their
+  class (0-shot is the first showing, necessarily a guess).
+
+Episodes come from `EpisodeSampler(dataset, ..., seed=seed)`, so a seed fixes the
+episodes whatever was evaluated before, and two runs give identical numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gaussmem.data.class_images import ClassImageSet
+from gaussmem.data.episodes import EpisodeSampler
+from gaussmem.methods.base import FewShotClassifier
+
+#: Queries per class in support-query episodes (Vinyals/Snell use 15 on Omniglot).
+DEFAULT_N_QUERY = 15
+
+
+@dataclass
+class AccuracySummary:
+    """Mean accuracy in percent and the half-width of its 95% confidence interval."""
+
+    mean: float
+    ci95: float
+    episodes: int
+
+    @classmethod
+    def from_values(cls, values: np.ndarray) -> AccuracySummary:
+        values = np.asarray(values, dtype=np.float64) * 100.0
+        if len(values) == 0:
+            return cls(float("nan"), float("nan"), 0)
+        std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        return cls(float(values.mean()), 1.96 * std / math.sqrt(len(values)), len(values))
+
+
+@dataclass
+class EvaluationResult:
+    """Everything a results table needs from one evaluation."""
+
+    protocol: str
+    n_way: int
+    n_shot: int
+    n_query: int
+    episodes: int
+    seed: int
+    accuracy: AccuracySummary
+    per_shot: dict[str, AccuracySummary] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _set_eval_mode(classifier: FewShotClassifier) -> bool:
+    was_training = classifier.training
+    classifier.eval()
+    return was_training
+
+
+def evaluate_support_query(classifier: FewShotClassifier, dataset: ClassImageSet, *,
+                           n_way: int, n_shot: int, n_query: int = DEFAULT_N_QUERY,
+                           episodes: int = 1000, seed: int = 0,
+                           progress: Callable[[int, float], None] | None = None
+                           ) -> EvaluationResult:
+    """Mean support-query accuracy over `episodes` seeded episodes.
+
+    `progress(episode_index, running_accuracy)` is called after each episode if given.
+    """
+    sampler = EpisodeSampler(dataset, n_way, n_shot, n_query, seed=seed)
+    accuracies = np.zeros(episodes)
+    was_training = _set_eval_mode(classifier)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for index in range(episodes):
+            episode = sampler.sample()
+            classifier.fit(episode.support_images, episode.support_labels)
+            predictions = classifier.predict(episode.query_images)
+            accuracies[index] = (predictions == episode.query_labels).double().mean().item()
+            if progress is not None:
+                progress(index, float(accuracies[: index + 1].mean()))
+    classifier.train(was_training)
+    return EvaluationResult("support-query", n_way, n_shot, n_query, episodes, seed,
+                            AccuracySummary.from_values(accuracies),
+                            seconds=time.perf_counter() - start)
+
+
+def online_predictions(classifier: FewShotClassifier, images: torch.Tensor,
+                       labels: torch.Tensor) -> torch.Tensor:
+    """Predict-then-learn over a stream, through the interface; `(n,)` predictions.
+
+    Uses the classifier's own batched `online_predictions` when it has one (the MA-VAE
+    encodes the stream at once); otherwise predicts and learns one item at a time.
+    """
+    fast = getattr(classifier, "online_predictions", None)
+    if fast is not None:
+        return fast(images, labels)
+    classifier.reset()
+    predictions = torch.full((len(labels),), -1, dtype=torch.int64)
+    for index in range(len(labels)):
+        item = slice(index, index + 1)
+        scores = classifier.predict_scores(images[item])
+        if torch.isfinite(scores).any():
+            predictions[index] = scores.argmax(dim=1)[0]
+        classifier.add_support(images[item], labels[item])
+    return predictions
+
+
+def evaluate_online(classifier: FewShotClassifier, dataset: ClassImageSet, *, n_way: int,
+                    max_shot: int = 5, episodes: int = 1000, seed: int = 0
+                    ) -> EvaluationResult:
+    """Kaiser's online protocol; `accuracy` is the `max_shot`-shot accuracy and
+    `per_shot["k"]` the k-shot accuracy for k = 0..max_shot."""
+    sampler = EpisodeSampler(dataset, n_way, max_shot + 1, 0, seed=seed)
+    # The stream order has its own generator, derived from the seed, so the episodes'
+    # content matches the support-query sampler with the same seed and shape.
+    order_rng = np.random.Generator(np.random.PCG64([seed, 1]))
+    per_shot = np.zeros((episodes, max_shot + 1))
+    was_training = _set_eval_mode(classifier)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for index in range(episodes):
+            episode = sampler.sample()
+            order = torch.from_numpy(order_rng.permutation(len(episode.support_labels)))
+            images, labels = episode.support_images[order], episode.support_labels[order]
+            correct = (online_predictions(classifier, images, labels) == labels).double()
+            showing = _showing_index(labels)
+            for shot in range(max_shot + 1):
+                per_shot[index, shot] = correct[showing == shot].mean().item()
+    classifier.train(was_training)
+    summaries = {str(shot): AccuracySummary.from_values(per_shot[:, shot])
+                 for shot in range(max_shot + 1)}
+    return EvaluationResult("online", n_way, max_shot, 0, episodes, seed,
+                            summaries[str(max_shot)], per_shot=summaries,
+                            seconds=time.perf_counter() - start)
+
+
+def _showing_index(labels: torch.Tensor) -> torch.Tensor:
+    """For each stream item, how many earlier items had its label: `(n,)`."""
+    seen: dict[int, int] = {}
+    showing = torch.zeros(len(labels), dtype=torch.int64)
+    for index, label in enumerate(labels.tolist()):
+        showing[index] = seen.get(label, 0)
+        seen[label] = showing[index].item() + 1
+    return showing
+
+
+def evaluate_checkpoint(checkpoint_path: Path, *, n_way: int, n_shot: int,
+                        n_query: int = DEFAULT_N_QUERY, episodes: int = 1000, seed: int = 0,
+                        split: str = "test", protocol: str = "support-query",
+                        data_dir: Path | None = None, cache_dir: Path | None = None,
+                        dataset: ClassImageSet | None = None, progress: bool = False
+                        ) -> dict[str, Any]:
+    """Evaluate a checkpoint; returns the JSON-ready report (everything to reproduce it).
+
+    `dataset` replaces loading `split` of the checkpoint's dataset (tests, other data).
+    """
+    from gaussmem.checkpoint import file_sha256, load_checkpoint
+    from gaussmem.methods import classifier_from_checkpoint
+
+    checkpoint = load_checkpoint(checkpoint_path)
+    config = checkpoint["config"]
+    if dataset is None:
+        from gaussmem.data.omniglot import load_omniglot
+
+        dataset = load_omniglot(config["data"]["scheme"], split, data_dir=data_dir,
+                                cache_dir=cache_dir)
+    classifier = classifier_from_checkpoint(checkpoint)
+    bar = _progress_bar(episodes, progress)
+    if protocol == "support-query":
+        result = evaluate_support_query(classifier, dataset, n_way=n_way, n_shot=n_shot,
+                                        n_query=n_query, episodes=episodes, seed=seed,
+                                        progress=bar)
+    elif protocol == "online":
+        result = evaluate_online(classifier, dataset, n_way=n_way, max_shot=n_shot,
+                                 episodes=episodes, seed=seed)
+    else:
+        raise ValueError(f"unknown protocol {protocol!r}")
+    return {
+        "result": result.to_dict(),
+        "checkpoint": {"path": str(checkpoint_path), "sha256": file_sha256(checkpoint_path),
+                       "step": checkpoint["step"], "method": config["method"],
+                       "train_minutes": checkpoint["elapsed_seconds"] / 60.0},
+        "dataset": dataset.name, "split": split, "protocol": protocol, "seed": seed,
+        "episodes": episodes, "n_way": n_way, "n_shot": n_shot, "n_query": n_query,
+        "train_config": config,
+    }
+
+
+def _progress_bar(episodes: int, enabled: bool) -> Callable[[int, float], None] | None:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    bar = tqdm(total=episodes, unit="episode", dynamic_ncols=True)
+
+    def update(index: int, running_accuracy: float) -> None:
+        bar.update(1)
+        bar.set_postfix(acc=f"{100 * running_accuracy:.2f}", refresh=False)
+        if index + 1 == episodes:
+            bar.close()
+
+    return update

@@ -1,0 +1,44 @@
+"""Method name -> classifier class, so train and evaluate never repeat an if/elif chain."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from gaussmem.errors import GaussmemError
+from gaussmem.methods.base import FewShotClassifier
+
+_METHODS: dict[str, type[FewShotClassifier]] = {}
+
+
+class UnknownMethodError(GaussmemError):
+    """A method name that no module registered."""
+
+
+def register_method(name: str) -> Callable[[type[FewShotClassifier]], type[FewShotClassifier]]:
+    """Class decorator: make `cls` available as `name` (timm's `@register_model`)."""
+
+    def decorate(cls: type[FewShotClassifier]) -> type[FewShotClassifier]:
+        if name in _METHODS and _METHODS[name] is not cls:
+            raise ValueError(f"method {name!r} is already registered to {_METHODS[name]}")
+        cls.method_name = name
+        _METHODS[name] = cls
+        return cls
+
+    return decorate
+
+
+def method_class(name: str) -> type[FewShotClassifier]:
+    """The class registered as `name`; `UnknownMethodError` lists the known names."""
+    if name not in _METHODS:
+        raise UnknownMethodError(f"unknown method {name!r}; known: {available_methods()}")
+    return _METHODS[name]
+
+
+def available_methods() -> list[str]:
+    return sorted(_METHODS)
+
+
+def classifier_from_checkpoint(checkpoint: dict[str, Any]) -> FewShotClassifier:
+    """Rebuild whichever method the checkpoint's config names."""
+    return method_class(checkpoint["config"]["method"]).from_checkpoint(checkpoint)

@@ -1,0 +1,53 @@
+"""Append-only training metrics: JSONL always, TensorBoard when asked for.
+
+JSONL (one object per line, `{"step", "kind", ...}`) is the record results are built
+from; each line is flushed so a crashed run keeps everything logged before the crash.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+class MetricsLog:
+    """Writes `metrics.jsonl` in the run directory and optionally TensorBoard events."""
+
+    def __init__(self, run_dir: Path, *, tensorboard: bool = False) -> None:
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        self._writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as error:
+                from gaussmem.errors import GaussmemError
+
+                raise GaussmemError("tensorboard=true needs the `tensorboard` package: "
+                                    "pip install tensorboard") from error
+            self._writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+
+    def log(self, kind: str, step: int, values: dict[str, Any]) -> None:
+        """Record `values` (numbers, strings) of type `kind` ("train", "val") at `step`."""
+        clean = {key: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                 for key, v in values.items()}
+        self._handle.write(json.dumps({"kind": kind, "step": step, **clean}) + "\n")
+        self._handle.flush()
+        if self._writer is not None:
+            for key, value in values.items():
+                if isinstance(value, int | float):
+                    self._writer.add_scalar(f"{kind}/{key}", value, step)
+
+    def close(self) -> None:
+        self._handle.close()
+        if self._writer is not None:
+            self._writer.close()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a `metrics.jsonl` file."""
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]

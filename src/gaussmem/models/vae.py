@@ -1,0 +1,115 @@
+"""The paper's memory-augmented VAE network (section 3.1, figure 1), without the memory.
+
+Two independent latent variables with N(0, I) priors: content `z_c` (its posterior's
+parameters are the class embedding stored in the memory) and style `z_s` (everything
+about a drawing that should not decide its class). The memory lives outside the network
+(`gaussmem.memory`), so the network is an ordinary `nn.Module` with the decomposition of
+pytorch/examples' VAE: `encode -> Gaussians`, `reparameterize`, `decode`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from gaussmem.models.decoders import DeconvDecoder
+from gaussmem.models.encoders import Conv4Backbone, GaussianHead
+
+
+class DiagonalGaussian(NamedTuple):
+    """A batch of diagonal Gaussians: `mean` and `log_var`, each `(batch, dim)`."""
+
+    mean: torch.Tensor
+    log_var: torch.Tensor
+
+    @property
+    def var(self) -> torch.Tensor:
+        """Variances `(batch, dim)`, the parametrization the memory stores."""
+        return self.log_var.exp()
+
+    def detach(self) -> DiagonalGaussian:
+        return DiagonalGaussian(self.mean.detach(), self.log_var.detach())
+
+
+class Posteriors(NamedTuple):
+    """q(z_c | x) and q(z_s | x) for a batch of images."""
+
+    content: DiagonalGaussian
+    style: DiagonalGaussian
+
+
+@dataclass
+class VAEConfig:
+    """Architecture of `GaussianVAE`. The paper gives no sizes; each default says why."""
+
+    in_channels: int = 1
+    image_size: int = 28
+    # Conv4 with 64 channels: the trunk of every Omniglot few-shot baseline.
+    hidden_channels: int = 64
+    n_blocks: int = 4
+    # 64-d content: as wide as the Conv4 feature, so the embedding is not a bottleneck.
+    content_dim: int = 64
+    # 16-d style: enough for stroke width/slant/position; small so that class identity
+    # cannot hide in z_s (the cross-reconstruction loss pushes it into z_c).
+    style_dim: int = 16
+    # Heads start near the prior so exp(-symmetric KL) starts near 1 (see GaussianHead).
+    head_init_scale: float = 0.01
+    decoder_hidden_channels: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("in_channels", "image_size", "hidden_channels", "n_blocks",
+                     "content_dim", "style_dim", "decoder_hidden_channels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"VAEConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+
+class GaussianVAE(nn.Module):
+    """Encoder with content and style heads plus a deconvolutional decoder.
+
+    Images are `(batch, in_channels, image_size, image_size)` floats in [0, 1] with
+    strokes bright; the decoder returns Bernoulli logits of the same shape.
+    """
+
+    def __init__(self, config: VAEConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or VAEConfig()
+        self.backbone = Conv4Backbone(config.in_channels, config.hidden_channels,
+                                      config.n_blocks, config.image_size)
+        features = self.backbone.out_features
+        self.content_head = GaussianHead(features, config.content_dim, config.head_init_scale)
+        self.style_head = GaussianHead(features, config.style_dim, config.head_init_scale)
+        n_upsamples = 2 if config.image_size % 4 == 0 else 0
+        self.decoder = DeconvDecoder(config.content_dim + config.style_dim,
+                                     config.in_channels, config.decoder_hidden_channels,
+                                     config.image_size, n_upsamples)
+
+    def encode(self, images: torch.Tensor) -> Posteriors:
+        """Posteriors q(z_c | x), q(z_s | x); each Gaussian is `(batch, dim)`."""
+        features = self.backbone(images)
+        return Posteriors(DiagonalGaussian(*self.content_head(features)),
+                          DiagonalGaussian(*self.style_head(features)))
+
+    def encode_content(self, images: torch.Tensor) -> DiagonalGaussian:
+        """Only q(z_c | x): what classification needs; skips the style head."""
+        return DiagonalGaussian(*self.content_head(self.backbone(images)))
+
+    @staticmethod
+    def reparameterize(gaussian: DiagonalGaussian) -> torch.Tensor:
+        """Draw z = mean + std * eps with eps ~ N(0, I), differentiably (Kingma & Welling)."""
+        std = torch.exp(0.5 * gaussian.log_var)
+        return gaussian.mean + std * torch.randn_like(std)
+
+    def decode(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        """Bernoulli logits `(batch, C, H, W)` from `z_c (batch, content_dim)` and
+        `z_s (batch, style_dim)`."""
+        return self.decoder(torch.cat([content, style], dim=1))
+
+    def forward(self, images: torch.Tensor) -> tuple[Posteriors, torch.Tensor]:
+        """Encode, sample both latents, decode: `(posteriors, logits)`."""
+        posteriors = self.encode(images)
+        logits = self.decode(self.reparameterize(posteriors.content),
+                             self.reparameterize(posteriors.style))
+        return posteriors, logits
