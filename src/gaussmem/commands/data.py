@@ -10,8 +10,10 @@ from pathlib import Path
 
 from gaussmem.commands import DefaultsHelpFormatter
 from gaussmem.data.download import OFFICIAL_BASE_URL, download_omniglot
+from gaussmem.data.lfw import lfw_source, load_lfw_faces, paper_split, people_counts
 from gaussmem.data.omniglot import OMNIGLOT_FOLDER, load_omniglot, load_omniglot_characters
 from gaussmem.data.omniglot_splits import SCHEME_SUBSETS
+from gaussmem.errors import DataError
 from gaussmem.settings import (
     CACHE_ENV_VAR,
     DATA_ENV_VAR,
@@ -36,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "check", formatter_class=DefaultsHelpFormatter,
         help="verify the datasets found and print a summary",
         description="Verify Omniglot by content (alphabets, characters, 20 drawers each, "
-        "105x105 images), build or reuse its cache, and print counts per split.")
+        "105x105 images), and LFW-a if present (layout, numbering, 250x250 photos); build "
+        "or reuse their caches, and print counts per split.")
     check.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     check.add_argument("--cache-dir", default=None, help=CACHE_DIR_HELP)
     check.add_argument("--json", dest="json_path", default=None,
@@ -82,7 +85,7 @@ def run_check(args: argparse.Namespace) -> int:
                             "characters": count, "images": count * int(n_samples)}
                         for c, count in collections.items()},
         "splits": _split_summary(data_dir, cache_dir),
-        "lfw": _lfw_status(data_dir),
+        "lfw": _lfw_status(data_dir, cache_dir),
     }
     _print_summary(summary)
     if args.json_path:
@@ -110,11 +113,20 @@ def _split_summary(data_dir: Path, cache_dir: Path) -> dict[str, dict]:
     return summary
 
 
-def _lfw_status(data_dir: Path) -> str:
-    tarball = data_dir / "lfw" / "lfwa.tar.gz"
-    if tarball.is_file():
-        return f"found {tarball} (not verified: LFW-a support is not implemented yet)"
-    return f"not found ({tarball})"
+def _lfw_status(data_dir: Path, cache_dir: Path) -> dict | None:
+    """Counts and the paper split's cache for LFW-a, or None when it is absent."""
+    try:
+        source = lfw_source(data_dir)
+    except DataError:
+        return None
+    cached = load_lfw_faces(5, data_dir=data_dir, cache_dir=cache_dir)
+    counts = people_counts(data_dir)
+    return {"source": str(source), "people": len(counts), "images": sum(counts.values()),
+            "people_with_3_or_more": sum(n >= 3 for n in counts.values()),
+            "people_with_5_or_more": sum(n >= 5 for n in counts.values()),
+            "paper_split": {s: len(paper_split(s)) for s in ("train", "test")},
+            "cache": str(cached.directory), "cache_status": cached.status,
+            "image_size": list(cached.array.shape[1:])}
 
 
 def _print_summary(summary: dict) -> None:
@@ -136,4 +148,14 @@ def _print_summary(summary: dict) -> None:
         else:
             print(f"  {name:<20}{counts['classes']:>10}{counts['characters']:>12}"
                   f"{counts['images']:>9}")
-    print(f"LFW-a  {summary['lfw']}")
+    lfw = summary["lfw"]
+    if lfw is None:
+        print(f"LFW-a  not found under {summary['data_dir']}/lfw (optional)")
+        return
+    print(f"LFW-a  data: {lfw['source']}")
+    print(f"  cache: {lfw['cache']}  [{lfw['cache_status']}]")
+    print(f"  {lfw['images']} photos of {lfw['people']} people; "
+          f"{lfw['people_with_3_or_more']} people have >= 3, "
+          f"{lfw['people_with_5_or_more']} have >= 5")
+    print(f"  paper split (>= 5 photos, {lfw['image_size'][0]}x{lfw['image_size'][1]}): "
+          f"{lfw['paper_split']['train']} train / {lfw['paper_split']['test']} test people")
