@@ -70,7 +70,8 @@ def test_generated_split_is_deterministic_and_disjoint(tmp_path: Path) -> None:
 
 
 def test_gap_in_numbering_wrong_size_and_bad_totals_are_named(tmp_path: Path) -> None:
-    write_tarball(tmp_path / "gap", SYNTHETIC_PEOPLE, skip="lfw2/Ada_Lovelace/Ada_Lovelace_0002.jpg")
+    write_tarball(tmp_path / "gap", SYNTHETIC_PEOPLE,
+                  skip="lfw2/Ada_Lovelace/Ada_Lovelace_0002.jpg")
     with pytest.raises(DataError, match="Ada_Lovelace's photos are numbered"):
         load_lfw_faces(5, data_dir=tmp_path / "gap", cache_dir=tmp_path / "c",
                        expected_totals=None)
