@@ -18,6 +18,7 @@ JSON with the hardware and the exact command.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -134,20 +135,52 @@ def method_row(seconds: float, plain_seconds: float, flops: float, **extra) -> d
     }
 
 
+def interleaved_medians(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median wall time per method; one warm-up each, then `repeats` rounds of all methods.
+
+    Interleaving rounds (rather than timing each method's repeats back to back) keeps a
+    change in machine load from biasing one method: the machine here is shared.
+    """
+    for run in runs.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def bench_size(size: int, args: argparse.Namespace, generator: torch.Generator) -> dict:
     memory = full_memory(size, args.dim, generator, args.seed)
     mu, var = random_gaussians(args.queries, args.dim, generator)
     flops = 2 * args.queries * 4 * args.dim * size
-
     query_features = torch.randn(args.queries, 4 * args.dim, generator=generator)
     entry_features = memory.entry_features
-    plain = median_seconds(lambda: (query_features @ entry_features.T).argmin(1), args.repeats)
-    row: dict = {"size": size, "methods": {}}
-    row["methods"]["plain_matmul"] = method_row(plain, plain, flops)
 
+    runs: dict[str, Callable[[], object]] = {
+        "plain_matmul": lambda: (query_features @ entry_features.T).argmin(1),
+        "gemm": lambda: memory.query(mu, var),
+    }
     gemm_slots = memory.query(mu, var).slots[:, 0]
-    gemm = median_seconds(lambda: memory.query(mu, var), args.repeats)
-    row["methods"]["gemm"] = method_row(gemm, plain, flops)
+    extra: dict[str, dict] = {"plain_matmul": {}, "gemm": {}}
+    if not args.no_faiss:
+        faiss_memory = copy.copy(memory)  # shares the buffers; owns its FAISS index
+        faiss_memory.search_backend = "faiss"
+        start = time.perf_counter()
+        faiss_slots = faiss_memory.query(mu[:1], var[:1]).slots  # builds the index
+        build = time.perf_counter() - start
+        faiss_slots = faiss_memory.query(mu, var).slots[:, 0]
+        runs["faiss"] = lambda: faiss_memory.query(mu, var)
+        extra["faiss"] = {
+            "index_build_s": build,
+            "top1_agreement_with_gemm": float((faiss_slots == gemm_slots).float().mean()),
+        }
+    seconds = interleaved_medians(runs, args.repeats)
+    row: dict = {"size": size, "methods": {}}
+    for name, median in seconds.items():
+        row["methods"][name] = method_row(median, seconds["plain_matmul"], flops, **extra[name])
 
     naive_queries = args.queries
     if size > args.naive_full_max:
@@ -159,29 +192,13 @@ def bench_size(size: int, args: argparse.Namespace, generator: torch.Generator) 
     naive = naive_slice * args.queries / naive_queries
     row["methods"]["naive"] = method_row(
         naive,
-        plain,
+        seconds["plain_matmul"],
         flops,
         timed_queries=naive_queries,
         timed_runs=1,
         extrapolated=naive_queries != args.queries,
         top1_agreement_with_gemm=float((naive_slots == gemm_slots[:naive_queries]).float().mean()),
     )
-
-    if not args.no_faiss:
-        memory.search_backend = "faiss"
-        start = time.perf_counter()
-        faiss_slots = memory.query(mu[:1], var[:1]).slots  # builds the index
-        build = time.perf_counter() - start
-        faiss_slots = memory.query(mu, var).slots[:, 0]
-        faiss_time = median_seconds(lambda: memory.query(mu, var), args.repeats)
-        row["methods"]["faiss"] = method_row(
-            faiss_time,
-            plain,
-            flops,
-            index_build_s=build,
-            top1_agreement_with_gemm=float((faiss_slots == gemm_slots).float().mean()),
-        )
-        memory.search_backend = "torch"
 
     update_mu, update_var = random_gaussians(args.queries, args.dim, generator)
     update_labels = torch.randint(size, (args.queries,), generator=generator)

@@ -490,7 +490,7 @@ class PointMemory(SlotMemory):
     def _lift_query_keys(self, keys):
         return keys[0]
 
-    def _score_block(self, lifted_queries, query_rows, slot_rows):
+    def _score_block(self, lifted_queries, query_rows, slot_rows, out=None):
         distance = torch.cdist(lifted_queries[query_rows], self.keys[slot_rows]) ** 2
         return distance.masked_fill(~self.valid[slot_rows], torch.inf)
 

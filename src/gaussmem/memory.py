@@ -30,6 +30,7 @@ A batch whose new entries plus merged-into slots exceed the capacity is rejected
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -147,11 +148,17 @@ class SlotMemory(nn.Module):
         raise NotImplementedError
 
     def _score_block(
-        self, lifted_queries: Any, query_rows: slice, slot_rows: slice
+        self,
+        lifted_queries: Any,
+        query_rows: slice,
+        slot_rows: slice,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`(query block, slot block)` scores: lower is nearer, +inf for empty slots.
 
-        May omit terms that are constant per query: only the ranking is used.
+        May omit terms that are constant per query: only the ranking is used. Writes into
+        `out` (contiguous, the block's shape) when given, which the search reuses across
+        blocks.
         """
         raise NotImplementedError
 
@@ -208,12 +215,19 @@ class SlotMemory(nn.Module):
         if n_slots == 0 or n_queries == 0:
             return found
         query_step, slot_step = self._block_shape(n_queries, n_slots)
+        # Reusing one score buffer saves a fresh, page-faulting allocation per block
+        # (~25% of the search time at 1e5 entries on the CPU).
+        scratch = None
         for query_start in range(0, n_queries, query_step):
             query_rows = slice(query_start, min(query_start + query_step, n_queries))
             best_scores = best_slots = None
             for slot_start in range(0, n_slots, slot_step):
                 slot_rows = slice(slot_start, min(slot_start + slot_step, n_slots))
-                scores = self._score_block(lifted_queries, query_rows, slot_rows)
+                block_size = (query_rows.stop - query_rows.start, slot_rows.stop - slot_rows.start)
+                out = None if scratch is None else scratch[: math.prod(block_size)].view(block_size)
+                scores = self._score_block(lifted_queries, query_rows, slot_rows, out)
+                if scratch is None:  # the first block is the largest: reuse its memory
+                    scratch = scores.view(-1)
                 if query_labels is not None:
                     equal = query_labels[query_rows, None] == self.labels[None, slot_rows]
                     scores = scores.masked_fill_(~equal if same_label else equal, torch.inf)
@@ -506,13 +520,18 @@ class GaussianMemory(SlotMemory):
         return lift_queries(*keys)
 
     def _score_block(
-        self, lifted_queries: LiftedGaussians, query_rows: slice, slot_rows: slice
+        self,
+        lifted_queries: LiftedGaussians,
+        query_rows: slice,
+        slot_rows: slice,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         # SKL minus the per-query offset; the +inf offsets of empty slots propagate.
         return torch.addmm(
             self.entry_offsets[slot_rows],
             lifted_queries.features[query_rows],
             self.entry_features[slot_rows].T,
+            out=out,
         )
 
     def _store_keys_(self, slots: torch.Tensor, keys: tuple[torch.Tensor, ...]) -> None:
