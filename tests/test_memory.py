@@ -464,6 +464,8 @@ def test_faiss_backend_matches_torch():
     pytest.importorskip("faiss")
     memory = filled_memory(capacity=12, n_entries=9)
     with_faiss = GaussianMemory(12, DIM, seed=0, search_backend="faiss")
+    empty = with_faiss.query(*random_gaussians(2, seed=22, dtype=torch.float32), k=3)
+    assert (empty.slots == NOT_FOUND).all() and torch.isinf(empty.divergence).all()
     with_faiss.load_state_dict(memory.state_dict())
     mu, var = random_gaussians(6, seed=20, dtype=torch.float32)
     expected, got = memory.query(mu, var, k=11), with_faiss.query(mu, var, k=11)
