@@ -1,0 +1,491 @@
+"""The generative side of the memory-augmented VAE: what the model sees and can draw.
+
+* `reconstruct`: x -> q(z_c|x), q(z_s|x) -> decode(posterior means) -> Bernoulli means,
+  with the per-image reconstruction BCE (the paper's figure 2 shows such a grid for a
+  100-way Omniglot test episode).
+* `generate_from_memory`: one-shot generation. Each new class's example is written into
+  a fresh `GaussianMemory` (exactly what classification does); new drawings of the class
+  are decoded from z_c ~ the stored entry N(mean, var) and z_s ~ the prior N(0, I).
+* `style_transfer`: decode(z_c of one image, z_s of another) for every pair.
+* `latent_nearest_accuracy`: the check that z_c carries the class and z_s does not:
+  nearest-support accuracy by symmetric KL between posteriors of z_c only vs z_s only.
+* `image_grid` / `save_png`: rows of `(n, 1, H, W)` images -> one Pillow image, scaled up,
+  with thin separators; no matplotlib.
+* `write_run_figures`: all three figures plus a JSON summary into `run_dir/figures/`, for
+  the end of training.
+
+Images everywhere are float `(n, 1, H, W)` in [0, 1] with strokes bright, as the data
+pipeline yields them; figures draw strokes dark on white, as Omniglot is usually shown.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from gaussmem.atomic import write_bytes_atomic, write_text_atomic
+from gaussmem.data.class_images import ClassImageSet
+from gaussmem.data.episodes import EpisodeSampler
+from gaussmem.errors import GaussmemError
+from gaussmem.evaluate import AccuracySummary
+from gaussmem.gaussian import pairwise_symmetric_kl
+from gaussmem.losses import bernoulli_nll
+from gaussmem.memory import GaussianMemory
+from gaussmem.models.vae import DiagonalGaussian, GaussianVAE
+
+#: Figure file names inside `run_dir/figures/` (see `write_run_figures`).
+RECONSTRUCTION_PNG = "reconstruction.png"
+GENERATION_PNG = "generation.png"
+STYLE_TRANSFER_PNG = "style_transfer.png"
+FIGURES_JSON = "figures.json"
+
+
+class GenerativeError(GaussmemError):
+    """A checkpoint or request the generative tools cannot serve."""
+
+
+# --- image grids ----------------------------------------------------------------------
+def image_grid(rows: Sequence[torch.Tensor], *, scale: int = 2, separator: int = 1,
+               group_gap: int = 4, group_size: int = 1, invert: bool = True) -> Image.Image:
+    """Lay rows of images out as one greyscale Pillow image.
+
+    Args:
+        rows: each `(n_cols_i, 1, H, W)` (or `(n_cols_i, H, W)`) floats in [0, 1]; all
+            images the same size. Rows may be shorter than the widest (left-aligned); pad
+            with `blank_like` for an empty cell.
+        scale: each pixel becomes `scale x scale` (nearest neighbour), so 28 px digits
+            stay readable.
+        separator: pixels of grey between neighbouring images.
+        group_gap: pixels of grey between groups of `group_size` rows (e.g. 2 for
+            original/reconstruction pairs), so the pairs read as units.
+        invert: draw strokes dark on white (values 1 -> black).
+    Returns: an `L`-mode image of width `max_cols * (W*scale + separator) + separator`.
+    """
+    rows = [row if row.dim() == 4 else row.unsqueeze(1) for row in rows]
+    if not rows:
+        raise ValueError("image_grid needs at least one row")
+    height, width = rows[0].shape[-2:]
+    cell_h, cell_w = height * scale, width * scale
+    n_cols = max(len(row) for row in rows)
+    gaps = [group_gap if group_size > 1 and (index + 1) % group_size == 0 else separator
+            for index in range(len(rows) - 1)]
+    total_h = separator * 2 + len(rows) * cell_h + sum(gaps)
+    total_w = separator + n_cols * (cell_w + separator)
+    # Mid grey separators, distinguishable from both background and strokes.
+    canvas = np.full((total_h, total_w), 160, dtype=np.uint8)
+    top = separator
+    for index, row in enumerate(rows):
+        if row.shape[-2:] != (height, width):
+            raise ValueError(f"row {index} has images {tuple(row.shape[-2:])}, expected "
+                             f"{(height, width)}")
+        pixels = row[:, 0].detach().float().clamp(0, 1).cpu().numpy()
+        if invert:
+            pixels = 1.0 - pixels
+        pixels = np.round(pixels * 255).astype(np.uint8)
+        pixels = pixels.repeat(scale, axis=1).repeat(scale, axis=2)
+        for column, image in enumerate(pixels):
+            left = separator + column * (cell_w + separator)
+            canvas[top:top + cell_h, left:left + cell_w] = image
+        top += cell_h + (gaps[index] if index < len(gaps) else separator)
+    return Image.fromarray(canvas, mode="L")
+
+
+def grid_size(n_rows: int, n_cols: int, image_size: tuple[int, int], *, scale: int = 2,
+              separator: int = 1, group_gap: int = 4, group_size: int = 1
+              ) -> tuple[int, int]:
+    """`(width, height)` in pixels of the `image_grid` with those settings."""
+    height, width = image_size
+    n_gaps = n_rows - 1
+    n_group_gaps = n_gaps // group_size if group_size > 1 else 0
+    gap_total = n_group_gaps * group_gap + (n_gaps - n_group_gaps) * separator
+    total_h = 2 * separator + n_rows * height * scale + gap_total
+    return separator + n_cols * (width * scale + separator), total_h
+
+
+def blank_like(images: torch.Tensor, count: int = 1) -> torch.Tensor:
+    """`count` empty (background) images shaped like `images[0]`."""
+    return images.new_zeros((count, *images.shape[1:]))
+
+
+def save_png(image: Image.Image, path: str | Path) -> Path:
+    """Write `image` as a PNG atomically; returns the path."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    write_bytes_atomic(path, buffer.getvalue())
+    return Path(path)
+
+
+def paired_rows(originals: torch.Tensor, reconstructions: torch.Tensor, per_row: int
+                ) -> list[torch.Tensor]:
+    """Wrap `(n, 1, H, W)` originals and reconstructions into row pairs of `per_row`
+    images: originals, their reconstructions, next originals, ... (figure 2, wrapped)."""
+    if per_row < 1:
+        raise ValueError(f"per_row must be >= 1, got {per_row}")
+    rows: list[torch.Tensor] = []
+    for start in range(0, len(originals), per_row):
+        rows += [originals[start:start + per_row], reconstructions[start:start + per_row]]
+    return rows
+
+
+# --- model helpers --------------------------------------------------------------------
+class _EvalMode:
+    """Context: module in eval mode (BatchNorm running stats), previous mode restored."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+
+    def __enter__(self) -> None:
+        self.was_training = self.module.training
+        self.module.eval()
+
+    def __exit__(self, *exc: object) -> None:
+        self.module.train(self.was_training)
+
+
+def _model_device(vae: GaussianVAE) -> torch.device:
+    return next(vae.parameters()).device
+
+
+def check_image_size(vae: GaussianVAE, images: torch.Tensor) -> None:
+    """Raise `GenerativeError` when images do not match the model's input size."""
+    config = vae.config
+    expected = (config.in_channels, config.image_size, config.image_size)
+    if tuple(images.shape[1:]) != expected:
+        raise GenerativeError(f"images of shape {tuple(images.shape[1:])} do not fit a model "
+                              f"for {expected}")
+
+
+@dataclass
+class Reconstruction:
+    """Reconstructions `(n, 1, H, W)` Bernoulli means and per-image BCE `(n,)` in nats
+    per pixel (the training loss's normalization)."""
+
+    images: torch.Tensor
+    bce: torch.Tensor
+
+
+@torch.no_grad()
+def reconstruct(vae: GaussianVAE, images: torch.Tensor, batch_size: int = 256
+                ) -> Reconstruction:
+    """Decode each image's posterior means: sigmoid(decode(E[z_c|x], E[z_s|x])).
+
+    The means, not samples: the figure shows what the posterior encodes, without the
+    noise of one draw, and the BCE is a deterministic number.
+    """
+    check_image_size(vae, images)
+    device = _model_device(vae)
+    means, losses = [], []
+    with _EvalMode(vae):
+        for batch in images.split(batch_size):
+            batch = batch.to(device)
+            content, style = vae.encode(batch)
+            logits = vae.decode(content.mean, style.mean)
+            means.append(torch.sigmoid(logits).cpu())
+            losses.append(bernoulli_nll(logits, batch).cpu())
+    return Reconstruction(torch.cat(means), torch.cat(losses))
+
+
+def mean_image_bce(images: torch.Tensor, mean_image: torch.Tensor) -> torch.Tensor:
+    """Per-image BCE `(n,)` (nats/pixel) of predicting every image by one `mean_image`
+    `(1, H, W)` in [0, 1]: the baseline a reconstruction must beat."""
+    probabilities = mean_image.clamp(1e-6, 1 - 1e-6).expand_as(images)
+    return bernoulli_nll(torch.logit(probabilities), images)
+
+
+def dataset_mean_image(dataset: ClassImageSet) -> torch.Tensor:
+    """Mean pixel over every image of `dataset`: `(1, H, W)` float in [0, 1]."""
+    total = np.zeros(dataset.image_shape, dtype=np.float64)
+    for class_images in dataset.images:  # class by class: the set may be a memory map
+        total += class_images.astype(np.float64).sum(axis=0)
+    count = dataset.n_classes * dataset.n_samples_per_class
+    return torch.from_numpy(total / (255.0 * count)).float().unsqueeze(0)
+
+
+def episode_images(dataset: ClassImageSet, n_way: int, n_shot: int = 1, seed: int = 0
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The support set of the first `n_way`-way `n_shot`-shot episode with `seed` (the
+    same episode `gaussmem evaluate --seed` starts with): `(images (n_way * n_shot, 1,
+    H, W), class_indices (n_way,))`."""
+    episode = EpisodeSampler(dataset, n_way, n_shot, 0, seed=seed).sample()
+    return episode.support_images, episode.class_indices
+
+
+# --- one-shot generation from memory ---------------------------------------------------
+@dataclass
+class Generation:
+    """`samples (n_classes, n_samples, 1, H, W)` Bernoulli means drawn from each class's
+    memory entry; `entry_means`, `entry_variances` `(n_classes, d_c)` the entries used."""
+
+    samples: torch.Tensor
+    entry_means: torch.Tensor
+    entry_variances: torch.Tensor
+
+
+@torch.no_grad()
+def write_examples_to_memory(vae: GaussianVAE, images: torch.Tensor, labels: torch.Tensor
+                             ) -> GaussianMemory:
+    """A fresh memory holding the examples' q(z_c|x), one entry per label (shots merged
+    by moment matching, as in support-query evaluation)."""
+    check_image_size(vae, images)
+    with _EvalMode(vae):
+        content = vae.encode_content(images.to(_model_device(vae)))
+    n_labels = int(labels.max()) + 1
+    memory = GaussianMemory(n_labels, vae.config.content_dim, seed=0)
+    memory.write_support_(content.mean.cpu(), content.var.cpu(), labels.cpu())
+    return memory
+
+
+def memory_entry_for_labels(memory: GaussianMemory, labels: torch.Tensor
+                            ) -> DiagonalGaussian:
+    """The stored Gaussian of each label `(n,)`: `DiagonalGaussian` of `(n, d_c)`."""
+    slots = []
+    for label in labels.tolist():
+        found = ((memory.labels == label) & memory.valid).nonzero()[:, 0]
+        if not len(found):
+            raise GenerativeError(f"no memory entry holds label {label}")
+        slots.append(int(found[0]))
+    means, variances = memory.entries(torch.tensor(slots))
+    return DiagonalGaussian(means, variances.log())
+
+
+@torch.no_grad()
+def generate_from_memory(vae: GaussianVAE, examples: torch.Tensor, labels: torch.Tensor,
+                         n_samples: int, seed: int = 0) -> Generation:
+    """One-shot generation: write `examples (n, 1, H, W)` with `labels (n,)` (0..L-1)
+    into a fresh memory, then for each label draw `n_samples` images from
+    decode(z_c ~ entry, z_s ~ N(0, I)).
+
+    Seeded by its own `torch.Generator(seed)`: the same call gives the same pixels,
+    whatever the global RNG did.
+    """
+    if n_samples < 1:
+        raise GenerativeError(f"n_samples must be >= 1, got {n_samples}")
+    memory = write_examples_to_memory(vae, examples, labels)
+    unique_labels = torch.unique(labels)
+    entry = memory_entry_for_labels(memory, unique_labels)
+    generator = torch.Generator().manual_seed(seed)
+    n_classes, content_dim = entry.mean.shape
+    noise_content = torch.randn(n_classes, n_samples, content_dim, generator=generator)
+    noise_style = torch.randn(n_classes * n_samples, vae.config.style_dim, generator=generator)
+    z_content = (entry.mean[:, None] + entry.var.sqrt()[:, None] * noise_content).flatten(0, 1)
+    device = _model_device(vae)
+    with _EvalMode(vae):
+        logits = vae.decode(z_content.to(device), noise_style.to(device))
+    samples = torch.sigmoid(logits).cpu().unflatten(0, (n_classes, n_samples))
+    return Generation(samples, entry.mean, entry.var)
+
+
+# --- style transfer ---------------------------------------------------------------------
+@torch.no_grad()
+def style_transfer(vae: GaussianVAE, content_images: torch.Tensor, style_images: torch.Tensor
+                   ) -> torch.Tensor:
+    """`(n_style, n_content, 1, H, W)`: cell (i, j) = sigmoid(decode(E[z_c | content_j],
+    E[z_s | style_i])), i.e. content j drawn in style i."""
+    check_image_size(vae, content_images)
+    check_image_size(vae, style_images)
+    device = _model_device(vae)
+    with _EvalMode(vae):
+        content = vae.encode(content_images.to(device)).content.mean
+        style = vae.encode(style_images.to(device)).style.mean
+        n_style, n_content = len(style), len(content)
+        z_content = content.repeat(n_style, 1)
+        z_style = style.repeat_interleave(n_content, dim=0)
+        logits = vae.decode(z_content, z_style)
+    return torch.sigmoid(logits).cpu().unflatten(0, (n_style, n_content))
+
+
+def style_transfer_rows(content_images: torch.Tensor, style_images: torch.Tensor,
+                        transfers: torch.Tensor) -> list[torch.Tensor]:
+    """Grid rows: first row a blank corner then the content images; each next row the
+    style image then its transfers (`transfers` from `style_transfer`)."""
+    rows = [torch.cat([blank_like(content_images), content_images])]
+    for index, style_image in enumerate(style_images):
+        rows.append(torch.cat([style_image[None], transfers[index]]))
+    return rows
+
+
+# --- z_c vs z_s ---------------------------------------------------------------------------
+@dataclass
+class LatentCheck:
+    """Nearest-support accuracy (percent, 95% CI) from each latent alone."""
+
+    n_way: int
+    n_shot: int
+    n_query: int
+    episodes: int
+    seed: int
+    content: AccuracySummary
+    style: AccuracySummary
+    chance: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@torch.no_grad()
+def nearest_support_predictions(query: DiagonalGaussian, support: DiagonalGaussian,
+                                support_labels: torch.Tensor) -> torch.Tensor:
+    """Label of each query's nearest support posterior by symmetric KL: `(n_query,)`."""
+    divergence = pairwise_symmetric_kl(query.mean, query.var, support.mean, support.var)
+    return support_labels[divergence.argmin(dim=1)]
+
+
+@torch.no_grad()
+def latent_nearest_accuracy(vae: GaussianVAE, dataset: ClassImageSet, *, n_way: int,
+                            n_shot: int = 1, n_query: int = 5, episodes: int = 300,
+                            seed: int = 0) -> LatentCheck:
+    """Classify each query by its nearest support image, once with q(z_c|x) only and
+    once with q(z_s|x) only, on the same seeded episodes.
+
+    If the model separates content from style as intended, z_c is far above chance and
+    z_s near chance (1/n_way). Nearest support example, not a merged class entry, so the
+    two latents are compared on the same footing whatever n_shot is.
+    """
+    sampler = EpisodeSampler(dataset, n_way, n_shot, n_query, seed=seed)
+    correct = {"content": np.zeros(episodes), "style": np.zeros(episodes)}
+    device = _model_device(vae)
+    with _EvalMode(vae):
+        for index in range(episodes):
+            episode = sampler.sample()
+            images = torch.cat([episode.support_images, episode.query_images]).to(device)
+            posteriors = vae.encode(images)
+            n_support = len(episode.support_labels)
+            for name in ("content", "style"):
+                gaussian = getattr(posteriors, name)
+                support = DiagonalGaussian(gaussian.mean[:n_support],
+                                           gaussian.log_var[:n_support])
+                query = DiagonalGaussian(gaussian.mean[n_support:],
+                                         gaussian.log_var[n_support:])
+                predictions = nearest_support_predictions(
+                    query, support, episode.support_labels.to(device)).cpu()
+                correct[name][index] = (predictions == episode.query_labels).double().mean()
+    return LatentCheck(n_way, n_shot, n_query, episodes, seed,
+                       AccuracySummary.from_values(correct["content"]),
+                       AccuracySummary.from_values(correct["style"]), 100.0 / n_way)
+
+
+# --- checkpoints and run figures ----------------------------------------------------------
+def vae_from_checkpoint(checkpoint_path: str | Path) -> tuple[GaussianVAE, dict[str, Any]]:
+    """The trained `GaussianVAE` of an MA-VAE checkpoint (eval mode, CPU) and the
+    checkpoint dict. `CheckpointError` for a missing/corrupt file, `GenerativeError` for
+    a checkpoint of a method without a VAE."""
+    from gaussmem.checkpoint import load_checkpoint
+    from gaussmem.methods import classifier_from_checkpoint
+    from gaussmem.methods.mavae import MemoryAugmentedVAE
+
+    checkpoint = load_checkpoint(checkpoint_path)
+    method = checkpoint.get("config", {}).get("method")
+    if method != MemoryAugmentedVAE.method_name:
+        raise GenerativeError(f"{checkpoint_path} is a {method!r} checkpoint; reconstruction "
+                              "and generation need a memory-augmented VAE ('mavae') checkpoint")
+    classifier = classifier_from_checkpoint(checkpoint)
+    assert isinstance(classifier, MemoryAugmentedVAE)
+    return classifier.vae.eval(), checkpoint
+
+
+def load_split(checkpoint: dict[str, Any], split: str, data_dir: Path | None,
+               cache_dir: Path | None) -> ClassImageSet:
+    """The `split` class subset of the dataset the checkpoint was trained on."""
+    data = checkpoint["config"]["data"]
+    if data["dataset"] != "omniglot":
+        raise GenerativeError(f"dataset {data['dataset']!r}: only Omniglot checkpoints "
+                              "are supported by the generative tools")
+    from gaussmem.data.omniglot import load_omniglot
+
+    return load_omniglot(data["scheme"], split, data_dir=data_dir, cache_dir=cache_dir)
+
+
+def reconstruction_figure(vae: GaussianVAE, images: torch.Tensor, *, per_row: int = 20,
+                          scale: int = 2, mean_image: torch.Tensor | None = None
+                          ) -> tuple[Image.Image, dict[str, Any]]:
+    """Figure 2: originals and reconstructions in row pairs; and the BCE summary
+    `{"bce": [per image], "mean_bce", "mean_image_bce" (if `mean_image`)}`."""
+    result = reconstruct(vae, images)
+    figure = image_grid(paired_rows(images, result.images, per_row), scale=scale,
+                        group_size=2)
+    summary: dict[str, Any] = {"bce_nats_per_pixel": result.bce.tolist(),
+                               "mean_bce": float(result.bce.mean())}
+    if mean_image is not None:
+        summary["mean_image_bce"] = float(mean_image_bce(images, mean_image).mean())
+    return figure, summary
+
+
+def generation_figure(vae: GaussianVAE, examples: torch.Tensor, *, n_samples: int = 10,
+                      seed: int = 0, scale: int = 2) -> Image.Image:
+    """One row per example's class: the stored example, then `n_samples` drawings
+    generated from its memory entry (one example per class, labels 0..n-1)."""
+    labels = torch.arange(len(examples))
+    generation = generate_from_memory(vae, examples, labels, n_samples, seed=seed)
+    rows = [torch.cat([examples[index:index + 1], generation.samples[index]])
+            for index in range(len(examples))]
+    return image_grid(rows, scale=scale)
+
+
+def style_transfer_figure(vae: GaussianVAE, content_images: torch.Tensor,
+                          style_images: torch.Tensor, *, scale: int = 2) -> Image.Image:
+    """Top row the content images, left column the style images, cells the transfers."""
+    transfers = style_transfer(vae, content_images, style_images)
+    return image_grid(style_transfer_rows(content_images, style_images, transfers),
+                      scale=scale)
+
+
+def write_run_figures(run_dir: str | Path, vae: GaussianVAE, dataset: ClassImageSet, *,
+                      seed: int = 0, n_way: int = 100, n_generate: int = 8,
+                      n_samples: int = 10, n_style: int = 6) -> dict[str, Path]:
+    """Write the reconstruction, generation and style-transfer figures of a trained
+    model into `run_dir/figures/`, with `figures.json` (BCE, dataset, seed).
+
+    Meant for the end of training with the validation set (never the test split):
+    `write_run_figures(run_dir, trainer.vae, trainer.val_set)`. Takes seconds on a CPU.
+    Returns `{"reconstruction": path, "generation": path, "style_transfer": path,
+    "summary": path}`.
+    """
+    folder = Path(run_dir) / "figures"
+    n_way = min(n_way, dataset.n_classes)
+    images, _ = episode_images(dataset, n_way, seed=seed)
+    figure, summary = reconstruction_figure(vae, images, per_row=min(20, n_way),
+                                            mean_image=dataset_mean_image(dataset))
+    paths = {"reconstruction": save_png(figure, folder / RECONSTRUCTION_PNG)}
+    n_generate = min(n_generate, dataset.n_classes)
+    examples, _ = episode_images(dataset, n_generate, seed=seed + 1)
+    paths["generation"] = save_png(
+        generation_figure(vae, examples, n_samples=n_samples, seed=seed),
+        folder / GENERATION_PNG)
+    n_style = max(1, min(n_style, dataset.n_classes // 2))
+    pair, _ = episode_images(dataset, 2 * n_style, seed=seed + 2)
+    paths["style_transfer"] = save_png(
+        style_transfer_figure(vae, pair[:n_style], pair[n_style:]),
+        folder / STYLE_TRANSFER_PNG)
+    report = {"dataset": dataset.name, "seed": seed, "n_way": n_way,
+              "mean_bce": summary["mean_bce"], "mean_image_bce": summary["mean_image_bce"],
+              "figures": {name: path.name for name, path in paths.items()}}
+    paths["summary"] = folder / FIGURES_JSON
+    write_text_atomic(paths["summary"], json.dumps(report, indent=2) + "\n")
+    return paths
+
+
+def write_run_figures_from_checkpoint(checkpoint_path: str | Path, dataset: ClassImageSet,
+                                      run_dir: str | Path | None = None, *, seed: int = 0
+                                      ) -> dict[str, Path]:
+    """`write_run_figures` for a saved checkpoint; `run_dir` defaults to the folder
+    above the checkpoint's `checkpoints/` folder."""
+    checkpoint_path = Path(checkpoint_path)
+    vae, _ = vae_from_checkpoint(checkpoint_path)
+    if run_dir is None:
+        parent = checkpoint_path.resolve().parent
+        run_dir = parent.parent if parent.name == "checkpoints" else parent
+    return write_run_figures(run_dir, vae, dataset, seed=seed)
+
+
+def rows_needed(n_images: int, per_row: int) -> int:
+    """Image rows of a reconstruction grid: two per `per_row` originals."""
+    return 2 * math.ceil(n_images / per_row)
