@@ -193,6 +193,18 @@ def test_latent_check_is_seeded_and_in_range(trained_vae: GaussianVAE,
         assert 0 <= summary.mean <= 100 and summary.episodes == 6
 
 
+def test_decoder_sensitivity_sees_an_ignored_latent(trained_vae: GaussianVAE,
+                                                   dataset: ClassImageSet) -> None:
+    images = episode(dataset, 6)
+    vae = GaussianVAE(preset("smoke").model)
+    vae.load_state_dict(trained_vae.state_dict())
+    with torch.no_grad():  # cut z_c (the first inputs) out of the decoder
+        vae.decoder.project[0].weight[:, : vae.config.content_dim] = 0
+    assert generative.decoder_sensitivity(trained_vae, images)["content_swap"] > 1e-3
+    sensitivity = generative.decoder_sensitivity(vae, images)
+    assert sensitivity["content_swap"] < 1e-6 < sensitivity["style_swap"]
+
+
 def test_nearest_support_oracle() -> None:
     support = generative.DiagonalGaussian(torch.tensor([[0.0, 0.0], [5.0, 5.0]]),
                                           torch.zeros(2, 2))
@@ -246,7 +258,7 @@ def test_commands_write_figures_and_json(synthetic_split: None, checkpoint_path:
                  "--episodes", "4", "--json", str(latent)]) == 0
     values = json.loads(latent.read_text())
     assert [result["n_way"] for result in values["results"]] == [3, 5]
-    for key in ("checkpoint", "hardware", "command", "seed"):
+    for key in ("checkpoint", "hardware", "command", "seed", "decoder_sensitivity"):
         assert key in values
 
 

@@ -188,9 +188,14 @@ def run_style_transfer(args: argparse.Namespace) -> int:
 
 
 def run_latent_check(args: argparse.Namespace) -> int:
-    from gaussmem.generative import latent_nearest_accuracy
+    from gaussmem.generative import decoder_sensitivity, episode_images, latent_nearest_accuracy
 
     vae, checkpoint, dataset = _load(args)
+    # Which latent the decoder uses, on one 100-way (or smaller) episode of the split.
+    images, _ = episode_images(dataset, min(100, dataset.n_classes), seed=args.seed)
+    sensitivity = decoder_sensitivity(vae, images)
+    print(f"decoder: swapping z_c changes pixels by {sensitivity['content_swap']:.4f}, "
+          f"swapping z_s by {sensitivity['style_swap']:.4f} (mean |change|)")
     results = []
     for n_way in args.n_way:
         check = latent_nearest_accuracy(vae, dataset, n_way=n_way, n_shot=args.n_shot,
@@ -204,7 +209,12 @@ def run_latent_check(args: argparse.Namespace) -> int:
     report = {**_metadata(args, checkpoint, dataset),
               "measure": "nearest-support accuracy (%) by symmetric KL between posteriors "
               "of z_c only vs z_s only; mean and 95% CI over episodes",
-              "results": results}
+              "results": results,
+              "decoder_sensitivity": {
+                  **sensitivity, "images": len(images),
+                  "measure": "mean |change| of the Bernoulli means per pixel when an "
+                  "image's z_c (content_swap) or z_s (style_swap) posterior mean is "
+                  "replaced by another image's"}}
     if args.note:
         report["note"] = args.note
     if args.json_path:
