@@ -48,11 +48,12 @@ class Conv4Backbone(nn.Module):
 class GaussianHead(nn.Module):
     """Linear map from features to a diagonal Gaussian: mean and log-variance.
 
-    `init_scale` multiplies the default initial weights. A small value starts every
-    posterior near the prior N(0, I): then the symmetric KL between any two posteriors
-    starts near 0, exp(-SKL) near 1, and the paper's triplet term has gradients from the
-    first step (with default init and tens of dimensions exp(-SKL) underflows to ~0 for
-    every pair and the triplet is a constant; see docs/model.md).
+    `init_scale` multiplies the default initial weights, which sets the symmetric KL
+    between posteriors at the start, and so where the triplet on exp(-SKL) starts: too
+    large and exp(-SKL) ~ 0 for most pairs (the triplet is nearly constant), too small
+    and every posterior is ~N(0, I), exp(-SKL) ~ 1 for every pair and the triplet's
+    gradient, proportional to the gap between means, vanishes (a saddle). See
+    `VAEConfig.head_init_scale` for the measured choice and docs/model.md.
 
     Input `(batch, in_features)`; output `(mean, log_var)`, each `(batch, dim)`.
     """

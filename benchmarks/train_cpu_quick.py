@@ -1,0 +1,121 @@
+"""Benchmark: train the `cpu-quick` preset, then evaluate it on the paper's tables.
+
+Runs the real commands (`gaussmem train`, `gaussmem evaluate`) so each result JSON names
+the exact command that produced it, then writes a training record (throughput, minutes
+to 97% validation 5-way 1-shot, hardware) and regenerates results/omniglot.md.
+
+    python benchmarks/train_cpu_quick.py --run-dir runs/cpu-quick-seed0 --tag cpu-quick
+
+Evaluations: 5/20-way 1/5-shot with 1,000 episodes; 100-way with `--large-episodes`
+(default 200) and 400-way with a quarter of that (default 50) episodes, all on the test
+split with seed 0. Training selects its checkpoint on the validation split only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from gaussmem.atomic import write_text_atomic  # noqa: E402
+from gaussmem.metrics_log import read_metrics  # noqa: E402
+
+
+def hardware() -> dict[str, object]:
+    """What machine ran this: CPU model, cores, torch threads."""
+    import torch
+
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "gpu": None}
+
+
+def run(command: list[str]) -> None:
+    print("+", " ".join(command), flush=True)
+    subprocess.run(command, check=True, cwd=ROOT)
+
+
+def training_record(run_dir: Path, tag: str, command: list[str]) -> dict[str, object]:
+    """Summarize a finished run from its metrics.jsonl and summary.json."""
+    records = read_metrics(run_dir / "metrics.jsonl")
+    train = [r for r in records if r["kind"] == "train"]
+    val = [r for r in records if r["kind"] == "val"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rates = [r["images_per_second"] for r in train[1:]]  # the first window includes warm-up
+    return {
+        "tag": tag, "kind": "training", "command": " ".join(command), "run_dir": str(run_dir),
+        "config": json.loads((run_dir / "config.json").read_text()),
+        "steps": summary["step"], "train_minutes": summary["elapsed_seconds"] / 60.0,
+        "images_per_second_mean": sum(rates) / len(rates) if rates else None,
+        "best_val_accuracy": summary["best_val_accuracy"], "best_step": summary["best_step"],
+        "minutes_to_97_val_5w1s": summary["minutes_to_97"],
+        "validation": [{"step": r["step"], "minutes": r["minutes"],
+                        "accuracy": r["val_accuracy"], "ci95": r["val_ci95"]} for r in val],
+        "triplet_diagnostics": [{k: r.get(k) for k in ("step", "triplet", "triplet_grad_norm",
+                                                       "positive_rate", "accuracy")}
+                                for r in train[:: max(1, len(train) // 20)]],
+        "hardware": hardware(),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="cpu-quick")
+    parser.add_argument("--run-dir", default="runs/cpu-quick-seed0")
+    parser.add_argument("--tag", default="cpu-quick")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--episodes", type=int, default=1000)
+    parser.add_argument("--large-episodes", type=int, default=200)
+    parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--results", default="results")
+    args = parser.parse_args()
+
+    gaussmem = [sys.executable, "-m", "gaussmem"]
+    run_dir = Path(args.run_dir)
+    train_command = [*gaussmem, "train", "--preset", args.preset, "--run-dir", str(run_dir),
+                     "--seed", str(args.seed), "--no-progress"]
+    for override in args.overrides:
+        train_command += ["--set", override]
+    if not args.skip_train:
+        run(train_command)
+    results = Path(args.results)
+    record = training_record(run_dir, args.tag, train_command)
+    write_text_atomic(results / f"omniglot-{args.tag}-training.json",
+                      json.dumps(record, indent=2) + "\n")
+    checkpoint = run_dir / "checkpoints" / "best.ckpt"
+    cells = [(5, 1, args.episodes), (5, 5, args.episodes), (20, 1, args.episodes),
+             (20, 5, args.episodes), (100, 1, args.large_episodes),
+             (100, 5, args.large_episodes), (400, 1, max(1, args.large_episodes // 4)),
+             (400, 5, max(1, args.large_episodes // 4))]
+    for n_way, n_shot, episodes in cells:
+        out = results / f"omniglot-{args.tag}-{n_way}w{n_shot}s.json"
+        run([*gaussmem, "evaluate", "--checkpoint", str(checkpoint), "--n-way", str(n_way),
+             "--n-shot", str(n_shot), "--episodes", str(episodes), "--seed", "0",
+             "--split", "test", "--json", str(out), "--no-progress"])
+        report = json.loads(out.read_text())
+        report["tag"] = args.tag
+        report["hardware"] = hardware()
+        write_text_atomic(out, json.dumps(report, indent=2, sort_keys=True) + "\n")
+    run([sys.executable, str(ROOT / "scripts" / "make_results_table.py")])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,96 @@
+"""The paper's loss terms, checked against closed forms and torch.distributions."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gaussmem.gaussian import symmetric_kl_diag
+from gaussmem.losses import (
+    LossWeights,
+    bernoulli_nll,
+    latent_kl,
+    scaled_similarity,
+    total_loss,
+    triplet_loss,
+)
+from gaussmem.models.vae import DiagonalGaussian
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.floats(0, 1), st.floats(0, 1), st.floats(0.01, 0.5))
+def test_triplet_never_clips_and_ignores_alpha(sim_positive: float, sim_negative: float,
+                                               alpha: float) -> None:
+    """With similarities in [0, 1], max(s_n + 1 - s_p + a, a) - a == 1 + s_n - s_p."""
+    loss = triplet_loss(torch.tensor([sim_positive]), torch.tensor([sim_negative]), alpha)
+    assert loss.item() == pytest.approx(1 + sim_negative - sim_positive, abs=1e-6)
+
+
+def test_triplet_is_flat_when_every_similarity_underflows() -> None:
+    """The paper's risk: SKL >> 1 for every pair makes the triplet a constant."""
+    query = torch.randn(4, 64, requires_grad=True)
+    entry = torch.randn(4, 64) * 5
+    divergence = symmetric_kl_diag(query, torch.full_like(entry, 0.01), entry,
+                                   torch.full_like(entry, 0.01))
+    similarity = scaled_similarity(divergence)
+    loss = triplet_loss(similarity, similarity.detach() * 0).mean()
+    loss.backward()
+    assert loss.item() == pytest.approx(1.0)
+    assert query.grad.abs().max() == 0
+    # The per-dimension form keeps a gradient for the same pair.
+    query.grad = None
+    per_dim = scaled_similarity(symmetric_kl_diag(query, torch.ones_like(entry), entry,
+                                                  torch.ones_like(entry)), kind="per_dim", dim=64)
+    triplet_loss(per_dim, torch.zeros(4)).mean().backward()
+    assert query.grad.abs().max() > 0
+
+
+def test_scaled_similarity_forms() -> None:
+    divergence = torch.tensor([0.0, 2.0, math.inf])
+    torch.testing.assert_close(scaled_similarity(divergence),
+                               torch.tensor([1.0, math.exp(-2.0), 0.0]))
+    torch.testing.assert_close(scaled_similarity(divergence, kind="per_dim", dim=4),
+                               torch.tensor([1.0, math.exp(-0.5), 0.0]))
+    with pytest.raises(ValueError, match="unknown similarity"):
+        scaled_similarity(divergence, kind="cosine")
+
+
+def test_latent_kl_matches_torch_distributions() -> None:
+    torch.manual_seed(0)
+    mean, log_var = torch.randn(3, 5), torch.randn(3, 5)
+    expected = torch.distributions.kl_divergence(
+        torch.distributions.Normal(mean, (0.5 * log_var).exp()),
+        torch.distributions.Normal(torch.zeros(3, 5), torch.ones(3, 5))).sum(-1)
+    torch.testing.assert_close(latent_kl(DiagonalGaussian(mean, log_var)), expected)
+    assert latent_kl(DiagonalGaussian(torch.zeros(2, 4), torch.zeros(2, 4))).abs().max() == 0
+
+
+def test_bernoulli_nll_is_mean_per_pixel_bce() -> None:
+    torch.manual_seed(0)
+    logits, images = torch.randn(2, 1, 28, 28), torch.rand(2, 1, 28, 28)
+    expected = F.binary_cross_entropy_with_logits(logits, images, reduction="none")
+    torch.testing.assert_close(bernoulli_nll(logits, images), expected.mean((1, 2, 3)))
+
+
+def test_total_loss_is_the_weighted_sum() -> None:
+    torch.manual_seed(0)
+    content = DiagonalGaussian(torch.randn(4, 6), torch.randn(4, 6))
+    style = DiagonalGaussian(torch.randn(4, 2), torch.randn(4, 2))
+    images = torch.rand(4, 1, 28, 28)
+    self_logits, cross_logits = torch.randn(4, 1, 28, 28), torch.randn(4, 1, 28, 28)
+    sim_positive, sim_negative = torch.rand(4), torch.rand(4)
+    weights = LossWeights(triplet=2.0, latent=0.5, generative=3.0)
+    terms = total_loss(sim_positive=sim_positive, sim_negative=sim_negative, content=content,
+                       style=style, self_logits=self_logits, cross_logits=cross_logits,
+                       images=images, weights=weights)
+    latent = ((latent_kl(content) + latent_kl(style)) / 8).mean()
+    generative = bernoulli_nll(self_logits, images).mean() + bernoulli_nll(
+        cross_logits, images).mean()
+    expected = 2.0 * (1 + sim_negative - sim_positive).mean() + 0.5 * latent + 3.0 * generative
+    torch.testing.assert_close(terms["loss"], expected)
+    torch.testing.assert_close(terms["latent"], latent)

@@ -1,0 +1,160 @@
+"""Training loop: sampler, schedule, configs, checkpoints, exact resume, and "it learns"."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gaussmem.checkpoint import CheckpointError, load_checkpoint
+from gaussmem.config import ConfigError, preset, resolve, to_dict
+from gaussmem.data.class_images import ClassImageSet
+from gaussmem.evaluate import evaluate_checkpoint
+from gaussmem.metrics_log import read_metrics
+from gaussmem.train import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    TrainingClassSampler,
+    TrainingError,
+    learning_rate,
+    train,
+)
+
+
+def synthetic_set(n_classes: int = 12, seed: int = 0) -> ClassImageSet:
+    """Classes = a random template plus per-drawing noise: learnable, tiny."""
+    rng = np.random.default_rng(seed)
+    templates = rng.random((n_classes, 1, 28, 28)) < 0.15
+    noise = rng.random((n_classes, 20, 28, 28)) < 0.03
+    images = ((templates ^ noise) * 255).astype(np.uint8)
+    return ClassImageSet(images, [f"class{i}" for i in range(n_classes)], "synthetic")
+
+
+def test_sampler_is_seeded_and_resumable() -> None:
+    dataset = synthetic_set()
+    first = TrainingClassSampler(dataset, 4, 2, 3, seed=5)
+    batches = [first.next_batch() for _ in range(2)]
+    state = first.state_dict()
+    rest = [first.next_batch() for _ in range(4)]
+    again = TrainingClassSampler(dataset, 4, 2, 3, seed=5)
+    assert all(np.array_equal(a, b) for a, b in zip(batches, [again.next_batch()
+                                                               for _ in range(2)], strict=True))
+    resumed = TrainingClassSampler(dataset, 4, 2, 3, seed=99)
+    resumed.load_state_dict(json.loads(json.dumps(state)))
+    assert all(np.array_equal(a, resumed.next_batch()) for a in rest)
+    assert batches[0].shape == (2, 4, 28, 28)
+
+
+def test_sampler_pairs_drawings_of_one_class() -> None:
+    dataset = synthetic_set()
+    sampler = TrainingClassSampler(dataset, 5, 2, 1, seed=0)
+    batch = sampler.next_batch()
+    classes = sampler.state_dict()["classes"]
+    for column, class_index in enumerate(classes):
+        drawings = {d.tobytes() for d in dataset.images[class_index]}
+        assert batch[0, column].tobytes() in drawings and batch[1, column].tobytes() in drawings
+        assert not np.array_equal(batch[0, column], batch[1, column])
+    with pytest.raises(TrainingError, match="classes per step"):
+        TrainingClassSampler(dataset, 50, 2, 1, seed=0)
+
+
+def test_learning_rate_cosine_over_steps_and_time() -> None:
+    config = preset("smoke")
+    config.budget.max_steps = 100
+    assert learning_rate(config, 0, 0.0) == pytest.approx(config.optim.lr)
+    end = config.optim.lr * config.optim.final_lr_fraction
+    assert learning_rate(config, 100, 0.0) == pytest.approx(end)
+    config.budget.max_minutes = 1.0
+    assert learning_rate(config, 0, 60.0) == pytest.approx(end)
+
+
+def test_config_presets_overrides_and_errors(tmp_path: Path) -> None:
+    for name in ("omniglot-5way", "omniglot-20way", "omniglot-5way-to-20way",
+                 "omniglot-parallel", "cpu-quick"):
+        assert preset(name).method == "mavae"
+    assert preset("omniglot-parallel").episodes.batch_episodes == 20
+    assert preset("omniglot-5way-to-20way").eval_n_way == 20
+    toml = tmp_path / "run.toml"
+    toml.write_text("seed = 7\n[optim]\nlr = 0.002\n")
+    config = resolve("smoke", toml, ["optim.lr=3e-4", "budget.max_minutes=none",
+                                     "channels_last=false"])
+    assert (config.seed, config.optim.lr, config.channels_last) == (7, 3e-4, False)
+    assert config.budget.max_minutes is None
+    with pytest.raises(ConfigError, match="unknown field"):
+        resolve("smoke", overrides=["optim.lrr=1"])
+    with pytest.raises(ConfigError, match="unknown preset"):
+        preset("omniglot-6way")
+    with pytest.raises(ConfigError, match="similarity.kind"):
+        resolve("smoke", overrides=["similarity.kind=cosine"])
+
+
+def test_training_writes_config_metrics_and_checkpoints(tmp_path: Path) -> None:
+    dataset = synthetic_set()
+    result = train(preset("smoke"), tmp_path / "run", dataset, dataset, progress=False)
+    assert result.step == 6
+    run = tmp_path / "run"
+    saved_config = json.loads((run / "config.json").read_text())
+    assert saved_config == to_dict(preset("smoke"))
+    checkpoint = load_checkpoint(run / LAST_CHECKPOINT)
+    assert {"model", "optimizer", "memory", "config", "step", "rng", "sampler"} <= set(checkpoint)
+    assert checkpoint["step"] == 6 and (run / BEST_CHECKPOINT).exists()
+    records = read_metrics(run / "metrics.jsonl")
+    train_records = [r for r in records if r["kind"] == "train"]
+    assert {"triplet", "triplet_grad_norm", "positive_rate", "images_per_second"} <= set(
+        train_records[-1])
+    assert any(r["kind"] == "val" for r in records)
+    with pytest.raises(TrainingError, match="already holds a run"):
+        train(preset("smoke"), run, dataset, dataset, progress=False)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(run / "missing.ckpt")
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path: Path) -> None:
+    dataset = synthetic_set()
+    config = preset("smoke")
+    config.budget.max_steps = 8
+    train(config, tmp_path / "straight", dataset, dataset, progress=False)
+    train(config, tmp_path / "resumed", dataset, dataset, progress=False, stop_at_step=5)
+    assert load_checkpoint(tmp_path / "resumed" / LAST_CHECKPOINT)["step"] == 5
+    result = train(config, tmp_path / "resumed", dataset, dataset, progress=False, resume=True)
+    assert result.step == 8
+    straight = load_checkpoint(tmp_path / "straight" / LAST_CHECKPOINT)
+    resumed = load_checkpoint(tmp_path / "resumed" / LAST_CHECKPOINT)
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    for key, value in straight["memory"].items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, resumed["memory"][key]), key
+    reports = [evaluate_checkpoint(tmp_path / run / LAST_CHECKPOINT, n_way=3, n_shot=2,
+                                   n_query=3, episodes=5, seed=1, dataset=dataset)["result"]
+               for run in ("straight", "resumed")]
+    reports[0].pop("seconds")
+    reports[1].pop("seconds")
+    assert reports[0] == reports[1]
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_tiny_model_learns_on_real_omniglot(real_data_dir: Path, real_cache_dir: Path,
+                                            tmp_path: Path) -> None:
+    """A few dozen steps: the triplet has a gradient and 5-way 1-shot beats chance."""
+    from gaussmem.data.omniglot import load_omniglot
+
+    train_set = load_omniglot("vinyals", "train", data_dir=real_data_dir,
+                              cache_dir=real_cache_dir)
+    val_set = load_omniglot("vinyals", "val", data_dir=real_data_dir, cache_dir=real_cache_dir)
+    config = resolve("smoke", overrides=[
+        "episodes.n_way=8", "episodes.batch_episodes=4", "episodes.steps_per_episode=5",
+        "model.hidden_channels=32", "model.content_dim=16", "budget.max_steps=40",
+        "validation.every_steps=40", "validation.n_way=5", "validation.n_query=5",
+        "validation.episodes=100", "log_every=10"])
+    result = train(config, tmp_path / "run", train_set, val_set, progress=False)
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    train_records = [r for r in records if r["kind"] == "train"]
+    assert all(r["triplet_grad_norm"] > 0 for r in train_records)
+    assert train_records[-1]["positive_rate"] > 0.5
+    # Chance is 20%; a margin of 20 points is far outside the CI of 100 episodes.
+    assert result.best_val_accuracy > 40.0
