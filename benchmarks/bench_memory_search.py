@@ -21,7 +21,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -32,6 +31,7 @@ import torch
 
 from gaussmem.atomic import write_text_atomic
 from gaussmem.gaussian import symmetric_kl_diag
+from gaussmem.hardware import command_line, describe_hardware
 from gaussmem.memory import GaussianMemory
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -214,21 +214,8 @@ def bench_size(size: int, args: argparse.Namespace, generator: torch.Generator) 
 
 
 def hardware() -> dict:
-    cpu_model = platform.processor() or "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    info = {
-        "cpu_model": cpu_model,
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "load_average_at_start": os.getloadavg(),
-    }
+    """The shared hardware description plus the FAISS build this run used."""
+    info = describe_hardware()
     try:
         import faiss
 
@@ -279,10 +266,10 @@ def main(argv: list[str] | None = None) -> None:
     for size in args.sizes:
         results.append(bench_size(int(size), args, generator))
         print(f"done m={int(size):.0e}", file=sys.stderr, flush=True)
-    info["load_average_at_end"] = os.getloadavg()
+    info["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     report = {
         "benchmark": "exact top-1 symmetric-KL search, GaussianMemory",
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "command": command_line(),
         "seed": args.seed,
         "queries": args.queries,
         "dim": args.dim,

@@ -22,8 +22,10 @@ RESULTS = ROOT / "results"
 def _hardware_line(result: dict) -> str:
     hardware = result["hardware"]
     device = hardware.get("gpu") or f"{hardware['cpu']}, {hardware['cpu_cores']} cores"
+    load = hardware.get("load_average")
+    load_note = f", load average {load[0]:.1f} at the start" if load else ""
     return (f"Measured on {device} (torch {hardware['torch']}, "
-            f"{hardware['torch_threads']} threads) with `{result['command']}`, "
+            f"{hardware['torch_threads']} threads{load_note}) with `{result['command']}`, "
             f"seed {result['seed']}.")
 
 
@@ -46,8 +48,34 @@ def render_data_loading(result: dict) -> str:
     return "\n".join(lines) + f"\n\n{_hardware_line(result)} Medians of {result['repeats']} runs."
 
 
+def _seconds_and_ratio(method: dict | None) -> str:
+    if method is None:
+        return "not run"
+    note = " (extrapolated)" if method.get("extrapolated") else ""
+    return f"{method['median_s']:.3g} s ({method['ratio_to_plain_matmul']:.2f}x){note}"
+
+
+def render_memory_search(result: dict) -> str:
+    lines = ["| entries | plain matmul + argmin | GaussianMemory.query (GEMM form) | FAISS flat IP "
+             "| naive broadcast | update_ entries/s |", "|---:|---:|---:|---:|---:|---:|"]
+    for row in result["results"]:
+        methods = row["methods"]
+        lines.append(
+            f"| {row['size']:.0e} | {methods['plain_matmul']['median_s']:.3g} s "
+            f"| {_seconds_and_ratio(methods.get('gemm'))} "
+            f"| {_seconds_and_ratio(methods.get('faiss'))} "
+            f"| {_seconds_and_ratio(methods.get('naive'))} "
+            f"| {row['update']['entries_per_s']:,.0f} |")
+    not_run = "; ".join(f"{item['entries']:.0e} entries on a {item['device']}: {item['reason']}"
+                        for item in result.get("not_run", []))
+    return ("\n".join(lines) + f"\n\n{result['queries']} queries, d = {result['dim']}, "
+            f"{result['statistic']} ({result['repeats']} repeats); ratios are to the plain "
+            f"matmul. {_hardware_line(result)}" + (f" Not run: {not_run}." if not_run else ""))
+
+
 RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "data_loading": ("data_loading.json", render_data_loading),
+    "memory_search": ("memory_search.json", render_memory_search),
 }
 
 

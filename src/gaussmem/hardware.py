@@ -37,6 +37,8 @@ def describe_hardware() -> dict[str, Any]:
         "torch": torch.__version__,
         "numpy": np.__version__,
         "platform": platform.platform(),
+        # Shared machines are noisy: a figure taken under load says so.
+        "load_average": [round(load, 2) for load in os.getloadavg()],
     }
     if torch.cuda.is_available():
         description["gpu"] = torch.cuda.get_device_name(0)
