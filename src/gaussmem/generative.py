@@ -469,7 +469,7 @@ def write_run_figures(run_dir: str | Path, vae: GaussianVAE, dataset: ClassImage
     Meant for the end of training with the validation set (never the test split):
     `write_run_figures(run_dir, trainer.vae, trainer.val_set)`. Takes seconds on a CPU.
     Returns `{"reconstruction": path, "generation": path, "style_transfer": path,
-    "summary": path}`.
+    "summary": path}` ("style_transfer" only when the set has two classes or more).
     """
     folder = Path(run_dir) / "figures"
     n_way = min(n_way, dataset.n_classes)
@@ -482,11 +482,12 @@ def write_run_figures(run_dir: str | Path, vae: GaussianVAE, dataset: ClassImage
     paths["generation"] = save_png(
         generation_figure(vae, examples, n_samples=n_samples, seed=seed),
         folder / GENERATION_PNG)
-    n_style = max(1, min(n_style, dataset.n_classes // 2))
-    pair, _ = episode_images(dataset, 2 * n_style, seed=seed + 2)
-    paths["style_transfer"] = save_png(
-        style_transfer_figure(vae, pair[:n_style], pair[n_style:]),
-        folder / STYLE_TRANSFER_PNG)
+    n_style = min(n_style, dataset.n_classes // 2)
+    if n_style >= 1:  # content and style from distinct classes: needs two classes
+        pair, _ = episode_images(dataset, 2 * n_style, seed=seed + 2)
+        paths["style_transfer"] = save_png(
+            style_transfer_figure(vae, pair[:n_style], pair[n_style:]),
+            folder / STYLE_TRANSFER_PNG)
     report = {"dataset": dataset.name, "seed": seed, "n_way": n_way,
               "mean_bce": summary["mean_bce"], "mean_image_bce": summary["mean_image_bce"],
               "figures": {name: path.name for name, path in paths.items()}}
