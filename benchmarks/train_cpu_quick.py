@@ -113,6 +113,10 @@ def main() -> int:
         report["tag"] = args.tag
         report["hardware"] = hardware()
         write_text_atomic(out, json.dumps(report, indent=2, sort_keys=True) + "\n")
+    online = results / f"omniglot-{args.tag}-online-5w5s.json"
+    run([*gaussmem, "evaluate", "--checkpoint", str(checkpoint), "--protocol", "online",
+         "--n-way", "5", "--n-shot", "5", "--episodes", str(args.episodes), "--seed", "0",
+         "--split", "test", "--json", str(online), "--no-progress"])
     run([sys.executable, str(ROOT / "scripts" / "make_results_table.py")])
     return 0
 

@@ -154,7 +154,8 @@ def test_two_evaluations_with_one_seed_are_identical(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_cli_train_then_evaluate_twice(real_data_dir: Path, real_cache_dir: Path,
                                        tmp_path: Path) -> None:
-    """End to end through the real commands: same seed, identical JSON (but timings)."""
+    """End to end through the real commands: same seed, identical JSON (but timings and
+    the --json path in the recorded command)."""
     env_args = ["--data-dir", str(real_data_dir), "--cache-dir", str(real_cache_dir)]
     run = tmp_path / "run"
     command = [sys.executable, "-m", "gaussmem"]
@@ -169,6 +170,8 @@ def test_cli_train_then_evaluate_twice(real_data_dir: Path, real_cache_dir: Path
                        check=True)
         report = json.loads(out.read_text())
         report["result"].pop("seconds")
+        # The command line names its own --json path; everything else must match.
+        assert str(out) in report.pop("command")
         outputs.append(report)
     assert outputs[0] == outputs[1]
     assert outputs[0]["split"] == "val" and outputs[0]["episodes"] == 3

@@ -1,0 +1,86 @@
+"""Training-step and embedding throughput on this machine, with and without channels_last.
+
+    python benchmarks/train_step_speed.py [--steps 10] [--json results/speed-cpu.json]
+
+Times `gaussmem.train.train_step` on the cpu-quick shapes (128 classes x 2 drawings =
+256 images per step) on random uint8 data (throughput does not depend on the pixels),
+and the evaluation encoder at several batch sizes. Reports mean and 95% CI over steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from gaussmem.atomic import write_text_atomic  # noqa: E402
+from gaussmem.config import resolve  # noqa: E402
+from gaussmem.data.class_images import ClassImageSet  # noqa: E402
+from gaussmem.methods.mavae import MemoryAugmentedVAE  # noqa: E402
+from gaussmem.train import build_trainer, train_step  # noqa: E402
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    array = np.asarray(values)
+    ci = 1.96 * array.std(ddof=1) / math.sqrt(len(array)) if len(array) > 1 else 0.0
+    return {"mean": float(array.mean()), "ci95": float(ci), "n": len(array)}
+
+
+def time_training(channels_last: bool, steps: int, dataset: ClassImageSet) -> dict:
+    config = resolve("cpu-quick", overrides=[f"channels_last={channels_last}"])
+    trainer = build_trainer(config, Path("/tmp/gaussmem-speed"), dataset, None)
+    images_per_step = config.episodes.n_classes * config.episodes.images_per_class
+    for _ in range(3):
+        train_step(trainer)
+    rates = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        train_step(trainer)
+        rates.append(images_per_step / (time.perf_counter() - start))
+    return {"channels_last": channels_last, "images_per_second": summary(rates)}
+
+
+def time_embedding(batch_size: int, dataset: ClassImageSet) -> dict:
+    config = resolve("cpu-quick")
+    trainer = build_trainer(config, Path("/tmp/gaussmem-speed"), dataset, None)
+    classifier = MemoryAugmentedVAE(trainer.vae, embed_batch_size=batch_size).eval()
+    images = torch.rand(2048, 1, 28, 28)
+    classifier.embed(images[:256])
+    rates = []
+    for _ in range(3):
+        start = time.perf_counter()
+        classifier.embed(images)
+        rates.append(len(images) / (time.perf_counter() - start))
+    return {"embed_batch_size": batch_size, "images_per_second": summary(rates)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    dataset = ClassImageSet(rng.integers(0, 256, (300, 20, 28, 28), dtype=np.uint8),
+                            [str(i) for i in range(300)], "random")
+    report = {"command": " ".join(["python", *sys.argv]),
+              "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+              "training": [time_training(flag, args.steps, dataset) for flag in (True, False)],
+              "embedding": [time_embedding(size, dataset) for size in (64, 128, 256, 512)]}
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        write_text_atomic(args.json, text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
