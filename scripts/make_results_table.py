@@ -87,8 +87,8 @@ def budget(tag: str, cells: dict[tuple[int, int], dict], training: dict | None) 
               f"{hardware.get('torch_threads', '?')} threads")
     minutes = any_cell["checkpoint"]["train_minutes"]
     text = f"{minutes:.1f} min training, step {any_cell['checkpoint']['step']}, {device}"
-    if training and training.get("images_per_second_mean"):
-        text += f", {training['images_per_second_mean']:.0f} images/s"
+    if training and training.get("images_per_second_overall"):
+        text += f", {training['images_per_second_overall']:.0f} images/s overall"
     return text
 
 
@@ -131,8 +131,11 @@ def render(cells: Cells, training: dict[str, dict], online: dict[str, dict]) -> 
         lines += [f"### {tag}", "", f"- command: `{record['command']}`",
                   f"- hardware: {record['hardware']}",
                   f"- steps: {record['steps']}, training minutes: "
-                  f"{record['train_minutes']:.1f}, mean images/s: "
-                  f"{record['images_per_second_mean']:.0f}",
+                  f"{record['train_minutes']:.1f}, images/s: "
+                  f"{record['images_per_second_overall']:.0f} overall (all images / "
+                  f"training seconds), {record['images_per_second_median_window']:.0f} "
+                  "median over logging windows",
+                  f"- note: {record.get('note') or '-'}",
                   f"- minutes to 97% validation 5-way 1-shot: "
                   f"{'not reached' if to_97 is None else f'{to_97:.1f}'}",
                   f"- best validation 5-way 1-shot: {record['best_val_accuracy']:.2f}% at "
