@@ -390,22 +390,25 @@ class TrainResult:
     minutes_to_97: float | None
 
 
-def train(config: TrainConfig, run_dir: str | Path, train_set: ClassImageSet,
+def train(config: TrainConfig | None, run_dir: str | Path, train_set: ClassImageSet,
           val_set: ClassImageSet | None, *, resume: bool = False, progress: bool = True,
           stop_at_step: int | None = None) -> TrainResult:
     """Train (or resume) a run in `run_dir`; see the module docstring for the loop.
 
     Fresh runs refuse a `run_dir` that already holds a checkpoint (pass `resume=True`).
-    On resume the checkpoint's config is used, except its `budget`, taken from `config`
-    so that a finished run can be extended.
+    On resume the checkpoint's config is used; if `config` is given, its `budget`
+    replaces the saved one (to extend a finished run), nothing else.
     """
     run_dir = Path(run_dir)
     last = run_dir / LAST_CHECKPOINT
     if resume:
         checkpoint = load_checkpoint(last)
         saved = from_dict(TrainConfig, checkpoint["config"])
-        saved.budget = config.budget
+        if config is not None:
+            saved.budget = config.budget
         config = saved
+    elif config is None:
+        raise TrainingError("a fresh run needs a config")
     elif last.exists():
         raise TrainingError(f"{run_dir} already holds a run ({last}); pass --resume to "
                             "continue it or choose another --run-dir")

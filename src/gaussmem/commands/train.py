@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from gaussmem.commands import DefaultsHelpFormatter
-from gaussmem.config import PRESETS, resolve
+from gaussmem.config import PRESETS, TrainConfig, resolve
 from gaussmem.settings import resolve_cache_dir, resolve_data_dir
 
 
@@ -53,6 +53,15 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return overrides
 
 
+def _saved_config(run_dir: Path) -> TrainConfig:
+    """The config of the run in `run_dir` (for --resume without a new budget)."""
+    from gaussmem.checkpoint import load_checkpoint
+    from gaussmem.config import from_dict
+    from gaussmem.train import LAST_CHECKPOINT
+
+    return from_dict(TrainConfig, load_checkpoint(run_dir / LAST_CHECKPOINT)["config"])
+
+
 def run(args: argparse.Namespace) -> int:
     # Imported here so `gaussmem --help` stays fast (no torch import).
     from gaussmem.data.omniglot import load_omniglot
@@ -61,10 +70,18 @@ def run(args: argparse.Namespace) -> int:
     config = resolve(args.preset, args.config, _overrides(args))
     if args.resume and not args.run_dir:
         raise TrainingError("--resume needs --run-dir")
+    budget_given = (args.max_steps is not None or args.max_minutes is not None
+                    or any(item.startswith("budget.") for item in args.overrides))
+    if args.resume and not budget_given:
+        config = None  # continue with the checkpoint's own config, budget included
+    elif args.resume:
+        print("gaussmem train: --resume uses the checkpoint's config; only the budget "
+              "given here replaces its own")
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     run_dir = Path(args.run_dir or Path("runs") / f"{args.preset}-{stamp}").resolve()
     data_dir, cache_dir = resolve_data_dir(args.data_dir), resolve_cache_dir(args.cache_dir)
-    data = config.data
+    # A resumed run reads the data its checkpoint was trained on.
+    data = (_saved_config(run_dir) if args.resume else config).data
     train_set = load_omniglot(data.scheme, data.train_subset, data_dir=data_dir,
                               cache_dir=cache_dir)
     val_set = load_omniglot(data.scheme, data.val_subset, data_dir=data_dir,
