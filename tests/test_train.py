@@ -87,6 +87,8 @@ def test_config_presets_overrides_and_errors(tmp_path: Path) -> None:
         resolve("smoke", overrides=["optim.lrr=1"])
     with pytest.raises(ConfigError, match="unknown preset"):
         preset("omniglot-6way")
+    with pytest.raises(ConfigError, match="never use the test split"):
+        resolve("smoke", overrides=["data.val_subset=test"])
     with pytest.raises(ConfigError, match="similarity.kind"):
         resolve("smoke", overrides=["similarity.kind=cosine"])
 

@@ -140,6 +140,10 @@ class TrainConfig:
         if self.similarity.kind not in SIMILARITY_KINDS:
             raise ConfigError(f"similarity.kind must be one of {SIMILARITY_KINDS}, "
                               f"got {self.similarity.kind!r}")
+        if "test" in (self.data.train_subset, self.data.val_subset):
+            raise ConfigError("training and model selection never use the test split; got "
+                              f"data.train_subset={self.data.train_subset!r}, "
+                              f"data.val_subset={self.data.val_subset!r}")
         if self.episodes.images_per_class < 2:
             raise ConfigError("episodes.images_per_class must be >= 2 (cross-reconstruction "
                               f"needs a second drawing), got {self.episodes.images_per_class}")
