@@ -86,7 +86,12 @@ def budget(tag: str, cells: dict[tuple[int, int], dict], training: dict | None) 
     device = (f"{hardware.get('cores', '?')}-core CPU ({hardware.get('cpu', '?')}), "
               f"{hardware.get('torch_threads', '?')} threads")
     minutes = any_cell["checkpoint"]["train_minutes"]
-    text = f"{minutes:.1f} min training, step {any_cell['checkpoint']['step']}, {device}"
+    step = any_cell["checkpoint"]["step"]
+    if training:
+        text = (f"{training['train_minutes']:.1f}-min run; checkpoint (best on validation) "
+                f"at step {step}, {minutes:.1f} min; {device}")
+    else:
+        text = f"checkpoint at step {step}, {minutes:.1f} training minutes; {device}"
     if training and training.get("images_per_second_overall"):
         text += f", {training['images_per_second_overall']:.0f} images/s overall"
     return text
@@ -104,14 +109,14 @@ def render(cells: Cells, training: dict[str, dict], online: dict[str, dict]) -> 
              "budget / hardware |", "|---|---|---|---|---|---|"]
     lines += [paper_row(name, values) for name, values in PAPER_TABLE1.items()]
     lines += [our_row(tag, by_cell, TABLE1, training.get(tag))
-              for tag, by_cell in sorted(cells.items())]
+              for tag, by_cell in sorted(cells.items()) if set(TABLE1) & set(by_cell)]
     lines += [f"| ours: {name} | – | – | – | – | {why} |" for name, why in NOT_RUN.items()]
     lines += ["", "## Table 2: 100-way and 400-way", "",
               "| model | 100-way 1-shot | 100-way 5-shot | 400-way 1-shot | 400-way 5-shot | "
               "budget / hardware |", "|---|---|---|---|---|---|"]
     lines += [paper_row(name, values) for name, values in PAPER_TABLE2.items()]
     lines += [our_row(tag, by_cell, TABLE2, training.get(tag))
-              for tag, by_cell in sorted(cells.items())]
+              for tag, by_cell in sorted(cells.items()) if set(TABLE2) & set(by_cell)]
     lines += ["| ours: omniglot-parallel (full budget) | – | – | – | – | not yet run on a GPU |"]
     if online:
         lines += ["", "## Online protocol (Kaiser et al.): accuracy on a class's (k+1)-th "
