@@ -38,7 +38,7 @@ from gaussmem.config import TrainConfig, from_dict, to_dict
 from gaussmem.data.class_images import ClassImageSet
 from gaussmem.errors import GaussmemError
 from gaussmem.evaluate import evaluate_support_query
-from gaussmem.losses import LossWeights, scaled_similarity, total_loss
+from gaussmem.losses import scaled_similarity, total_loss
 from gaussmem.memory import GaussianMemory
 from gaussmem.methods.mavae import MemoryAugmentedVAE
 from gaussmem.metrics_log import MetricsLog
@@ -150,7 +150,8 @@ def forward_losses(vae: GaussianVAE, memory: GaussianMemory, images: torch.Tenso
     content, style = posteriors
     z_content = vae.reparameterize(content)
     z_style = vae.reparameterize(style)
-    # Drawing p's content with drawing p-1's... of the same class: roll by one drawing.
+    # Rolling by n_classes pairs drawing p of each class with drawing p-1 of the same
+    # class: x is decoded from z_c of x' (same class) and its own z_s.
     z_other_content = z_content.roll(n_classes, dims=0)
     logits = vae.decode(torch.cat([z_content, z_other_content]), torch.cat([z_style, z_style]))
     self_logits, cross_logits = logits.chunk(2)
@@ -430,4 +431,4 @@ def train(config: TrainConfig | None, run_dir: str | Path, train_set: ClassImage
     return result
 
 
-__all__ = ["LossWeights", "TrainConfig", "TrainResult", "Trainer", "train"]
+__all__ = ["TrainConfig", "TrainResult", "Trainer", "build_trainer", "train", "train_step"]
