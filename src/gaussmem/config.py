@@ -53,6 +53,9 @@ class EpisodeConfig:
     n_way: int = 5
     batch_episodes: int = 16
     steps_per_episode: int = 5
+    # ProtoNet / Matching Nets: the first `n_shot` drawings of each class are its support,
+    # the other `images_per_class - n_shot` its queries. Unused by the MA-VAE and Kaiser.
+    n_shot: int = 1
     # Two drawings per class: x and x' for the paper's cross-reconstruction term.
     images_per_class: int = 2
     # Slots of the training memory; None: enough that an episode never overwrites
@@ -89,8 +92,61 @@ class OptimConfig:
     grad_clip: float = 5.0
     # "cosine": lr * 0.5 * (1 + cos(pi * progress)), progress = max(step, time) fraction
     # of the budget, so a wall-clock-bounded run also ends at a low learning rate.
+    # "step": lr * decay_factor ** (step // decay_every) (Snell et al.: halve every 2000
+    # episodes). "constant": lr.
     schedule: str = "cosine"
     final_lr_fraction: float = 0.02
+    decay_every: int = 2000
+    decay_factor: float = 0.5
+    # Adam's epsilon; Kaiser et al.'s code uses 1e-4, PyTorch's default is 1e-8.
+    adam_eps: float = 1e-8
+
+
+SCHEDULES = ("cosine", "step", "constant")
+
+
+@dataclass
+class ProtoNetConfig:
+    """Prototypical Networks (Snell et al. 2017): Conv4 trunk, squared Euclidean distance."""
+
+    # Conv4 (4 x [conv3x3-64, BN, ReLU, maxpool]) on 28x28: a 64-d embedding.
+    hidden_channels: int = 64
+    n_blocks: int = 4
+
+
+@dataclass
+class MatchingConfig:
+    """Matching Networks (Vinyals et al. 2016): Conv4 trunk, cosine attention."""
+
+    hidden_channels: int = 64
+    n_blocks: int = 4
+    # Multiplies the cosine similarities before the attention softmax. 1.0 is the
+    # paper's plain cosine; the attention over [-1, 1] is then soft, argmax unaffected.
+    cosine_scale: float = 1.0
+    # Full context embeddings (bidirectional LSTM over the support set, attention LSTM
+    # for the queries with `fce_steps` read steps). Off by default, as in most
+    # re-implementations' Omniglot numbers.
+    fce: bool = False
+    fce_steps: int = 10
+
+
+@dataclass
+class KaiserConfig:
+    """Kaiser et al. 2017, "Learning to Remember Rare Events": defaults from their code
+    (tensorflow/models research/learning_to_remember_rare_events)."""
+
+    # "kaiser": their LeNet-style encoder (conv3x3-64 x2, pool, conv3x3-128 x2, pool,
+    # fc -> key_dim, no batch norm); "conv4": the Conv4 trunk + linear -> key_dim.
+    encoder: str = "kaiser"
+    key_dim: int = 128
+    # Nearest keys searched for the positive/negative of the loss (their choose_k).
+    choose_k: int = 256
+    # Margin of the memory loss max(sim_neg - sim_pos + alpha, 0).
+    alpha: float = 0.1
+    # Uniform noise in [-age_noise, age_noise] added to ages when picking the oldest slot.
+    age_noise: float = 8.0
+    # Dropout keep probability on the embedding during training (their keep_prob=0.3).
+    keep_prob: float = 0.3
 
 
 @dataclass
@@ -120,6 +176,7 @@ class TrainConfig:
     method: str = "mavae"
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
+    # The MA-VAE's network; the baselines read their own section below.
     model: VAEConfig = field(default_factory=VAEConfig)
     loss: LossWeights = field(default_factory=LossWeights)
     episodes: EpisodeConfig = field(default_factory=EpisodeConfig)
@@ -127,6 +184,9 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    protonet: ProtoNetConfig = field(default_factory=ProtoNetConfig)
+    matching: MatchingConfig = field(default_factory=MatchingConfig)
+    kaiser: KaiserConfig = field(default_factory=KaiserConfig)
     # Evaluation shape the preset is meant for (recorded; `gaussmem evaluate` decides).
     eval_n_way: int = 5
     # channels_last was 1.5-2x faster for the conv trunk on CPU in calibration.
@@ -135,6 +195,9 @@ class TrainConfig:
     log_every: int = 50
     checkpoint_every: int = 500
     tensorboard: bool = False
+    # MA-VAE: write reconstruction/generation figures from the validation split into
+    # run_dir/figures at the end of training (issue #7; a few seconds).
+    run_figures: bool = True
 
     def __post_init__(self) -> None:
         if self.similarity.kind not in SIMILARITY_KINDS:
@@ -144,6 +207,13 @@ class TrainConfig:
             raise ConfigError("training and model selection never use the test split; got "
                               f"data.train_subset={self.data.train_subset!r}, "
                               f"data.val_subset={self.data.val_subset!r}")
+        if self.optim.schedule not in SCHEDULES:
+            raise ConfigError(f"optim.schedule must be one of {SCHEDULES}, "
+                              f"got {self.optim.schedule!r}")
+        if not 1 <= self.episodes.n_shot < self.episodes.images_per_class:
+            raise ConfigError("episodes.n_shot must leave at least one query per class: "
+                              f"n_shot={self.episodes.n_shot}, "
+                              f"images_per_class={self.episodes.images_per_class}")
         if self.episodes.images_per_class < 2:
             raise ConfigError("episodes.images_per_class must be >= 2 (cross-reconstruction "
                               f"needs a second drawing), got {self.episodes.images_per_class}")
@@ -180,6 +250,56 @@ def _smoke() -> TrainConfig:
                                          episodes=4)
     config.log_every = 2
     config.checkpoint_every = 3
+    config.run_figures = False
+    config.protonet.hidden_channels = 16
+    config.matching.hidden_channels = 16
+    config.kaiser.key_dim = 16
+    config.kaiser.choose_k = 8
+    return config
+
+
+def _protonet(n_way: int, n_shot: int, n_query: int) -> TrainConfig:
+    """Snell et al.'s Omniglot setup: one n_way-way episode per step, Adam 1e-3 halved
+    every 2000 episodes; validation every 500 episodes (as for the MA-VAE)."""
+    config = TrainConfig(method="protonet", episodes=EpisodeConfig(
+        n_way=n_way, batch_episodes=1, steps_per_episode=1, n_shot=n_shot,
+        images_per_class=n_shot + n_query))
+    config.optim = OptimConfig(lr=1e-3, schedule="step", decay_every=2000, decay_factor=0.5,
+                               grad_clip=1e6)
+    config.budget.max_steps = 20000
+    return config
+
+
+def _baseline_cpu(method: str, n_way: int, n_shot: int, n_query: int) -> TrainConfig:
+    """A wall-clock-bounded CPU run: cosine decay over the budget instead of halving
+    every 2000 episodes (a 5-15 minute CPU run sees only a few thousand)."""
+    config = _protonet(n_way, n_shot, n_query)
+    config.method = method
+    config.optim.schedule = "cosine"
+    config.budget = BudgetConfig(max_steps=1_000_000, max_minutes=5.0)
+    config.validation.every_steps = 500
+    return config
+
+
+def _matching(n_way: int, n_shot: int, n_query: int) -> TrainConfig:
+    config = _protonet(n_way, n_shot, n_query)
+    config.method = "matching"
+    return config
+
+
+def _kaiser(batch_episodes: int, lr: float, max_minutes: float | None) -> TrainConfig:
+    """Kaiser et al.'s training: `batch_episodes` parallel 5-way episodes share one
+    8192-slot memory, each shows every class 6 times (length 30) one image per episode
+    per step, memory cleared per episode; Adam (eps 1e-4), global-norm clip 5."""
+    config = TrainConfig(method="kaiser", episodes=EpisodeConfig(
+        n_way=5, batch_episodes=batch_episodes, steps_per_episode=30, images_per_class=6,
+        memory_capacity=8192))
+    config.optim = OptimConfig(lr=lr, schedule="constant" if max_minutes is None
+                               else "cosine", grad_clip=5.0, adam_eps=1e-4)
+    config.budget = BudgetConfig(max_steps=100_000 if max_minutes is None else 1_000_000,
+                                 max_minutes=max_minutes)
+    config.validation.every_steps = 1000
+    config.checkpoint_every = 1000
     return config
 
 
@@ -197,6 +317,14 @@ PRESETS: dict[str, Callable[[], TrainConfig]] = {
     "omniglot-parallel-20way": lambda: _paper(20, 20, 400),
     "cpu-quick": _cpu_quick,
     "smoke": _smoke,
+    # Baselines (issue #5). Paper setups (need a GPU for their full budgets) ...
+    "protonet": lambda: _protonet(60, 5, 5),
+    "matching": lambda: _matching(60, 5, 5),
+    "kaiser": lambda: _kaiser(16, 1e-4, None),
+    # ... and wall-clock-bounded CPU runs (5 minutes; --max-minutes changes it).
+    "protonet-cpu": lambda: _baseline_cpu("protonet", 20, 5, 5),
+    "matching-cpu": lambda: _baseline_cpu("matching", 20, 1, 5),
+    "kaiser-cpu": lambda: _kaiser(32, 1e-3, 5.0),
 }
 
 

@@ -1,22 +1,12 @@
-"""Episodic training of the memory-augmented VAE: one explicit loop.
+"""The training loop, the same for every method: one explicit loop.
 
-Each training episode draws `n_classes = batch_episodes * n_way` classes (section 3.2:
-the parallel episodes of a batch share one memory, so the model is trained to tell all
-of them apart), clears the memory and runs `steps_per_episode` steps. A step:
-
-1. draws `images_per_class` fresh drawings of every class: `(P * C, 1, 28, 28)`;
-2. encodes them, samples z_c and z_s, decodes x from (z_c, z_s) and from (z_c of the
-   class's other drawing, z_s) (the paper's two generative terms);
-3. looks up, against the memory as it stands (constants), each query's nearest entry
-   with its label (positive) and with another label (negative) -> triplet term;
-4. takes one Adam step on the total loss (gradient clipped);
-5. writes the step's content posteriors into the memory with the paper's rule
-   (`GaussianMemory.update_`: merge into the nearest entry if its label is right, else
-   create an entry).
-
-The loop also validates on the validation split (never the test split), keeps `best`
-and `last` checkpoints (atomic), logs JSONL metrics, and stops at a step or wall-clock
-budget; `resume` continues a run exactly where its last checkpoint left it.
+Each method registers a `MethodTraining` (gaussmem.methods.training) under its name:
+its network, optimizer, batch sampler, training memory and one optimizer step (the
+MA-VAE's episodic step is in gaussmem.methods.mavae_training, the baselines' next to
+their classifiers). This loop owns what they share: the learning-rate schedule, the
+step and wall-clock budgets, JSONL metrics, validation on the validation split (never
+the test split) through the `FewShotClassifier` interface, `best` and `last` checkpoints
+(atomic), and `resume`, which continues a run exactly where its last checkpoint left it.
 """
 
 from __future__ import annotations
@@ -28,79 +18,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
+import gaussmem.methods  # noqa: F401  (registers every built-in method and its training)
 from gaussmem.atomic import write_text_atomic
 from gaussmem.checkpoint import load_checkpoint, save_checkpoint
 from gaussmem.config import TrainConfig, from_dict, to_dict
 from gaussmem.data.class_images import ClassImageSet
-from gaussmem.errors import GaussmemError
+from gaussmem.data.training_sampler import (
+    StreamSampler,
+    TrainingClassSampler,
+    TrainingError,
+    images_to_tensor,
+)
 from gaussmem.evaluate import evaluate_support_query
-from gaussmem.losses import scaled_similarity, total_loss
-from gaussmem.memory import GaussianMemory
-from gaussmem.methods.mavae import MemoryAugmentedVAE
+from gaussmem.methods.registry import training_class
+from gaussmem.methods.training import MethodTraining
 from gaussmem.metrics_log import MetricsLog
-from gaussmem.models.vae import GaussianVAE
 from gaussmem.seeding import global_rng_state, seed_everything, set_global_rng_state
 
 LAST_CHECKPOINT = "checkpoints/last.ckpt"
 BEST_CHECKPOINT = "checkpoints/best.ckpt"
-
-
-class TrainingError(GaussmemError):
-    """A run directory or resume request that cannot be used."""
-
-
-class TrainingClassSampler:
-    """Draws training episodes' classes and each step's drawings with its own RNG.
-
-    `next_batch()` returns uint8 `(images_per_class, n_classes, H, W)`: drawing-major, so
-    drawing p of class c sits at flat index `p * n_classes + c` and `roll(n_classes)`
-    pairs every image with another drawing of its class. A new episode (new classes)
-    starts every `steps_per_episode` batches; `new_episode` says when.
-    """
-
-    def __init__(self, dataset: ClassImageSet, n_classes: int, images_per_class: int,
-                 steps_per_episode: int, seed: int) -> None:
-        if n_classes > dataset.n_classes:
-            raise TrainingError(f"{n_classes} classes per step but {dataset.name} has "
-                                f"{dataset.n_classes}")
-        if images_per_class > dataset.n_samples_per_class:
-            raise TrainingError(f"{images_per_class} drawings per class but {dataset.name} "
-                                f"has {dataset.n_samples_per_class}")
-        self.dataset = dataset
-        self.n_classes = n_classes
-        self.images_per_class = images_per_class
-        self.steps_per_episode = steps_per_episode
-        self._rng = np.random.Generator(np.random.PCG64(seed))
-        self._classes = np.zeros(n_classes, dtype=np.int64)
-        self._step_in_episode = 0
-
-    @property
-    def new_episode(self) -> bool:
-        """True when the next batch starts a new episode (the memory must be cleared)."""
-        return self._step_in_episode % self.steps_per_episode == 0
-
-    def next_batch(self) -> np.ndarray:
-        if self.new_episode:
-            self._classes = self._rng.choice(self.dataset.n_classes, self.n_classes,
-                                             replace=False)
-            self._step_in_episode = 0
-        keys = self._rng.random((self.n_classes, self.dataset.n_samples_per_class))
-        drawings = np.argsort(keys, axis=1)[:, : self.images_per_class]
-        self._step_in_episode += 1
-        return self.dataset.images[self._classes[:, None], drawings].transpose(1, 0, 2, 3)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rng": self._rng.bit_generator.state, "classes": self._classes.tolist(),
-                "step_in_episode": self._step_in_episode}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._rng.bit_generator.state = state["rng"]
-        self._classes = np.asarray(state["classes"], dtype=np.int64)
-        self._step_in_episode = int(state["step_in_episode"])
 
 
 @dataclass
@@ -121,75 +60,42 @@ class Trainer:
 
     config: TrainConfig
     run_dir: Path
-    vae: GaussianVAE
-    optimizer: torch.optim.Optimizer
-    memory: GaussianMemory
-    sampler: TrainingClassSampler
+    method: MethodTraining
     val_set: ClassImageSet | None
     state: TrainState = field(default_factory=TrainState)
 
+    # The method's parts under the names benchmarks and older code use.
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.method.model
 
-def images_to_tensor(images: np.ndarray, channels_last: bool) -> torch.Tensor:
-    """uint8 `(P, C, H, W)` strokes-bright -> float32 `(P * C, 1, H, W)` in [0, 1]."""
-    pixels = torch.from_numpy(np.ascontiguousarray(images)).flatten(0, 1).unsqueeze(1)
-    tensor = pixels.to(torch.float32).div_(255.0)
-    return tensor.contiguous(memory_format=torch.channels_last) if channels_last else tensor
+    @property
+    def vae(self) -> torch.nn.Module:
+        return self.method.model
 
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.method.optimizer
 
-def forward_losses(vae: GaussianVAE, memory: GaussianMemory, images: torch.Tensor,
-                   labels: torch.Tensor, n_classes: int, config: TrainConfig
-                   ) -> tuple[dict[str, torch.Tensor], Any]:
-    """Loss terms and diagnostics of one step; returns `(terms, content posterior)`.
+    @property
+    def memory(self) -> torch.nn.Module | None:
+        return self.method.memory
 
-    `images (P * C, 1, H, W)` drawing-major, `labels (P * C,)` class ids 0..C-1.
-    Diagnostic terms (no gradient): `accuracy` (nearest entry has the query's label),
-    `positive_rate` (an entry with the query's label exists), `sim_positive`,
-    `sim_negative` (means over queries with one).
-    """
-    posteriors = vae.encode(images)
-    content, style = posteriors
-    z_content = vae.reparameterize(content)
-    z_style = vae.reparameterize(style)
-    # Rolling by n_classes pairs drawing p of each class with drawing p-1 of the same
-    # class: x is decoded from z_c of x' (same class) and its own z_s.
-    z_other_content = z_content.roll(n_classes, dims=0)
-    logits = vae.decode(torch.cat([z_content, z_other_content]), torch.cat([z_style, z_style]))
-    self_logits, cross_logits = logits.chunk(2)
-
-    variance = content.var
-    positive = memory.nearest_with_label(content.mean, variance, labels)
-    negative = memory.nearest_with_other_label(content.mean, variance, labels)
-    similarity = config.similarity
-    kwargs = {"kind": similarity.kind, "dim": content.mean.shape[1],
-              "temperature": similarity.temperature}
-    # Divergence +inf (no entry) gives similarity exactly 0 and no gradient.
-    sim_positive = scaled_similarity(positive.divergence, **kwargs)
-    sim_negative = scaled_similarity(negative.divergence, **kwargs)
-    terms = total_loss(sim_positive=sim_positive, sim_negative=sim_negative,
-                       content=content, style=style, self_logits=self_logits,
-                       cross_logits=cross_logits, images=images, weights=config.loss)
-    with torch.no_grad():
-        has_positive = positive.slots >= 0
-        has_negative = negative.slots >= 0
-        terms["accuracy"] = (has_positive & (positive.divergence < negative.divergence)
-                             ).float().mean()
-        terms["positive_rate"] = has_positive.float().mean()
-        terms["sim_positive"] = _masked_mean(sim_positive, has_positive)
-        terms["sim_negative"] = _masked_mean(sim_negative, has_negative)
-        terms["divergence_positive"] = _masked_mean(positive.divergence, has_positive)
-        terms["content_variance"] = variance.mean()
-    return terms, content
-
-
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return torch.where(mask, values, 0).sum() / mask.sum().clamp_min(1)
+    @property
+    def sampler(self) -> Any:
+        return self.method.sampler
 
 
 def learning_rate(config: TrainConfig, step: int, elapsed_seconds: float) -> float:
-    """Cosine decay over the budget's progress (the larger of step and time fractions)."""
+    """The schedule's learning rate at `step` (see `OptimConfig.schedule`).
+
+    "cosine" decays over the budget's progress (the larger of step and time fractions).
+    """
     optim, budget = config.optim, config.budget
     if optim.schedule == "constant":
         return optim.lr
+    if optim.schedule == "step":
+        return optim.lr * optim.decay_factor ** (step // max(1, optim.decay_every))
     progress = step / max(1, budget.max_steps)
     if budget.max_minutes:
         progress = max(progress, elapsed_seconds / (60.0 * budget.max_minutes))
@@ -199,51 +105,27 @@ def learning_rate(config: TrainConfig, step: int, elapsed_seconds: float) -> flo
 
 
 def train_step(trainer: Trainer, measure_triplet_grad: bool = False) -> dict[str, torch.Tensor]:
-    """One optimizer step and the memory write that follows it; returns the terms."""
-    config, memory = trainer.config, trainer.memory
-    if trainer.sampler.new_episode:
-        memory.reset_()
-    n_classes = trainer.sampler.n_classes
-    images = images_to_tensor(trainer.sampler.next_batch(), config.channels_last)
-    labels = torch.arange(n_classes).repeat(config.episodes.images_per_class)
-    for group in trainer.optimizer.param_groups:
-        group["lr"] = learning_rate(config, trainer.state.step, trainer.state.elapsed_seconds)
+    """One optimizer step of the run's method at the scheduled learning rate.
 
-    terms, content = forward_losses(trainer.vae, memory, images, labels, n_classes, config)
-    if measure_triplet_grad:
-        # The risk the issue names: exp(-SKL) ~ 0 everywhere makes the triplet constant.
-        # Its gradient with respect to the content posterior says whether it is.
-        grads = torch.autograd.grad(terms["triplet"], [content.mean, content.log_var],
-                                    retain_graph=True, allow_unused=True)
-        norm = sum(float(g.square().sum()) for g in grads if g is not None)
-        terms["triplet_grad_norm"] = torch.tensor(math.sqrt(norm))
-    trainer.optimizer.zero_grad(set_to_none=True)
-    terms["loss"].backward()
-    terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(trainer.vae.parameters(),
-                                                        config.optim.grad_clip)
-    trainer.optimizer.step()
-    memory.update_(content.mean.detach(), content.var.detach(), labels)
+    `measure_triplet_grad`: also compute the method's costlier diagnostics (the MA-VAE's
+    triplet gradient norm); the loop asks for them on logging steps.
+    """
+    lr = learning_rate(trainer.config, trainer.state.step, trainer.state.elapsed_seconds)
+    for group in trainer.method.optimizer.param_groups:
+        group["lr"] = lr
+    terms = trainer.method.train_step(measure=measure_triplet_grad)
     trainer.state.step += 1
     return terms
 
 
 def build_trainer(config: TrainConfig, run_dir: Path, train_set: ClassImageSet,
                   val_set: ClassImageSet | None) -> Trainer:
-    """Seeded model, optimizer, memory and sampler for a fresh run."""
+    """Seeded model, optimizer, memory and sampler of `config.method`, for a fresh run."""
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
+    recipe = training_class(config.method)
     seed_everything(config.seed)
-    vae = GaussianVAE(config.model)
-    if config.channels_last:
-        vae = vae.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(vae.parameters(), lr=config.optim.lr,
-                                 weight_decay=config.optim.weight_decay)
-    episodes = config.episodes
-    memory = GaussianMemory(episodes.resolved_memory_capacity, config.model.content_dim,
-                            seed=config.seed)
-    sampler = TrainingClassSampler(train_set, episodes.n_classes, episodes.images_per_class,
-                                   episodes.steps_per_episode, seed=config.seed)
-    return Trainer(config, Path(run_dir), vae, optimizer, memory, sampler, val_set)
+    return Trainer(config, Path(run_dir), recipe(config, train_set), val_set)
 
 
 def checkpoint_dict(trainer: Trainer) -> dict[str, Any]:
@@ -251,10 +133,8 @@ def checkpoint_dict(trainer: Trainer) -> dict[str, Any]:
     state = trainer.state
     return {
         "config": to_dict(trainer.config), "method": trainer.config.method,
-        "model": trainer.vae.state_dict(), "optimizer": trainer.optimizer.state_dict(),
-        "memory": trainer.memory.state_dict(), "step": state.step,
+        **trainer.method.state_dict(), "step": state.step,
         "elapsed_seconds": state.elapsed_seconds, "rng": global_rng_state(),
-        "sampler": trainer.sampler.state_dict(),
         "best": {"val_accuracy": state.best_val_accuracy, "step": state.best_step,
                  "minutes_to_97": state.minutes_to_97},
         "extra": {"history": state.history},
@@ -263,10 +143,7 @@ def checkpoint_dict(trainer: Trainer) -> dict[str, Any]:
 
 def restore_trainer(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
     """Load a checkpoint's model, optimizer, memory, sampler, RNG and loop state."""
-    trainer.vae.load_state_dict(checkpoint["model"])
-    trainer.optimizer.load_state_dict(checkpoint["optimizer"])
-    trainer.memory.load_state_dict(checkpoint["memory"])
-    trainer.sampler.load_state_dict(checkpoint["sampler"])
+    trainer.method.load_state_dict(checkpoint)
     set_global_rng_state(checkpoint["rng"])
     best = checkpoint["best"]
     trainer.state = TrainState(step=int(checkpoint["step"]),
@@ -279,7 +156,7 @@ def restore_trainer(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
 def validate(trainer: Trainer) -> dict[str, float]:
     """Support-query accuracy on the validation split with the config's fixed episodes."""
     val = trainer.config.validation
-    classifier = MemoryAugmentedVAE(trainer.vae, channels_last=trainer.config.channels_last)
+    classifier = trainer.method.classifier()
     result = evaluate_support_query(classifier, trainer.val_set, n_way=val.n_way,
                                     n_shot=val.n_shot, n_query=val.n_query,
                                     episodes=val.episodes, seed=val.seed)
@@ -333,11 +210,11 @@ def run_loop(trainer: Trainer, log: MetricsLog, *, progress: bool = True,
              stop_at_step: int | None = None) -> None:
     """Train until the budget (or `stop_at_step`, a test hook that simulates a kill)."""
     config, state = trainer.config, trainer.state
-    images_per_step = trainer.sampler.n_classes * config.episodes.images_per_class
+    images_per_step = trainer.method.images_per_step
     bar = tqdm(total=config.budget.max_steps, initial=state.step, disable=not progress,
                unit="step", dynamic_ncols=True)
     running, window_start, window_images = _RunningMeans(), time.perf_counter(), 0
-    trainer.vae.train()
+    trainer.method.model.train()
     try:
         while _budget_left(trainer) and (stop_at_step is None or state.step < stop_at_step):
             step_start = time.perf_counter()
@@ -353,7 +230,8 @@ def run_loop(trainer: Trainer, log: MetricsLog, *, progress: bool = True,
                 values["lr"] = trainer.optimizer.param_groups[0]["lr"]
                 values["minutes"] = state.elapsed_seconds / 60.0
                 log.log("train", state.step, values)
-                bar.set_postfix(_postfix(values, config), refresh=False)
+                bar.set_postfix(_postfix(values, config, trainer.method.postfix_terms),
+                                refresh=False)
                 window_start, window_images = time.perf_counter(), 0
             if state.step % config.validation.every_steps == 0:
                 _validate_and_checkpoint(trainer, log, do_validate=True)
@@ -369,10 +247,10 @@ def run_loop(trainer: Trainer, log: MetricsLog, *, progress: bool = True,
     _validate_and_checkpoint(trainer, log, do_validate=final_validation)
 
 
-def _postfix(values: dict[str, float], config: TrainConfig) -> dict[str, str]:
-    postfix = {"loss": f"{values['loss']:.3f}", "trip": f"{values['triplet']:.3f}",
-               "gen": f"{values['generative_self']:.3f}", "acc": f"{values['accuracy']:.3f}",
-               "img/s": f"{values['images_per_second']:.0f}"}
+def _postfix(values: dict[str, float], config: TrainConfig, terms: tuple[str, ...]
+             ) -> dict[str, str]:
+    postfix = {term: f"{values[term]:.3f}" for term in terms if term in values}
+    postfix["img/s"] = f"{values['images_per_second']:.0f}"
     if config.budget.max_minutes:
         left = max(0.0, config.budget.max_minutes - values["minutes"])
         postfix["left"] = f"{left:.1f}min"
@@ -422,6 +300,8 @@ def train(config: TrainConfig | None, run_dir: str | Path, train_set: ClassImage
         run_loop(trainer, log, progress=progress, stop_at_step=stop_at_step)
     finally:
         log.close()
+    if stop_at_step is None:
+        trainer.method.finish(run_dir, val_set)
     state = trainer.state
     result = TrainResult(run_dir, state.step, state.elapsed_seconds, state.best_val_accuracy,
                          state.best_step, state.minutes_to_97)
@@ -431,4 +311,6 @@ def train(config: TrainConfig | None, run_dir: str | Path, train_set: ClassImage
     return result
 
 
-__all__ = ["TrainConfig", "TrainResult", "Trainer", "build_trainer", "train", "train_step"]
+__all__ = ["StreamSampler", "TrainConfig", "TrainResult", "Trainer", "TrainingClassSampler",
+           "TrainingError", "build_trainer", "images_to_tensor", "learning_rate", "train",
+           "train_step"]

@@ -42,3 +42,30 @@ def available_methods() -> list[str]:
 def classifier_from_checkpoint(checkpoint: dict[str, Any]) -> FewShotClassifier:
     """Rebuild whichever method the checkpoint's config names."""
     return method_class(checkpoint["config"]["method"]).from_checkpoint(checkpoint)
+
+
+# --- training recipes -------------------------------------------------------------------
+# How a method trains (model, optimizer, sampler, one step) is registered under the same
+# name as its classifier, so `gaussmem.train` runs any method without naming one.
+_TRAININGS: dict[str, type] = {}
+
+
+def register_training(name: str) -> Callable[[type], type]:
+    """Class decorator: `cls` (a `MethodTraining`) trains the method called `name`."""
+
+    def decorate(cls: type) -> type:
+        if name in _TRAININGS and _TRAININGS[name] is not cls:
+            raise ValueError(f"training for {name!r} is already registered to "
+                             f"{_TRAININGS[name]}")
+        _TRAININGS[name] = cls
+        return cls
+
+    return decorate
+
+
+def training_class(name: str) -> type:
+    """The `MethodTraining` subclass registered as `name`."""
+    if name not in _TRAININGS:
+        raise UnknownMethodError(f"no training registered for method {name!r}; known: "
+                                 f"{sorted(_TRAININGS)}")
+    return _TRAININGS[name]

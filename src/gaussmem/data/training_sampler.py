@@ -1,0 +1,159 @@
+"""Seeded samplers of training batches (each owns its RNG, so a resumed run draws the
+same batches as an uninterrupted one), and the uint8 -> float tensor conversion.
+
+* `TrainingClassSampler`: a step sees several drawings of each of a set of classes
+  (the MA-VAE's parallel episodes, a ProtoNet/Matching Nets episode).
+* `StreamSampler`: Kaiser et al.'s training stream, one image per parallel episode
+  per step, each episode showing each of its classes several times in random order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from gaussmem.data.class_images import ClassImageSet
+from gaussmem.errors import GaussmemError
+
+
+class TrainingError(GaussmemError):
+    """A run directory, resume request or training shape that cannot be used."""
+
+
+def images_to_tensor(images: np.ndarray, channels_last: bool) -> torch.Tensor:
+    """uint8 `(P, C, H, W)` strokes-bright -> float32 `(P * C, 1, H, W)` in [0, 1]."""
+    pixels = torch.from_numpy(np.ascontiguousarray(images)).flatten(0, 1).unsqueeze(1)
+    tensor = pixels.to(torch.float32).div_(255.0)
+    return tensor.contiguous(memory_format=torch.channels_last) if channels_last else tensor
+
+
+def _check_shape(dataset: ClassImageSet, n_classes: int, images_per_class: int) -> None:
+    if n_classes > dataset.n_classes:
+        raise TrainingError(f"{n_classes} classes per step but {dataset.name} has "
+                            f"{dataset.n_classes}")
+    if images_per_class > dataset.n_samples_per_class:
+        raise TrainingError(f"{images_per_class} drawings per class but {dataset.name} "
+                            f"has {dataset.n_samples_per_class}")
+
+
+class TrainingClassSampler:
+    """Draws training episodes' classes and each step's drawings with its own RNG.
+
+    `next_batch()` returns uint8 `(images_per_class, n_classes, H, W)`: drawing-major, so
+    drawing p of class c sits at flat index `p * n_classes + c` and `roll(n_classes)`
+    pairs every image with another drawing of its class. A new episode (new classes)
+    starts every `steps_per_episode` batches; `new_episode` says when.
+    """
+
+    def __init__(self, dataset: ClassImageSet, n_classes: int, images_per_class: int,
+                 steps_per_episode: int, seed: int) -> None:
+        _check_shape(dataset, n_classes, images_per_class)
+        self.dataset = dataset
+        self.n_classes = n_classes
+        self.images_per_class = images_per_class
+        self.steps_per_episode = steps_per_episode
+        self._rng = np.random.Generator(np.random.PCG64(seed))
+        self._classes = np.zeros(n_classes, dtype=np.int64)
+        self._step_in_episode = 0
+
+    @property
+    def new_episode(self) -> bool:
+        """True when the next batch starts a new episode (the memory must be cleared)."""
+        return self._step_in_episode % self.steps_per_episode == 0
+
+    def next_batch(self) -> np.ndarray:
+        if self.new_episode:
+            self._classes = self._rng.choice(self.dataset.n_classes, self.n_classes,
+                                             replace=False)
+            self._step_in_episode = 0
+        keys = self._rng.random((self.n_classes, self.dataset.n_samples_per_class))
+        drawings = np.argsort(keys, axis=1)[:, : self.images_per_class]
+        self._step_in_episode += 1
+        return self.dataset.images[self._classes[:, None], drawings].transpose(1, 0, 2, 3)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self._rng.bit_generator.state, "classes": self._classes.tolist(),
+                "step_in_episode": self._step_in_episode}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._rng.bit_generator.state = state["rng"]
+        self._classes = np.asarray(state["classes"], dtype=np.int64)
+        self._step_in_episode = int(state["step_in_episode"])
+
+
+class StreamSampler:
+    """Kaiser et al.'s parallel training episodes: `batch_episodes` episodes of `n_way`
+    classes each (all distinct), every class shown `shows_per_class` times in a random
+    order, so an episode lasts `n_way * shows_per_class` steps.
+
+    `next_batch()` returns `(images (batch_episodes, H, W) uint8, labels (batch_episodes,)
+    int64)`: step t's image of every parallel episode. Labels are unique across the
+    parallel episodes (episode e's class j is `e * n_way + j`), since they share one
+    memory. The state is the RNG state at the episode's start plus the step, so an
+    episode is regenerated exactly on resume.
+    """
+
+    def __init__(self, dataset: ClassImageSet, n_way: int, batch_episodes: int,
+                 shows_per_class: int, seed: int) -> None:
+        _check_shape(dataset, n_way * batch_episodes, shows_per_class)
+        self.dataset = dataset
+        self.n_way = n_way
+        self.batch_episodes = batch_episodes
+        self.shows_per_class = shows_per_class
+        self.episode_length = n_way * shows_per_class
+        self._rng = np.random.Generator(np.random.PCG64(seed))
+        self._episode_start_state = self._rng.bit_generator.state
+        self._step_in_episode = 0
+        self._images: np.ndarray | None = None
+        self._labels: np.ndarray | None = None
+
+    @property
+    def new_episode(self) -> bool:
+        return self._step_in_episode % self.episode_length == 0
+
+    def _draw_episode(self) -> None:
+        """`_images (length, batch_episodes, H, W)` and `_labels (length, batch_episodes)`."""
+        n_classes = self.n_way * self.batch_episodes
+        classes = self._rng.choice(self.dataset.n_classes, n_classes, replace=False)
+        keys = self._rng.random((n_classes, self.dataset.n_samples_per_class))
+        drawings = np.argsort(keys, axis=1)[:, : self.shows_per_class]
+        # Each episode's stream: its classes' drawings in a random order.
+        local = np.repeat(np.arange(self.n_way), self.shows_per_class)
+        orders = np.stack([self._rng.permutation(self.episode_length)
+                           for _ in range(self.batch_episodes)], axis=1)
+        class_in_episode = local[orders]  # (length, batch_episodes)
+        show = np.zeros_like(class_in_episode)
+        for episode in range(self.batch_episodes):
+            counts = np.zeros(self.n_way, dtype=np.int64)
+            for step, label in enumerate(class_in_episode[:, episode]):
+                show[step, episode] = counts[label]
+                counts[label] += 1
+        labels = np.arange(self.batch_episodes)[None, :] * self.n_way + class_in_episode
+        self._images = self.dataset.images[classes[labels], drawings[labels, show]]
+        self._labels = labels
+
+    def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.new_episode:
+            self._step_in_episode = 0
+            self._episode_start_state = self._rng.bit_generator.state
+            self._draw_episode()
+        assert self._images is not None and self._labels is not None
+        step = self._step_in_episode
+        self._step_in_episode += 1
+        return self._images[step], self._labels[step].astype(np.int64)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"episode_start_rng": self._episode_start_state,
+                "step_in_episode": self._step_in_episode}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._episode_start_state = state["episode_start_rng"]
+        self._step_in_episode = int(state["step_in_episode"])
+        # Replay the current episode's draw: restores its images and leaves the RNG
+        # where the uninterrupted run's was.
+        self._rng.bit_generator.state = self._episode_start_state
+        self._images = self._labels = None
+        if self._step_in_episode > 0:
+            self._draw_episode()

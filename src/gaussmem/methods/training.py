@@ -1,0 +1,102 @@
+"""What a method hands the generic training loop (`gaussmem.train`).
+
+The loop owns everything that is the same for every method: budgets, the learning-rate
+schedule, logging, validation on the validation split through the `FewShotClassifier`
+interface, best/last checkpoints, resume. A `MethodTraining` owns the rest: its network,
+optimizer, batch sampler, training memory (if any) and one optimizer step. Subclasses are
+registered with `register_training(name)` under their classifier's name.
+
+Checkpoint entries a `MethodTraining` provides (`state_dict`): `model`, `optimizer`,
+`memory` (a state dict, or None for memory-free methods) and `sampler`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gaussmem.config import TrainConfig
+from gaussmem.data.class_images import ClassImageSet
+from gaussmem.methods.base import FewShotClassifier
+
+
+class MethodTraining(ABC):
+    """A method's trainable state and its step; built fresh (seeded) for every run.
+
+    Attributes set by subclasses: `model` (the `nn.Module` whose state is `model` in the
+    checkpoint), `optimizer`, `sampler` (with `state_dict`/`load_state_dict`), and
+    `memory` (an `nn.Module` or None).
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    sampler: Any
+    memory: nn.Module | None = None
+    #: Loss terms shown in the progress bar (all terms are logged).
+    postfix_terms: tuple[str, ...] = ("loss", "accuracy")
+
+    def __init__(self, config: TrainConfig, train_set: ClassImageSet) -> None:
+        self.config = config
+        self.train_set = train_set
+
+    @property
+    @abstractmethod
+    def images_per_step(self) -> int:
+        """Training images one step encodes (for images/s)."""
+
+    @abstractmethod
+    def train_step(self, measure: bool = False) -> dict[str, torch.Tensor]:
+        """One optimizer step at the learning rate the loop has set; returns scalar loss
+        terms (`loss` included). `measure`: also compute costlier diagnostics (log steps).
+        """
+
+    @abstractmethod
+    def classifier(self) -> FewShotClassifier:
+        """The live model behind the classifier interface (for validation)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "memory": None if self.memory is None else self.memory.state_dict(),
+                "sampler": self.sampler.state_dict()}
+
+    def load_state_dict(self, checkpoint: dict[str, Any]) -> None:
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if self.memory is not None:
+            self.memory.load_state_dict(checkpoint["memory"])
+        self.sampler.load_state_dict(checkpoint["sampler"])
+
+    def finish(self, run_dir: Path, val_set: ClassImageSet | None) -> None:
+        """Called once when a run's budget is spent (e.g. to write figures)."""
+        del run_dir, val_set  # nothing to finish by default
+
+    def backward_and_step(self, loss: torch.Tensor) -> torch.Tensor:
+        """Backpropagate `loss`, clip the global gradient norm, step; returns the norm."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                              self.config.optim.grad_clip)
+        self.optimizer.step()
+        return norm
+
+    def adam(self) -> torch.optim.Adam:
+        """Adam over `self.model` with the config's lr, weight decay and epsilon."""
+        optim = self.config.optim
+        return torch.optim.Adam(self.model.parameters(), lr=optim.lr,
+                                weight_decay=optim.weight_decay, eps=optim.adam_eps)
+
+
+def embed_in_batches(encoder: nn.Module, images: torch.Tensor, batch_size: int,
+                     channels_last: bool) -> torch.Tensor:
+    """`encoder` over `images (n, C, H, W)` in batches: `(n, d)`. Small batches bound
+    activation memory for 400-way episodes and were faster on CPU (calibration)."""
+    outputs = []
+    for batch in images.split(batch_size):
+        if channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        outputs.append(encoder(batch))
+    return torch.cat(outputs)
