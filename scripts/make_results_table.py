@@ -4,8 +4,10 @@
 
 Reads `omniglot-<tag>-<N>w<K>s.json` (from `gaussmem evaluate --json`, tagged by
 benchmarks/train_cpu_quick.py) and `omniglot-<tag>-training.json`, and lays them out as
-the paper's Table 1 (5/20-way) and Table 2 (100/400-way), paper beside ours, each of our
-cells as mean ± 95% CI with its episode count, and each row's budget and hardware.
+the paper's Table 1 (5/20-way) and Table 2 (100/400-way), grouped by method (the figure
+its paper reports, then our runs of it, each cell mean ± 95% CI with its episode count,
+and each row's budget and hardware), followed by each run's validation accuracy per
+minute of training.
 """
 
 from __future__ import annotations
@@ -24,14 +26,19 @@ from gaussmem.atomic import write_text_atomic  # noqa: E402
 
 TABLE1 = [(5, 1), (5, 5), (20, 1), (20, 5)]
 TABLE2 = [(100, 1), (100, 5), (400, 1), (400, 5)]
+#: Methods in table order, with the names rows use.
+METHODS = {"protonet": "Prototypical Networks", "matching": "Matching Networks",
+           "kaiser": "Kaiser et al. memory", "mavae": "MA-VAE"}
+#: Published figures by method (the numbers in Tseran & Harada's Table 1, from each
+#: method's own paper).
 PAPER_TABLE1 = {
-    "Prototypical Networks (paper's Table 1)": [98.8, 99.7, 96.0, 98.9],
-    "Matching Networks (paper's Table 1)": [98.1, 98.9, 93.8, 98.5],
-    "Kaiser et al. memory (paper's Table 1)": [98.4, 99.6, 95.0, 98.6],
-    "Tseran & Harada, n_train = n_test": [97.4, 98.9, 92.3, 98.4],
-    "Tseran & Harada, n_train < n_test": [None, None, 92.6, 97.9],
+    "protonet": {"Prototypical Networks (Snell et al. 2017)": [98.8, 99.7, 96.0, 98.9]},
+    "matching": {"Matching Networks (Vinyals et al. 2016)": [98.1, 98.9, 93.8, 98.5]},
+    "kaiser": {"Kaiser et al. 2017 memory": [98.4, 99.6, 95.0, 98.6]},
+    "mavae": {"Tseran & Harada, n_train = n_test": [97.4, 98.9, 92.3, 98.4],
+              "Tseran & Harada, n_train < n_test": [None, None, 92.6, 97.9]},
 }
-PAPER_TABLE2 = {"Tseran & Harada": [82.2, 92.8, 71.4, 87.1]}
+PAPER_TABLE2 = {"mavae": {"Tseran & Harada": [82.2, 92.8, 71.4, 87.1]}}
 NOT_RUN = {
     "omniglot-5way (full budget)": "not yet run on a GPU",
     "omniglot-20way (full budget)": "not yet run on a GPU",
@@ -67,6 +74,11 @@ def paper_row(name: str, values: list[float | None]) -> str:
     return f"| {name} | " + " | ".join(shown) + " | paper |"
 
 
+def method_of(cells: dict[tuple[int, int], dict]) -> str:
+    """The method a tag's checkpoint was trained as (reports before baselines: mavae)."""
+    return next(iter(cells.values()))["checkpoint"].get("method", "mavae")
+
+
 def our_row(tag: str, cells: dict[tuple[int, int], dict], layout: list[tuple[int, int]],
             training: dict | None) -> str:
     shown = []
@@ -77,7 +89,9 @@ def our_row(tag: str, cells: dict[tuple[int, int], dict], layout: list[tuple[int
         accuracy = cells[key]["result"]["accuracy"]
         shown.append(f"{accuracy['mean']:.1f} ± {accuracy['ci95']:.1f} "
                      f"({accuracy['episodes']} ep.)")
-    return f"| ours: {tag} | " + " | ".join(shown) + f" | {budget(tag, cells, training)} |"
+    name = METHODS.get(method_of(cells), method_of(cells))
+    return (f"| ours: {name}, `{tag}` | " + " | ".join(shown)
+            + f" | {budget(tag, cells, training)} |")
 
 
 def budget(tag: str, cells: dict[tuple[int, int], dict], training: dict | None) -> str:
@@ -97,6 +111,31 @@ def budget(tag: str, cells: dict[tuple[int, int], dict], training: dict | None) 
     return text
 
 
+def method_rows(cells: Cells, training: dict[str, dict], layout: list[tuple[int, int]],
+                paper: dict[str, dict[str, list[float | None]]]) -> list[str]:
+    """Per method in `METHODS` order: its paper's row(s), then our runs of it."""
+    rows = []
+    for method in METHODS:
+        rows += [paper_row(name, values) for name, values in paper.get(method, {}).items()]
+        rows += [our_row(tag, by_cell, layout, training.get(tag))
+                 for tag, by_cell in sorted(cells.items())
+                 if set(layout) & set(by_cell) and method_of(by_cell) == method]
+    return rows
+
+
+def progress_lines(record: dict) -> list[str]:
+    """Validation accuracy per minute of training (what each minute of the budget buys)."""
+    points = record.get("validation") or []
+    if not points:
+        return []
+    stride = max(1, len(points) // 10)  # about ten points; always the last
+    points = points[::stride] + ([points[-1]] if (len(points) - 1) % stride else [])
+    shown = ", ".join(f"{p['minutes']:.1f} min: {p['accuracy']:.1f}" for p in points)
+    episodes = record.get("config", {}).get("validation", {})
+    return [f"- validation {episodes.get('n_way', 5)}-way {episodes.get('n_shot', 1)}-shot "
+            f"({episodes.get('episodes', '?')} episodes) by training minute: {shown}"]
+
+
 def render(cells: Cells, training: dict[str, dict], online: dict[str, dict]) -> str:
     lines = ["# Omniglot results", "",
              "Generated by `python scripts/make_results_table.py` from `results/omniglot-*.json`;"
@@ -107,17 +146,15 @@ def render(cells: Cells, training: dict[str, dict], online: dict[str, dict]) -> 
              "## Table 1: 5-way and 20-way", "",
              "| model | 5-way 1-shot | 5-way 5-shot | 20-way 1-shot | 20-way 5-shot | "
              "budget / hardware |", "|---|---|---|---|---|---|"]
-    lines += [paper_row(name, values) for name, values in PAPER_TABLE1.items()]
-    lines += [our_row(tag, by_cell, TABLE1, training.get(tag))
-              for tag, by_cell in sorted(cells.items()) if set(TABLE1) & set(by_cell)]
-    lines += [f"| ours: {name} | – | – | – | – | {why} |" for name, why in NOT_RUN.items()]
+    lines += method_rows(cells, training, TABLE1, PAPER_TABLE1)
+    lines += [f"| ours: MA-VAE, {name} | – | – | – | – | {why} |"
+              for name, why in NOT_RUN.items()]
     lines += ["", "## Table 2: 100-way and 400-way", "",
               "| model | 100-way 1-shot | 100-way 5-shot | 400-way 1-shot | 400-way 5-shot | "
               "budget / hardware |", "|---|---|---|---|---|---|"]
-    lines += [paper_row(name, values) for name, values in PAPER_TABLE2.items()]
-    lines += [our_row(tag, by_cell, TABLE2, training.get(tag))
-              for tag, by_cell in sorted(cells.items()) if set(TABLE2) & set(by_cell)]
-    lines += ["| ours: omniglot-parallel (full budget) | – | – | – | – | not yet run on a GPU |"]
+    lines += method_rows(cells, training, TABLE2, PAPER_TABLE2)
+    lines += ["| ours: MA-VAE, omniglot-parallel (full budget) | – | – | – | – | not yet run "
+              "on a GPU |", "", "The baselines' papers report no 100- or 400-way results."]
     if online:
         lines += ["", "## Online protocol (Kaiser et al.): accuracy on a class's (k+1)-th "
                   "showing", ""]
@@ -133,7 +170,8 @@ def render(cells: Cells, training: dict[str, dict], online: dict[str, dict]) -> 
     lines += ["", "## Training runs", ""]
     for tag, record in sorted(training.items()):
         to_97 = record.get("minutes_to_97_val_5w1s")
-        lines += [f"### {tag}", "", f"- command: `{record['command']}`",
+        method = METHODS.get(record.get("method", "mavae"), record.get("method"))
+        lines += [f"### {tag} ({method})", "", f"- command: `{record['command']}`",
                   f"- hardware: {record['hardware']}",
                   f"- steps: {record['steps']}, training minutes: "
                   f"{record['train_minutes']:.1f}, images/s: "
@@ -144,7 +182,7 @@ def render(cells: Cells, training: dict[str, dict], online: dict[str, dict]) -> 
                   f"- minutes to 97% validation 5-way 1-shot: "
                   f"{'not reached' if to_97 is None else f'{to_97:.1f}'}",
                   f"- best validation 5-way 1-shot: {record['best_val_accuracy']:.2f}% at "
-                  f"step {record['best_step']}", ""]
+                  f"step {record['best_step']}", *progress_lines(record), ""]
     commands = sorted({cell.get("command") or "" for by_cell in cells.values()
                        for cell in by_cell.values()} - {""})
     if commands:

@@ -323,3 +323,27 @@ def test_loss_goes_down_on_real_omniglot(name: str, real_data_dir: Path,
     trainer.method.model.train()
     losses = [float(train_step(trainer)["loss"]) for _ in range(150)]
     assert np.mean(losses[-30:]) < np.mean(losses[:30]) - 0.05, (losses[:30], losses[-30:])
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_cli_trains_and_evaluates_a_baseline(real_data_dir: Path, real_cache_dir: Path,
+                                             tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    env_args = ["--data-dir", str(real_data_dir), "--cache-dir", str(real_cache_dir)]
+    command = [sys.executable, "-m", "gaussmem"]
+    run = tmp_path / "run"
+    subprocess.run([*command, "train", "--method", "protonet", "--preset", "smoke",
+                    "--max-steps", "2", "--run-dir", str(run), "--no-progress", *env_args],
+                   check=True)
+    out = tmp_path / "eval.json"
+    subprocess.run([*command, "evaluate", "--checkpoint", str(run / LAST_CHECKPOINT),
+                    "--n-way", "5", "--n-shot", "1", "--episodes", "3", "--split", "val",
+                    "--json", str(out), "--no-progress", *env_args], check=True)
+    report = json.loads(out.read_text())
+    assert report["checkpoint"]["method"] == "protonet" and report["episodes"] == 3
+    failed = subprocess.run([*command, "train", "--method", "protonet-typo", *env_args],
+                            capture_output=True, text=True)
+    assert failed.returncode != 0 and "protonet" in failed.stderr

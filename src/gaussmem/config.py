@@ -328,6 +328,16 @@ PRESETS: dict[str, Callable[[], TrainConfig]] = {
 }
 
 
+def default_preset(method: str) -> str:
+    """The preset `gaussmem train --method NAME` uses without `--preset`: the method's
+    wall-clock-bounded CPU run ("cpu-quick" for the MA-VAE, "<method>-cpu" otherwise)."""
+    name = "cpu-quick" if method == "mavae" else f"{method}-cpu"
+    if name not in PRESETS:
+        raise ConfigError(f"no CPU preset for method {method!r}; pass --preset "
+                          f"(known: {sorted(PRESETS)})")
+    return name
+
+
 def preset(name: str) -> TrainConfig:
     """The named preset's config; raises `ConfigError` listing the names on a typo."""
     if name not in PRESETS:

@@ -267,6 +267,8 @@ class TrainResult:
     best_val_accuracy: float
     best_step: int
     minutes_to_97: float | None
+    method: str = "mavae"
+    images_per_step: int = 0
 
 
 def train(config: TrainConfig | None, run_dir: str | Path, train_set: ClassImageSet,
@@ -304,7 +306,8 @@ def train(config: TrainConfig | None, run_dir: str | Path, train_set: ClassImage
         trainer.method.finish(run_dir, val_set)
     state = trainer.state
     result = TrainResult(run_dir, state.step, state.elapsed_seconds, state.best_val_accuracy,
-                         state.best_step, state.minutes_to_97)
+                         state.best_step, state.minutes_to_97, config.method,
+                         trainer.method.images_per_step)
     summary = {**{k: v for k, v in result.__dict__.items() if k != "run_dir"},
                "run_dir": str(run_dir)}
     write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")

@@ -1,4 +1,4 @@
-"""`gaussmem train`: train the memory-augmented VAE from a preset, a TOML file, overrides."""
+"""`gaussmem train`: train any registered method from a preset, a TOML file, overrides."""
 
 from __future__ import annotations
 
@@ -8,19 +8,24 @@ import time
 from pathlib import Path
 
 from gaussmem.commands import DefaultsHelpFormatter
-from gaussmem.config import PRESETS, TrainConfig, resolve
+from gaussmem.config import PRESETS, TrainConfig, default_preset, resolve
 from gaussmem.settings import resolve_cache_dir, resolve_data_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "train", help="train the memory-augmented VAE (episodic, shared memory)",
-        description="Train the paper's memory-augmented VAE on Omniglot's training "
-        "classes, validating on the validation classes (never the test classes). "
-        "Settings: --preset, then --config FILE.toml, then --set section.field=value.",
+        "train", help="train a few-shot method (the MA-VAE or a baseline) episodically",
+        description="Train the paper's memory-augmented VAE or a baseline (protonet, "
+        "matching, kaiser) on Omniglot's training classes, validating on the validation "
+        "classes (never the test classes). Settings: --preset (default: the method's CPU "
+        "preset), then --config FILE.toml, then --set section.field=value.",
         formatter_class=DefaultsHelpFormatter)
-    parser.add_argument("--preset", default="cpu-quick", choices=sorted(PRESETS),
-                        help="named experiment (see docs/model.md)")
+    parser.add_argument("--method", default=None,
+                        help="registered method: mavae, protonet, matching, kaiser "
+                        "(default: the preset's; without --preset, mavae)")
+    parser.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                        help="named experiment (docs/model.md, docs/baselines.md); default: "
+                        "cpu-quick for mavae, <method>-cpu for a baseline")
     parser.add_argument("--config", default=None, help="TOML file laid over the preset")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="SECTION.FIELD=VALUE", help="override one field; repeatable")
@@ -42,6 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _overrides(args: argparse.Namespace) -> list[str]:
     overrides = list(args.overrides)
+    if args.method is not None:
+        overrides.insert(0, f"method={args.method}")
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
     if args.max_steps is not None:
@@ -65,9 +72,14 @@ def _saved_config(run_dir: Path) -> TrainConfig:
 def run(args: argparse.Namespace) -> int:
     # Imported here so `gaussmem --help` stays fast (no torch import).
     from gaussmem.data.omniglot import load_omniglot
+    from gaussmem.methods import method_class
     from gaussmem.train import TrainingError, train
 
-    config = resolve(args.preset, args.config, _overrides(args))
+    if args.method is not None:
+        method_class(args.method)  # an unknown name fails here, listing the known ones
+    preset_name = args.preset or default_preset(args.method or "mavae")
+    config = resolve(preset_name, args.config, _overrides(args))
+    method_class(config.method)
     if args.resume and not args.run_dir:
         raise TrainingError("--resume needs --run-dir")
     budget_given = (args.max_steps is not None or args.max_minutes is not None
@@ -78,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         print("gaussmem train: --resume uses the checkpoint's config; only the budget "
               "given here replaces its own")
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    run_dir = Path(args.run_dir or Path("runs") / f"{args.preset}-{stamp}").resolve()
+    run_dir = Path(args.run_dir or Path("runs") / f"{preset_name}-{stamp}").resolve()
     data_dir, cache_dir = resolve_data_dir(args.data_dir), resolve_cache_dir(args.cache_dir)
     # A resumed run reads the data its checkpoint was trained on.
     data = (_saved_config(run_dir) if args.resume else config).data
@@ -89,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"gaussmem train: run directory {run_dir}")
     result = train(config, run_dir, train_set, val_set, resume=args.resume,
                    progress=not args.no_progress)
-    print(json.dumps({"run_dir": str(run_dir), "step": result.step,
+    print(json.dumps({"run_dir": str(run_dir), "method": (config or _saved_config(run_dir)
+                                                           ).method, "step": result.step,
                       "minutes": round(result.elapsed_seconds / 60, 2),
                       "best_val_accuracy": result.best_val_accuracy,
                       "best_step": result.best_step,
