@@ -98,6 +98,11 @@ def main() -> int:
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--large-episodes", type=int, default=200)
     parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--skip-eval", action="store_true",
+                        help="train and write the training record only (evaluate later with "
+                        "--skip-train, e.g. several evaluations side by side)")
+    parser.add_argument("--eval-threads", type=int, default=None,
+                        help="torch threads of each `gaussmem evaluate` (default: torch's)")
     parser.add_argument("--note", default="", help="free text kept in the training record")
     parser.add_argument("--cells", default=None,
                         help="comma-separated subset of cells to evaluate, e.g. 20w1s,20w5s "
@@ -117,7 +122,10 @@ def main() -> int:
     record = training_record(run_dir, args.tag, train_command, args.note)
     write_text_atomic(results / f"omniglot-{args.tag}-training.json",
                       json.dumps(record, indent=2) + "\n")
+    if args.skip_eval:
+        return 0
     checkpoint = run_dir / "checkpoints" / "best.ckpt"
+    threads = ["--threads", str(args.eval_threads)] if args.eval_threads else []
     cells = [(5, 1, args.episodes), (5, 5, args.episodes), (20, 1, args.episodes),
              (20, 5, args.episodes), (100, 1, args.large_episodes),
              (100, 5, args.large_episodes), (400, 1, max(1, args.large_episodes // 4)),
@@ -129,16 +137,18 @@ def main() -> int:
         out = results / f"omniglot-{args.tag}-{n_way}w{n_shot}s.json"
         run([*gaussmem, "evaluate", "--checkpoint", str(checkpoint), "--n-way", str(n_way),
              "--n-shot", str(n_shot), "--episodes", str(episodes), "--seed", "0",
-             "--split", "test", "--json", str(out), "--no-progress"])
+             "--split", "test", "--json", str(out), "--no-progress", *threads])
         report = json.loads(out.read_text())
         report["tag"] = args.tag
-        report["hardware"] = hardware()
+        # The evaluation's own thread count, not this driver's.
+        threads_used = report.get("hardware", {}).get("torch_threads")
+        report["hardware"] = {**hardware(), "torch_threads": threads_used}
         write_text_atomic(out, json.dumps(report, indent=2, sort_keys=True) + "\n")
     if not args.cells or "online" in args.cells.split(","):
         online = results / f"omniglot-{args.tag}-online-5w5s.json"
         run([*gaussmem, "evaluate", "--checkpoint", str(checkpoint), "--protocol", "online",
              "--n-way", "5", "--n-shot", "5", "--episodes", str(args.episodes), "--seed", "0",
-             "--split", "test", "--json", str(online), "--no-progress"])
+             "--split", "test", "--json", str(online), "--no-progress", *threads])
     run([sys.executable, str(ROOT / "scripts" / "make_results_table.py")])
     return 0
 
