@@ -14,6 +14,7 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
@@ -73,9 +74,17 @@ def render_memory_search(result: dict) -> str:
             f"matmul. {_hardware_line(result)}" + (f" Not run: {not_run}." if not_run else ""))
 
 
-RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
+def render_omniglot_tables(markdown: str) -> str:
+    """Tables 1 and 2 of results/omniglot.md (itself generated from results JSON)."""
+    start = markdown.index("## Table 1")
+    end = markdown.index("\n## ", markdown.index("## Table 2"))
+    return markdown[start:end].strip().replace("## Table", "### Table")
+
+
+RENDERERS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "data_loading": ("data_loading.json", render_data_loading),
     "memory_search": ("memory_search.json", render_memory_search),
+    "omniglot_tables": ("omniglot.md", render_omniglot_tables),
 }
 
 
@@ -88,7 +97,8 @@ def main() -> None:
             continue
         pattern = re.compile(rf"(<!-- BEGIN GENERATED: {name} -->\n).*?(<!-- END GENERATED: "
                              rf"{name} -->)", re.S)
-        table = render(json.loads(source.read_text()))
+        text = source.read_text()
+        table = render(json.loads(text) if file_name.endswith(".json") else text)
         readme, count = pattern.subn(lambda m, t=table: f"{m[1]}{t}\n{m[2]}", readme)
         if count == 0:
             raise SystemExit(f"README.md has no markers for {name!r}")
