@@ -96,9 +96,10 @@ def our_row(tag: str, cells: dict[tuple[int, int], dict], layout: list[tuple[int
 
 def budget(tag: str, cells: dict[tuple[int, int], dict], training: dict | None) -> str:
     any_cell = next(iter(cells.values()))
-    hardware = any_cell.get("hardware", {})
+    # The training record names the training threads; a cell's, its evaluation's.
+    hardware = (training or {}).get("hardware") or any_cell.get("hardware", {})
     device = (f"{hardware.get('cores', '?')}-core CPU ({hardware.get('cpu', '?')}), "
-              f"{hardware.get('torch_threads', '?')} threads")
+              f"{hardware.get('torch_threads', '?')} training threads")
     minutes = any_cell["checkpoint"]["train_minutes"]
     step = any_cell["checkpoint"]["step"]
     if training:
