@@ -13,9 +13,11 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from gaussmem.data.class_images import ClassImageSet
 from gaussmem.data.omniglot_source import OmniglotManifest
 from gaussmem.settings import CACHE_ENV_VAR, DATA_ENV_VAR
 
@@ -117,3 +119,12 @@ def real_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """$GAUSSMEM_CACHE when set (so CI builds the real cache once), else a session temp dir."""
     value = os.environ.get(CACHE_ENV_VAR)
     return Path(value) if value else tmp_path_factory.mktemp("gaussmem-cache")
+
+
+def synthetic_set(n_classes: int = 12, seed: int = 0) -> ClassImageSet:
+    """Classes = a random template plus per-drawing noise: learnable, tiny."""
+    rng = np.random.default_rng(seed)
+    templates = rng.random((n_classes, 1, 28, 28)) < 0.15
+    noise = rng.random((n_classes, 20, 28, 28)) < 0.03
+    images = ((templates ^ noise) * 255).astype(np.uint8)
+    return ClassImageSet(images, [f"class{i}" for i in range(n_classes)], "synthetic")

@@ -15,9 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import synthetic_set
 from gaussmem.checkpoint import load_checkpoint
 from gaussmem.config import preset, resolve
-from gaussmem.data.class_images import ClassImageSet
 from gaussmem.data.training_sampler import StreamSampler
 from gaussmem.evaluate import evaluate_checkpoint, evaluate_online, evaluate_support_query
 from gaussmem.methods import available_methods, method_class, training_class
@@ -29,15 +29,6 @@ from gaussmem.models.encoders import Conv4Backbone
 from gaussmem.train import LAST_CHECKPOINT, build_trainer, train, train_step
 
 BASELINES = ("protonet", "matching", "kaiser")
-
-
-def synthetic_set(n_classes: int = 12, seed: int = 0) -> ClassImageSet:
-    """Classes = a random template plus per-drawing noise: learnable, tiny."""
-    rng = np.random.default_rng(seed)
-    templates = rng.random((n_classes, 1, 28, 28)) < 0.15
-    noise = rng.random((n_classes, 20, 28, 28)) < 0.03
-    images = ((templates ^ noise) * 255).astype(np.uint8)
-    return ClassImageSet(images, [f"class{i}" for i in range(n_classes)], "synthetic")
 
 
 class Linear(torch.nn.Module):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import synthetic_set
 from gaussmem.checkpoint import CheckpointError, load_checkpoint
 from gaussmem.config import ConfigError, preset, resolve, to_dict
-from gaussmem.data.class_images import ClassImageSet
 from gaussmem.evaluate import evaluate_checkpoint
 from gaussmem.metrics_log import read_metrics
 from gaussmem.train import (
@@ -22,15 +22,6 @@ from gaussmem.train import (
     learning_rate,
     train,
 )
-
-
-def synthetic_set(n_classes: int = 12, seed: int = 0) -> ClassImageSet:
-    """Classes = a random template plus per-drawing noise: learnable, tiny."""
-    rng = np.random.default_rng(seed)
-    templates = rng.random((n_classes, 1, 28, 28)) < 0.15
-    noise = rng.random((n_classes, 20, 28, 28)) < 0.03
-    images = ((templates ^ noise) * 255).astype(np.uint8)
-    return ClassImageSet(images, [f"class{i}" for i in range(n_classes)], "synthetic")
 
 
 def test_sampler_is_seeded_and_resumable() -> None:
