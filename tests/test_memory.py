@@ -517,3 +517,27 @@ def test_slot_policy_works_with_point_keys():
     memory._commit_batch_((points[2:],), torch.tensor([0]), nearest, torch.arange(1))
     assert memory.counts.tolist() == [2, 1, 0] and memory.ages.tolist() == [0, 1, 2]
     torch.testing.assert_close(memory.keys[0], torch.tensor([0.05, 0.0]))
+
+
+def test_grow_keeps_entries_and_answers_then_accepts_more() -> None:
+    generator = torch.Generator().manual_seed(11)
+    memory = GaussianMemory(6, 4, seed=0)
+    mu = torch.randn(6, 4, generator=generator)
+    var = torch.rand(6, 4, generator=generator) + 0.1
+    memory.write_support_(mu, var, torch.arange(6))
+    queries = torch.randn(5, 4, generator=generator)
+    before = memory.query(queries, torch.ones(5, 4), k=3)
+    memory.grow_(10)
+    after = memory.query(queries, torch.ones(5, 4), k=3)
+    assert memory.capacity == 10 and len(memory) == 6
+    assert torch.equal(before.slots, after.slots) and torch.allclose(before.divergence,
+                                                                     after.divergence)
+    memory.write_support_(torch.randn(4, 4, generator=generator), torch.ones(4, 4),
+                          torch.arange(6, 10))
+    assert len(memory) == 10 and sorted(memory.labels.tolist()) == list(range(10))
+    copy = GaussianMemory(10, 4)
+    copy.load_state_dict(memory.state_dict())
+    assert torch.equal(copy.query(queries, torch.ones(5, 4)).slots,
+                       memory.query(queries, torch.ones(5, 4)).slots)
+    with pytest.raises(ValueError, match="cannot shrink"):
+        memory.grow_(4)

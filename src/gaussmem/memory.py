@@ -123,6 +123,29 @@ class SlotMemory(nn.Module):
         """Number of valid entries (so an empty memory is falsy)."""
         return int(self.valid.sum())
 
+    def _empty_slot_values(self) -> dict[str, Any]:
+        """Per-slot buffers (first dimension = capacity) and the value of an empty slot;
+        subclasses add their key buffers, so `grow_` pads every one of them."""
+        return {"labels": NOT_FOUND, "counts": 0, "ages": 0, "valid": False}
+
+    @torch.no_grad()
+    def grow_(self, capacity: int) -> None:
+        """Enlarge to `capacity` slots in place; entries keep their slots, new slots are
+        empty. Evaluation memories are sized by the episode (a 400-way 5-shot support set
+        needs 2,000 entries), so callers grow them instead of rebuilding them by hand."""
+        if capacity < self.capacity:
+            raise ValueError(f"grow_ cannot shrink the memory from {self.capacity} to "
+                             f"{capacity} slots")
+        extra = capacity - self.capacity
+        if extra == 0:
+            return
+        for name, empty_value in self._empty_slot_values().items():
+            current = getattr(self, name)
+            padding = current.new_full((extra, *current.shape[1:]), empty_value)
+            setattr(self, name, torch.cat([current, padding]))
+        self.capacity = capacity
+        self._keys_changed_(None)
+
     # State that a checkpoint needs beyond buffers: the age-noise generator, so a resumed
     # run draws the same noise as an uninterrupted one.
     def get_extra_state(self) -> dict[str, Any]:
@@ -542,6 +565,10 @@ class GaussianMemory(SlotMemory):
     def _merge_keys_(self, slots: torch.Tensor, keys: tuple[torch.Tensor, ...]) -> None:
         mu, var = keys
         merge_running_(self.means, self.variances, self.counts, slots, mu, var)
+
+    def _empty_slot_values(self) -> dict[str, Any]:
+        return {**super()._empty_slot_values(), "means": 0.0, "variances": 1.0,
+                "entry_features": 0.0, "entry_offsets": math.inf}
 
     def _keys_changed_(self, slots: torch.Tensor | None) -> None:
         rows = slice(None) if slots is None else slots

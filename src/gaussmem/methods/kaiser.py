@@ -97,6 +97,9 @@ class KeyMemory(SlotMemory):
         self.key_dim = key_dim
         self.register_buffer("keys", torch.zeros(capacity, key_dim))
 
+    def _empty_slot_values(self) -> dict[str, Any]:
+        return {**super()._empty_slot_values(), "keys": 0.0}
+
     def _lift_query_keys(self, keys: tuple[torch.Tensor, ...]) -> torch.Tensor:
         return F.normalize(keys[0], dim=1)
 

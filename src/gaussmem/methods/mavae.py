@@ -47,16 +47,8 @@ class MemoryAugmentedVAE(FewShotClassifier):
     def _ensure_capacity(self, extra: int) -> None:
         """Grow the memory (keeping its entries) so `extra` more items always fit."""
         needed = len(self.memory) + extra
-        if needed <= self.memory.capacity:
-            return
-        grown = self._new_memory(max(needed, 2 * self.memory.capacity))
-        keep = self.memory.valid.nonzero()[:, 0]
-        with torch.no_grad():
-            count = len(keep)
-            for name in ("means", "variances", "labels", "counts", "ages", "valid"):
-                getattr(grown, name)[:count] = getattr(self.memory, name)[keep]
-        grown._keys_changed_(None)
-        self.memory = grown.to(self.memory.means.device)
+        if needed > self.memory.capacity:
+            self.memory.grow_(max(needed, 2 * self.memory.capacity))
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> DiagonalGaussian:
