@@ -2,6 +2,19 @@
 
 import argparse
 
+from gaussmem.settings import CACHE_ENV_VAR, DATA_ENV_VAR, default_cache_dir, default_data_dir
+
+
+def add_data_location_arguments(parser: argparse.ArgumentParser, *, cache: bool = True) -> None:
+    """`--data-dir` (and `--cache-dir`), worded the same in every command that reads data."""
+    parser.add_argument("--data-dir", default=None,
+                        help=f"dataset root holding omniglot/ (and lfw/); default: "
+                        f"${DATA_ENV_VAR}, else {default_data_dir()}")
+    if cache:
+        parser.add_argument("--cache-dir", default=None,
+                            help=f"where preprocessed arrays are cached; default: "
+                            f"${CACHE_ENV_VAR}, else {default_cache_dir()}")
+
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """States every default in `--help`, except `None`, whose meaning the help text gives

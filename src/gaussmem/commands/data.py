@@ -8,25 +8,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from gaussmem.commands import DefaultsHelpFormatter
+from gaussmem.atomic import write_text_atomic
+from gaussmem.commands import DefaultsHelpFormatter, add_data_location_arguments
 from gaussmem.data.download import OFFICIAL_BASE_URL, download_omniglot
 from gaussmem.data.lfw import lfw_source, load_lfw_faces, paper_split, people_counts
 from gaussmem.data.omniglot import OMNIGLOT_FOLDER, load_omniglot, load_omniglot_characters
 from gaussmem.data.omniglot_splits import SCHEME_SUBSETS
 from gaussmem.errors import DataError
-from gaussmem.settings import (
-    CACHE_ENV_VAR,
-    DATA_ENV_VAR,
-    default_cache_dir,
-    default_data_dir,
-    resolve_cache_dir,
-    resolve_data_dir,
-)
-
-DATA_DIR_HELP = (f"dataset root holding omniglot/ (and lfw/); default: ${DATA_ENV_VAR}, "
-                 f"else {default_data_dir()}")
-CACHE_DIR_HELP = (f"where preprocessed arrays are cached; default: ${CACHE_ENV_VAR}, "
-                  f"else {default_cache_dir()}")
+from gaussmem.settings import resolve_cache_dir, resolve_data_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,8 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Verify Omniglot by content (alphabets, characters, 20 drawers each, "
         "105x105 images), and LFW-a if present (layout, numbering, 250x250 photos); build "
         "or reuse their caches, and print counts per split.")
-    check.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
-    check.add_argument("--cache-dir", default=None, help=CACHE_DIR_HELP)
+    add_data_location_arguments(check)
     check.add_argument("--json", dest="json_path", default=None,
                        help="also write the summary as JSON to this file")
     check.set_defaults(handler=run_check)
@@ -52,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Fetch images_background.zip and images_evaluation.zip into "
         "<data dir>/omniglot/, each checked against the official MD5 before it is kept.")
     download.add_argument("dataset", choices=["omniglot"], help="which dataset to fetch")
-    download.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
+    add_data_location_arguments(download, cache=False)
     download.add_argument("--base-url", default=OFFICIAL_BASE_URL, help="where to fetch from")
     download.add_argument("--overwrite", action="store_true",
                           help="fetch again even if a file is already there")
@@ -89,7 +77,6 @@ def run_check(args: argparse.Namespace) -> int:
     }
     _print_summary(summary)
     if args.json_path:
-        from gaussmem.atomic import write_text_atomic
         write_text_atomic(args.json_path, json.dumps(summary, indent=1))
     return 0
 

@@ -8,7 +8,7 @@ import platform
 import sys
 from pathlib import Path
 
-from gaussmem.commands import DefaultsHelpFormatter
+from gaussmem.commands import DefaultsHelpFormatter, add_data_location_arguments
 from gaussmem.evaluate import DEFAULT_N_QUERY
 from gaussmem.settings import resolve_cache_dir, resolve_data_dir
 
@@ -37,8 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", dest="json_path", default=None,
                         help="write the result JSON here (atomically)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--data-dir", default=None, help="data directory ($GAUSSMEM_DATA)")
-    parser.add_argument("--cache-dir", default=None, help="cache directory ($GAUSSMEM_CACHE)")
+    add_data_location_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gaussmem.commands import DefaultsHelpFormatter
+from gaussmem.commands import DefaultsHelpFormatter, add_data_location_arguments
 
 #: Held-out class subsets only: figures of training classes would flatter the model.
 SPLITS = ("test", "val")
@@ -32,8 +32,7 @@ def _common(parser: argparse.ArgumentParser, *, figure: bool = True) -> None:
         parser.add_argument("--scale", type=int, default=2,
                             help="each pixel becomes scale x scale pixels")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--data-dir", default=None, help="data directory ($GAUSSMEM_DATA)")
-    parser.add_argument("--cache-dir", default=None, help="cache directory ($GAUSSMEM_CACHE)")
+    add_data_location_arguments(parser)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

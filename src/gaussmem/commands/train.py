@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from gaussmem.commands import DefaultsHelpFormatter
+from gaussmem.commands import DefaultsHelpFormatter, add_data_location_arguments
 from gaussmem.config import PRESETS, TrainConfig, default_preset, resolve
 from gaussmem.settings import resolve_cache_dir, resolve_data_dir
 
@@ -39,8 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="wall-clock budget of training (validation excluded)")
     parser.add_argument("--tensorboard", action="store_true",
                         help="also write TensorBoard events (needs `tensorboard`)")
-    parser.add_argument("--data-dir", default=None, help="data directory ($GAUSSMEM_DATA)")
-    parser.add_argument("--cache-dir", default=None, help="cache directory ($GAUSSMEM_CACHE)")
+    add_data_location_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
