@@ -211,7 +211,10 @@ def run_loop(trainer: Trainer, log: MetricsLog, *, progress: bool = True,
     """Train until the budget (or `stop_at_step`, a test hook that simulates a kill)."""
     config, state = trainer.config, trainer.state
     images_per_step = trainer.method.images_per_step
-    bar = tqdm(total=config.budget.max_steps, initial=state.step, disable=not progress,
+    # Under a wall-clock budget the step total would give a false ETA (hours for a
+    # 15-minute run); the postfix's "left" shows the time that remains instead.
+    total_steps = None if config.budget.max_minutes else config.budget.max_steps
+    bar = tqdm(total=total_steps, initial=state.step, disable=not progress,
                unit="step", dynamic_ncols=True)
     running, window_start, window_images = _RunningMeans(), time.perf_counter(), 0
     trainer.method.model.train()
