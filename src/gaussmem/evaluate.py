@@ -8,8 +8,9 @@
   it. k-shot accuracy = accuracy on the items that are the (k+1)-th showing of their
   class (0-shot is the first showing, necessarily a guess).
 
-Episodes come from `EpisodeSampler(dataset, ..., seed=seed)`, so a seed fixes the
-episodes whatever was evaluated before, and two runs give identical numbers.
+Episodes come from `episode_sampler(dataset, ..., seed=seed)` (gaussmem.data.datasets:
+plain for Omniglot, mirror-safe for LFW-a), so a seed fixes the episodes whatever was
+evaluated before, and two runs give identical numbers.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from gaussmem.data.class_images import ClassImageSet
-from gaussmem.data.episodes import EpisodeSampler
+from gaussmem.data.datasets import FewShotDataset, default_n_query, episode_sampler
+from gaussmem.data.grouped_images import GroupedImageSet
+from gaussmem.errors import EpisodeError
 from gaussmem.methods.base import FewShotClassifier
 
 #: Queries per class in support-query episodes (Vinyals/Snell use 15 on Omniglot).
@@ -73,7 +75,7 @@ def _set_eval_mode(classifier: FewShotClassifier) -> bool:
     return was_training
 
 
-def evaluate_support_query(classifier: FewShotClassifier, dataset: ClassImageSet, *,
+def evaluate_support_query(classifier: FewShotClassifier, dataset: FewShotDataset, *,
                            n_way: int, n_shot: int, n_query: int = DEFAULT_N_QUERY,
                            episodes: int = 1000, seed: int = 0,
                            progress: Callable[[int, float], None] | None = None
@@ -82,7 +84,7 @@ def evaluate_support_query(classifier: FewShotClassifier, dataset: ClassImageSet
 
     `progress(episode_index, running_accuracy)` is called after each episode if given.
     """
-    sampler = EpisodeSampler(dataset, n_way, n_shot, n_query, seed=seed)
+    sampler = episode_sampler(dataset, n_way, n_shot, n_query, seed=seed)
     accuracies = np.zeros(episodes)
     was_training = _set_eval_mode(classifier)
     start = time.perf_counter()
@@ -121,12 +123,17 @@ def online_predictions(classifier: FewShotClassifier, images: torch.Tensor,
     return predictions
 
 
-def evaluate_online(classifier: FewShotClassifier, dataset: ClassImageSet, *, n_way: int,
+def evaluate_online(classifier: FewShotClassifier, dataset: FewShotDataset, *, n_way: int,
                     max_shot: int = 5, episodes: int = 1000, seed: int = 0
                     ) -> EvaluationResult:
     """Kaiser's online protocol; `accuracy` is the `max_shot`-shot accuracy and
     `per_shot["k"]` the k-shot accuracy for k = 0..max_shot."""
-    sampler = EpisodeSampler(dataset, n_way, max_shot + 1, 0, seed=seed)
+    if isinstance(dataset, GroupedImageSet) and dataset.mirror:
+        # A stream showing a class several times would show a photo and its mirror as
+        # two showings, the second answered by near-copying the first.
+        raise EpisodeError(f"the online protocol is not available on {dataset.name}: its "
+                           "mirrored samples would appear as separate showings of a class")
+    sampler = episode_sampler(dataset, n_way, max_shot + 1, 0, seed=seed)
     # The stream order has its own generator, derived from the seed, so the episodes'
     # content matches the support-query sampler with the same seed and shape.
     order_rng = np.random.Generator(np.random.PCG64([seed, 1]))
@@ -161,14 +168,15 @@ def _showing_index(labels: torch.Tensor) -> torch.Tensor:
 
 
 def evaluate_checkpoint(checkpoint_path: Path, *, n_way: int, n_shot: int,
-                        n_query: int = DEFAULT_N_QUERY, episodes: int = 1000, seed: int = 0,
+                        n_query: int | None = None, episodes: int = 1000, seed: int = 0,
                         split: str = "test", protocol: str = "support-query",
                         data_dir: Path | None = None, cache_dir: Path | None = None,
-                        dataset: ClassImageSet | None = None, progress: bool = False
+                        dataset: FewShotDataset | None = None, progress: bool = False
                         ) -> dict[str, Any]:
     """Evaluate a checkpoint; returns the JSON-ready report (everything to reproduce it).
 
     `dataset` replaces loading `split` of the checkpoint's dataset (tests, other data).
+    `n_query=None` takes `default_n_query` (15 on Omniglot; what fits on LFW-a).
     """
     from gaussmem.checkpoint import file_sha256, load_checkpoint
     from gaussmem.methods import classifier_from_checkpoint
@@ -176,10 +184,11 @@ def evaluate_checkpoint(checkpoint_path: Path, *, n_way: int, n_shot: int,
     checkpoint = load_checkpoint(checkpoint_path)
     config = checkpoint["config"]
     if dataset is None:
-        from gaussmem.data.omniglot import load_omniglot
+        from gaussmem.data.datasets import load_split
 
-        dataset = load_omniglot(config["data"]["scheme"], split, data_dir=data_dir,
-                                cache_dir=cache_dir)
+        dataset = load_split(config["data"], split, data_dir=data_dir, cache_dir=cache_dir)
+    if n_query is None:
+        n_query = default_n_query(dataset, n_shot) if protocol == "support-query" else 0
     classifier = classifier_from_checkpoint(checkpoint)
     bar = _progress_bar(episodes, progress)
     if protocol == "support-query":

@@ -27,8 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--n-way", type=int, default=5, help="classes per episode")
     parser.add_argument("--n-shot", type=int, default=1,
                         help="support images per class (online: the largest k reported)")
-    parser.add_argument("--n-query", type=int, default=DEFAULT_N_QUERY,
-                        help="query images per class (support-query)")
+    parser.add_argument("--n-query", type=int, default=None,
+                        help=f"query images per class (support-query); default {DEFAULT_N_QUERY} "
+                        "on Omniglot, on LFW-a the most every person has room for")
     parser.add_argument("--episodes", type=int, default=1000, help="number of episodes")
     parser.add_argument("--seed", type=int, default=0, help="seed of the episode sampler")
     parser.add_argument("--split", default="test", choices=SPLITS, help="class subset")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 
 @dataclass(frozen=True)
@@ -46,3 +47,36 @@ class ClassImageSet:
     @property
     def image_shape(self) -> tuple[int, int]:
         return (int(self.images.shape[2]), int(self.images.shape[3]))
+
+    @property
+    def n_samples(self) -> int:
+        """Samples in the set; flat sample id = class * n_samples_per_class + sample."""
+        return self.n_classes * self.n_samples_per_class
+
+    @property
+    def fewest_distinct_per_class(self) -> int:
+        """Distinct drawings every class can give a training step."""
+        return self.n_samples_per_class
+
+    def sample_tensor(self, sample_ids: np.ndarray) -> torch.Tensor:
+        """float32 `(len(sample_ids), 1, H, W)` in [0, 1] of flat sample ids."""
+        classes, samples = np.divmod(np.asarray(sample_ids, dtype=np.int64).ravel(),
+                                     self.n_samples_per_class)
+        pixels = torch.from_numpy(np.ascontiguousarray(self.images[classes, samples]))
+        return pixels.to(torch.float32).div_(255.0).unsqueeze(1)
+
+    def draw_distinct(self, class_indices: np.ndarray, count: int,
+                      rng: np.random.Generator) -> np.ndarray:
+        """uint8 `(len(class_indices), count, H, W)`: `count` distinct random drawings of
+        each class (one uniform key per drawing, argsorted)."""
+        keys = rng.random((len(class_indices), self.n_samples_per_class))
+        drawings = np.argsort(keys, axis=1)[:, :count]
+        return self.images[np.asarray(class_indices)[:, None], drawings]
+
+    def pixel_mean(self) -> np.ndarray:
+        """Mean image over every sample, float64 `(H, W)` in [0, 255] (class by class: the
+        set may be a memory map)."""
+        total = np.zeros(self.image_shape, dtype=np.float64)
+        for class_images in self.images:
+            total += class_images.astype(np.float64).sum(axis=0)
+        return total / self.n_samples

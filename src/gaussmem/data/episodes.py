@@ -31,6 +31,28 @@ class EpisodeIndices:
 
 
 @dataclass(frozen=True)
+class EpisodeSampleIds:
+    """An episode as flat sample ids of its dataset (`dataset.sample_tensor(ids)` gives
+    the pixels), class-major like `Episode`: `support_ids (n_way * n_shot,)`,
+    `query_ids (n_way * n_query,)`, `class_indices (n_way,)`. An evaluation that caches
+    per-sample embeddings indexes them with these ids instead of re-encoding pixels."""
+
+    support_ids: np.ndarray
+    query_ids: np.ndarray
+    class_indices: np.ndarray
+
+    @property
+    def n_way(self) -> int:
+        return len(self.class_indices)
+
+    def support_labels(self) -> torch.Tensor:
+        return torch.arange(self.n_way).repeat_interleave(len(self.support_ids) // self.n_way)
+
+    def query_labels(self) -> torch.Tensor:
+        return torch.arange(self.n_way).repeat_interleave(len(self.query_ids) // self.n_way)
+
+
+@dataclass(frozen=True)
 class Episode:
     """One N-way K-shot task, class-major: all shots of class 0, then class 1, ...
 
@@ -85,20 +107,29 @@ class EpisodeSampler:
         sample_indices = np.argsort(keys, axis=1)[:, : self.n_shot + self.n_query]
         return EpisodeIndices(class_indices.astype(np.int64), sample_indices.astype(np.int64))
 
+    def sample_ids(self) -> EpisodeSampleIds:
+        """Draw the next episode as flat sample ids (no pixels copied)."""
+        indices = self.sample_indices()
+        ids = (indices.class_indices[:, None] * self.dataset.n_samples_per_class
+               + indices.sample_indices)
+        return EpisodeSampleIds(ids[:, : self.n_shot].ravel(), ids[:, self.n_shot:].ravel(),
+                                indices.class_indices)
+
     def sample(self) -> Episode:
         """Draw the next episode as model-ready tensors."""
-        indices = self.sample_indices()
-        pixels = self.dataset.images[indices.class_indices[:, None], indices.sample_indices]
-        images = torch.from_numpy(pixels).to(torch.float32).div_(255.0).unsqueeze(2)
-        class_major_labels = torch.arange(self.n_way).repeat_interleave
-        height, width = self.dataset.image_shape
-        support = images[:, : self.n_shot].reshape(-1, 1, height, width)
-        query = images[:, self.n_shot:].reshape(-1, 1, height, width)
-        return Episode(support_images=support, support_labels=class_major_labels(self.n_shot),
-                       query_images=query, query_labels=class_major_labels(self.n_query),
-                       class_indices=torch.from_numpy(indices.class_indices))
+        return episode_from_ids(self.dataset, self.sample_ids())
 
     def episodes(self, n_episodes: int) -> Iterator[Episode]:
         """The next `n_episodes` episodes."""
         for _ in range(n_episodes):
             yield self.sample()
+
+
+def episode_from_ids(dataset, ids: EpisodeSampleIds) -> Episode:
+    """The pixels and labels of an episode given as sample ids (any dataset with
+    `sample_tensor`: `ClassImageSet`, `GroupedImageSet`)."""
+    return Episode(support_images=dataset.sample_tensor(ids.support_ids),
+                   support_labels=ids.support_labels(),
+                   query_images=dataset.sample_tensor(ids.query_ids),
+                   query_labels=ids.query_labels(),
+                   class_indices=torch.from_numpy(ids.class_indices.astype(np.int64)))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from gaussmem.data.episodes import Episode
+from gaussmem.data.episodes import Episode, EpisodeSampleIds, episode_from_ids
 from gaussmem.errors import EpisodeError
 
 
@@ -58,8 +58,50 @@ class GroupedImageSet:
     def samples_per_group(self) -> int:
         return 2 if self.mirror else 1
 
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        return (int(self.images.shape[1]), int(self.images.shape[2]))
+
+    @property
+    def n_samples(self) -> int:
+        """Samples in the set (originals, and mirrors when `mirror`)."""
+        return len(self.images) * self.samples_per_group
+
     def originals_per_class(self) -> np.ndarray:
         return np.diff(self.class_offsets)
+
+    @property
+    def fewest_distinct_per_class(self) -> int:
+        """Distinct photos every class can give a training step (a photo and its mirror
+        count once: drawing both would hand the step a near-duplicate pair)."""
+        return int(self.originals_per_class().min())
+
+    def sample_tensor(self, sample_ids: np.ndarray) -> torch.Tensor:
+        """float32 `(len(sample_ids), 1, H, W)` in [0, 1] of sample ids."""
+        pixels = self.sample_pixels(np.asarray(sample_ids, dtype=np.int64).ravel())
+        return torch.from_numpy(np.ascontiguousarray(pixels)).float().div_(255).unsqueeze(1)
+
+    def draw_distinct(self, class_indices: np.ndarray, count: int,
+                      rng: np.random.Generator) -> np.ndarray:
+        """uint8 `(len(class_indices), count, H, W)`: `count` distinct photos of each
+        class, each mirrored with probability 1/2 when `mirror` (the paper's doubling,
+        as augmentation: never a photo together with its own mirror)."""
+        class_indices = np.asarray(class_indices, dtype=np.int64)
+        starts = self.class_offsets[class_indices]
+        sizes = self.class_offsets[class_indices + 1] - starts
+        keys = rng.random((len(class_indices), int(sizes.max())))
+        keys[np.arange(keys.shape[1])[None, :] >= sizes[:, None]] = np.inf
+        originals = starts[:, None] + np.argsort(keys, axis=1)[:, :count]
+        flipped = (rng.integers(0, 2, originals.shape) if self.mirror
+                   else np.zeros_like(originals))
+        return self.sample_pixels(originals * self.samples_per_group + flipped)
+
+    def pixel_mean(self) -> np.ndarray:
+        """Mean image over every sample, float64 `(H, W)` in [0, 255] (mirrors included)."""
+        total = self.images.astype(np.float64).sum(axis=0)
+        if self.mirror:
+            total = (total + total[:, ::-1]) / 2
+        return total / len(self.images)
 
     def sample_pixels(self, sample_ids: np.ndarray) -> np.ndarray:
         """uint8 pixels of samples `sample_ids` (sample = original * samples_per_group +
@@ -112,20 +154,17 @@ class GroupedEpisodeSampler:
             return self._rng.permutation(samples)[:count]
         return draw(support_groups, self.n_shot), draw(query_groups, self.n_query)
 
-    def sample(self) -> Episode:
-        """Draw the next episode as model-ready tensors (same layout as `EpisodeSampler`)."""
+    def sample_ids(self) -> EpisodeSampleIds:
+        """Draw the next episode as sample ids (same layout as `EpisodeSampler`)."""
         class_indices = self._rng.choice(self.dataset.n_classes, self.n_way, replace=False)
         drawn = [self._class_samples(int(c)) for c in class_indices]
-        support_ids = np.stack([support for support, _ in drawn])
-        query_ids = np.stack([query for _, query in drawn])
-        labels = torch.arange(self.n_way).repeat_interleave
+        support_ids = np.stack([support for support, _ in drawn]).ravel()
+        query_ids = np.stack([query for _, query in drawn]).reshape(-1)
+        return EpisodeSampleIds(support_ids, query_ids, class_indices.astype(np.int64))
 
-        def to_tensor(sample_ids: np.ndarray) -> torch.Tensor:
-            pixels = self.dataset.sample_pixels(sample_ids.ravel())
-            return torch.from_numpy(np.ascontiguousarray(pixels)).float().div_(255).unsqueeze(1)
-        return Episode(support_images=to_tensor(support_ids), support_labels=labels(self.n_shot),
-                       query_images=to_tensor(query_ids), query_labels=labels(self.n_query),
-                       class_indices=torch.from_numpy(class_indices.astype(np.int64)))
+    def sample(self) -> Episode:
+        """Draw the next episode as model-ready tensors (same layout as `EpisodeSampler`)."""
+        return episode_from_ids(self.dataset, self.sample_ids())
 
     def episodes(self, n_episodes: int):
         """The next `n_episodes` episodes."""

@@ -6,6 +6,11 @@ Source: `<data dir>/lfw/lfwa.tar.gz` (or the extracted `lfw2/` folder), laid out
 training and 80 for testing; but 343 + 80 = 423 is the number of people with at least
 5 images (901 have at least 3), so the `paper` split uses `min_images=5`: a committed
 343/80 split of those 423 people (sorted names, permuted with seed 0).
+
+The paper selects no model, but gaussmem never selects on test people, so the 343
+training people are split once more, deterministically, into `fit` (300 people, what
+the presets train on) and `val` (43 people, for picking the best checkpoint); `train`
+is all 343 (what a final run without model selection may use).
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ from gaussmem.settings import resolve_cache_dir, resolve_data_dir
 LFW_FOLDER = "lfw"
 LFW_A_TOTALS = {"people": 5749, "images": 13233}
 PAPER_TRAIN_PEOPLE, PAPER_TEST_PEOPLE = 343, 80
+#: Training people held out of `fit` for model selection (`val`), and the seed of that cut.
+PAPER_VAL_PEOPLE, VAL_SEED = 43, 1
+LFW_SUBSETS = ("train", "test", "fit", "val")
 _MEMBER = re.compile(r"^lfw2/(?P<person>[^/]+)/(?P=person)_(?P<number>\d{4})\.jpg$")
 
 
@@ -172,9 +180,14 @@ def split_people(people: list[str], n_test: int, seed: int = 0) -> tuple[list[st
 
 
 def paper_split(subset: str) -> list[str]:
-    """The committed 343/80 person split of the `paper` preset (`min_images=5`)."""
-    if subset not in ("train", "test"):
-        raise DataError(f"LFW-a split 'paper' has subsets train and test, not {subset!r}")
+    """The committed 343/80 person split of the `paper` preset (`min_images=5`), and the
+    fit/val cut of its 343 training people (see the module docstring)."""
+    if subset not in LFW_SUBSETS:
+        raise DataError(f"LFW-a split 'paper' has subsets {', '.join(LFW_SUBSETS)}, "
+                        f"not {subset!r}")
+    if subset in ("fit", "val"):
+        fit, val = split_people(paper_split("train"), PAPER_VAL_PEOPLE, VAL_SEED)
+        return fit if subset == "fit" else val
     text = resources.files("gaussmem.data").joinpath("splits", "lfw", f"{subset}.txt").read_text()
     return [line.strip() for line in text.splitlines() if line.strip()]
 
@@ -201,9 +214,13 @@ def load_lfw(subset: str = "train", *, split: str = "paper", min_images: int = 5
         chosen = paper_split(subset)
     else:
         train, test = split_people(people, n_test, seed)
-        chosen = {"train": train, "test": test}.get(subset)
+        if subset in ("fit", "val"):
+            fit, val = split_people(train, PAPER_VAL_PEOPLE, VAL_SEED)
+            chosen = fit if subset == "fit" else val
+        else:
+            chosen = {"train": train, "test": test}.get(subset)
         if chosen is None:
-            raise DataError(f"LFW-a has subsets train and test, not {subset!r}")
+            raise DataError(f"LFW-a has subsets {', '.join(LFW_SUBSETS)}, not {subset!r}")
     return _select_people(cached, chosen, f"lfw/{split}/{subset}", mirror)
 
 
