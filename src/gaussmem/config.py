@@ -176,7 +176,8 @@ class TrainConfig:
     method: str = "mavae"
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
-    # The MA-VAE's network; the baselines read their own section below.
+    # The MA-VAE's network; the baselines read their own section below, and every method
+    # takes its input side from `model.image_size` (28 on Omniglot, 84 on LFW-a).
     model: VAEConfig = field(default_factory=VAEConfig)
     loss: LossWeights = field(default_factory=LossWeights)
     episodes: EpisodeConfig = field(default_factory=EpisodeConfig)

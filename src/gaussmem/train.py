@@ -25,7 +25,7 @@ import gaussmem.methods  # noqa: F401  (registers every built-in method and its 
 from gaussmem.atomic import write_text_atomic
 from gaussmem.checkpoint import load_checkpoint, save_checkpoint
 from gaussmem.config import TrainConfig, from_dict, to_dict
-from gaussmem.data.class_images import ClassImageSet
+from gaussmem.data.datasets import FewShotDataset
 from gaussmem.data.training_sampler import (
     StreamSampler,
     TrainingClassSampler,
@@ -61,7 +61,7 @@ class Trainer:
     config: TrainConfig
     run_dir: Path
     method: MethodTraining
-    val_set: ClassImageSet | None
+    val_set: FewShotDataset | None
     state: TrainState = field(default_factory=TrainState)
 
     # The method's parts under the names benchmarks and older code use.
@@ -118,8 +118,8 @@ def train_step(trainer: Trainer, measure_triplet_grad: bool = False) -> dict[str
     return terms
 
 
-def build_trainer(config: TrainConfig, run_dir: Path, train_set: ClassImageSet,
-                  val_set: ClassImageSet | None) -> Trainer:
+def build_trainer(config: TrainConfig, run_dir: Path, train_set: FewShotDataset,
+                  val_set: FewShotDataset | None) -> Trainer:
     """Seeded model, optimizer, memory and sampler of `config.method`, for a fresh run."""
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
@@ -274,8 +274,8 @@ class TrainResult:
     images_per_step: int = 0
 
 
-def train(config: TrainConfig | None, run_dir: str | Path, train_set: ClassImageSet,
-          val_set: ClassImageSet | None, *, resume: bool = False, progress: bool = True,
+def train(config: TrainConfig | None, run_dir: str | Path, train_set: FewShotDataset,
+          val_set: FewShotDataset | None, *, resume: bool = False, progress: bool = True,
           stop_at_step: int | None = None) -> TrainResult:
     """Train (or resume) a run in `run_dir`; see the module docstring for the loop.
 

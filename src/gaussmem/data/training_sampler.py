@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from gaussmem.data.class_images import ClassImageSet
+from gaussmem.data.grouped_images import GroupedImageSet
 from gaussmem.errors import GaussmemError
 
 
@@ -29,13 +30,17 @@ def images_to_tensor(images: np.ndarray, channels_last: bool) -> torch.Tensor:
     return tensor.contiguous(memory_format=torch.channels_last) if channels_last else tensor
 
 
-def _check_shape(dataset: ClassImageSet, n_classes: int, images_per_class: int) -> None:
+Dataset = ClassImageSet | GroupedImageSet
+
+
+def _check_shape(dataset: Dataset, n_classes: int, images_per_class: int) -> None:
     if n_classes > dataset.n_classes:
         raise TrainingError(f"{n_classes} classes per step but {dataset.name} has "
                             f"{dataset.n_classes}")
-    if images_per_class > dataset.n_samples_per_class:
-        raise TrainingError(f"{images_per_class} drawings per class but {dataset.name} "
-                            f"has {dataset.n_samples_per_class}")
+    if images_per_class > dataset.fewest_distinct_per_class:
+        raise TrainingError(f"{images_per_class} distinct images per class per step but "
+                            f"the smallest class of {dataset.name} has "
+                            f"{dataset.fewest_distinct_per_class}")
 
 
 class TrainingClassSampler:
@@ -47,7 +52,7 @@ class TrainingClassSampler:
     starts every `steps_per_episode` batches; `new_episode` says when.
     """
 
-    def __init__(self, dataset: ClassImageSet, n_classes: int, images_per_class: int,
+    def __init__(self, dataset: Dataset, n_classes: int, images_per_class: int,
                  steps_per_episode: int, seed: int) -> None:
         _check_shape(dataset, n_classes, images_per_class)
         self.dataset = dataset
@@ -68,10 +73,9 @@ class TrainingClassSampler:
             self._classes = self._rng.choice(self.dataset.n_classes, self.n_classes,
                                              replace=False)
             self._step_in_episode = 0
-        keys = self._rng.random((self.n_classes, self.dataset.n_samples_per_class))
-        drawings = np.argsort(keys, axis=1)[:, : self.images_per_class]
+        drawn = self.dataset.draw_distinct(self._classes, self.images_per_class, self._rng)
         self._step_in_episode += 1
-        return self.dataset.images[self._classes[:, None], drawings].transpose(1, 0, 2, 3)
+        return drawn.transpose(1, 0, 2, 3)
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self._rng.bit_generator.state, "classes": self._classes.tolist(),
@@ -95,7 +99,7 @@ class StreamSampler:
     episode is regenerated exactly on resume.
     """
 
-    def __init__(self, dataset: ClassImageSet, n_way: int, batch_episodes: int,
+    def __init__(self, dataset: Dataset, n_way: int, batch_episodes: int,
                  shows_per_class: int, seed: int) -> None:
         _check_shape(dataset, n_way * batch_episodes, shows_per_class)
         self.dataset = dataset
@@ -117,8 +121,7 @@ class StreamSampler:
         """`_images (length, batch_episodes, H, W)` and `_labels (length, batch_episodes)`."""
         n_classes = self.n_way * self.batch_episodes
         classes = self._rng.choice(self.dataset.n_classes, n_classes, replace=False)
-        keys = self._rng.random((n_classes, self.dataset.n_samples_per_class))
-        drawings = np.argsort(keys, axis=1)[:, : self.shows_per_class]
+        drawn = self.dataset.draw_distinct(classes, self.shows_per_class, self._rng)
         # Each episode's stream: its classes' drawings in a random order.
         local = np.repeat(np.arange(self.n_way), self.shows_per_class)
         orders = np.stack([self._rng.permutation(self.episode_length)
@@ -131,7 +134,7 @@ class StreamSampler:
                 show[step, episode] = counts[label]
                 counts[label] += 1
         labels = np.arange(self.batch_episodes)[None, :] * self.n_way + class_in_episode
-        self._images = self.dataset.images[classes[labels], drawings[labels, show]]
+        self._images = drawn[labels, show]
         self._labels = labels
 
     def next_batch(self) -> tuple[np.ndarray, np.ndarray]:

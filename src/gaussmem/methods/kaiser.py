@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gaussmem.config import KaiserConfig, TrainConfig, from_dict
-from gaussmem.data.class_images import ClassImageSet
+from gaussmem.data.datasets import FewShotDataset
 from gaussmem.data.training_sampler import StreamSampler, TrainingError, images_to_tensor
 from gaussmem.memory import NOT_FOUND, SlotMemory
 from gaussmem.methods.base import FewShotClassifier
@@ -63,21 +63,22 @@ class KaiserEncoder(nn.Module):
 class Conv4KeyEncoder(nn.Module):
     """The Conv4 trunk + linear -> `key_dim` (a cheaper, BN-stabilised alternative)."""
 
-    def __init__(self, key_dim: int) -> None:
+    def __init__(self, key_dim: int, image_size: int = 28) -> None:
         super().__init__()
-        self.trunk = Conv4Backbone()
+        self.trunk = Conv4Backbone(image_size=image_size)
         self.head = nn.Linear(self.trunk.out_features, key_dim)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.trunk(images))
 
 
-def kaiser_encoder(config: KaiserConfig, channels_last: bool) -> nn.Module:
+def kaiser_encoder(config: KaiserConfig, channels_last: bool, image_size: int = 28
+                   ) -> nn.Module:
     if config.encoder not in ENCODERS:
         raise TrainingError(f"kaiser.encoder must be one of {ENCODERS}, got "
                             f"{config.encoder!r}")
-    encoder = (KaiserEncoder(config.key_dim) if config.encoder == "kaiser"
-               else Conv4KeyEncoder(config.key_dim))
+    encoder = (KaiserEncoder(config.key_dim, image_size) if config.encoder == "kaiser"
+               else Conv4KeyEncoder(config.key_dim, image_size))
     return encoder.to(memory_format=torch.channels_last) if channels_last else encoder
 
 
@@ -221,7 +222,8 @@ class KaiserMemoryClassifier(FewShotClassifier):
     @classmethod
     def from_checkpoint(cls, checkpoint: dict[str, Any]) -> KaiserMemoryClassifier:
         config = from_dict(TrainConfig, checkpoint["config"])
-        encoder = kaiser_encoder(config.kaiser, config.channels_last)
+        encoder = kaiser_encoder(config.kaiser, config.channels_last,
+                                 config.model.image_size)
         encoder.load_state_dict(checkpoint["model"])
         return cls(encoder, config.kaiser.key_dim, channels_last=config.channels_last).eval()
 
@@ -237,9 +239,10 @@ class KaiserTraining(MethodTraining):
 
     postfix_terms = ("loss", "accuracy", "positive_rate")
 
-    def __init__(self, config: TrainConfig, train_set: ClassImageSet) -> None:
+    def __init__(self, config: TrainConfig, train_set: FewShotDataset) -> None:
         super().__init__(config, train_set)
-        self.model = kaiser_encoder(config.kaiser, config.channels_last)
+        self.model = kaiser_encoder(config.kaiser, config.channels_last,
+                                 config.model.image_size)
         self.optimizer = self.adam()
         episodes = config.episodes
         self.memory = KeyMemory(episodes.resolved_memory_capacity, config.kaiser.key_dim,

@@ -29,10 +29,10 @@ from gaussmem.models.encoders import Conv4Backbone
 class MatchingNetwork(nn.Module):
     """Conv4 trunk and, with `config.fce`, the two context LSTMs (feature size d)."""
 
-    def __init__(self, config: MatchingConfig) -> None:
+    def __init__(self, config: MatchingConfig, image_size: int = 28) -> None:
         super().__init__()
         self.encoder = Conv4Backbone(hidden_channels=config.hidden_channels,
-                                     n_blocks=config.n_blocks)
+                                     n_blocks=config.n_blocks, image_size=image_size)
         self.fce = config.fce
         self.fce_steps = config.fce_steps
         dim = self.encoder.out_features
@@ -125,7 +125,7 @@ class MatchingNetworkClassifier(FewShotClassifier):
     @classmethod
     def from_checkpoint(cls, checkpoint: dict[str, Any]) -> MatchingNetworkClassifier:
         config = from_dict(TrainConfig, checkpoint["config"])
-        network = MatchingNetwork(config.matching)
+        network = MatchingNetwork(config.matching, config.model.image_size)
         if config.channels_last:
             network = network.to(memory_format=torch.channels_last)
         network.load_state_dict(checkpoint["model"])
@@ -138,7 +138,7 @@ class MatchingTraining(ProtoNetTraining):
     """ProtoNet's episodes and optimizer, Matching Nets' network and loss."""
 
     def build_model(self) -> nn.Module:
-        network = MatchingNetwork(self.config.matching)
+        network = MatchingNetwork(self.config.matching, self.config.model.image_size)
         return network.to(memory_format=torch.channels_last) if self.config.channels_last \
             else network
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from gaussmem.config import TrainConfig
-from gaussmem.data.class_images import ClassImageSet
+from gaussmem.data.datasets import FewShotDataset
 from gaussmem.data.training_sampler import TrainingClassSampler, images_to_tensor
 from gaussmem.losses import scaled_similarity, total_loss
 from gaussmem.memory import GaussianMemory
@@ -90,7 +90,7 @@ class MAVAETraining(MethodTraining):
 
     postfix_terms = ("loss", "triplet", "generative_self", "accuracy")
 
-    def __init__(self, config: TrainConfig, train_set: ClassImageSet) -> None:
+    def __init__(self, config: TrainConfig, train_set: FewShotDataset) -> None:
         super().__init__(config, train_set)
         vae = GaussianVAE(config.model)
         if config.channels_last:
@@ -131,7 +131,7 @@ class MAVAETraining(MethodTraining):
     def classifier(self) -> MemoryAugmentedVAE:
         return MemoryAugmentedVAE(self.model, channels_last=self.config.channels_last)
 
-    def finish(self, run_dir: Path, val_set: ClassImageSet | None) -> None:
+    def finish(self, run_dir: Path, val_set: FewShotDataset | None) -> None:
         """Reconstruction/generation figures from the validation split (issue #7)."""
         if val_set is None or not self.config.run_figures:
             return

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gaussmem.config import ProtoNetConfig, TrainConfig, from_dict
-from gaussmem.data.class_images import ClassImageSet
+from gaussmem.data.datasets import FewShotDataset
 from gaussmem.data.training_sampler import TrainingClassSampler, images_to_tensor
 from gaussmem.methods.base import FewShotClassifier
 from gaussmem.methods.registry import register_method, register_training
@@ -26,8 +26,10 @@ from gaussmem.models.encoders import Conv4Backbone
 DEFAULT_EMBED_BATCH = 128
 
 
-def conv4_encoder(config: ProtoNetConfig, channels_last: bool) -> Conv4Backbone:
-    encoder = Conv4Backbone(hidden_channels=config.hidden_channels, n_blocks=config.n_blocks)
+def conv4_encoder(config: ProtoNetConfig, channels_last: bool, image_size: int = 28
+                  ) -> Conv4Backbone:
+    encoder = Conv4Backbone(hidden_channels=config.hidden_channels, n_blocks=config.n_blocks,
+                            image_size=image_size)
     return encoder.to(memory_format=torch.channels_last) if channels_last else encoder
 
 
@@ -113,7 +115,7 @@ class PrototypicalNetwork(FewShotClassifier):
     @classmethod
     def from_checkpoint(cls, checkpoint: dict[str, Any]) -> PrototypicalNetwork:
         config = from_dict(TrainConfig, checkpoint["config"])
-        encoder = conv4_encoder(config.protonet, config.channels_last)
+        encoder = conv4_encoder(config.protonet, config.channels_last, config.model.image_size)
         encoder.load_state_dict(checkpoint["model"])
         return cls(encoder, channels_last=config.channels_last).eval()
 
@@ -122,7 +124,7 @@ class PrototypicalNetwork(FewShotClassifier):
 class ProtoNetTraining(MethodTraining):
     """One `n_way`-way episode per step (`episodes.batch_episodes` is ignored: 1)."""
 
-    def __init__(self, config: TrainConfig, train_set: ClassImageSet) -> None:
+    def __init__(self, config: TrainConfig, train_set: FewShotDataset) -> None:
         super().__init__(config, train_set)
         self.model = self.build_model()
         self.optimizer = self.adam()
@@ -131,7 +133,8 @@ class ProtoNetTraining(MethodTraining):
                                             episodes.images_per_class, 1, seed=config.seed)
 
     def build_model(self) -> nn.Module:
-        return conv4_encoder(self.config.protonet, self.config.channels_last)
+        return conv4_encoder(self.config.protonet, self.config.channels_last,
+                             self.config.model.image_size)
 
     @property
     def images_per_step(self) -> int:

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from gaussmem.config import TrainConfig
-from gaussmem.data.class_images import ClassImageSet
+from gaussmem.data.datasets import FewShotDataset
+from gaussmem.data.training_sampler import TrainingError
 from gaussmem.methods.base import FewShotClassifier
 
 
@@ -39,7 +40,13 @@ class MethodTraining(ABC):
     #: Loss terms shown in the progress bar (all terms are logged).
     postfix_terms: tuple[str, ...] = ("loss", "accuracy")
 
-    def __init__(self, config: TrainConfig, train_set: ClassImageSet) -> None:
+    def __init__(self, config: TrainConfig, train_set: FewShotDataset) -> None:
+        side = config.model.image_size
+        if tuple(train_set.image_shape) != (side, side):
+            raise TrainingError(f"{train_set.name} has {train_set.image_shape[0]}x"
+                                f"{train_set.image_shape[1]} images but the config's networks "
+                                f"take {side}x{side} (model.image_size); use a preset for "
+                                "this dataset or --set model.image_size=...")
         self.config = config
         self.train_set = train_set
 
@@ -70,7 +77,7 @@ class MethodTraining(ABC):
             self.memory.load_state_dict(checkpoint["memory"])
         self.sampler.load_state_dict(checkpoint["sampler"])
 
-    def finish(self, run_dir: Path, val_set: ClassImageSet | None) -> None:
+    def finish(self, run_dir: Path, val_set: FewShotDataset | None) -> None:
         """Called once when a run's budget is spent (e.g. to write figures)."""
         del run_dir, val_set  # nothing to finish by default
 
