@@ -33,8 +33,7 @@ import torch
 from PIL import Image
 
 from gaussmem.atomic import write_bytes_atomic, write_text_atomic
-from gaussmem.data.class_images import ClassImageSet
-from gaussmem.data.episodes import EpisodeSampler
+from gaussmem.data.datasets import FewShotDataset, episode_sampler
 from gaussmem.errors import GaussmemError
 from gaussmem.evaluate import AccuracySummary
 from gaussmem.gaussian import pairwise_symmetric_kl
@@ -201,21 +200,17 @@ def mean_image_bce(images: torch.Tensor, mean_image: torch.Tensor) -> torch.Tens
     return bernoulli_nll(torch.logit(probabilities), images)
 
 
-def dataset_mean_image(dataset: ClassImageSet) -> torch.Tensor:
+def dataset_mean_image(dataset: FewShotDataset) -> torch.Tensor:
     """Mean pixel over every image of `dataset`: `(1, H, W)` float in [0, 1]."""
-    total = np.zeros(dataset.image_shape, dtype=np.float64)
-    for class_images in dataset.images:  # class by class: the set may be a memory map
-        total += class_images.astype(np.float64).sum(axis=0)
-    count = dataset.n_classes * dataset.n_samples_per_class
-    return torch.from_numpy(total / (255.0 * count)).float().unsqueeze(0)
+    return torch.from_numpy(dataset.pixel_mean() / 255.0).float().unsqueeze(0)
 
 
-def episode_images(dataset: ClassImageSet, n_way: int, n_shot: int = 1, seed: int = 0
+def episode_images(dataset: FewShotDataset, n_way: int, n_shot: int = 1, seed: int = 0
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """The support set of the first `n_way`-way `n_shot`-shot episode with `seed` (the
     same episode `gaussmem evaluate --seed` starts with): `(images (n_way * n_shot, 1,
     H, W), class_indices (n_way,))`."""
-    episode = EpisodeSampler(dataset, n_way, n_shot, 0, seed=seed).sample()
+    episode = episode_sampler(dataset, n_way, n_shot, 0, seed=seed).sample()
     return episode.support_images, episode.class_indices
 
 
@@ -340,7 +335,7 @@ def nearest_support_predictions(query: DiagonalGaussian, support: DiagonalGaussi
 
 
 @torch.no_grad()
-def latent_nearest_accuracy(vae: GaussianVAE, dataset: ClassImageSet, *, n_way: int,
+def latent_nearest_accuracy(vae: GaussianVAE, dataset: FewShotDataset, *, n_way: int,
                             n_shot: int = 1, n_query: int = 5, episodes: int = 300,
                             seed: int = 0) -> LatentCheck:
     """Classify each query by its nearest support image, once with q(z_c|x) only and
@@ -350,7 +345,7 @@ def latent_nearest_accuracy(vae: GaussianVAE, dataset: ClassImageSet, *, n_way: 
     z_s near chance (1/n_way). Nearest support example, not a merged class entry, so the
     two latents are compared on the same footing whatever n_shot is.
     """
-    sampler = EpisodeSampler(dataset, n_way, n_shot, n_query, seed=seed)
+    sampler = episode_sampler(dataset, n_way, n_shot, n_query, seed=seed)
     correct = {"content": np.zeros(episodes), "style": np.zeros(episodes)}
     device = _model_device(vae)
     with _EvalMode(vae):
@@ -415,25 +410,22 @@ def vae_from_checkpoint(checkpoint_path: str | Path) -> tuple[GaussianVAE, dict[
 
 
 def load_split(checkpoint: dict[str, Any], split: str, data_dir: Path | None,
-               cache_dir: Path | None) -> ClassImageSet:
+               cache_dir: Path | None) -> FewShotDataset:
     """The `split` class subset of the dataset the checkpoint was trained on."""
-    data = checkpoint["config"]["data"]
-    if data["dataset"] != "omniglot":
-        raise GenerativeError(f"dataset {data['dataset']!r}: only Omniglot checkpoints "
-                              "are supported by the generative tools")
-    from gaussmem.data.omniglot import load_omniglot
+    from gaussmem.data.datasets import load_split as load_dataset_split
 
-    return load_omniglot(data["scheme"], split, data_dir=data_dir, cache_dir=cache_dir)
+    return load_dataset_split(checkpoint["config"]["data"], split, data_dir=data_dir,
+                              cache_dir=cache_dir)
 
 
 def reconstruction_figure(vae: GaussianVAE, images: torch.Tensor, *, per_row: int = 20,
-                          scale: int = 2, mean_image: torch.Tensor | None = None
-                          ) -> tuple[Image.Image, dict[str, Any]]:
+                          scale: int = 2, mean_image: torch.Tensor | None = None,
+                          invert: bool = True) -> tuple[Image.Image, dict[str, Any]]:
     """Figure 2: originals and reconstructions in row pairs; and the BCE summary
     `{"bce": [per image], "mean_bce", "mean_image_bce" (if `mean_image`)}`."""
     result = reconstruct(vae, images)
     figure = image_grid(paired_rows(images, result.images, per_row), scale=scale,
-                        group_size=2)
+                        group_size=2, invert=invert)
     summary: dict[str, Any] = {"bce_nats_per_pixel": result.bce.tolist(),
                                "mean_bce": float(result.bce.mean())}
     if mean_image is not None:
@@ -442,25 +434,26 @@ def reconstruction_figure(vae: GaussianVAE, images: torch.Tensor, *, per_row: in
 
 
 def generation_figure(vae: GaussianVAE, examples: torch.Tensor, *, n_samples: int = 10,
-                      seed: int = 0, scale: int = 2) -> Image.Image:
+                      seed: int = 0, scale: int = 2, invert: bool = True) -> Image.Image:
     """One row per example's class: the stored example, then `n_samples` drawings
     generated from its memory entry (one example per class, labels 0..n-1)."""
     labels = torch.arange(len(examples))
     generation = generate_from_memory(vae, examples, labels, n_samples, seed=seed)
     rows = [torch.cat([examples[index:index + 1], generation.samples[index]])
             for index in range(len(examples))]
-    return image_grid(rows, scale=scale)
+    return image_grid(rows, scale=scale, invert=invert)
 
 
 def style_transfer_figure(vae: GaussianVAE, content_images: torch.Tensor,
-                          style_images: torch.Tensor, *, scale: int = 2) -> Image.Image:
+                          style_images: torch.Tensor, *, scale: int = 2,
+                          invert: bool = True) -> Image.Image:
     """Top row the content images, left column the style images, cells the transfers."""
     transfers = style_transfer(vae, content_images, style_images)
     return image_grid(style_transfer_rows(content_images, style_images, transfers),
-                      scale=scale)
+                      scale=scale, invert=invert)
 
 
-def write_run_figures(run_dir: str | Path, vae: GaussianVAE, dataset: ClassImageSet, *,
+def write_run_figures(run_dir: str | Path, vae: GaussianVAE, dataset: FewShotDataset, *,
                       seed: int = 0, n_way: int = 100, n_generate: int = 8,
                       n_samples: int = 10, n_style: int = 6) -> dict[str, Path]:
     """Write the reconstruction, generation and style-transfer figures of a trained
@@ -474,19 +467,21 @@ def write_run_figures(run_dir: str | Path, vae: GaussianVAE, dataset: ClassImage
     folder = Path(run_dir) / "figures"
     n_way = min(n_way, dataset.n_classes)
     images, _ = episode_images(dataset, n_way, seed=seed)
+    invert = dataset.strokes_bright
     figure, summary = reconstruction_figure(vae, images, per_row=min(20, n_way),
-                                            mean_image=dataset_mean_image(dataset))
+                                            mean_image=dataset_mean_image(dataset),
+                                            invert=invert)
     paths = {"reconstruction": save_png(figure, folder / RECONSTRUCTION_PNG)}
     n_generate = min(n_generate, dataset.n_classes)
     examples, _ = episode_images(dataset, n_generate, seed=seed + 1)
     paths["generation"] = save_png(
-        generation_figure(vae, examples, n_samples=n_samples, seed=seed),
+        generation_figure(vae, examples, n_samples=n_samples, seed=seed, invert=invert),
         folder / GENERATION_PNG)
     n_style = min(n_style, dataset.n_classes // 2)
     if n_style >= 1:  # content and style from distinct classes: needs two classes
         pair, _ = episode_images(dataset, 2 * n_style, seed=seed + 2)
         paths["style_transfer"] = save_png(
-            style_transfer_figure(vae, pair[:n_style], pair[n_style:]),
+            style_transfer_figure(vae, pair[:n_style], pair[n_style:], invert=invert),
             folder / STYLE_TRANSFER_PNG)
     report = {"dataset": dataset.name, "seed": seed, "n_way": n_way,
               "mean_bce": summary["mean_bce"], "mean_image_bce": summary["mean_image_bce"],
@@ -496,7 +491,7 @@ def write_run_figures(run_dir: str | Path, vae: GaussianVAE, dataset: ClassImage
     return paths
 
 
-def write_run_figures_from_checkpoint(checkpoint_path: str | Path, dataset: ClassImageSet,
+def write_run_figures_from_checkpoint(checkpoint_path: str | Path, dataset: FewShotDataset,
                                       run_dir: str | Path | None = None, *, seed: int = 0
                                       ) -> dict[str, Path]:
     """`write_run_figures` for a saved checkpoint; `run_dir` defaults to the folder

@@ -145,7 +145,8 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     images, class_indices = episode_images(dataset, args.n_way, seed=args.seed)
     figure, summary = reconstruction_figure(vae, images, per_row=args.per_row,
                                             scale=args.scale,
-                                            mean_image=dataset_mean_image(dataset))
+                                            mean_image=dataset_mean_image(dataset),
+                                            invert=dataset.strokes_bright)
     save_png(figure, args.out)
     report = {**_metadata(args, checkpoint, dataset), "n_way": args.n_way,
               "figure": str(Path(args.out).resolve()),
@@ -164,7 +165,7 @@ def run_generate(args: argparse.Namespace) -> int:
     vae, checkpoint, dataset = _load(args)
     examples, class_indices = episode_images(dataset, args.n_classes, seed=args.seed)
     figure = generation_figure(vae, examples, n_samples=args.n_samples, seed=args.seed,
-                               scale=args.scale)
+                               scale=args.scale, invert=dataset.strokes_bright)
     save_png(figure, args.out)
     report = {**_metadata(args, checkpoint, dataset), "n_samples": args.n_samples,
               "figure": str(Path(args.out).resolve()),
@@ -180,7 +181,7 @@ def run_style_transfer(args: argparse.Namespace) -> int:
     vae, _, dataset = _load(args)
     images, _ = episode_images(dataset, args.n_content + args.n_style, seed=args.seed)
     figure = style_transfer_figure(vae, images[: args.n_content], images[args.n_content:],
-                                   scale=args.scale)
+                                   scale=args.scale, invert=dataset.strokes_bright)
     save_png(figure, args.out)
     print(f"style-transfer: {args.n_content} contents x {args.n_style} styles -> {args.out}")
     return 0

@@ -16,9 +16,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train", help="train a few-shot method (the MA-VAE or a baseline) episodically",
         description="Train the paper's memory-augmented VAE or a baseline (protonet, "
-        "matching, kaiser) on Omniglot's training classes, validating on the validation "
-        "classes (never the test classes). Settings: --preset (default: the method's CPU "
-        "preset), then --config FILE.toml, then --set section.field=value.",
+        "matching, kaiser) on the training classes of Omniglot or LFW-a (the preset's "
+        "data.dataset), validating on the validation classes (never the test classes). "
+        "Settings: --preset (default: the method's Omniglot CPU preset), then --config "
+        "FILE.toml, then --set section.field=value.",
         formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--method", default=None,
                         help="registered method: mavae, protonet, matching, kaiser "
@@ -70,7 +71,7 @@ def _saved_config(run_dir: Path) -> TrainConfig:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here so `gaussmem --help` stays fast (no torch import).
-    from gaussmem.data.omniglot import load_omniglot
+    from gaussmem.data.datasets import load_split
     from gaussmem.methods import method_class
     from gaussmem.train import TrainingError, train
 
@@ -93,10 +94,8 @@ def run(args: argparse.Namespace) -> int:
     data_dir, cache_dir = resolve_data_dir(args.data_dir), resolve_cache_dir(args.cache_dir)
     # A resumed run reads the data its checkpoint was trained on.
     data = (_saved_config(run_dir) if args.resume else config).data
-    train_set = load_omniglot(data.scheme, data.train_subset, data_dir=data_dir,
-                              cache_dir=cache_dir)
-    val_set = load_omniglot(data.scheme, data.val_subset, data_dir=data_dir,
-                            cache_dir=cache_dir)
+    train_set = load_split(data, data.train_subset, data_dir=data_dir, cache_dir=cache_dir)
+    val_set = load_split(data, data.val_subset, data_dir=data_dir, cache_dir=cache_dir)
     print(f"gaussmem train: run directory {run_dir}")
     result = train(config, run_dir, train_set, val_set, resume=args.resume,
                    progress=not args.no_progress)

@@ -48,6 +48,9 @@ class ClassImageSet:
     def image_shape(self) -> tuple[int, int]:
         return (int(self.images.shape[2]), int(self.images.shape[3]))
 
+    #: Pixel value 255 is a stroke, not light: figures draw such sets inverted.
+    strokes_bright = True
+
     @property
     def n_samples(self) -> int:
         """Samples in the set; flat sample id = class * n_samples_per_class + sample."""

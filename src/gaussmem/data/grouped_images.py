@@ -50,6 +50,9 @@ class GroupedImageSet:
             raise ValueError(f"{self.name}: class_offsets must rise from 0 to "
                              f"{len(self.images)} with one step per class")
 
+    #: Photographs: 255 is light, so figures draw them as they are.
+    strokes_bright = False
+
     @property
     def n_classes(self) -> int:
         return len(self.class_names)
