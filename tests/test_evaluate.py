@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import synthetic_set
 from gaussmem.data.class_images import ClassImageSet
+from gaussmem.data.datasets import episode_sampler
+from gaussmem.embedding_cache import EmbeddingCache
 from gaussmem.evaluate import (
     AccuracySummary,
     _showing_index,
@@ -28,27 +31,34 @@ from gaussmem.models import GaussianVAE, VAEConfig
 
 
 class PixelLookup(FewShotClassifier):
-    """Oracle: remembers exact images, so it is right whenever it has seen the drawing."""
+    """Oracle: remembers exact images, so it is right whenever it has seen the drawing.
+    Its embedding is the image's pixels, flattened."""
 
     def __init__(self) -> None:
         super().__init__()
         self.seen: dict[bytes, int] = {}
         self.n_labels = 0
+        self.embedded_rows: list[int] = []  # rows per `embed` call, for the cache tests
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        self.embedded_rows.append(len(images))
+        return images.flatten(1).clone()
 
     def reset(self) -> None:
         self.seen, self.n_labels = {}, 0
 
-    def add_support(self, support_images: torch.Tensor, support_labels: torch.Tensor) -> None:
-        for image, label in zip(support_images, support_labels.tolist(), strict=True):
-            self.seen[image.numpy().tobytes()] = label
+    def add_support_embeddings(self, support_embeddings: torch.Tensor,
+                               support_labels: torch.Tensor) -> None:
+        for row, label in zip(support_embeddings, support_labels.tolist(), strict=True):
+            self.seen[row.numpy().tobytes()] = label
             self.n_labels = max(self.n_labels, label + 1)
 
-    def predict_scores(self, query_images: torch.Tensor) -> torch.Tensor:
-        scores = torch.full((len(query_images), max(1, self.n_labels)), -math.inf)
-        for row, image in enumerate(query_images):
-            label = self.seen.get(image.numpy().tobytes())
+    def predict_scores_from_embeddings(self, query_embeddings: torch.Tensor) -> torch.Tensor:
+        scores = torch.full((len(query_embeddings), max(1, self.n_labels)), -math.inf)
+        for index, row in enumerate(query_embeddings):
+            label = self.seen.get(row.numpy().tobytes())
             if label is not None:
-                scores[row, label] = 0.0
+                scores[index, label] = 0.0
         return scores
 
     @classmethod
@@ -84,6 +94,108 @@ def test_online_protocol_counts_showings() -> None:
     assert all(result.per_shot[str(k)].mean == 100.0 for k in (1, 2, 3))
 
 
+def distinct_images_set(n_classes: int = 6) -> ClassImageSet:
+    """Random pixels: every sample differs, so a row served for the wrong id shows."""
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (n_classes, 20, 28, 28), dtype=np.uint8)
+    return ClassImageSet(images, [str(i) for i in range(n_classes)], "distinct")
+
+
+def test_embedding_cache_encodes_each_sample_once_and_serves_its_rows() -> None:
+    dataset, classifier = distinct_images_set(), PixelLookup()
+    cache = EmbeddingCache(classifier, dataset)
+    first = np.array([5, 3, 5, 100])
+    rows = cache.lookup(first)
+    torch.testing.assert_close(rows, dataset.sample_tensor(first).flatten(1), rtol=0, atol=0)
+    assert classifier.embedded_rows == [3]  # one batched call, the repeat encoded once
+    rows = cache.lookup(np.array([100, 7, 3]))
+    torch.testing.assert_close(rows, dataset.sample_tensor(np.array([100, 7, 3])).flatten(1),
+                               rtol=0, atol=0)
+    assert classifier.embedded_rows == [3, 1] and cache.encoded_images == 4
+    cache.lookup(np.array([7, 5]))
+    assert classifier.embedded_rows == [3, 1]
+    with pytest.raises(IndexError, match="0..119"):
+        cache.lookup(np.array([120]))
+    uncached = EmbeddingCache(classifier, dataset, enabled=False)
+    uncached.lookup(first)
+    uncached.lookup(first)
+    assert classifier.embedded_rows[-2:] == [4, 4] and uncached.encoded_images == 8
+
+
+def tiny_classifiers() -> dict[str, FewShotClassifier]:
+    """One small untrained classifier per registered method (BatchNorm included, so
+    eval mode matters); Matching Nets with FCE, whose context must not be cached."""
+    from gaussmem.config import MatchingConfig
+    from gaussmem.methods.kaiser import KaiserEncoder, KaiserMemoryClassifier
+    from gaussmem.methods.matching import MatchingNetwork, MatchingNetworkClassifier
+    from gaussmem.methods.protonet import PrototypicalNetwork
+    from gaussmem.models.encoders import Conv4Backbone
+
+    torch.manual_seed(0)
+    vae_config = VAEConfig(hidden_channels=8, content_dim=6, style_dim=2,
+                           decoder_hidden_channels=8)
+    matching = MatchingNetwork(MatchingConfig(hidden_channels=8, fce=True, fce_steps=2))
+    with torch.no_grad():  # untrained context LSTMs drown the tiny conv features (every
+        # query would get label 0, and the test could not tell rows apart): damp them.
+        for parameter in [*matching.support_lstm.parameters(),
+                          *matching.query_lstm.parameters()]:
+            parameter.mul_(0.1)
+    return {"mavae": MemoryAugmentedVAE(GaussianVAE(vae_config), embed_batch_size=16),
+            "protonet": PrototypicalNetwork(Conv4Backbone(hidden_channels=8),
+                                            embed_batch_size=16),
+            "matching": MatchingNetworkClassifier(matching, cosine_scale=10.0,
+                                                  embed_batch_size=16),
+            "kaiser": KaiserMemoryClassifier(KaiserEncoder(8, width=8), 8,
+                                             embed_batch_size=16)}
+
+
+def test_tiny_classifiers_cover_every_method() -> None:
+    assert set(tiny_classifiers()) == set(available_methods())
+
+
+def _image_level_accuracies(classifier: FewShotClassifier, dataset: ClassImageSet, *,
+                            n_way: int, n_shot: int, n_query: int, episodes: int,
+                            seed: int) -> np.ndarray:
+    """Reference: the same seeded episodes through `fit`/`predict` on pixels."""
+    sampler = episode_sampler(dataset, n_way, n_shot, n_query, seed=seed)
+    classifier.eval()
+    accuracies = []
+    with torch.no_grad():
+        for episode in sampler.episodes(episodes):
+            predictions = classifier.fit(episode.support_images,
+                                         episode.support_labels).predict(episode.query_images)
+            accuracies.append((predictions == episode.query_labels).double().mean().item())
+    return np.array(accuracies)
+
+
+@pytest.mark.parametrize("name", sorted(available_methods()))
+def test_cached_evaluation_matches_uncached_and_encodes_each_sample_once(name: str) -> None:
+    classifier = tiny_classifiers()[name]
+    dataset = synthetic_set(6)  # 120 samples; 12 episodes draw 180: many recur
+    shape = {"n_way": 3, "n_shot": 2, "n_query": 3, "episodes": 12, "seed": 5}
+    cached = evaluate_support_query(classifier, dataset, **shape)
+    uncached = evaluate_support_query(classifier, dataset, cache_embeddings=False, **shape)
+    reference = AccuracySummary.from_values(_image_level_accuracies(classifier, dataset,
+                                                                    **shape))
+    assert reference.mean > 100 / 3 + 10  # above chance: rows mixed up would show
+    for result in (cached, uncached):
+        assert result.accuracy.mean == pytest.approx(reference.mean, abs=1e-9)
+        assert result.accuracy.ci95 == pytest.approx(reference.ci95, abs=1e-9)
+    sampler = episode_sampler(dataset, 3, 2, 3, seed=5)
+    drawn = [sampler.sample_ids() for _ in range(12)]
+    distinct = np.unique(np.concatenate([np.concatenate([ids.support_ids, ids.query_ids])
+                                         for ids in drawn]))
+    assert cached.encoded_images == len(distinct) < dataset.n_samples
+    assert uncached.encoded_images == 12 * 3 * (2 + 3)
+
+    online = [evaluate_online(classifier, dataset, n_way=3, max_shot=3, episodes=6, seed=2,
+                              cache_embeddings=flag) for flag in (True, False)]
+    for shot in ("0", "1", "2", "3"):
+        assert online[0].per_shot[shot].mean == pytest.approx(online[1].per_shot[shot].mean,
+                                                              abs=1e-9)
+    assert online[0].encoded_images < online[1].encoded_images == 6 * 3 * 4
+
+
 def test_mavae_scores_match_brute_force_nearest_entry() -> None:
     torch.manual_seed(0)
     config = VAEConfig(hidden_channels=8, content_dim=6, style_dim=2,
@@ -96,7 +208,7 @@ def test_mavae_scores_match_brute_force_nearest_entry() -> None:
     scores = classifier.predict_scores(queries)
     memory = classifier.memory
     occupied = memory.valid.nonzero()[:, 0]
-    content = classifier.embed(queries)
+    content = classifier.content_posterior(classifier.embed(queries))
     brute = symmetric_kl_diag(content.mean[:, None], content.var[:, None],
                               memory.means[occupied][None], memory.variances[occupied][None])
     expected = torch.full((7, 3), -math.inf)

@@ -11,6 +11,11 @@
 Episodes come from `episode_sampler(dataset, ..., seed=seed)` (gaussmem.data.datasets:
 plain for Omniglot, mirror-safe for LFW-a), so a seed fixes the episodes whatever was
 evaluated before, and two runs give identical numbers.
+
+Episodes are drawn as sample ids, and each sample is encoded once per evaluation through
+an `EmbeddingCache` (the encoder dominates the cost and the same images recur across
+episodes); the episode logic runs on the cached rows through the classifier's
+embedding-level calls. `cache_embeddings=False` encodes every episode afresh.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ import numpy as np
 import torch
 
 from gaussmem.data.datasets import FewShotDataset, default_n_query, episode_sampler
+from gaussmem.data.episodes import EpisodeSampleIds
 from gaussmem.data.grouped_images import GroupedImageSet
+from gaussmem.embedding_cache import EmbeddingCache
 from gaussmem.errors import EpisodeError
 from gaussmem.methods.base import FewShotClassifier
 
@@ -64,6 +71,8 @@ class EvaluationResult:
     accuracy: AccuracySummary
     per_shot: dict[str, AccuracySummary] = field(default_factory=dict)
     seconds: float = 0.0
+    #: Images run through the encoder (with the cache: distinct samples drawn).
+    encoded_images: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,62 +87,55 @@ def _set_eval_mode(classifier: FewShotClassifier) -> bool:
 def evaluate_support_query(classifier: FewShotClassifier, dataset: FewShotDataset, *,
                            n_way: int, n_shot: int, n_query: int = DEFAULT_N_QUERY,
                            episodes: int = 1000, seed: int = 0,
-                           progress: Callable[[int, float], None] | None = None
-                           ) -> EvaluationResult:
+                           progress: Callable[[int, float], None] | None = None,
+                           cache_embeddings: bool = True) -> EvaluationResult:
     """Mean support-query accuracy over `episodes` seeded episodes.
 
     `progress(episode_index, running_accuracy)` is called after each episode if given.
+    `cache_embeddings=False` re-encodes every episode's images (same accuracies, slower).
     """
     sampler = episode_sampler(dataset, n_way, n_shot, n_query, seed=seed)
+    cache = EmbeddingCache(classifier, dataset, enabled=cache_embeddings)
     accuracies = np.zeros(episodes)
     was_training = _set_eval_mode(classifier)
     start = time.perf_counter()
     with torch.no_grad():
         for index in range(episodes):
-            episode = sampler.sample()
-            classifier.fit(episode.support_images, episode.support_labels)
-            predictions = classifier.predict(episode.query_images)
-            accuracies[index] = (predictions == episode.query_labels).double().mean().item()
+            accuracies[index] = _episode_accuracy(classifier, cache, sampler.sample_ids())
             if progress is not None:
                 progress(index, float(accuracies[: index + 1].mean()))
     classifier.train(was_training)
     return EvaluationResult("support-query", n_way, n_shot, n_query, episodes, seed,
                             AccuracySummary.from_values(accuracies),
-                            seconds=time.perf_counter() - start)
+                            seconds=time.perf_counter() - start,
+                            encoded_images=cache.encoded_images)
 
 
-def online_predictions(classifier: FewShotClassifier, images: torch.Tensor,
-                       labels: torch.Tensor) -> torch.Tensor:
-    """Predict-then-learn over a stream, through the interface; `(n,)` predictions.
-
-    Uses the classifier's own batched `online_predictions` when it has one (the MA-VAE
-    encodes the stream at once); otherwise predicts and learns one item at a time.
-    """
-    fast = getattr(classifier, "online_predictions", None)
-    if fast is not None:
-        return fast(images, labels)
+def _episode_accuracy(classifier: FewShotClassifier, cache: EmbeddingCache,
+                      ids: EpisodeSampleIds) -> float:
+    """Fraction of one episode's queries labelled right (`fit`, then `predict`, on
+    embeddings); support and queries are looked up together: one encoder pass."""
+    n_support = len(ids.support_ids)
+    embeddings = cache.lookup(np.concatenate([ids.support_ids, ids.query_ids]))
     classifier.reset()
-    predictions = torch.full((len(labels),), -1, dtype=torch.int64)
-    for index in range(len(labels)):
-        item = slice(index, index + 1)
-        scores = classifier.predict_scores(images[item])
-        if torch.isfinite(scores).any():
-            predictions[index] = scores.argmax(dim=1)[0]
-        classifier.add_support(images[item], labels[item])
-    return predictions
+    classifier.add_support_embeddings(embeddings[:n_support], ids.support_labels())
+    scores = classifier.predict_scores_from_embeddings(embeddings[n_support:])
+    return (scores.argmax(dim=1) == ids.query_labels()).double().mean().item()
 
 
 def evaluate_online(classifier: FewShotClassifier, dataset: FewShotDataset, *, n_way: int,
-                    max_shot: int = 5, episodes: int = 1000, seed: int = 0
-                    ) -> EvaluationResult:
+                    max_shot: int = 5, episodes: int = 1000, seed: int = 0,
+                    cache_embeddings: bool = True) -> EvaluationResult:
     """Kaiser's online protocol; `accuracy` is the `max_shot`-shot accuracy and
-    `per_shot["k"]` the k-shot accuracy for k = 0..max_shot."""
+    `per_shot["k"]` the k-shot accuracy for k = 0..max_shot. `cache_embeddings=False`
+    re-encodes every stream's images (same accuracies, slower)."""
     if isinstance(dataset, GroupedImageSet) and dataset.mirror:
         # A stream showing a class several times would show a photo and its mirror as
         # two showings, the second answered by near-copying the first.
         raise EpisodeError(f"the online protocol is not available on {dataset.name}: its "
                            "mirrored samples would appear as separate showings of a class")
     sampler = episode_sampler(dataset, n_way, max_shot + 1, 0, seed=seed)
+    cache = EmbeddingCache(classifier, dataset, enabled=cache_embeddings)
     # The stream order has its own generator, derived from the seed, so the episodes'
     # content matches the support-query sampler with the same seed and shape.
     order_rng = np.random.Generator(np.random.PCG64([seed, 1]))
@@ -142,10 +144,12 @@ def evaluate_online(classifier: FewShotClassifier, dataset: FewShotDataset, *, n
     start = time.perf_counter()
     with torch.no_grad():
         for index in range(episodes):
-            episode = sampler.sample()
-            order = torch.from_numpy(order_rng.permutation(len(episode.support_labels)))
-            images, labels = episode.support_images[order], episode.support_labels[order]
-            correct = (online_predictions(classifier, images, labels) == labels).double()
+            ids = sampler.sample_ids()
+            order = order_rng.permutation(len(ids.support_ids))
+            labels = ids.support_labels()[torch.from_numpy(order)]
+            embeddings = cache.lookup(ids.support_ids[order])
+            predictions = classifier.online_predictions_from_embeddings(embeddings, labels)
+            correct = (predictions == labels).double()
             showing = _showing_index(labels)
             for shot in range(max_shot + 1):
                 per_shot[index, shot] = correct[showing == shot].mean().item()
@@ -154,7 +158,8 @@ def evaluate_online(classifier: FewShotClassifier, dataset: FewShotDataset, *, n
                  for shot in range(max_shot + 1)}
     return EvaluationResult("online", n_way, max_shot, 0, episodes, seed,
                             summaries[str(max_shot)], per_shot=summaries,
-                            seconds=time.perf_counter() - start)
+                            seconds=time.perf_counter() - start,
+                            encoded_images=cache.encoded_images)
 
 
 def _showing_index(labels: torch.Tensor) -> torch.Tensor:

@@ -199,23 +199,23 @@ class KaiserMemoryClassifier(FewShotClassifier):
         self.memory.reset_()
 
     @torch.no_grad()
-    def add_support(self, support_images: torch.Tensor, support_labels: torch.Tensor) -> None:
-        keys = self.embed(support_images)
+    def add_support_embeddings(self, support_embeddings: torch.Tensor,
+                               support_labels: torch.Tensor) -> None:
         needed = len(self.memory) + len(support_labels)
         if needed > self.memory.capacity:
             self.memory = self.memory.grown(max(needed, 2 * self.memory.capacity))
-        self.memory.update_(keys, support_labels)
+        self.memory.update_(support_embeddings, support_labels)
 
     @torch.no_grad()
-    def predict_scores(self, query_images: torch.Tensor) -> torch.Tensor:
+    def predict_scores_from_embeddings(self, query_embeddings: torch.Tensor) -> torch.Tensor:
         """`(n_query, n_labels)`: largest cosine similarity per label; -inf if none."""
         occupied = self.memory.valid.nonzero()[:, 0]
         labels = self.memory.labels[occupied]
         n_labels = int(labels.max()) + 1 if len(labels) else 1
-        scores = torch.full((len(query_images), n_labels), -torch.inf)
+        scores = torch.full((len(query_embeddings), n_labels), -torch.inf)
         if not len(occupied):
             return scores
-        similarity = self.embed(query_images) @ self.memory.keys[occupied].T
+        similarity = query_embeddings @ self.memory.keys[occupied].T
         index = labels[None, :].expand_as(similarity)
         return scores.scatter_reduce_(1, index, similarity, reduce="amax")
 

@@ -100,6 +100,8 @@ class MatchingNetworkClassifier(FewShotClassifier):
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-image features f'(x) = g'(x) `(n, d)`, before full context embeddings:
+        FCE reads the whole support set, so it runs in `predict_scores_from_embeddings`."""
         return embed_in_batches(self.network, images, self.embed_batch_size,
                                 self.channels_last)
 
@@ -108,17 +110,18 @@ class MatchingNetworkClassifier(FewShotClassifier):
         self._labels: list[torch.Tensor] = []
 
     @torch.no_grad()
-    def add_support(self, support_images: torch.Tensor, support_labels: torch.Tensor) -> None:
-        self._support.append(self.embed(support_images))
+    def add_support_embeddings(self, support_embeddings: torch.Tensor,
+                               support_labels: torch.Tensor) -> None:
+        self._support.append(support_embeddings)
         self._labels.append(support_labels)
 
     @torch.no_grad()
-    def predict_scores(self, query_images: torch.Tensor) -> torch.Tensor:
+    def predict_scores_from_embeddings(self, query_embeddings: torch.Tensor) -> torch.Tensor:
         """`(n_query, n_labels)` log p(y | x, S); -inf for labels without support."""
         if not self._support:
-            return torch.full((len(query_images), 1), -torch.inf)
+            return torch.full((len(query_embeddings), 1), -torch.inf)
         support, labels = torch.cat(self._support), torch.cat(self._labels)
-        support, queries = self.network.contextualize(support, self.embed(query_images))
+        support, queries = self.network.contextualize(support, query_embeddings)
         return matching_log_probs(support, labels, queries, int(labels.max()) + 1,
                                   self.cosine_scale)
 

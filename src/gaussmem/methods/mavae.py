@@ -51,36 +51,37 @@ class MemoryAugmentedVAE(FewShotClassifier):
             self.memory.grow_(max(needed, 2 * self.memory.capacity))
 
     @torch.no_grad()
-    def embed(self, images: torch.Tensor) -> DiagonalGaussian:
-        """q(z_c | x) for `images (n, C, H, W)`, encoded in batches: `(n, d_c)` each."""
-        means, log_vars = [], []
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """q(z_c | x) of `images (n, C, H, W)`, encoded in batches, as one flat row per
+        image: `(n, 2 * d_c)` = `cat([mean, log_var], 1)` (see `content_posterior`)."""
+        rows = []
         for batch in images.split(self.embed_batch_size):
             if self.channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             content = self.vae.encode_content(batch)
-            means.append(content.mean)
-            log_vars.append(content.log_var)
-        if not means:
-            dim = self.vae.config.content_dim
-            return DiagonalGaussian(images.new_zeros(0, dim), images.new_zeros(0, dim))
-        return DiagonalGaussian(torch.cat(means), torch.cat(log_vars))
+            rows.append(torch.cat([content.mean, content.log_var], 1))
+        return torch.cat(rows)
+
+    @staticmethod
+    def content_posterior(embeddings: torch.Tensor) -> DiagonalGaussian:
+        """The `DiagonalGaussian` `(n, d_c)` each of rows `(n, 2 * d_c)` of `embed`."""
+        mean, log_var = embeddings.chunk(2, dim=1)
+        return DiagonalGaussian(mean, log_var)
 
     def reset(self) -> None:
         self.memory.reset_()
 
     @torch.no_grad()
-    def add_support(self, support_images: torch.Tensor, support_labels: torch.Tensor) -> None:
-        content = self.embed(support_images)
+    def add_support_embeddings(self, support_embeddings: torch.Tensor,
+                               support_labels: torch.Tensor) -> None:
+        content = self.content_posterior(support_embeddings)
         self._ensure_capacity(len(support_labels))
         self.memory.write_support_(content.mean, content.var, support_labels)
 
     @torch.no_grad()
-    def predict_scores(self, query_images: torch.Tensor) -> torch.Tensor:
+    def predict_scores_from_embeddings(self, query_embeddings: torch.Tensor) -> torch.Tensor:
         """`(n_query, n_labels)`: -SKL to each label's nearest entry; -inf if no entry."""
-        content = self.embed(query_images)
-        return self.scores_from_embeddings(content)
-
-    def scores_from_embeddings(self, content: DiagonalGaussian) -> torch.Tensor:
+        content = self.content_posterior(query_embeddings)
         memory = self.memory
         occupied = memory.valid.nonzero()[:, 0]
         labels = memory.labels[occupied]
@@ -96,15 +97,14 @@ class MemoryAugmentedVAE(FewShotClassifier):
         return scores.scatter_reduce_(1, index, -divergence, reduce="amax")
 
     @torch.no_grad()
-    def online_predictions(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Kaiser's online protocol on one stream: predict each item, then learn it.
-
-        Encodes the whole stream at once (the encoder is per-image in eval mode), then
-        runs the memory sequentially: query the nearest entry, then `update_` with the
-        true label. Returns `(n,)` predicted labels, NOT_FOUND (-1) while nothing matches.
-        """
+    def online_predictions_from_embeddings(self, embeddings: torch.Tensor,
+                                           labels: torch.Tensor) -> torch.Tensor:
+        """Kaiser's online protocol on one stream, with the paper's memory rule: for each
+        item, query the nearest entry, then `update_` with the true label (merge into it
+        if its label is right, else create). Returns `(n,)` predicted labels, NOT_FOUND
+        (-1) while nothing matches."""
         self.reset()
-        content = self.embed(images)
+        content = self.content_posterior(embeddings)
         self._ensure_capacity(len(labels))
         predictions = torch.full((len(labels),), NOT_FOUND, dtype=torch.int64)
         var = content.var

@@ -86,30 +86,29 @@ class PrototypicalNetwork(FewShotClassifier):
         self._sums = self._counts = None
 
     @torch.no_grad()
-    def add_support(self, support_images: torch.Tensor, support_labels: torch.Tensor) -> None:
-        embeddings = self.embed(support_images)
+    def add_support_embeddings(self, support_embeddings: torch.Tensor,
+                               support_labels: torch.Tensor) -> None:
         n_labels = int(support_labels.max()) + 1
         if self._sums is None:
-            self._sums = embeddings.new_zeros(0, embeddings.shape[1])
-            self._counts = embeddings.new_zeros(0)
+            self._sums = support_embeddings.new_zeros(0, support_embeddings.shape[1])
+            self._counts = support_embeddings.new_zeros(0)
         assert self._counts is not None
         if n_labels > len(self._sums):  # grow to the largest label seen
             grow = n_labels - len(self._sums)
             self._sums = torch.cat([self._sums, self._sums.new_zeros(grow, self._sums.shape[1])])
             self._counts = torch.cat([self._counts, self._counts.new_zeros(grow)])
-        self._sums.index_add_(0, support_labels, embeddings)
-        self._counts.index_add_(0, support_labels, torch.ones_like(support_labels,
-                                                                   dtype=embeddings.dtype))
+        self._sums.index_add_(0, support_labels, support_embeddings)
+        self._counts.index_add_(0, support_labels, torch.ones_like(
+            support_labels, dtype=support_embeddings.dtype))
 
     @torch.no_grad()
-    def predict_scores(self, query_images: torch.Tensor) -> torch.Tensor:
+    def predict_scores_from_embeddings(self, query_embeddings: torch.Tensor) -> torch.Tensor:
         """`(n_query, n_labels)`: -squared distance to each prototype; -inf if none."""
         if self._sums is None or self._counts is None:
-            return torch.full((len(query_images), 1), -torch.inf)
-        embeddings = self.embed(query_images)
+            return torch.full((len(query_embeddings), 1), -torch.inf)
         seen = self._counts > 0
         prototypes = self._sums / self._counts.clamp_min(1)[:, None]
-        scores = -squared_distances(embeddings, prototypes)
+        scores = -squared_distances(query_embeddings, prototypes)
         return scores.masked_fill(~seen[None, :], -torch.inf)
 
     @classmethod
