@@ -81,10 +81,18 @@ def render_omniglot_tables(markdown: str) -> str:
     return markdown[start:end].strip().replace("## Table", "### Table")
 
 
+def render_lfw_table(markdown: str) -> str:
+    """Table 3 of results/lfw.md (itself generated from results JSON)."""
+    start = markdown.index("## Table 3")
+    end = markdown.index("\n## ", start)
+    return markdown[start:end].strip().replace("## Table", "### Table")
+
+
 RENDERERS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "data_loading": ("data_loading.json", render_data_loading),
     "memory_search": ("memory_search.json", render_memory_search),
     "omniglot_tables": ("omniglot.md", render_omniglot_tables),
+    "lfw_table": ("lfw.md", render_lfw_table),
 }
 
 
