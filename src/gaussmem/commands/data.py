@@ -11,7 +11,13 @@ from pathlib import Path
 from gaussmem.atomic import write_text_atomic
 from gaussmem.commands import DefaultsHelpFormatter, add_data_location_arguments
 from gaussmem.data.download import OFFICIAL_BASE_URL, download_omniglot
-from gaussmem.data.lfw import lfw_source, load_lfw_faces, paper_split, people_counts
+from gaussmem.data.lfw import (
+    LFW_SUBSETS,
+    lfw_source,
+    load_lfw_faces,
+    paper_split,
+    people_counts,
+)
 from gaussmem.data.omniglot import OMNIGLOT_FOLDER, load_omniglot, load_omniglot_characters
 from gaussmem.data.omniglot_splits import SCHEME_SUBSETS
 from gaussmem.errors import DataError
@@ -111,7 +117,7 @@ def _lfw_status(data_dir: Path, cache_dir: Path) -> dict | None:
     return {"source": str(source), "people": len(counts), "images": sum(counts.values()),
             "people_with_3_or_more": sum(n >= 3 for n in counts.values()),
             "people_with_5_or_more": sum(n >= 5 for n in counts.values()),
-            "paper_split": {s: len(paper_split(s)) for s in ("train", "test")},
+            "paper_split": {s: len(paper_split(s)) for s in LFW_SUBSETS},
             "cache": str(cached.directory), "cache_status": cached.status,
             "image_size": list(cached.array.shape[1:])}
 
@@ -145,4 +151,6 @@ def _print_summary(summary: dict) -> None:
           f"{lfw['people_with_3_or_more']} people have >= 3, "
           f"{lfw['people_with_5_or_more']} have >= 5")
     print(f"  paper split (>= 5 photos, {lfw['image_size'][0]}x{lfw['image_size'][1]}): "
-          f"{lfw['paper_split']['train']} train / {lfw['paper_split']['test']} test people")
+          f"{lfw['paper_split']['train']} train / {lfw['paper_split']['test']} test people; "
+          f"the train people cut into {lfw['paper_split']['fit']} fit + "
+          f"{lfw['paper_split']['val']} val for model selection")
