@@ -44,3 +44,13 @@ def test_atomic_directory_replaces_a_stale_one(tmp_path: Path) -> None:
         (staging / "fresh.npy").write_text("new")
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["fresh.npy"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
+
+
+def test_keep_freed_memory_applies_on_glibc_and_is_repeatable() -> None:
+    import platform
+
+    from gaussmem.allocator import keep_freed_memory
+
+    glibc = platform.libc_ver()[0] == "glibc"
+    assert keep_freed_memory() is glibc
+    assert keep_freed_memory() is glibc  # setting it twice is harmless

@@ -46,11 +46,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from gaussmem.allocator import keep_freed_memory
     from gaussmem.atomic import write_text_atomic
     from gaussmem.evaluate import evaluate_checkpoint
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    keep_freed_memory()
     report = evaluate_checkpoint(
         Path(args.checkpoint), n_way=args.n_way, n_shot=args.n_shot, n_query=args.n_query,
         episodes=args.episodes, seed=args.seed, split=args.split, protocol=args.protocol,
