@@ -154,3 +154,29 @@ def test_real_lfw_counts_and_paper_split(real_data_dir: Path, real_cache_dir: Pa
     test_set = load_lfw("test", data_dir=real_data_dir, cache_dir=real_cache_dir)
     assert test_set.images.shape[1:] == (84, 84) and test_set.n_classes == 80
     assert len(test_set.images) == sum(counts[p] for p in test)
+
+
+def test_face_pack_stands_in_for_the_archive_and_refuses_corruption(tmp_path: Path) -> None:
+    from gaussmem.data.lfw import pack_faces
+    from gaussmem.data.lfw_pack import PACK_NAME
+
+    write_tarball(tmp_path / "full", SYNTHETIC_PEOPLE)
+    from_archive = load_lfw_faces(5, data_dir=tmp_path / "full", cache_dir=tmp_path / "c1",
+                                  expected_totals=None)
+    pack = pack_faces(tmp_path / "packed" / "lfw" / PACK_NAME, data_dir=tmp_path / "full",
+                      cache_dir=tmp_path / "c1", expected_totals=None)
+    from_pack = load_lfw_faces(5, data_dir=tmp_path / "packed", cache_dir=tmp_path / "c2",
+                               expected_totals=None)
+    assert np.array_equal(np.asarray(from_pack.array), np.asarray(from_archive.array))
+    assert from_pack.metadata == from_archive.metadata
+    assert from_pack.directory.name == from_archive.directory.name  # same content key
+    assert people_counts(tmp_path / "packed") == SYNTHETIC_PEOPLE
+    with pytest.raises(DataError, match="min_images"):
+        load_lfw_faces(3, data_dir=tmp_path / "packed", cache_dir=tmp_path / "c3",
+                       expected_totals=None)
+    with pytest.raises(DataError, match="LFW-a has 5749"):
+        load_lfw_faces(5, data_dir=tmp_path / "packed", cache_dir=tmp_path / "c4")
+    pack.write_bytes(pack.read_bytes()[:-100])
+    with pytest.raises(DataError, match=PACK_NAME):
+        load_lfw_faces(5, data_dir=tmp_path / "packed", cache_dir=tmp_path / "c5",
+                       expected_totals=None)

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from gaussmem.data.array_cache import CachedArray, load_or_build
 from gaussmem.data.grouped_images import GroupedImageSet
+from gaussmem.data.lfw_pack import PACK_NAME, read_face_pack, read_face_pack_meta, write_face_pack
 from gaussmem.errors import DataError
 from gaussmem.settings import resolve_cache_dir, resolve_data_dir
 
@@ -51,14 +52,20 @@ class FacePreprocessing:
 
 
 def lfw_source(data_dir: Path | str | None = None) -> Path:
-    """The tarball, else the extracted folder, or a `DataError` saying where it looked."""
+    """The tarball, else the extracted folder, else a face pack (gaussmem.data.lfw_pack),
+    or a `DataError` saying where it looked."""
     folder = resolve_data_dir(data_dir) / LFW_FOLDER
-    for candidate in (folder / "lfwa.tar.gz", folder / "lfw2"):
+    for candidate in (folder / "lfwa.tar.gz", folder / "lfw2", folder / PACK_NAME):
         if candidate.exists():
             return candidate
-    raise DataError(f"LFW-a not found: looked for {folder / 'lfwa.tar.gz'} and "
-                    f"{folder / 'lfw2'}/. Put the LFW-a archive (lfwa.tar.gz, which unpacks to "
-                    "lfw2/<Person>/<Person>_NNNN.jpg) there.")
+    raise DataError(f"LFW-a not found: looked for {folder / 'lfwa.tar.gz'}, "
+                    f"{folder / 'lfw2'}/ and {folder / PACK_NAME}. Put the LFW-a archive "
+                    "(lfwa.tar.gz, which unpacks to lfw2/<Person>/<Person>_NNNN.jpg) there, "
+                    "or a face pack made by `gaussmem data pack-lfw`.")
+
+
+def _is_pack(source: Path) -> bool:
+    return source.name == PACK_NAME
 
 
 def read_photos(source: Path) -> dict[str, dict[int, bytes]]:
@@ -104,8 +111,12 @@ def check_numbering(source: Path, photos: dict[str, dict[int, bytes]],
 
 
 def people_counts(data_dir: Path | str | None = None) -> dict[str, int]:
-    """Photos per person, read from the layout alone (no decoding)."""
-    return {person: len(numbered) for person, numbered in read_photos(lfw_source(data_dir)).items()}
+    """Photos per person, read from the layout alone (no decoding); a face pack records
+    them for the whole archive."""
+    source = lfw_source(data_dir)
+    if _is_pack(source):
+        return dict(read_face_pack_meta(source)["all_counts"])
+    return {person: len(numbered) for person, numbered in read_photos(source).items()}
 
 
 def _decode(source: Path, person: str, number: int, payload: bytes,
@@ -135,6 +146,8 @@ def load_lfw_faces(min_images: int = 5, *, data_dir: Path | str | None = None,
         raise DataError(f"min_images must be >= 1, got {min_images}")
     preprocessing = preprocessing or FacePreprocessing()
     source = lfw_source(data_dir)
+    if _is_pack(source):
+        return _load_pack(source, min_images, preprocessing, expected_totals, cache_dir)
     key_payload = {"source": _fingerprint(source), "min_images": min_images,
                    "preprocessing": asdict(preprocessing), "expected_totals": expected_totals}
 
@@ -152,6 +165,43 @@ def load_lfw_faces(min_images: int = 5, *, data_dir: Path | str | None = None,
         return images, {"people": people, "counts": [len(photos[p]) for p in people]}
 
     return load_or_build(resolve_cache_dir(cache_dir), "lfw", key_payload, build)
+
+
+def _load_pack(pack: Path, min_images: int, preprocessing: FacePreprocessing,
+               expected_totals: dict[str, int] | None, cache_dir: Path | str | None
+               ) -> CachedArray:
+    """`load_lfw_faces` from a face pack: the same cache key as from the archive it was
+    made from, so a machine with either gets the same cached arrays."""
+    meta = read_face_pack_meta(pack)
+    all_counts = meta.get("all_counts", {})
+    found = {"people": len(all_counts), "images": sum(all_counts.values())}
+    if expected_totals is not None and found != expected_totals:
+        raise DataError(f"{pack} was made from an archive of {found['people']} people and "
+                        f"{found['images']} images; LFW-a has {expected_totals['people']} "
+                        f"and {expected_totals['images']}")
+    key_payload = {"source": meta.get("source_sha256"), "min_images": min_images,
+                   "preprocessing": asdict(preprocessing), "expected_totals": expected_totals}
+    return load_or_build(resolve_cache_dir(cache_dir), "lfw", key_payload,
+                         lambda: read_face_pack(pack, min_images, asdict(preprocessing)))
+
+
+def pack_faces(out: Path | str, min_images: int = 5, *, data_dir: Path | str | None = None,
+               cache_dir: Path | str | None = None,
+               preprocessing: FacePreprocessing | None = None,
+               expected_totals: dict[str, int] | None = LFW_A_TOTALS) -> Path:
+    """Write the preprocessed faces of everyone with `min_images` photos to a face pack
+    at `out` (see gaussmem.data.lfw_pack); needs the archive or its extracted folder."""
+    preprocessing = preprocessing or FacePreprocessing()
+    source = lfw_source(data_dir)
+    if _is_pack(source):
+        raise DataError(f"{source} is already a face pack; packing needs the LFW-a archive")
+    cached = load_lfw_faces(min_images, data_dir=data_dir, cache_dir=cache_dir,
+                            preprocessing=preprocessing, expected_totals=expected_totals)
+    return write_face_pack(Path(out), np.asarray(cached.array),
+                           people=cached.metadata["people"], counts=cached.metadata["counts"],
+                           all_counts=people_counts(data_dir), min_images=min_images,
+                           preprocessing=asdict(preprocessing),
+                           source_fingerprint=_fingerprint(source))
 
 
 def _fingerprint(source: Path) -> str:
