@@ -146,3 +146,12 @@ def test_lfw_presets_train_on_fit_people_and_select_on_val_people(
     assert (fit_set.n_classes, val_set.n_classes, fit_set.image_shape) == (300, 43, (84, 84))
     result = train(config, tmp_path / "run", fit_set, val_set, progress=False)
     assert result.step == 2 and result.best_val_accuracy >= 0
+
+
+def test_dataset_settings_that_name_no_split_are_refused() -> None:
+    from gaussmem.errors import DataError
+
+    with pytest.raises(DataError, match="LFW-a splits are 'paper' and 'generated'"):
+        load_split({"dataset": "lfw", "scheme": "vinyals"}, "fit")
+    with pytest.raises(DataError, match="unknown dataset 'mnist'"):
+        load_split({"dataset": "mnist", "scheme": "paper"}, "train")

@@ -45,8 +45,11 @@ def load_split(data: Any, subset: str, *, data_dir: Path | None = None,
     if dataset == "lfw":
         from gaussmem.data.lfw import load_lfw
 
-        split = "paper" if scheme in ("paper", "vinyals") else scheme
-        return load_lfw(subset, split=split, data_dir=data_dir, cache_dir=cache_dir)
+        if scheme not in ("paper", "generated"):
+            raise DataError(f"LFW-a splits are 'paper' and 'generated', not data.scheme="
+                            f"{scheme!r}; start from an LFW preset (lfw-5way, lfw-cpu, "
+                            "<method>-lfw-cpu), which sets it")
+        return load_lfw(subset, split=scheme, data_dir=data_dir, cache_dir=cache_dir)
     raise DataError(f"unknown dataset {dataset!r}; choose from {DATASETS}")
 
 

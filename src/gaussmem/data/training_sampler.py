@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gaussmem.data.class_images import ClassImageSet
-from gaussmem.data.grouped_images import GroupedImageSet
+from gaussmem.data.datasets import FewShotDataset
 from gaussmem.errors import GaussmemError
 
 
@@ -30,10 +29,7 @@ def images_to_tensor(images: np.ndarray, channels_last: bool) -> torch.Tensor:
     return tensor.contiguous(memory_format=torch.channels_last) if channels_last else tensor
 
 
-Dataset = ClassImageSet | GroupedImageSet
-
-
-def _check_shape(dataset: Dataset, n_classes: int, images_per_class: int) -> None:
+def _check_shape(dataset: FewShotDataset, n_classes: int, images_per_class: int) -> None:
     if n_classes > dataset.n_classes:
         raise TrainingError(f"{n_classes} classes per step but {dataset.name} has "
                             f"{dataset.n_classes}")
@@ -52,7 +48,7 @@ class TrainingClassSampler:
     starts every `steps_per_episode` batches; `new_episode` says when.
     """
 
-    def __init__(self, dataset: Dataset, n_classes: int, images_per_class: int,
+    def __init__(self, dataset: FewShotDataset, n_classes: int, images_per_class: int,
                  steps_per_episode: int, seed: int) -> None:
         _check_shape(dataset, n_classes, images_per_class)
         self.dataset = dataset
@@ -99,7 +95,7 @@ class StreamSampler:
     episode is regenerated exactly on resume.
     """
 
-    def __init__(self, dataset: Dataset, n_way: int, batch_episodes: int,
+    def __init__(self, dataset: FewShotDataset, n_way: int, batch_episodes: int,
                  shows_per_class: int, seed: int) -> None:
         _check_shape(dataset, n_way * batch_episodes, shows_per_class)
         self.dataset = dataset
