@@ -8,6 +8,12 @@ import numpy as np
 import torch
 
 
+def pixels_to_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 `(n, H, W)` -> float32 `(n, 1, H, W)` in [0, 1]: what every network takes."""
+    tensor = torch.from_numpy(np.ascontiguousarray(pixels)).to(torch.float32)
+    return tensor.div_(255.0).unsqueeze(1)
+
+
 @dataclass(frozen=True)
 class ClassImageSet:
     """Images grouped by class, every class with the same number of samples.
@@ -65,8 +71,7 @@ class ClassImageSet:
         """float32 `(len(sample_ids), 1, H, W)` in [0, 1] of flat sample ids."""
         classes, samples = np.divmod(np.asarray(sample_ids, dtype=np.int64).ravel(),
                                      self.n_samples_per_class)
-        pixels = torch.from_numpy(np.ascontiguousarray(self.images[classes, samples]))
-        return pixels.to(torch.float32).div_(255.0).unsqueeze(1)
+        return pixels_to_tensor(self.images[classes, samples])
 
     def draw_distinct(self, class_indices: np.ndarray, count: int,
                       rng: np.random.Generator) -> np.ndarray:

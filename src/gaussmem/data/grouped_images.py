@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from gaussmem.data.class_images import pixels_to_tensor
 from gaussmem.data.episodes import Episode, EpisodeSampleIds, episode_from_ids
 from gaussmem.errors import EpisodeError
 
@@ -82,7 +83,7 @@ class GroupedImageSet:
     def sample_tensor(self, sample_ids: np.ndarray) -> torch.Tensor:
         """float32 `(len(sample_ids), 1, H, W)` in [0, 1] of sample ids."""
         pixels = self.sample_pixels(np.asarray(sample_ids, dtype=np.int64).ravel())
-        return torch.from_numpy(np.ascontiguousarray(pixels)).float().div_(255).unsqueeze(1)
+        return pixels_to_tensor(pixels)
 
     def draw_distinct(self, class_indices: np.ndarray, count: int,
                       rng: np.random.Generator) -> np.ndarray:

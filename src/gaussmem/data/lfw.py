@@ -148,8 +148,8 @@ def load_lfw_faces(min_images: int = 5, *, data_dir: Path | str | None = None,
     source = lfw_source(data_dir)
     if _is_pack(source):
         return _load_pack(source, min_images, preprocessing, expected_totals, cache_dir)
-    key_payload = {"source": _fingerprint(source), "min_images": min_images,
-                   "preprocessing": asdict(preprocessing), "expected_totals": expected_totals}
+    key_payload = _cache_key_payload(_fingerprint(source), min_images, preprocessing,
+                                     expected_totals)
 
     def build() -> tuple[np.ndarray, dict]:
         photos = read_photos(source)
@@ -167,6 +167,15 @@ def load_lfw_faces(min_images: int = 5, *, data_dir: Path | str | None = None,
     return load_or_build(resolve_cache_dir(cache_dir), "lfw", key_payload, build)
 
 
+def _cache_key_payload(source_sha256: str | None, min_images: int,
+                       preprocessing: FacePreprocessing,
+                       expected_totals: dict[str, int] | None) -> dict:
+    """What the faces cache is keyed by; one function, so an archive and the face pack
+    made from it always name the same cache."""
+    return {"source": source_sha256, "min_images": min_images,
+            "preprocessing": asdict(preprocessing), "expected_totals": expected_totals}
+
+
 def _load_pack(pack: Path, min_images: int, preprocessing: FacePreprocessing,
                expected_totals: dict[str, int] | None, cache_dir: Path | str | None
                ) -> CachedArray:
@@ -179,8 +188,8 @@ def _load_pack(pack: Path, min_images: int, preprocessing: FacePreprocessing,
         raise DataError(f"{pack} was made from an archive of {found['people']} people and "
                         f"{found['images']} images; LFW-a has {expected_totals['people']} "
                         f"and {expected_totals['images']}")
-    key_payload = {"source": meta.get("source_sha256"), "min_images": min_images,
-                   "preprocessing": asdict(preprocessing), "expected_totals": expected_totals}
+    key_payload = _cache_key_payload(meta.get("source_sha256"), min_images, preprocessing,
+                                     expected_totals)
     return load_or_build(resolve_cache_dir(cache_dir), "lfw", key_payload,
                          lambda: read_face_pack(pack, min_images, asdict(preprocessing)))
 
