@@ -1,10 +1,13 @@
-"""Training-step and embedding throughput on this machine, with and without channels_last.
+"""Training-step and embedding throughput on this machine, per training variant.
 
     python benchmarks/train_step_speed.py [--steps 10] [--json results/speed-cpu.json]
 
-Times `gaussmem.train.train_step` on the cpu-quick shapes (128 classes x 2 drawings =
-256 images per step) on random uint8 data (throughput does not depend on the pixels),
-and the evaluation encoder at several batch sizes. Reports mean and 95% CI over steps.
+Times `gaussmem.train.train_step` on the cpu-quick shapes (256 classes x 2 drawings =
+512 images per step) on random uint8 data (throughput does not depend on the pixels)
+for each variant in `VARIANTS` (memory layout, precision, decoder width), and the
+evaluation encoder at several batch sizes. Reports the median, mean and 95% CI over
+steps; the variants run one after another in this process, so compare them within one
+report (the machine is noisy).
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from gaussmem.allocator import keep_freed_memory  # noqa: E402
 from gaussmem.atomic import write_text_atomic  # noqa: E402
 from gaussmem.config import resolve  # noqa: E402
 from gaussmem.data.class_images import ClassImageSet  # noqa: E402
+from gaussmem.hardware import describe_hardware  # noqa: E402
 from gaussmem.methods.mavae import MemoryAugmentedVAE  # noqa: E402
 from gaussmem.train import build_trainer, train_step  # noqa: E402
 
@@ -32,11 +37,26 @@ from gaussmem.train import build_trainer, train_step  # noqa: E402
 def summary(values: list[float]) -> dict[str, float]:
     array = np.asarray(values)
     ci = 1.96 * array.std(ddof=1) / math.sqrt(len(array)) if len(array) > 1 else 0.0
-    return {"mean": float(array.mean()), "ci95": float(ci), "n": len(array)}
+    return {"median": float(np.median(array)), "mean": float(array.mean()),
+            "ci95": float(ci), "n": len(array)}
 
 
-def time_training(channels_last: bool, steps: int, dataset: ClassImageSet) -> dict:
-    config = resolve("cpu-quick", overrides=[f"channels_last={channels_last}"])
+#: name -> cpu-quick overrides
+VARIANTS: dict[str, list[str]] = {
+    "float32, NCHW": ["channels_last=false", "precision=float32",
+                      "model.decoder_hidden_channels=64"],
+    "float32, channels_last": ["precision=float32", "model.decoder_hidden_channels=64"],
+    "float32, channels_last, decoder 32": ["precision=float32",
+                                           "model.decoder_hidden_channels=32"],
+    "bfloat16, channels_last": ["precision=bfloat16", "model.decoder_hidden_channels=64"],
+    "bfloat16, channels_last, decoder 32": ["precision=bfloat16",
+                                            "model.decoder_hidden_channels=32"],
+}
+
+
+def time_training(name: str, overrides: list[str], steps: int, dataset: ClassImageSet
+                  ) -> dict:
+    config = resolve("cpu-quick", overrides=overrides)
     trainer = build_trainer(config, Path("/tmp/gaussmem-speed"), dataset, None)
     images_per_step = config.episodes.n_classes * config.episodes.images_per_class
     for _ in range(3):
@@ -46,7 +66,7 @@ def time_training(channels_last: bool, steps: int, dataset: ClassImageSet) -> di
         start = time.perf_counter()
         train_step(trainer)
         rates.append(images_per_step / (time.perf_counter() - start))
-    return {"channels_last": channels_last, "images_per_second": summary(rates)}
+    return {"variant": name, "overrides": overrides, "images_per_second": summary(rates)}
 
 
 def time_embedding(batch_size: int, dataset: ClassImageSet) -> dict:
@@ -71,9 +91,10 @@ def main() -> int:
     rng = np.random.default_rng(0)
     dataset = ClassImageSet(rng.integers(0, 256, (300, 20, 28, 28), dtype=np.uint8),
                             [str(i) for i in range(300)], "random")
-    report = {"command": " ".join(["python", *sys.argv]),
-              "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-              "training": [time_training(flag, args.steps, dataset) for flag in (True, False)],
+    keep_freed_memory()  # as `gaussmem train` does
+    report = {"command": " ".join(["python", *sys.argv]), "hardware": describe_hardware(),
+              "training": [time_training(name, overrides, args.steps, dataset)
+                           for name, overrides in VARIANTS.items()],
               "embedding": [time_embedding(size, dataset) for size in (64, 128, 256, 512)]}
     text = json.dumps(report, indent=2)
     print(text)

@@ -113,6 +113,9 @@ def budget(tag: str, cells: dict[tuple[int, int], dict], training: dict | None) 
         text = f"checkpoint at step {step}, {minutes:.1f} training minutes; {device}"
     if training and training.get("images_per_second_overall"):
         text += f", {training['images_per_second_overall']:.0f} images/s overall"
+    precision = any_cell.get("train_config", {}).get("precision", "float32")
+    if precision != "float32":
+        text += f", {precision} autocast"
     return text
 
 

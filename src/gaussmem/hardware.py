@@ -27,11 +27,25 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _cpu_bfloat16_flags() -> list[str]:
+    """The CPU's native bfloat16 instruction sets (empty if none or unknown): bfloat16
+    training is fast only with them (gaussmem.precision)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = line.split(":", 1)[1].split()
+                return sorted(flag for flag in flags if flag in ("avx512_bf16", "amx_bf16"))
+    except OSError:
+        pass
+    return []
+
+
 def describe_hardware() -> dict[str, Any]:
     """CPU model and cores, accelerator (if any), and library versions."""
     description: dict[str, Any] = {
         "cpu": _cpu_model(),
         "cpu_cores": os.cpu_count(),
+        "cpu_bfloat16": _cpu_bfloat16_flags(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -32,6 +32,7 @@ from gaussmem.methods.mavae import MemoryAugmentedVAE
 from gaussmem.methods.registry import register_training
 from gaussmem.methods.training import MethodTraining
 from gaussmem.models.vae import GaussianVAE
+from gaussmem.precision import autocast
 
 
 def forward_losses(vae: GaussianVAE, memory: GaussianMemory, images: torch.Tensor,
@@ -44,15 +45,17 @@ def forward_losses(vae: GaussianVAE, memory: GaussianMemory, images: torch.Tenso
     `positive_rate` (an entry with the query's label exists), `sim_positive`,
     `sim_negative` (means over queries with one).
     """
-    posteriors = vae.encode(images)
-    content, style = posteriors
-    z_content = vae.reparameterize(content)
-    z_style = vae.reparameterize(style)
-    # Rolling by n_classes pairs drawing p of each class with drawing p-1 of the same
-    # class: x is decoded from z_c of x' (same class) and its own z_s.
-    z_other_content = z_content.roll(n_classes, dims=0)
-    logits = vae.decode(torch.cat([z_content, z_other_content]), torch.cat([z_style, z_style]))
-    self_logits, cross_logits = logits.chunk(2)
+    with autocast(config.precision, images.device):
+        # The posteriors come out float32 whatever the precision (GaussianHead).
+        content, style = vae.encode(images)
+        z_content = vae.reparameterize(content)
+        z_style = vae.reparameterize(style)
+        # Rolling by n_classes pairs drawing p of each class with drawing p-1 of the
+        # same class: x is decoded from z_c of x' (same class) and its own z_s.
+        z_other_content = z_content.roll(n_classes, dims=0)
+        logits = vae.decode(torch.cat([z_content, z_other_content]),
+                            torch.cat([z_style, z_style]))
+    self_logits, cross_logits = logits.float().chunk(2)
 
     variance = content.var
     positive = memory.nearest_with_label(content.mean, variance, labels)

@@ -71,7 +71,12 @@ class GaussianHead(nn.Module):
                 layer.bias.zero_()
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # Clamping the log-variance keeps exp() finite and the KL terms bounded; the
-        # range e^-10..e^10 is far wider than anything a trained model uses.
-        log_var = self.log_var(features).clamp(self.min_log_var, self.max_log_var)
-        return self.mean(features), log_var
+        # Always float32, also under mixed-precision autocast: the memory compares
+        # posteriors by divergences of their means and log-variances, and bfloat16's
+        # 8-bit mantissa would blur those comparisons (gaussmem.precision).
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            features = features.float()
+            # Clamping the log-variance keeps exp() finite and the KL terms bounded; the
+            # range e^-10..e^10 is far wider than anything a trained model uses.
+            log_var = self.log_var(features).clamp(self.min_log_var, self.max_log_var)
+            return self.mean(features), log_var
