@@ -44,6 +44,9 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     "bfloat16-dec32-256classes": ([*BASE, "episodes.n_way=16"],
                                   "256 classes per step (16-way x 16) instead of 128: "
                                   "harder negatives, half the steps"),
+    "bfloat16-dec32-512classes": ([*BASE, "episodes.n_way=32"],
+                                  "512 classes per step (32-way x 16): harder negatives "
+                                  "still, a quarter of the steps"),
     "bfloat16-dec32-generative0.3": ([*BASE, "loss.generative=0.3"],
                                      "c3 = 0.3: less of the trunk spent on reconstruction"),
     "bfloat16-dec32-temperature2": ([*BASE, "similarity.temperature=2"],

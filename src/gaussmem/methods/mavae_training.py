@@ -5,7 +5,8 @@ episodes of a batch share one memory, so the model is trained to tell all of the
 apart), clears the memory and runs `steps_per_episode` steps. A step:
 
 1. draws `images_per_class` fresh drawings of every class: `(P * C, 1, 28, 28)`;
-2. encodes them, samples z_c and z_s, decodes x from (z_c, z_s) and from (z_c of the
+2. encodes them (networks under bfloat16 autocast when `precision` asks for it),
+   samples z_c and z_s, decodes x from (z_c, z_s) and from (z_c of the
    class's other drawing, z_s) (the paper's two generative terms);
 3. looks up, against the memory as it stands (constants), each query's nearest entry
    with its label (positive) and with another label (negative) -> triplet term;
