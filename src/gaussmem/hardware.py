@@ -17,27 +17,26 @@ import numpy as np
 import torch
 
 
-def _cpu_model() -> str:
+def _cpuinfo_field(name: str) -> str | None:
+    """The first value of `name` in /proc/cpuinfo (Linux), or None where unavailable."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(name):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def _cpu_model() -> str:
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def _cpu_bfloat16_flags() -> list[str]:
     """The CPU's native bfloat16 instruction sets (empty if none or unknown): bfloat16
     training is fast only with them (gaussmem.precision)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = line.split(":", 1)[1].split()
-                return sorted(flag for flag in flags if flag in ("avx512_bf16", "amx_bf16"))
-    except OSError:
-        pass
-    return []
+    flags = (_cpuinfo_field("flags") or "").split()
+    return sorted(flag for flag in flags if flag in ("avx512_bf16", "amx_bf16"))
 
 
 def describe_hardware() -> dict[str, Any]:
