@@ -39,10 +39,12 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     "init0.1-paper-latent0.01": (["model.head_init_scale=0.1", "loss.latent=0.01"],
                                  "latent-loss weight c2 = 0.01 instead of 0.1"),
 }
-# The cpu-quick network and episodes the ablation was run with (128 classes per step,
-# float32, 64-channel decoder), pinned so later preset changes do not alter it.
+# The cpu-quick network, episodes and validation task the ablation was run with (128
+# classes per step, float32, 64-channel decoder, validation 5-way 1-shot over 200
+# episodes), pinned so later preset changes do not alter it.
 COMMON = ["budget.max_minutes=none", "num_threads=1", "log_every=20", "episodes.n_way=8",
-          "precision=float32", "model.decoder_hidden_channels=64"]
+          "precision=float32", "model.decoder_hidden_channels=64", "validation.n_way=5",
+          "validation.episodes=200"]
 
 
 def run_variant(name: str, overrides: list[str], steps: int, run_root: Path) -> list[str]:

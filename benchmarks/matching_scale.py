@@ -40,7 +40,9 @@ def main() -> int:
         run_dir = Path(args.runs) / f"matching-{name}"
         command = [sys.executable, "-m", "gaussmem", "train", "--preset", "matching-cpu",
                    "--run-dir", str(run_dir), "--max-steps", str(args.steps), "--seed", "0",
-                   "--set", "budget.max_minutes=none", "--no-progress"]
+                   "--set", "budget.max_minutes=none", "--no-progress",
+                   # The validation task these runs were measured with (5-way 1-shot).
+                   "--set", "validation.n_way=5", "--set", "validation.episodes=200"]
         for override in overrides:
             command += ["--set", override]
         if not (run_dir / "summary.json").exists():

@@ -84,7 +84,9 @@ def training_record(run_dir: Path, tag: str, command: list[str], note: str
         "best_val_accuracy": summary["best_val_accuracy"], "best_step": summary["best_step"],
         "minutes_to_97_val_5w1s": summary["minutes_to_97"],
         "validation": [{"step": r["step"], "minutes": r["minutes"],
-                        "accuracy": r["val_accuracy"], "ci95": r["val_ci95"]} for r in val],
+                        "accuracy": r["val_accuracy"], "ci95": r["val_ci95"],
+                        "time_to_97_accuracy": r.get("time_to_97_accuracy",
+                                                     r["val_accuracy"])} for r in val],
         "triplet_diagnostics": [{k: r.get(k) for k in ("step", "loss", "triplet",
                                                        "triplet_grad_norm", "positive_rate",
                                                        "accuracy")}

@@ -139,9 +139,15 @@ def progress_lines(record: dict) -> list[str]:
     stride = max(1, len(points) // 10)  # about ten points; always the last
     points = points[::stride] + ([points[-1]] if (len(points) - 1) % stride else [])
     shown = ", ".join(f"{p['minutes']:.1f} min: {p['accuracy']:.1f}" for p in points)
-    episodes = record.get("config", {}).get("validation", {})
-    return [f"- validation {episodes.get('n_way', 5)}-way {episodes.get('n_shot', 1)}-shot "
-            f"({episodes.get('episodes', '?')} episodes) by training minute: {shown}"]
+    return [f"- validation {selection_task(record)} by training minute: {shown}"]
+
+
+def selection_task(record: dict) -> str:
+    """The validation task that picked the record's best checkpoint, from its config
+    (5-way 1-shot over 200 episodes was the default before 20-way 1-shot over 1,000)."""
+    validation = record.get("config", {}).get("validation", {})
+    return (f"{validation.get('n_way', 5)}-way {validation.get('n_shot', 1)}-shot "
+            f"({validation.get('episodes', 200)} episodes)")
 
 
 def render_lfw(cells: Cells, training: dict[str, dict]) -> str:
@@ -222,8 +228,9 @@ def training_sections(training: dict[str, dict], time_to_97: bool = True) -> lis
                   *([f"- minutes to 97% validation 5-way 1-shot: "
                      f"{'not reached' if to_97 is None else f'{to_97:.1f}'}"]
                     if time_to_97 else []),
-                  f"- best validation 5-way 1-shot: {record['best_val_accuracy']:.2f}% at "
-                  f"step {record['best_step']}", *progress_lines(record), ""]
+                  f"- best validation {selection_task(record)}: "
+                  f"{record['best_val_accuracy']:.2f}% at step {record['best_step']} (the "
+                  "checkpoint evaluated)", *progress_lines(record), ""]
     return lines
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -151,3 +152,46 @@ def test_tiny_model_learns_on_real_omniglot(real_data_dir: Path, real_cache_dir:
     assert train_records[-1]["positive_rate"] > 0.5
     # Chance is 20%; a margin of 20 points is far outside the CI of 100 episodes.
     assert result.best_val_accuracy > 40.0
+
+
+def _scripted_evaluation(monkeypatch: pytest.MonkeyPatch, accuracies: dict[int, list[float]]
+                         ) -> list[int]:
+    """Replace the loop's validation evaluator: the accuracy of an n_way-way task is the
+    next value of `accuracies[n_way]`. Returns the list of n_way asked for, in order."""
+    import gaussmem.train as train_module
+
+    calls: list[int] = []
+
+    def fake(classifier, dataset, *, n_way, **_):
+        calls.append(n_way)
+        mean = accuracies[n_way][sum(1 for n in calls if n == n_way) - 1]
+        return SimpleNamespace(accuracy=SimpleNamespace(mean=mean, ci95=0.1), seconds=0.0)
+
+    monkeypatch.setattr(train_module, "evaluate_support_query", fake)
+    return calls
+
+
+def test_best_checkpoint_follows_selection_task_and_time_to_97_its_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # smoke validates at steps 3 and 6: selection is 3-way, the timed task 2-way.
+    calls = _scripted_evaluation(monkeypatch, {3: [50.0, 60.0], 2: [98.0, 10.0]})
+    config = resolve("smoke", overrides=["validation.time_to_97_n_way=2"])
+    dataset = synthetic_set()
+    result = train(config, tmp_path / "run", dataset, dataset, progress=False)
+    assert calls == [3, 2, 3, 2]
+    assert (result.best_step, result.best_val_accuracy) == (6, 60.0)
+    val = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "val"]
+    assert [r["time_to_97_accuracy"] for r in val] == [98.0, 10.0]
+    assert result.minutes_to_97 == pytest.approx(val[0]["minutes"])
+
+
+def test_one_evaluation_when_the_selection_task_is_the_timed_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _scripted_evaluation(monkeypatch, {3: [97.5, 60.0]})
+    config = preset("smoke")
+    assert config.validation.times_selection_task
+    dataset = synthetic_set()
+    result = train(config, tmp_path / "run", dataset, dataset, progress=False)
+    assert calls == [3, 3]
+    assert (result.best_step, result.best_val_accuracy) == (3, 97.5)
+    assert result.minutes_to_97 is not None
