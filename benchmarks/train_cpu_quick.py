@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -34,24 +32,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from gaussmem.atomic import write_text_atomic  # noqa: E402
+from gaussmem.hardware import describe_hardware  # noqa: E402
 from gaussmem.metrics_log import read_metrics  # noqa: E402
 
 
 def hardware() -> dict[str, object]:
-    """What machine ran this: CPU model, cores, torch threads."""
-    import torch
-
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": model, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "gpu": None}
+    """What machine ran this (gaussmem.hardware), with `cores` as older records name it."""
+    description = describe_hardware()
+    return {**description, "cores": description["cpu_cores"],
+            "gpu": description.get("gpu")}
 
 
 def run(command: list[str]) -> None:
@@ -77,6 +66,7 @@ def training_record(run_dir: Path, tag: str, command: list[str], note: str
     return {
         "tag": tag, "kind": "training", "command": " ".join(command), "run_dir": str(run_dir),
         "method": config.get("method", "mavae"), "config": config, "note": note,
+        "device": summary.get("device", "cpu"),
         "steps": summary["step"], "train_minutes": summary["elapsed_seconds"] / 60.0,
         "images_per_second_overall": summary["step"] * images_per_step
         / summary["elapsed_seconds"],

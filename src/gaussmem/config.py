@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gaussmem.device import DeviceError, check_device_name
 from gaussmem.errors import GaussmemError
 from gaussmem.losses import SIMILARITY_KINDS, LossWeights
 from gaussmem.models.vae import VAEConfig
@@ -215,6 +216,10 @@ class TrainConfig:
     # "bfloat16": the MA-VAE's networks run under bfloat16 autocast (gaussmem.precision);
     # heads, memory and losses stay float32. Evaluation always embeds in float32.
     precision: str = "float32"
+    # "auto": the first CUDA GPU if torch sees one, else the CPU; or "cpu", "cuda",
+    # "cuda:N" (gaussmem.device). The MA-VAE trains on either; the baselines on the CPU
+    # (with "auto" they take the CPU even where a GPU exists).
+    device: str = "auto"
     num_threads: int | None = None
     log_every: int = 50
     checkpoint_every: int = 500
@@ -236,6 +241,10 @@ class TrainConfig:
         if self.precision != "float32" and self.method != "mavae":
             raise ConfigError(f"precision={self.precision!r} is implemented for the MA-VAE "
                               f"only; method {self.method!r} trains in float32")
+        try:
+            check_device_name(self.device)
+        except DeviceError as error:
+            raise ConfigError(str(error)) from None
         if self.optim.schedule not in SCHEDULES:
             raise ConfigError(f"optim.schedule must be one of {SCHEDULES}, "
                               f"got {self.optim.schedule!r}")

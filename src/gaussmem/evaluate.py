@@ -33,6 +33,7 @@ import torch
 from gaussmem.data.datasets import FewShotDataset, default_n_query, episode_sampler
 from gaussmem.data.episodes import EpisodeSampleIds
 from gaussmem.data.grouped_images import GroupedImageSet
+from gaussmem.device import DeviceError, resolve_device
 from gaussmem.embedding_cache import EmbeddingCache
 from gaussmem.errors import EpisodeError
 from gaussmem.methods.base import FewShotClassifier
@@ -176,12 +177,14 @@ def evaluate_checkpoint(checkpoint_path: Path, *, n_way: int, n_shot: int,
                         n_query: int | None = None, episodes: int = 1000, seed: int = 0,
                         split: str = "test", protocol: str = "support-query",
                         data_dir: Path | None = None, cache_dir: Path | None = None,
-                        dataset: FewShotDataset | None = None, progress: bool = False
-                        ) -> dict[str, Any]:
+                        dataset: FewShotDataset | None = None, progress: bool = False,
+                        device: str = "cpu") -> dict[str, Any]:
     """Evaluate a checkpoint; returns the JSON-ready report (everything to reproduce it).
 
     `dataset` replaces loading `split` of the checkpoint's dataset (tests, other data).
     `n_query=None` takes `default_n_query` (15 on Omniglot; what fits on LFW-a).
+    `device` (gaussmem.device): where the encoder runs; "auto" takes a GPU only for
+    methods that can embed there. Accuracies do not depend on it beyond float rounding.
     """
     from gaussmem.checkpoint import file_sha256, load_checkpoint
     from gaussmem.methods import classifier_from_checkpoint
@@ -195,6 +198,13 @@ def evaluate_checkpoint(checkpoint_path: Path, *, n_way: int, n_shot: int,
     if n_query is None:
         n_query = default_n_query(dataset, n_shot) if protocol == "support-query" else 0
     classifier = classifier_from_checkpoint(checkpoint)
+    encoder_device = resolve_device(device)
+    if device == "auto" and encoder_device.type not in classifier.encoder_device_types:
+        encoder_device = torch.device("cpu")
+    try:
+        classifier.encoder_to_(encoder_device)
+    except ValueError as error:
+        raise DeviceError(f"device {device!r}: {error}") from None
     bar = _progress_bar(episodes, progress)
     if protocol == "support-query":
         result = evaluate_support_query(classifier, dataset, n_way=n_way, n_shot=n_shot,
@@ -210,6 +220,7 @@ def evaluate_checkpoint(checkpoint_path: Path, *, n_way: int, n_shot: int,
         "checkpoint": {"path": str(checkpoint_path), "sha256": file_sha256(checkpoint_path),
                        "step": checkpoint["step"], "method": config["method"],
                        "train_minutes": checkpoint["elapsed_seconds"] / 60.0},
+        "device": str(encoder_device),
         "dataset": dataset.name, "split": split, "protocol": protocol, "seed": seed,
         "episodes": episodes, "n_way": n_way, "n_shot": n_shot, "n_query": n_query,
         "train_config": config,

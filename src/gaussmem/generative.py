@@ -34,6 +34,7 @@ from PIL import Image
 
 from gaussmem.atomic import write_bytes_atomic, write_text_atomic
 from gaussmem.data.datasets import FewShotDataset, episode_sampler
+from gaussmem.device import module_device
 from gaussmem.errors import GaussmemError
 from gaussmem.evaluate import AccuracySummary
 from gaussmem.gaussian import pairwise_symmetric_kl
@@ -150,10 +151,6 @@ class _EvalMode:
         self.module.train(self.was_training)
 
 
-def _model_device(vae: GaussianVAE) -> torch.device:
-    return next(vae.parameters()).device
-
-
 def check_image_size(vae: GaussianVAE, images: torch.Tensor) -> None:
     """Raise `GenerativeError` when images do not match the model's input size."""
     config = vae.config
@@ -181,7 +178,7 @@ def reconstruct(vae: GaussianVAE, images: torch.Tensor, batch_size: int = 256
     noise of one draw, and the BCE is a deterministic number.
     """
     check_image_size(vae, images)
-    device = _model_device(vae)
+    device = module_device(vae)
     means, losses = [], []
     with _EvalMode(vae):
         for batch in images.split(batch_size):
@@ -232,7 +229,7 @@ def write_examples_to_memory(vae: GaussianVAE, images: torch.Tensor, labels: tor
     by moment matching, as in support-query evaluation)."""
     check_image_size(vae, images)
     with _EvalMode(vae):
-        content = vae.encode_content(images.to(_model_device(vae)))
+        content = vae.encode_content(images.to(module_device(vae)))
     n_labels = int(labels.max()) + 1
     memory = GaussianMemory(n_labels, vae.config.content_dim, seed=0)
     memory.write_support_(content.mean.cpu(), content.var.cpu(), labels.cpu())
@@ -272,7 +269,7 @@ def generate_from_memory(vae: GaussianVAE, examples: torch.Tensor, labels: torch
     noise_content = torch.randn(n_classes, n_samples, content_dim, generator=generator)
     noise_style = torch.randn(n_classes * n_samples, vae.config.style_dim, generator=generator)
     z_content = (entry.mean[:, None] + entry.var.sqrt()[:, None] * noise_content).flatten(0, 1)
-    device = _model_device(vae)
+    device = module_device(vae)
     with _EvalMode(vae):
         logits = vae.decode(z_content.to(device), noise_style.to(device))
     samples = torch.sigmoid(logits).cpu().unflatten(0, (n_classes, n_samples))
@@ -287,7 +284,7 @@ def style_transfer(vae: GaussianVAE, content_images: torch.Tensor, style_images:
     E[z_s | style_i])), i.e. content j drawn in style i."""
     check_image_size(vae, content_images)
     check_image_size(vae, style_images)
-    device = _model_device(vae)
+    device = module_device(vae)
     with _EvalMode(vae):
         content = vae.encode(content_images.to(device)).content.mean
         style = vae.encode(style_images.to(device)).style.mean
@@ -347,7 +344,7 @@ def latent_nearest_accuracy(vae: GaussianVAE, dataset: FewShotDataset, *, n_way:
     """
     sampler = episode_sampler(dataset, n_way, n_shot, n_query, seed=seed)
     correct = {"content": np.zeros(episodes), "style": np.zeros(episodes)}
-    device = _model_device(vae)
+    device = module_device(vae)
     with _EvalMode(vae):
         for index in range(episodes):
             episode = sampler.sample()
@@ -382,7 +379,7 @@ def decoder_sensitivity(vae: GaussianVAE, images: torch.Tensor) -> dict[str, flo
     if len(images) < 2:
         raise GenerativeError("decoder_sensitivity needs at least 2 images")
     with _EvalMode(vae):
-        content, style = vae.encode(images.to(_model_device(vae)))
+        content, style = vae.encode(images.to(module_device(vae)))
         base = torch.sigmoid(vae.decode(content.mean, style.mean))
         swapped_content = torch.sigmoid(vae.decode(content.mean.roll(1, 0), style.mean))
         swapped_style = torch.sigmoid(vae.decode(content.mean, style.mean.roll(1, 0)))

@@ -285,6 +285,8 @@ class TrainResult:
     minutes_to_97: float | None
     method: str = "mavae"
     images_per_step: int = 0
+    #: Where the training step ran ("cpu", "cuda:0"; config.device may say "auto").
+    device: str = "cpu"
 
 
 def train(config: TrainConfig | None, run_dir: str | Path, train_set: FewShotDataset,
@@ -294,7 +296,8 @@ def train(config: TrainConfig | None, run_dir: str | Path, train_set: FewShotDat
 
     Fresh runs refuse a `run_dir` that already holds a checkpoint (pass `resume=True`).
     On resume the checkpoint's config is used; if `config` is given, its `budget`
-    replaces the saved one (to extend a finished run), nothing else.
+    (to extend a finished run) and `device` (to go on where another machine stopped;
+    checkpoints load onto the CPU) replace the saved ones, nothing else.
     """
     run_dir = Path(run_dir)
     last = run_dir / LAST_CHECKPOINT
@@ -302,7 +305,7 @@ def train(config: TrainConfig | None, run_dir: str | Path, train_set: FewShotDat
         checkpoint = load_checkpoint(last)
         saved = from_dict(TrainConfig, checkpoint["config"])
         if config is not None:
-            saved.budget = config.budget
+            saved.budget, saved.device = config.budget, config.device
         config = saved
     elif config is None:
         raise TrainingError("a fresh run needs a config")
@@ -323,7 +326,7 @@ def train(config: TrainConfig | None, run_dir: str | Path, train_set: FewShotDat
     state = trainer.state
     result = TrainResult(run_dir, state.step, state.elapsed_seconds, state.best_val_accuracy,
                          state.best_step, state.minutes_to_97, config.method,
-                         trainer.method.images_per_step)
+                         trainer.method.images_per_step, str(trainer.method.device))
     summary = {**{k: v for k, v in result.__dict__.items() if k != "run_dir"},
                "run_dir": str(run_dir)}
     write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")

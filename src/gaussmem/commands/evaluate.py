@@ -38,6 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", dest="json_path", default=None,
                         help="write the result JSON here (atomically)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--device", default="auto",
+                        help="where the encoder runs: auto (a CUDA GPU if there is one and "
+                        "the method can use it, else the CPU), cpu, cuda or cuda:N; the "
+                        "episodes' memory work stays on the CPU")
     add_data_location_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
@@ -57,11 +61,13 @@ def run(args: argparse.Namespace) -> int:
         Path(args.checkpoint), n_way=args.n_way, n_shot=args.n_shot, n_query=args.n_query,
         episodes=args.episodes, seed=args.seed, split=args.split, protocol=args.protocol,
         data_dir=resolve_data_dir(args.data_dir), cache_dir=resolve_cache_dir(args.cache_dir),
-        progress=not args.no_progress)
+        progress=not args.no_progress, device=args.device)
     report["command"] = "gaussmem " + " ".join(sys.argv[1:]) if sys.argv[1:] else None
     report["hardware"] = {"machine": platform.machine(), "processor": platform.processor(),
                           "torch_threads": torch.get_num_threads(),
                           "torch": torch.__version__}
+    if report["device"].startswith("cuda"):
+        report["hardware"]["gpu"] = torch.cuda.get_device_name(torch.device(report["device"]))
     text = json.dumps(report, indent=2, sort_keys=True) + "\n"
     if args.json_path:
         write_text_atomic(args.json_path, text)

@@ -83,13 +83,13 @@ def run(args: argparse.Namespace) -> int:
     method_class(config.method)
     if args.resume and not args.run_dir:
         raise TrainingError("--resume needs --run-dir")
-    budget_given = (args.max_steps is not None or args.max_minutes is not None
-                    or any(item.startswith("budget.") for item in args.overrides))
-    if args.resume and not budget_given:
+    budget_or_device_given = (args.max_steps is not None or args.max_minutes is not None
+                    or any(item.startswith(("budget.", "device=")) for item in args.overrides))
+    if args.resume and not budget_or_device_given:
         config = None  # continue with the checkpoint's own config, budget included
     elif args.resume:
         print("gaussmem train: --resume uses the checkpoint's config; only the budget "
-              "given here replaces its own")
+              "and device given here replace its own")
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     run_dir = Path(args.run_dir or Path("runs") / f"{preset_name}-{stamp}").resolve()
     data_dir, cache_dir = resolve_data_dir(args.data_dir), resolve_cache_dir(args.cache_dir)

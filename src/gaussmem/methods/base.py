@@ -41,6 +41,21 @@ class FewShotClassifier(nn.Module, ABC):
 
     #: Registry name; set by `register_method`.
     method_name: str = ""
+    #: Device types `embed` can run on (see `encoder_to_`); the episode logic and its
+    #: state (memories, prototypes) always run on the CPU.
+    encoder_device_types: tuple[str, ...] = ("cpu",)
+
+    def encoder_to_(self, device: torch.device) -> FewShotClassifier:
+        """Run `embed` on `device` (rows still come back on the CPU); returns self.
+        Methods that support other devices override `_move_encoder_`."""
+        if device.type not in self.encoder_device_types:
+            raise ValueError(f"method {self.method_name!r} embeds on "
+                             f"{' or '.join(self.encoder_device_types)} only, not {device}")
+        self._move_encoder_(device)
+        return self
+
+    def _move_encoder_(self, device: torch.device) -> None:
+        del device  # CPU-only methods: their encoder is already there
 
     @abstractmethod
     def embed(self, images: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from gaussmem.config import TrainConfig, from_dict
+from gaussmem.device import module_device
 from gaussmem.gaussian import pairwise_symmetric_kl
 from gaussmem.memory import NOT_FOUND, GaussianMemory
 from gaussmem.methods.base import FewShotClassifier
@@ -32,6 +33,8 @@ DEFAULT_EMBED_BATCH = 128
 class MemoryAugmentedVAE(FewShotClassifier):
     """`GaussianVAE` + `GaussianMemory`; classification uses only z_c's posterior."""
 
+    encoder_device_types = ("cpu", "cuda")
+
     def __init__(self, vae: GaussianVAE, *, embed_batch_size: int = DEFAULT_EMBED_BATCH,
                  channels_last: bool = True) -> None:
         super().__init__()
@@ -39,6 +42,9 @@ class MemoryAugmentedVAE(FewShotClassifier):
         self.embed_batch_size = embed_batch_size
         self.channels_last = channels_last
         self.memory = self._new_memory(1)
+
+    def _move_encoder_(self, device: torch.device) -> None:
+        self.vae.to(device)
 
     def _new_memory(self, capacity: int) -> GaussianMemory:
         # Evaluation memories are deterministic: no age noise, fixed seed.
@@ -52,14 +58,17 @@ class MemoryAugmentedVAE(FewShotClassifier):
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """q(z_c | x) of `images (n, C, H, W)`, encoded in batches, as one flat row per
-        image: `(n, 2 * d_c)` = `cat([mean, log_var], 1)` (see `content_posterior`)."""
+        """q(z_c | x) of `images (n, C, H, W)`, encoded in batches on the VAE's device, as
+        one flat row per image on the CPU: `(n, 2 * d_c)` = `cat([mean, log_var], 1)` (see
+        `content_posterior`). The memory of an evaluation episode stays on the CPU."""
+        device = module_device(self.vae)
         rows = []
         for batch in images.split(self.embed_batch_size):
+            batch = batch.to(device)
             if self.channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             content = self.vae.encode_content(batch)
-            rows.append(torch.cat([content.mean, content.log_var], 1))
+            rows.append(torch.cat([content.mean, content.log_var], 1).cpu())
         return torch.cat(rows)
 
     @staticmethod

@@ -93,17 +93,19 @@ class MAVAETraining(MethodTraining):
     """GaussianVAE + Adam + the episode's GaussianMemory + the class sampler."""
 
     postfix_terms = ("loss", "triplet", "generative_self", "accuracy")
+    device_types = ("cpu", "cuda")
 
     def __init__(self, config: TrainConfig, train_set: FewShotDataset) -> None:
         super().__init__(config, train_set)
-        vae = GaussianVAE(config.model)
+        vae = GaussianVAE(config.model).to(self.device)
         if config.channels_last:
             vae = vae.to(memory_format=torch.channels_last)
         self.model = vae
         self.optimizer = self.adam()
         episodes = config.episodes
         self.memory = GaussianMemory(episodes.resolved_memory_capacity,
-                                     config.model.content_dim, seed=config.seed)
+                                     config.model.content_dim, seed=config.seed
+                                     ).to(self.device)
         self.sampler = TrainingClassSampler(train_set, episodes.n_classes,
                                             episodes.images_per_class,
                                             episodes.steps_per_episode, seed=config.seed)
@@ -117,8 +119,10 @@ class MAVAETraining(MethodTraining):
         if self.sampler.new_episode:
             memory.reset_()
         n_classes = self.sampler.n_classes
-        images = images_to_tensor(self.sampler.next_batch(), config.channels_last)
-        labels = torch.arange(n_classes).repeat(config.episodes.images_per_class)
+        images = images_to_tensor(self.sampler.next_batch(), config.channels_last,
+                                  self.device)
+        labels = torch.arange(n_classes, device=self.device).repeat(
+            config.episodes.images_per_class)
         terms, content = forward_losses(self.model, memory, images, labels, n_classes,
                                         config)
         if measure:

@@ -22,6 +22,7 @@ from torch import nn
 from gaussmem.config import TrainConfig
 from gaussmem.data.datasets import FewShotDataset
 from gaussmem.data.training_sampler import TrainingError
+from gaussmem.device import module_device, resolve_device
 from gaussmem.methods.base import FewShotClassifier
 
 
@@ -39,6 +40,9 @@ class MethodTraining(ABC):
     memory: nn.Module | None = None
     #: Loss terms shown in the progress bar (all terms are logged).
     postfix_terms: tuple[str, ...] = ("loss", "accuracy")
+    #: Device types the method's training step supports; with `device = "auto"` a
+    #: method that lacks the machine's GPU type trains on the CPU.
+    device_types: tuple[str, ...] = ("cpu",)
 
     def __init__(self, config: TrainConfig, train_set: FewShotDataset) -> None:
         side = config.model.image_size
@@ -49,6 +53,17 @@ class MethodTraining(ABC):
                                 "this dataset or --set model.image_size=...")
         self.config = config
         self.train_set = train_set
+        self.device = self._training_device(config)
+
+    def _training_device(self, config: TrainConfig) -> torch.device:
+        device = resolve_device(config.device)
+        if device.type in self.device_types:
+            return device
+        if config.device == "auto":
+            return torch.device("cpu")
+        raise TrainingError(f"device {config.device!r}: method {config.method!r} trains on "
+                            f"{' or '.join(self.device_types)} only; use device 'cpu' "
+                            "or 'auto'")
 
     @property
     @abstractmethod
@@ -99,11 +114,14 @@ class MethodTraining(ABC):
 
 def embed_in_batches(encoder: nn.Module, images: torch.Tensor, batch_size: int,
                      channels_last: bool) -> torch.Tensor:
-    """`encoder` over `images (n, C, H, W)` in batches: `(n, d)`. Small batches bound
+    """`encoder` over `images (n, C, H, W)` in batches: `(n, d)` float32 on the CPU,
+    wherever the encoder runs (the episode logic runs on the CPU). Small batches bound
     activation memory for 400-way episodes and were faster on CPU (calibration)."""
+    device = module_device(encoder)
     outputs = []
     for batch in images.split(batch_size):
+        batch = batch.to(device)
         if channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        outputs.append(encoder(batch))
+        outputs.append(encoder(batch).float().cpu())
     return torch.cat(outputs)

@@ -1,0 +1,98 @@
+"""Devices: names, resolution, who may train/embed where, and (on a GPU) CUDA runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import gaussmem.evaluate as evaluate_module
+import gaussmem.methods.training as training_module
+from conftest import synthetic_set
+from gaussmem.checkpoint import load_checkpoint
+from gaussmem.config import ConfigError, resolve
+from gaussmem.device import DeviceError, check_device_name, resolve_device
+from gaussmem.evaluate import evaluate_checkpoint
+from gaussmem.train import LAST_CHECKPOINT, TrainingError, build_trainer, train
+
+CUDA = torch.device("cuda")
+
+
+@pytest.mark.parametrize("name", ["auto", "cpu", "cuda", "cuda:1"])
+def test_device_names_accepted(name: str) -> None:
+    assert check_device_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["gpu", "cuda:x", "", "CPU", "mps"])
+def test_bad_device_names_are_refused_naming_the_value(name: str) -> None:
+    with pytest.raises(DeviceError, match=repr(name).replace("(", r"\(")):
+        check_device_name(name)
+    with pytest.raises(ConfigError, match="device must be"):
+        resolve("smoke", overrides=[f"device={name}" if name else "device="])
+
+
+def test_auto_follows_cuda_availability(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(DeviceError, match="'cuda' asked for, but .* sees no CUDA GPU"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == CUDA
+
+
+def test_baselines_train_on_the_cpu_and_refuse_an_explicit_gpu(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pretend the machine has a GPU: "auto" must still give a baseline the CPU.
+    monkeypatch.setattr(training_module, "resolve_device", lambda name: CUDA)
+    dataset = synthetic_set()
+    auto = build_trainer(resolve("smoke", overrides=["method=protonet"]), Path("/unused"),
+                         dataset, dataset)
+    assert auto.method.device == torch.device("cpu")
+    with pytest.raises(TrainingError, match="'cuda': method 'protonet' trains on cpu only"):
+        build_trainer(resolve("smoke", overrides=["method=protonet", "device=cuda"]),
+                      Path("/unused"), dataset, dataset)
+
+
+def test_evaluation_refuses_a_gpu_for_cpu_only_methods(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dataset = synthetic_set()
+    config = resolve("smoke", overrides=["method=protonet", "budget.max_steps=2"])
+    result = train(config, tmp_path / "run", dataset, dataset, progress=False)
+    assert result.device == "cpu"
+    monkeypatch.setattr(evaluate_module, "resolve_device", lambda name: CUDA)
+    arguments = dict(n_way=3, n_shot=1, n_query=2, episodes=2, dataset=dataset)
+    with pytest.raises(DeviceError, match="'cuda': method 'protonet' embeds on cpu only"):
+        evaluate_checkpoint(tmp_path / "run" / LAST_CHECKPOINT, device="cuda", **arguments)
+    report = evaluate_checkpoint(tmp_path / "run" / LAST_CHECKPOINT, device="auto",
+                                 **arguments)
+    assert report["device"] == "cpu"
+
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_mavae_trains_on_cuda_resumes_on_cpu_and_evaluates_alike(
+        precision: str, tmp_path: Path) -> None:
+    dataset = synthetic_set()
+    config = resolve("smoke", overrides=["device=cuda", f"precision={precision}"])
+    result = train(config, tmp_path / "run", dataset, dataset, progress=False)
+    assert result.device.startswith("cuda") and result.step == 6
+    checkpoint = load_checkpoint(tmp_path / "run" / LAST_CHECKPOINT)
+    assert all(tensor.device.type == "cpu" for tensor in checkpoint["model"].values())
+    arguments = dict(n_way=3, n_shot=2, n_query=3, episodes=5, seed=1, dataset=dataset)
+    on_gpu = evaluate_checkpoint(tmp_path / "run" / LAST_CHECKPOINT, device="cuda",
+                                 **arguments)
+    on_cpu = evaluate_checkpoint(tmp_path / "run" / LAST_CHECKPOINT, device="cpu",
+                                 **arguments)
+    assert on_gpu["device"].startswith("cuda") and on_cpu["device"] == "cpu"
+    assert abs(on_gpu["result"]["accuracy"]["mean"]
+               - on_cpu["result"]["accuracy"]["mean"]) <= 10.0
+    # A GPU run resumes on the CPU: the device given on resume replaces the saved one.
+    config.budget.max_steps = 8
+    config.device = "cpu"
+    resumed = train(config, tmp_path / "run", dataset, dataset, progress=False, resume=True)
+    assert resumed.step == 8 and resumed.device == "cpu"
