@@ -38,10 +38,13 @@ def child(setting: str, preset_name: str, steps: int) -> float:
 
     if setting == "on" and not keep_freed_memory():
         raise SystemExit("keep_freed_memory() is not available here (not glibc)")
+    config = preset(preset_name)
+    # As many random classes as one step draws (512 for today's cpu-quick), at least 200.
+    n_classes = max(200, config.episodes.n_classes)
     rng = np.random.default_rng(0)
-    images = (rng.random((200, 20, 28, 28)) < 0.15).astype(np.uint8) * 255
-    dataset = ClassImageSet(images, [str(i) for i in range(200)], "random")
-    trainer = build_trainer(preset(preset_name), Path("/tmp/gaussmem-allocator"), dataset, None)
+    images = (rng.random((n_classes, 20, 28, 28)) < 0.15).astype(np.uint8) * 255
+    dataset = ClassImageSet(images, [str(i) for i in range(n_classes)], "random")
+    trainer = build_trainer(config, Path("/tmp/gaussmem-allocator"), dataset, None)
     for _ in range(20):
         train_step(trainer)
     start = time.perf_counter()
