@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     train_set = load_split(data, data.train_subset, data_dir=data_dir, cache_dir=cache_dir)
     val_set = load_split(data, data.val_subset, data_dir=data_dir, cache_dir=cache_dir)
     print(f"gaussmem train: run directory {run_dir}")
-    keep_freed_memory()  # 1.1-1.2x CPU training throughput (results/allocator_speed.json)
+    keep_freed_memory()  # 1.0-1.2x CPU training throughput (results/allocator_speed.json)
     result = train(config, run_dir, train_set, val_set, resume=args.resume,
                    progress=not args.no_progress)
     print(json.dumps({"run_dir": str(run_dir), "method": (config or _saved_config(run_dir)
