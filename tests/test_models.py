@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -66,6 +68,31 @@ def test_backbone_feature_size_and_bad_depth() -> None:
         Conv4Backbone(n_blocks=6)
     with pytest.raises(ValueError, match="content_dim"):
         VAEConfig(content_dim=0)
+
+
+def test_backbone_blocks_equal_the_standard_conv_bn_relu_pool_order() -> None:
+    """The blocks pool before the ReLU (faster); outputs and gradients must equal those of
+    the textbook conv -> BatchNorm -> ReLU -> maxpool order with the same parameters."""
+    torch.manual_seed(0)
+    backbone = Conv4Backbone(hidden_channels=8).train()
+    for module in backbone.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.weight.data.uniform_(-1, 1)  # negative scales too
+            module.bias.data.uniform_(-0.5, 0.5)
+    reference = copy.deepcopy(backbone)
+    for block in reference.blocks:
+        _conv, _norm, pool, relu = block
+        assert isinstance(pool, torch.nn.MaxPool2d) and isinstance(relu, torch.nn.ReLU)
+        block[2], block[3] = relu, pool
+    images = torch.rand(6, 1, 28, 28)
+    features, expected = backbone(images), reference(images)
+    torch.testing.assert_close(features, expected)
+    features.square().sum().backward()
+    expected.square().sum().backward()
+    for (name, param), reference_param in zip(backbone.named_parameters(),
+                                              reference.parameters(), strict=True):
+        torch.testing.assert_close(param.grad, reference_param.grad, msg=name)
+    assert set(backbone.state_dict()) == set(reference.state_dict())
 
 
 def test_decoder_output_size() -> None:

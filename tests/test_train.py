@@ -12,7 +12,7 @@ import torch
 
 from conftest import synthetic_set
 from gaussmem.checkpoint import CheckpointError, load_checkpoint
-from gaussmem.config import ConfigError, preset, resolve, to_dict
+from gaussmem.config import BudgetConfig, ConfigError, preset, resolve, to_dict
 from gaussmem.evaluate import evaluate_checkpoint
 from gaussmem.metrics_log import read_metrics
 from gaussmem.train import (
@@ -61,6 +61,21 @@ def test_learning_rate_cosine_over_steps_and_time() -> None:
     assert learning_rate(config, 100, 0.0) == pytest.approx(end)
     config.budget.max_minutes = 1.0
     assert learning_rate(config, 0, 60.0) == pytest.approx(end)
+
+
+def test_learning_rate_warmup_ramps_linearly_then_follows_the_schedule() -> None:
+    config = preset("smoke")
+    config.budget = BudgetConfig(max_steps=100)
+    config.optim.schedule = "constant"
+    config.optim.warmup_steps = 4
+    lr = config.optim.lr
+    assert [learning_rate(config, step, 0.0) for step in range(6)] == pytest.approx(
+        [lr / 4, lr / 2, 3 * lr / 4, lr, lr, lr])
+    config.optim.schedule = "cosine"
+    assert learning_rate(config, 1, 0.0) < learning_rate(config, 3, 0.0)
+    assert learning_rate(config, 50, 0.0) == pytest.approx(lr * (0.02 + 0.98 * 0.5))
+    with pytest.raises(ConfigError, match="warmup_steps"):
+        resolve("smoke", overrides=["optim.warmup_steps=-1"])
 
 
 def test_config_presets_overrides_and_errors(tmp_path: Path) -> None:

@@ -87,10 +87,17 @@ class Trainer:
 
 
 def learning_rate(config: TrainConfig, step: int, elapsed_seconds: float) -> float:
-    """The schedule's learning rate at `step` (see `OptimConfig.schedule`).
+    """The schedule's learning rate at `step` (see `OptimConfig.schedule`), times the
+    linear warm-up factor `min(1, (step + 1) / warmup_steps)`.
 
     "cosine" decays over the budget's progress (the larger of step and time fractions).
     """
+    optim = config.optim
+    warmup = min(1.0, (step + 1) / optim.warmup_steps) if optim.warmup_steps else 1.0
+    return warmup * _scheduled_rate(config, step, elapsed_seconds)
+
+
+def _scheduled_rate(config: TrainConfig, step: int, elapsed_seconds: float) -> float:
     optim, budget = config.optim, config.budget
     if optim.schedule == "constant":
         return optim.lr
