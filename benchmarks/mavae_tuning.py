@@ -88,8 +88,8 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
                                     *SELECT_20W1S],
                                    "an 80-channel trunk: validation 20-way 1-shot flattened "
                                    "after ~10 of 15 minutes at 64; ~1.12x the step time"),
-    # The next two ran after the trunk's blocks moved the ReLU after the max-pool (the
-    # same function, ~1.1x the steps per minute); the rows above ran before.
+    # The variants from here on ran after the trunk's blocks moved the ReLU after the
+    # max-pool (the same function, ~1.1x the steps per minute); those above ran before.
     "512classes-style4-relu-after-pool": ([*BASE_512, "model.style_dim=4", *SELECT_20W1S],
                                           "512classes-style4-select20w1s again, with the "
                                           "faster trunk: what the extra steps buy"),
@@ -133,7 +133,7 @@ def selection_task(overrides: list[str]) -> str:
     """The validation task that picked best.ckpt, e.g. "20w1s x 1000" (every variant
     pins it in its overrides)."""
     values = dict(override.split("=", 1) for override in overrides)
-    return (f"{values['validation.n_way']}w1s x {values['validation.episodes']}")
+    return f"{values['validation.n_way']}w1s x {values['validation.episodes']}"
 
 
 def render(report: dict) -> str:
