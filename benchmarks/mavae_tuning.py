@@ -105,6 +105,16 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
         [*BASE_512, "model.style_dim=4", "optim.lr=3e-3", "optim.warmup_steps=100",
          *SELECT_20W1S],
         "Adam lr 3e-3 after a 100-step warm-up: does the gain of 2e-3 over 1e-3 go on?"),
+    # The paper's step (5-way x 16 = 80 classes): do cpu-quick's choices carry over to the
+    # presets omniglot-5way / -5way-to-20way, which so far keep the library defaults?
+    "80classes-paper-presets-model": (
+        ["episodes.n_way=5", "precision=float32", "model.decoder_hidden_channels=64",
+         "model.style_dim=16", "optim.lr=1e-3", "optim.warmup_steps=0", *SELECT_20W1S],
+        "omniglot-5way's model and optimizer (the library defaults) at the CPU budget"),
+    "80classes-cpu-quick-model": (
+        ["episodes.n_way=5", "precision=bfloat16", "model.decoder_hidden_channels=32",
+         "model.style_dim=4", "optim.lr=2e-3", "optim.warmup_steps=100", *SELECT_20W1S],
+        "the same 80-class steps with today's cpu-quick model and optimizer"),
 }
 CELLS = ((20, 5), (5, 1))
 

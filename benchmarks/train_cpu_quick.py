@@ -48,8 +48,8 @@ def run(command: list[str]) -> None:
     subprocess.run(command, check=True, cwd=ROOT)
 
 
-def training_record(run_dir: Path, tag: str, command: list[str], note: str
-                    ) -> dict[str, object]:
+def training_record(run_dir: Path, tag: str, command: list[str], note: str,
+                    concurrent_runs: int = 0) -> dict[str, object]:
     """Summarize a finished run from its metrics.jsonl and summary.json."""
     records = read_metrics(run_dir / "metrics.jsonl")
     train = [r for r in records if r["kind"] == "train"]
@@ -66,6 +66,9 @@ def training_record(run_dir: Path, tag: str, command: list[str], note: str
     return {
         "tag": tag, "kind": "training", "command": " ".join(command), "run_dir": str(run_dir),
         "method": config.get("method", "mavae"), "config": config, "note": note,
+        # Other trainings that shared the device meanwhile: their steps slow this one's,
+        # so its images/s is not the device's speed (benchmarks/train_step_speed.py is).
+        "concurrent_runs": concurrent_runs,
         "device": summary.get("device", "cpu"),
         "steps": summary["step"], "train_minutes": summary["elapsed_seconds"] / 60.0,
         "images_per_second_overall": summary["step"] * images_per_step
@@ -96,6 +99,13 @@ def main() -> int:
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--large-episodes", type=int, default=1000)
     parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--keep-record", action="store_true",
+                        help="with --skip-train: keep the existing training record (e.g. "
+                        "one written on the GPU machine that trained the run) and only "
+                        "evaluate")
+    parser.add_argument("--concurrent-runs", type=int, default=0,
+                        help="how many other trainings shared the device (kept in the "
+                        "training record)")
     parser.add_argument("--skip-eval", action="store_true",
                         help="train and write the training record only (evaluate later with "
                         "--skip-train, e.g. several evaluations side by side)")
@@ -117,10 +127,18 @@ def main() -> int:
     if not args.skip_train:
         run(train_command)
     results = Path(args.results)
-    record = training_record(run_dir, args.tag, train_command, args.note)
-    dataset = record["config"]["data"]["dataset"]
-    write_text_atomic(results / f"{dataset}-{args.tag}-training.json",
-                      json.dumps(record, indent=2) + "\n")
+    if args.keep_record and not args.skip_train:
+        parser.error("--keep-record only goes with --skip-train")
+    if args.keep_record:
+        dataset = json.loads((run_dir / "config.json").read_text())["data"]["dataset"]
+        if not (results / f"{dataset}-{args.tag}-training.json").exists():
+            parser.error(f"--keep-record: no {dataset}-{args.tag}-training.json in {results}")
+    else:
+        record = training_record(run_dir, args.tag, train_command, args.note,
+                                 args.concurrent_runs)
+        dataset = record["config"]["data"]["dataset"]
+        write_text_atomic(results / f"{dataset}-{args.tag}-training.json",
+                          json.dumps(record, indent=2) + "\n")
     if args.skip_eval:
         return 0
     checkpoint = run_dir / "checkpoints" / "best.ckpt"

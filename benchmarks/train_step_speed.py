@@ -1,10 +1,13 @@
 """Training-step and embedding throughput on this machine, per training variant.
 
     python benchmarks/train_step_speed.py [--steps 10] [--json results/speed-cpu.json]
+    python benchmarks/train_step_speed.py --device cuda --classes 80,512,2048 --steps 30 \
+        --json results/speed-gpu.json
 
 Times `gaussmem.train.train_step` on cpu-quick with 256 classes x 2 drawings = 512
-images per step (pinned: the preset itself now trains 512 classes) on random uint8
-data (throughput does not depend on the pixels)
+images per step (pinned: the preset itself now trains 512 classes; `--classes` times
+other step sizes, e.g. the paper's 80 classes per step and the larger steps a GPU
+needs to be busy) on random uint8 data (throughput does not depend on the pixels)
 for each variant in `VARIANTS` (memory layout, precision, decoder width), today's settings
 once more with the trunk's blocks in the textbook order (ReLU before the max-pool; the
 library pools first, the same function), and the evaluation encoder at several batch
@@ -69,9 +72,18 @@ def use_textbook_block_order(backbone: torch.nn.Module) -> None:
         block[2], block[3] = block[3], block[2]
 
 
+def synchronize(device: str) -> None:
+    """Wait for queued GPU work, so a host clock times what the device did."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
 def time_training(name: str, overrides: list[str], steps: int, dataset: ClassImageSet,
-                  textbook_block_order: bool = False) -> dict:
-    config = resolve("cpu-quick", overrides=["episodes.n_way=16", *overrides])
+                  textbook_block_order: bool = False, device: str = "cpu",
+                  classes: int = 256) -> dict:
+    # cpu-quick's episodes are 32-way x 16; `classes` = 16 x n_way (n_way >= 5 = 80).
+    config = resolve("cpu-quick", overrides=[f"episodes.n_way={classes // 16}",
+                                             f"device={device}", *overrides])
     trainer = build_trainer(config, Path("/tmp/gaussmem-speed"), dataset, None)
     if textbook_block_order:
         use_textbook_block_order(trainer.vae.backbone)
@@ -80,45 +92,62 @@ def time_training(name: str, overrides: list[str], steps: int, dataset: ClassIma
         train_step(trainer)
     rates = []
     for _ in range(steps):
+        synchronize(device)
         start = time.perf_counter()
         train_step(trainer)
+        synchronize(device)
         rates.append(images_per_step / (time.perf_counter() - start))
-    return {"variant": name, "overrides": overrides,
+    return {"variant": name, "overrides": overrides, "device": device,
+            "classes_per_step": config.episodes.n_classes, "images_per_step": images_per_step,
             "textbook_block_order": textbook_block_order, "images_per_second": summary(rates)}
 
 
-def time_embedding(batch_size: int, dataset: ClassImageSet) -> dict:
-    config = resolve("cpu-quick")
+def time_embedding(batch_size: int, dataset: ClassImageSet, device: str = "cpu") -> dict:
+    config = resolve("cpu-quick", overrides=[f"device={device}"])
     trainer = build_trainer(config, Path("/tmp/gaussmem-speed"), dataset, None)
     classifier = MemoryAugmentedVAE(trainer.vae, embed_batch_size=batch_size).eval()
     images = torch.rand(2048, 1, 28, 28)
     classifier.embed(images[:256])
     rates = []
     for _ in range(3):
+        synchronize(device)
         start = time.perf_counter()
         classifier.embed(images)
+        synchronize(device)
         rates.append(len(images) / (time.perf_counter() - start))
-    return {"embed_batch_size": batch_size, "images_per_second": summary(rates)}
+    return {"embed_batch_size": batch_size, "device": device,
+            "images_per_second": summary(rates)}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--classes", default="256",
+                        help="comma-separated classes per step to time (multiples of 16, "
+                        ">= 80; each drawn twice)")
     args = parser.parse_args()
+    sizes = [int(value) for value in args.classes.split(",")]
+    if any(size < 80 or size % 16 for size in sizes):
+        parser.error(f"--classes must be multiples of 16 and >= 80, got {args.classes}")
     rng = np.random.default_rng(0)
     # Enough classes for any step: the embedding timings build today's cpu-quick, which
     # draws 512 classes per step.
-    n_classes = 600
+    n_classes = max(600, *sizes)
     dataset = ClassImageSet(rng.integers(0, 256, (n_classes, 20, 28, 28), dtype=np.uint8),
                             [str(i) for i in range(n_classes)], "random")
     keep_freed_memory()  # as `gaussmem train` does
     report = {"command": " ".join(["python", *sys.argv]), "hardware": describe_hardware(),
-              "training": [*(time_training(name, overrides, args.steps, dataset)
-                             for name, overrides in VARIANTS.items()),
-                           time_training(f"{TODAY}, ReLU before pool", VARIANTS[TODAY],
-                                         args.steps, dataset, textbook_block_order=True)],
-              "embedding": [time_embedding(size, dataset) for size in (64, 128, 256, 512)]}
+              "training": [*(time_training(name, overrides, args.steps, dataset,
+                                           device=args.device, classes=size)
+                             for size in sizes for name, overrides in VARIANTS.items()),
+                           *(time_training(f"{TODAY}, ReLU before pool", VARIANTS[TODAY],
+                                           args.steps, dataset, textbook_block_order=True,
+                                           device=args.device, classes=size)
+                             for size in sizes)],
+              "embedding": [time_embedding(size, dataset, args.device)
+                            for size in (64, 128, 256, 512)]}
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from gaussmem.atomic import write_text_atomic  # noqa: E402
+from gaussmem.config import preset  # noqa: E402
 
 TABLE1 = [(5, 1), (5, 5), (20, 1), (20, 5)]
 TABLE2 = [(100, 1), (100, 5), (400, 1), (400, 5)]
@@ -41,19 +42,29 @@ PAPER_TABLE1 = {
 PAPER_TABLE2 = {"mavae": {"Tseran & Harada": [82.2, 92.8, 71.4, 87.1]}}
 TABLE3 = [(5, 1), (5, 5), (20, 1), (20, 5), (80, 1), (80, 5)]
 PAPER_TABLE3 = {"mavae": {"Tseran & Harada": [64.4, 84.0, 39.9, 63.4, 22.7, 44.0]}}
-#: The paper's presets that need a GPU: a row says so until `benchmarks/gpu_presets.sh`
-#: has written the preset's training record (tag: the preset without "omniglot-", then
-#: "-gpu").
-GPU_PRESETS = ("omniglot-5way", "omniglot-20way", "omniglot-5way-to-20way",
-               "omniglot-parallel")
+#: The paper's presets that need a GPU: a row says so until a record of the preset
+#: (tag: the preset without "omniglot-", then "-gpu"; written by
+#: `benchmarks/gpu_presets.sh`) has trained the preset's whole step budget.
+TABLE1_GPU_PRESETS = ("omniglot-5way", "omniglot-20way", "omniglot-5way-to-20way")
+TABLE2_GPU_PRESETS = ("omniglot-parallel",)
 
 
 def not_run_rows(training: dict[str, dict], presets: tuple[str, ...], n_cells: int
                  ) -> list[str]:
-    dashes = " – |" * n_cells
-    return [f"| ours: MA-VAE, {preset} (full budget) |{dashes} not yet run on a GPU |"
-            for preset in presets
-            if f"{preset.removeprefix('omniglot-')}-gpu" not in training]
+    rows = []
+    for name in presets:
+        full_steps = preset(name).budget.max_steps
+        tag = f"{name.removeprefix('omniglot-')}-gpu"
+        record = training.get(tag)
+        if record is not None and record["steps"] >= full_steps:
+            continue
+        status = ("not yet run on a GPU" if record is None else
+                  f"not yet run (`{tag}` trained {record['steps']:,} steps)")
+        rows.append(f"| ours: MA-VAE, {name} (full budget: {full_steps:,} steps) |"
+                    f"{' – |' * n_cells} {status} |")
+    return rows
+
+
 CELL = re.compile(r"(?P<dataset>omniglot|lfw)-(?P<tag>.+)-(?P<way>\d+)w(?P<shot>\d+)s\.json$")
 
 
@@ -123,6 +134,8 @@ def budget(tag: str, cells: dict[tuple[int, int], dict], training: dict | None) 
         text = f"checkpoint at step {step}, {minutes:.1f} training minutes; {device}"
     if training and training.get("images_per_second_overall"):
         text += f", {training['images_per_second_overall']:.0f} images/s overall"
+    if training and training.get("concurrent_runs"):
+        text += f" (device shared with {training['concurrent_runs']} other trainings)"
     precision = any_cell.get("train_config", {}).get("precision", "float32")
     if precision != "float32":
         text += f", {precision} autocast"
@@ -194,13 +207,14 @@ def render(cells: Cells, training: dict[str, dict], online: dict[str, dict]) -> 
              "| model | 5-way 1-shot | 5-way 5-shot | 20-way 1-shot | 20-way 5-shot | "
              "budget / hardware |", "|---|---|---|---|---|---|"]
     lines += method_rows(cells, training, TABLE1, PAPER_TABLE1)
-    lines += not_run_rows(training, GPU_PRESETS, 4)
+    lines += not_run_rows(training, TABLE1_GPU_PRESETS, 4)
     lines += ["", "## Table 2: 100-way and 400-way", "",
               "| model | 100-way 1-shot | 100-way 5-shot | 400-way 1-shot | 400-way 5-shot | "
               "budget / hardware |", "|---|---|---|---|---|---|"]
     lines += method_rows(cells, training, TABLE2, PAPER_TABLE2)
-    lines += not_run_rows(training, ("omniglot-parallel",), 4)
+    lines += not_run_rows(training, TABLE2_GPU_PRESETS, 4)
     lines += ["", "The baselines' papers report no 100- or 400-way results."]
+    lines += speed_section(training)
     if online:
         lines += ["", "## Online protocol (Kaiser et al.): accuracy on a class's (k+1)-th "
                   "showing", ""]
@@ -216,6 +230,47 @@ def render(cells: Cells, training: dict[str, dict], online: dict[str, dict]) -> 
     lines += training_sections(training)
     lines += evaluation_commands(cells)
     return "\n".join(lines)
+
+
+def speed_section(training: dict[str, dict]) -> list[str]:
+    """Throughput and minutes to 97% validation 5-way 1-shot of every MA-VAE run, CPU and
+    GPU side by side (the issue's speed figures; the training sections below have more)."""
+    runs = [(tag, record) for tag, record in sorted(training.items())
+            if record.get("method", "mavae") == "mavae"]
+    if not runs:
+        return []
+    lines = ["", "## Training speed", "",
+             "Images/s = all training images / training seconds (validation excluded); "
+             "minutes to 97% = training minutes until validation 5-way 1-shot (200 "
+             "episodes) first reached 97%, at the resolution of the run's validation "
+             "interval. A run that shared its device with other trainings is slower than "
+             "the device alone.", "",
+             "| run | device | classes per step | images/s | device shared with | "
+             "minutes to 97% |", "|---|---|---:|---:|---:|---:|"]
+    for tag, record in runs:
+        episodes = record["config"]["episodes"]
+        hardware = record.get("hardware", {})
+        if record.get("device", "cpu").startswith("cuda"):
+            device = f"GPU ({hardware.get('gpu', '?')})"
+        else:
+            device = f"{hardware.get('cores', '?')}-core CPU ({hardware.get('cpu', '?')})"
+        lines.append(f"| `{tag}` | {device} | {episodes['n_way'] * episodes['batch_episodes']} "
+                     f"| {record['images_per_second_overall']:,.0f} "
+                     f"| {record.get('concurrent_runs', 0)} other runs "
+                     f"| {minutes_to_97(record)} |")
+    return lines
+
+
+def minutes_to_97(record: dict) -> str:
+    """The run's minutes to 97%; an upper bound ("<=") when its first validation was
+    already past 97% (it got there sooner, unobserved)."""
+    to_97 = record.get("minutes_to_97_val_5w1s")
+    if to_97 is None:
+        return "not reached"
+    first = (record.get("validation") or [{}])[0]
+    if first.get("time_to_97_accuracy", 0.0) >= 97.0:
+        return f"<= {to_97:.2f} (first validation)"
+    return f"{to_97:.2f}"
 
 
 def training_sections(training: dict[str, dict], time_to_97: bool = True) -> list[str]:

@@ -81,6 +81,32 @@ def render_omniglot_tables(markdown: str) -> str:
     return markdown[start:end].strip().replace("## Table", "### Table")
 
 
+def render_omniglot_speed(markdown: str) -> str:
+    """The training-speed section of results/omniglot.md."""
+    start = markdown.index("## Training speed")
+    end = markdown.index("\n## ", start + 1)
+    return markdown[start:end].strip().replace("## Training speed", "#### Whole runs")
+
+
+def render_step_speed(result: dict) -> str:
+    """benchmarks/train_step_speed.py's training-step throughput, one row per variant and
+    step size, and the evaluation encoder's."""
+    lines = ["| classes per step (images) | variant | images/s, median |", "|---:|---|---:|"]
+    for row in result["training"]:
+        classes = row.get("classes_per_step", 256)
+        images = row.get("images_per_step", 2 * classes)
+        lines.append(f"| {classes} ({images}) | {row['variant']} "
+                     f"| {row['images_per_second']['median']:,.0f} |")
+    embedding = ", ".join(f"batch {row['embed_batch_size']}: "
+                          f"{row['images_per_second']['median']:,.0f}"
+                          for row in result["embedding"])
+    hardware = result["hardware"]
+    device = hardware.get("gpu") or f"{hardware['cpu']}, {hardware['cpu_cores']} cores"
+    return ("\n".join(lines) + f"\n\nEvaluation encoder, images/s: {embedding}. Measured on "
+            f"{device} (torch {hardware['torch']}) with `{result['command']}`; random "
+            "pixels, medians over steps after 3 warm-up steps.")
+
+
 def render_lfw_table(markdown: str) -> str:
     """Table 3 of results/lfw.md (itself generated from results JSON)."""
     start = markdown.index("## Table 3")
@@ -93,6 +119,9 @@ RENDERERS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "memory_search": ("memory_search.json", render_memory_search),
     "omniglot_tables": ("omniglot.md", render_omniglot_tables),
     "lfw_table": ("lfw.md", render_lfw_table),
+    "omniglot_speed": ("omniglot.md", render_omniglot_speed),
+    "step_speed_cpu": ("speed-cpu.json", render_step_speed),
+    "step_speed_gpu": ("speed-gpu.json", render_step_speed),
 }
 
 

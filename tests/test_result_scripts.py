@@ -1,0 +1,92 @@
+"""The scripts that turn result JSON into the tables of results/*.md and the README:
+a figure they print must be the one in the JSON, with the device that measured it."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def training_record(device: str, concurrent_runs: int, to_97: float | None) -> dict:
+    hardware = ({"gpu": "NVIDIA H100 80GB HBM3"} if device.startswith("cuda")
+                else {"cpu": "AMD EPYC", "cores": 2})
+    return {"method": "mavae", "device": device, "hardware": hardware,
+            "config": {"episodes": {"n_way": 32, "batch_episodes": 16}},
+            "images_per_second_overall": 58977.4, "concurrent_runs": concurrent_runs,
+            "minutes_to_97_val_5w1s": to_97}
+
+
+def test_speed_section_reports_each_runs_device_rate_sharing_and_time_to_97() -> None:
+    tables = load_script("make_results_table")
+    training = {"gpu-run": training_record("cuda:0", 4, 0.2939),
+                "cpu-run": training_record("cpu", 0, None),
+                "protonet-run": {**training_record("cpu", 0, 1.0), "method": "protonet"}}
+    rows = [line for line in tables.speed_section(training) if line.startswith("| `")]
+    assert rows == [
+        "| `cpu-run` | 2-core CPU (AMD EPYC) | 512 | 58,977 | 0 other runs | not reached |",
+        "| `gpu-run` | GPU (NVIDIA H100 80GB HBM3) | 512 | 58,977 | 4 other runs | 0.29 |",
+    ]
+
+
+def test_time_to_97_is_an_upper_bound_when_the_first_validation_passed() -> None:
+    tables = load_script("make_results_table")
+    record = {**training_record("cuda:0", 0, 0.29),
+              "validation": [{"minutes": 0.29, "time_to_97_accuracy": 98.3}]}
+    assert tables.minutes_to_97(record) == "<= 0.29 (first validation)"
+    record["validation"] = [{"minutes": 0.1, "time_to_97_accuracy": 96.5},
+                            {"minutes": 0.29, "time_to_97_accuracy": 98.3}]
+    assert tables.minutes_to_97(record) == "0.29"
+
+
+def test_budget_says_when_the_device_was_shared() -> None:
+    tables = load_script("make_results_table")
+    record = {**training_record("cuda:0", 4, 0.3), "train_minutes": 5.0}
+    cell = {"checkpoint": {"train_minutes": 1.5, "step": 2000},
+            "train_config": {"precision": "bfloat16"}}
+    text = tables.budget("gpu-run", {(5, 1): cell}, record)
+    assert text.startswith("5.0-min run; checkpoint (best on validation) at step 2000, 1.5 min;"
+                           " 1 GPU (NVIDIA H100 80GB HBM3)")
+    assert "(device shared with 4 other trainings)" in text
+    alone = tables.budget("gpu-run", {(5, 1): cell}, {**record, "concurrent_runs": 0})
+    assert "shared" not in alone
+
+
+def test_step_speed_table_shows_every_variant_and_the_gpu() -> None:
+    readme = load_script("update_readme")
+    report = {"command": "python benchmarks/train_step_speed.py --device cuda",
+              "hardware": {"gpu": "NVIDIA H100 80GB HBM3", "torch": "2.11.0"},
+              "training": [{"variant": "float32, NCHW", "classes_per_step": 80,
+                            "images_per_step": 160, "images_per_second": {"median": 10294.2}},
+                           {"variant": "bfloat16", "classes_per_step": 2048,
+                            "images_per_step": 4096,
+                            "images_per_second": {"median": 134631.0}}],
+              "embedding": [{"embed_batch_size": 512, "images_per_second": {"median": 400610}}]}
+    text = readme.render_step_speed(report)
+    assert "| 80 (160) | float32, NCHW | 10,294 |" in text
+    assert "| 2048 (4096) | bfloat16 | 134,631 |" in text
+    assert "batch 512: 400,610" in text
+    assert "NVIDIA H100 80GB HBM3" in text and report["command"] in text
+
+
+def test_full_budget_rows_stay_until_a_run_trains_the_presets_whole_step_budget() -> None:
+    tables = load_script("make_results_table")
+    presets = ("omniglot-5way",)
+    assert tables.not_run_rows({}, presets, 4) == [
+        "| ours: MA-VAE, omniglot-5way (full budget: 30,000 steps) | – | – | – | – |"
+        " not yet run on a GPU |"]
+    short = {"5way-gpu": {"steps": 5403}}
+    assert tables.not_run_rows(short, presets, 4)[0].endswith(
+        "not yet run (`5way-gpu` trained 5,403 steps) |")
+    assert tables.not_run_rows({"5way-gpu": {"steps": 30000}}, presets, 4) == []
