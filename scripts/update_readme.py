@@ -93,9 +93,7 @@ def render_step_speed(result: dict) -> str:
     step size, and the evaluation encoder's."""
     lines = ["| classes per step (images) | variant | images/s, median |", "|---:|---|---:|"]
     for row in result["training"]:
-        classes = row.get("classes_per_step", 256)
-        images = row.get("images_per_step", 2 * classes)
-        lines.append(f"| {classes} ({images}) | {row['variant']} "
+        lines.append(f"| {row['classes_per_step']} ({row['images_per_step']}) | {row['variant']} "
                      f"| {row['images_per_second']['median']:,.0f} |")
     embedding = ", ".join(f"batch {row['embed_batch_size']}: "
                           f"{row['images_per_second']['median']:,.0f}"
