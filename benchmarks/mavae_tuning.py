@@ -32,99 +32,118 @@ from gaussmem.hardware import command_line, describe_hardware  # noqa: E402
 # the select20w1s rows) or 20-way 1-shot over 1,000 (today's default).
 SELECT_5W1S = ["validation.n_way=5", "validation.episodes=200"]
 SELECT_20W1S = ["validation.n_way=20", "validation.episodes=1000"]
+# cpu-quick's model, optimizer and loss weights before the rows that changed them.
+FIRST_MODEL = ["model.style_dim=16", "optim.lr=1e-3", "optim.warmup_steps=0",
+               "loss.latent=0.1"]
+
+
+def spelled(*groups: list[str] | str) -> list[str]:
+    """Overrides from `groups` in order, a later `key=value` replacing an earlier one's
+    value in place, so every variant lists each setting once."""
+    merged: dict[str, str] = {}
+    for group in groups:
+        for override in [group] if isinstance(group, str) else group:
+            key, value = override.split("=", 1)
+            merged[key] = value
+    return [f"{key}={value}" for key, value in merged.items()]
+
+
 # 128 classes per step (8-way x 16): cpu-quick's default until this benchmark.
-BASE = ["episodes.n_way=8", "precision=bfloat16", "model.decoder_hidden_channels=32",
-        *SELECT_5W1S]
-# Today's cpu-quick: 512 classes per step (32-way x 16).
-BASE_512 = ["episodes.n_way=32", "precision=bfloat16", "model.decoder_hidden_channels=32"]
-# cpu-quick's model and optimizer since the warm-up rows (before its selection task).
-TODAY_512 = [*BASE_512, "model.style_dim=4", "optim.lr=2e-3", "optim.warmup_steps=100"]
+BASE = spelled(["episodes.n_way=8", "precision=bfloat16", "model.decoder_hidden_channels=32"],
+               FIRST_MODEL, SELECT_5W1S)
+# 512 classes per step (32-way x 16), cpu-quick's default since the 512classes rows.
+BASE_512 = spelled(["episodes.n_way=32", "precision=bfloat16",
+                    "model.decoder_hidden_channels=32"], FIRST_MODEL)
+# cpu-quick's model and optimizer from the warm-up rows until c2 = 0.3.
+TODAY_512 = spelled(BASE_512, ["model.style_dim=4", "optim.lr=2e-3", "optim.warmup_steps=100"])
 #: name -> (overrides of cpu-quick, what it tests)
 VARIANTS: dict[str, tuple[list[str], str]] = {
-    "float32-dec64": (["episodes.n_way=8", "precision=float32",
-                       "model.decoder_hidden_channels=64", *SELECT_5W1S],
+    "float32-dec64": (spelled(["episodes.n_way=8", "precision=float32",
+                               "model.decoder_hidden_channels=64"], FIRST_MODEL,
+                              SELECT_5W1S),
                       "cpu-quick before this benchmark: float32, 64-channel decoder"),
     "bfloat16-dec32": (BASE, "bfloat16 autocast and a 32-channel decoder: ~1.9x the "
                              "images/s (benchmarks/train_step_speed.py)"),
-    "bfloat16-dec32-3drawings": ([*BASE, "episodes.images_per_class=3"],
+    "bfloat16-dec32-3drawings": (spelled(BASE, "episodes.images_per_class=3"),
                                  "3 drawings per class per step: more shots per step"),
-    "bfloat16-dec32-10steps": ([*BASE, "episodes.steps_per_episode=10"],
+    "bfloat16-dec32-10steps": (spelled(BASE, "episodes.steps_per_episode=10"),
                                "10 steps per training episode: queries meet entries "
                                "merged from more drawings, as 5-shot supports are"),
-    "bfloat16-dec32-256classes": ([*BASE, "episodes.n_way=16"],
+    "bfloat16-dec32-256classes": (spelled(BASE, "episodes.n_way=16"),
                                   "256 classes per step (16-way x 16) instead of 128: "
                                   "harder negatives, half the steps"),
-    "bfloat16-dec32-512classes": ([*BASE, "episodes.n_way=32"],
+    "bfloat16-dec32-512classes": (spelled(BASE, "episodes.n_way=32"),
                                   "512 classes per step (32-way x 16): harder negatives "
                                   "still, a quarter of the steps"),
-    "bfloat16-dec32-generative0.3": ([*BASE, "loss.generative=0.3"],
+    "bfloat16-dec32-generative0.3": (spelled(BASE, "loss.generative=0.3"),
                                      "c3 = 0.3: less of the trunk spent on reconstruction"),
-    "bfloat16-dec32-temperature2": ([*BASE, "similarity.temperature=2"],
+    "bfloat16-dec32-temperature2": (spelled(BASE, "similarity.temperature=2"),
                                     "exp(-SKL / 2): negatives must be twice as far apart "
                                     "to stop contributing (a wider margin)"),
-    "bfloat16-dec32-temperature4": ([*BASE, "similarity.temperature=4"],
+    "bfloat16-dec32-temperature4": (spelled(BASE, "similarity.temperature=4"),
                                     "exp(-SKL / 4): a wider margin still"),
-    "bfloat16-dec32-temperature8": ([*BASE, "similarity.temperature=8"],
+    "bfloat16-dec32-temperature8": (spelled(BASE, "similarity.temperature=8"),
                                     "exp(-SKL / 8): a wider margin still"),
-    "bfloat16-dec32-latent0.01": ([*BASE, "loss.latent=0.01"],
+    "bfloat16-dec32-latent0.01": (spelled(BASE, "loss.latent=0.01"),
                                   "c2 = 0.01: less pull of the content means towards 0"),
-    "512classes-select20w1s": ([*BASE_512, *SELECT_20W1S],
+    "512classes-select20w1s": (spelled(BASE_512, SELECT_20W1S),
                                "best.ckpt picked by validation 20-way 1-shot over 1,000 "
                                "episodes instead of 5-way 1-shot over 200 (saturated)"),
-    "1024classes-select20w1s": ([*BASE_512, "episodes.n_way=64", *SELECT_20W1S],
+    "1024classes-select20w1s": (spelled(BASE_512, "episodes.n_way=64", SELECT_20W1S),
                                 "1024 classes per step (64-way x 16): 128 -> 256 -> 512 "
                                 "improved each time"),
-    "512classes-lr2e-3-select20w1s": ([*BASE_512, "optim.lr=2e-3", *SELECT_20W1S],
+    "512classes-lr2e-3-select20w1s": (spelled(BASE_512, "optim.lr=2e-3", SELECT_20W1S),
                                       "Adam lr 2e-3: 512-class steps average 4x the "
                                       "gradients of the 128-class steps lr 1e-3 was set on"),
-    "512classes-content128-select20w1s": ([*BASE_512, "model.content_dim=128", *SELECT_20W1S],
+    "512classes-content128-select20w1s": (spelled(BASE_512, "model.content_dim=128", SELECT_20W1S),
                                           "128-d content: room for 4,112 training classes "
                                           "(and 400-way tests) at the same trunk cost"),
-    "512classes-temperature4-select20w1s": ([*BASE_512, "similarity.temperature=4",
-                                            *SELECT_20W1S],
+    "512classes-temperature4-select20w1s": (spelled(BASE_512, "similarity.temperature=4",
+                                                    SELECT_20W1S),
                                             "exp(-SKL / 4), +0.1 at 128 classes: does it "
                                             "hold at 512?"),
-    "512classes-style4-select20w1s": ([*BASE_512, "model.style_dim=4", *SELECT_20W1S],
+    "512classes-style4-select20w1s": (spelled(BASE_512, "model.style_dim=4", SELECT_20W1S),
                                       "4-d style: less room for the class in z_s, so the "
                                       "decoder must read z_c (docs/generative.md)"),
-    "512classes-style4-hidden80": ([*BASE_512, "model.style_dim=4", "model.hidden_channels=80",
-                                    *SELECT_20W1S],
+    "512classes-style4-hidden80": (spelled(BASE_512, "model.style_dim=4",
+                                           "model.hidden_channels=80", SELECT_20W1S),
                                    "an 80-channel trunk: validation 20-way 1-shot flattened "
                                    "after ~10 of 15 minutes at 64; ~1.12x the step time"),
     # The variants from here on ran after the trunk's blocks moved the ReLU after the
     # max-pool (the same function, ~1.1x the steps per minute); those above ran before.
-    "512classes-style4-relu-after-pool": ([*BASE_512, "model.style_dim=4", *SELECT_20W1S],
+    "512classes-style4-relu-after-pool": (spelled(BASE_512, "model.style_dim=4", SELECT_20W1S),
                                           "512classes-style4-select20w1s again, with the "
                                           "faster trunk: what the extra steps buy"),
     "512classes-style4-hidden80-relu-after-pool": (
-        [*BASE_512, "model.style_dim=4", "model.hidden_channels=80", *SELECT_20W1S],
+        spelled(BASE_512, "model.style_dim=4", "model.hidden_channels=80", SELECT_20W1S),
         "512classes-style4-hidden80 again, with the faster trunk"),
     "512classes-style4-lr2e-3-warmup100": (
-        [*TODAY_512, *SELECT_20W1S],
+        spelled(TODAY_512, SELECT_20W1S),
         "Adam lr 2e-3 after a 100-step linear warm-up: without one it collapsed in its "
         "first 50 steps; validation still rose at the end of 15 minutes at 1e-3"),
     "512classes-style4-lr3e-3-warmup100": (
-        [*BASE_512, "model.style_dim=4", "optim.lr=3e-3", "optim.warmup_steps=100",
-         *SELECT_20W1S],
+        spelled(BASE_512, "model.style_dim=4", "optim.lr=3e-3", "optim.warmup_steps=100",
+                SELECT_20W1S),
         "Adam lr 3e-3 after a 100-step warm-up: does the gain of 2e-3 over 1e-3 go on?"),
     # The paper's step (5-way x 16 = 80 classes): do cpu-quick's choices carry over to the
     # presets omniglot-5way / -5way-to-20way, which so far keep the library defaults?
     "80classes-paper-presets-model": (
-        ["episodes.n_way=5", "precision=float32", "model.decoder_hidden_channels=64",
-         "model.style_dim=16", "optim.lr=1e-3", "optim.warmup_steps=0", *SELECT_20W1S],
+        spelled(["episodes.n_way=5", "precision=float32", "model.decoder_hidden_channels=64"],
+                FIRST_MODEL, SELECT_20W1S),
         "omniglot-5way's model and optimizer (the library defaults) at the CPU budget"),
     "80classes-cpu-quick-model": (
-        ["episodes.n_way=5", "precision=bfloat16", "model.decoder_hidden_channels=32",
-         "model.style_dim=4", "optim.lr=2e-3", "optim.warmup_steps=100", *SELECT_20W1S],
-        "the same 80-class steps with today's cpu-quick model and optimizer"),
+        spelled(["episodes.n_way=5", "precision=bfloat16", "model.decoder_hidden_channels=32",
+                 "model.style_dim=4", "optim.lr=2e-3", "optim.warmup_steps=100",
+                 "loss.latent=0.1"], SELECT_20W1S),
+        "the same 80-class steps with cpu-quick's model and optimizer of the warm-up rows"),
     # After the GPU runs: cpu-quick's validation stops rising after ~2,000 steps however
     # many more it trains, so these change the objective rather than the schedule.
     "512classes-today-generative3": (
-        [*TODAY_512, "loss.generative=3", *SELECT_20W1S],
+        spelled(TODAY_512, "loss.generative=3", SELECT_20W1S),
         "c3 = 3: c3 = 0.3 scored lower at 128 classes, so does more reconstruction "
         "regularize the content posterior further?"),
     "512classes-today-latent0.3": (
-        [*TODAY_512, "loss.latent=0.3", *SELECT_20W1S],
+        spelled(TODAY_512, "loss.latent=0.3", SELECT_20W1S),
         "c2 = 0.3: c2 = 0.01 scored lower at 128 classes; a stronger pull to the prior"),
 }
 CELLS = ((20, 5), (5, 1))
