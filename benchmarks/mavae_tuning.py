@@ -56,6 +56,8 @@ BASE_512 = spelled(["episodes.n_way=32", "precision=bfloat16",
                     "model.decoder_hidden_channels=32"], FIRST_MODEL)
 # cpu-quick's model and optimizer from the warm-up rows until c2 = 0.3.
 TODAY_512 = spelled(BASE_512, ["model.style_dim=4", "optim.lr=2e-3", "optim.warmup_steps=100"])
+# cpu-quick since c2 = 0.3.
+C2_512 = spelled(TODAY_512, "loss.latent=0.3")
 #: name -> (overrides of cpu-quick, what it tests)
 VARIANTS: dict[str, tuple[list[str], str]] = {
     "float32-dec64": (spelled(["episodes.n_way=8", "precision=float32",
@@ -145,6 +147,16 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     "512classes-today-latent0.3": (
         spelled(TODAY_512, "loss.latent=0.3", SELECT_20W1S),
         "c2 = 0.3: c2 = 0.01 scored lower at 128 classes; a stronger pull to the prior"),
+    # Regularizers on top of c2 = 0.3: validation peaks near step 2,000 and then slides
+    # (on a GPU), as if the model learned the training drawings rather than the classes.
+    "512classes-c2-affine": (
+        spelled(C2_512, "augment.max_rotation_degrees=10", "augment.max_scale=0.1",
+                "augment.max_shift=0.07", SELECT_20W1S),
+        "random affine distortions of every training image (rotation +-10 deg, scale "
+        "+-10%, shift +-2 px): each showing of a class is a new image"),
+    "512classes-today-latent1": (
+        spelled(TODAY_512, "loss.latent=1", SELECT_20W1S),
+        "c2 = 1: 0.01 < 0.1 < 0.3 on validation; does a stronger pull still help?"),
 }
 CELLS = ((20, 5), (5, 1))
 

@@ -121,10 +121,13 @@ def test_training_writes_config_metrics_and_checkpoints(tmp_path: Path) -> None:
         load_checkpoint(run / "missing.ckpt")
 
 
-def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path: Path) -> None:
+@pytest.mark.parametrize("overrides", [
+    [], ["augment.max_rotation_degrees=10", "augment.max_scale=0.1", "augment.max_shift=0.1"]],
+    ids=["plain", "augmented"])
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path: Path, overrides: list[str]
+                                                          ) -> None:
     dataset = synthetic_set()
-    config = preset("smoke")
-    config.budget.max_steps = 8
+    config = resolve("smoke", overrides=[*overrides, "budget.max_steps=8"])
     train(config, tmp_path / "straight", dataset, dataset, progress=False)
     train(config, tmp_path / "resumed", dataset, dataset, progress=False, stop_at_step=5)
     assert load_checkpoint(tmp_path / "resumed" / LAST_CHECKPOINT)["step"] == 5

@@ -159,6 +159,24 @@ class KaiserConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Random affine distortions of the MA-VAE's training images; all 0 (off) by default,
+    as the paper trains on the plain images. Each image gets its own rotation, scale and
+    shift, drawn uniformly within the bounds; uncovered pixels become 0 (the background
+    of Omniglot's strokes-bright images). Validation and evaluation never distort."""
+
+    max_rotation_degrees: float = 0.0
+    # Scale factor drawn from [1 - max_scale, 1 + max_scale].
+    max_scale: float = 0.0
+    # Shift of each axis, as a fraction of the image side (2 / 28 ~ 0.07 is 2 pixels).
+    max_shift: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return any((self.max_rotation_degrees, self.max_scale, self.max_shift))
+
+
+@dataclass
 class BudgetConfig:
     """Training stops at whichever comes first."""
 
@@ -213,6 +231,7 @@ class TrainConfig:
     protonet: ProtoNetConfig = field(default_factory=ProtoNetConfig)
     matching: MatchingConfig = field(default_factory=MatchingConfig)
     kaiser: KaiserConfig = field(default_factory=KaiserConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     # Evaluation shape the preset is meant for (recorded; `gaussmem evaluate` decides).
     eval_n_way: int = 5
     # channels_last was 1.5-2x faster for the conv trunk on CPU in calibration.
@@ -258,6 +277,16 @@ class TrainConfig:
             raise ConfigError("episodes.n_shot must leave at least one query per class: "
                               f"n_shot={self.episodes.n_shot}, "
                               f"images_per_class={self.episodes.images_per_class}")
+        augment = self.augment
+        for name in ("max_rotation_degrees", "max_scale", "max_shift"):
+            if getattr(augment, name) < 0:
+                raise ConfigError(f"augment.{name} must be >= 0, got {getattr(augment, name)}")
+        if augment.max_scale >= 1:
+            raise ConfigError(f"augment.max_scale must be < 1 (a scale factor of at least "
+                              f"1 - max_scale > 0), got {augment.max_scale}")
+        if augment.enabled and self.method != "mavae":
+            raise ConfigError(f"augment.* is implemented for the MA-VAE only; method "
+                              f"{self.method!r} trains on the plain images")
         if self.episodes.images_per_class < 2:
             raise ConfigError("episodes.images_per_class must be >= 2 (cross-reconstruction "
                               f"needs a second drawing), got {self.episodes.images_per_class}")

@@ -4,7 +4,8 @@ Each training episode draws `n_classes = batch_episodes * n_way` classes (the pa
 episodes of a batch share one memory, so the model is trained to tell all of them
 apart), clears the memory and runs `steps_per_episode` steps. A step:
 
-1. draws `images_per_class` fresh drawings of every class: `(P * C, 1, 28, 28)`;
+1. draws `images_per_class` fresh drawings of every class: `(P * C, 1, 28, 28)`,
+   each randomly rotated, scaled and shifted where `augment.*` asks for it;
 2. encodes them (networks under bfloat16 autocast when `precision` asks for it),
    samples z_c and z_s, decodes x from (z_c, z_s) and from (z_c of the
    class's other drawing, z_s) (the paper's two generative terms);
@@ -25,8 +26,13 @@ from typing import Any
 import torch
 
 from gaussmem.config import TrainConfig
+from gaussmem.data.augmentation import RandomAffine
 from gaussmem.data.datasets import FewShotDataset
-from gaussmem.data.training_sampler import TrainingClassSampler, images_to_tensor
+from gaussmem.data.training_sampler import (
+    TrainingClassSampler,
+    TrainingError,
+    images_to_tensor,
+)
 from gaussmem.losses import scaled_similarity, total_loss
 from gaussmem.memory import GaussianMemory
 from gaussmem.methods.mavae import MemoryAugmentedVAE
@@ -109,6 +115,8 @@ class MAVAETraining(MethodTraining):
         self.sampler = TrainingClassSampler(train_set, episodes.n_classes,
                                             episodes.images_per_class,
                                             episodes.steps_per_episode, seed=config.seed)
+        self.augment = (RandomAffine(config.augment, config.seed)
+                        if config.augment.enabled else None)
 
     @property
     def images_per_step(self) -> int:
@@ -121,6 +129,8 @@ class MAVAETraining(MethodTraining):
         n_classes = self.sampler.n_classes
         images = images_to_tensor(self.sampler.next_batch(), config.channels_last,
                                   self.device)
+        if self.augment is not None:
+            images = self.augment(images)
         labels = torch.arange(n_classes, device=self.device).repeat(
             config.episodes.images_per_class)
         terms, content = forward_losses(self.model, memory, images, labels, n_classes,
@@ -135,6 +145,20 @@ class MAVAETraining(MethodTraining):
         terms["grad_norm"] = self.backward_and_step(terms["loss"])
         memory.update_(content.mean.detach(), content.var.detach(), labels)
         return terms
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["augment"] = None if self.augment is None else self.augment.state_dict()
+        return state
+
+    def load_state_dict(self, checkpoint: dict[str, Any]) -> None:
+        super().load_state_dict(checkpoint)
+        if self.augment is not None:
+            if checkpoint.get("augment") is None:
+                raise TrainingError("the checkpoint was trained without augment.* "
+                                    "distortions; resume it with the config it was "
+                                    "trained with")
+            self.augment.load_state_dict(checkpoint["augment"])
 
     def classifier(self) -> MemoryAugmentedVAE:
         return MemoryAugmentedVAE(self.model, channels_last=self.config.channels_last)
