@@ -20,7 +20,8 @@
 # minutes than one after another; their records say that the device was shared
 # (`concurrent_runs`). PRESETS="..." picks a subset of the run names below;
 # PRESETS=cpu-quick-solo with MINUTES 2 trains cpu-quick alone on the device (its speed
-# without sharing; validated every 1,000 steps).
+# without sharing; validated every 1,000 steps); cpu-quick-affine is cpu-quick with the
+# random affine distortions of the training images (augment.*), not run by default.
 #
 # Training only: each run writes its training record (results/omniglot-<tag>-training
 # .json, with the GPU's name) and leaves its best checkpoint; OUT_DIR/<run>.tar.gz holds
@@ -82,6 +83,10 @@ episodes.n_way=64" ;;
     # cpu-quick alone on the device (PRESETS=cpu-quick-solo): the GPU's own speed.
     cpu-quick-solo) echo "cpu-quick cpu-quick-solo-$suffix validation.every_steps=1000 \
 checkpoint_every=1000" ;;
+    # cpu-quick with random affine distortions (PRESETS=cpu-quick-affine): they scored
+    # lower after 15 CPU minutes (~2,000 steps); do they stop the slide after them?
+    cpu-quick-affine) echo "cpu-quick cpu-quick-affine-$suffix validation.every_steps=1000 \
+augment.max_rotation_degrees=10 augment.max_scale=0.1 augment.max_shift=0.07" ;;
     *) echo "unknown run $1" >&2; return 1 ;;
   esac
 }
@@ -111,7 +116,8 @@ wanted() { case " $presets " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 if wanted 5way; then train_run 5way "$solo_minutes" 0 1000; fi
 side_by_side=()
-for name in 20way 5way-to-20way parallel cpu-quick cpu-quick-1024 cpu-quick-solo; do
+for name in 20way 5way-to-20way parallel cpu-quick cpu-quick-1024 cpu-quick-solo \
+    cpu-quick-affine; do
   if wanted "$name"; then side_by_side+=("$name"); fi
 done
 others=$(( ${#side_by_side[@]} - 1 ))

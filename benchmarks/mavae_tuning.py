@@ -56,7 +56,7 @@ BASE_512 = spelled(["episodes.n_way=32", "precision=bfloat16",
                     "model.decoder_hidden_channels=32"], FIRST_MODEL)
 # cpu-quick's model and optimizer from the warm-up rows until c2 = 0.3.
 TODAY_512 = spelled(BASE_512, ["model.style_dim=4", "optim.lr=2e-3", "optim.warmup_steps=100"])
-# cpu-quick since c2 = 0.3.
+# cpu-quick with c2 = 0.3 (between the latent0.3 and latent1 rows).
 C2_512 = spelled(TODAY_512, "loss.latent=0.3")
 #: name -> (overrides of cpu-quick, what it tests)
 VARIANTS: dict[str, tuple[list[str], str]] = {
