@@ -11,6 +11,7 @@ import torch
 from conftest import synthetic_set
 from gaussmem.config import AugmentConfig, ConfigError, resolve
 from gaussmem.data.augmentation import RandomAffine, distort
+from gaussmem.data.training_sampler import TrainingError
 from gaussmem.methods.mavae_training import MAVAETraining
 
 
@@ -106,7 +107,7 @@ def test_training_distorts_only_when_configured() -> None:
     assert plain.augment is None and plain.state_dict()["augment"] is None
     augmented = MAVAETraining(resolve("smoke", overrides=["augment.max_shift=0.1"]), dataset)
     assert augmented.augment is not None
-    with pytest.raises(Exception, match="without augment"):
+    with pytest.raises(TrainingError, match="without augment"):
         augmented.load_state_dict(plain.state_dict())
 
 

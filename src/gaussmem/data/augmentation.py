@@ -54,7 +54,6 @@ class RandomAffine:
         self._rng.bit_generator.state = state["rng"]
 
 
-
 def distort(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """`images (n, C, H, W)` float, sampled at `theta (n, 2, 3)` (output -> input
     coordinates in [-1, 1] units, `affine_grid`'s convention), bilinear; pixels from
