@@ -157,6 +157,9 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     "512classes-today-latent1": (
         spelled(TODAY_512, "loss.latent=1", SELECT_20W1S),
         "c2 = 1: 0.01 < 0.1 < 0.3 on validation; does a stronger pull still help?"),
+    "512classes-today-latent2": (
+        spelled(TODAY_512, "loss.latent=2", SELECT_20W1S),
+        "c2 = 2: between 1 (the best so far) and 3 (lower)"),
     "512classes-today-latent3": (
         spelled(TODAY_512, "loss.latent=3", SELECT_20W1S),
         "c2 = 3: where does the gain of a stronger pull to the prior stop?"),
