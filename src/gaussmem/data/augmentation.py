@@ -25,7 +25,7 @@ class RandomAffine:
     def __init__(self, config: AugmentConfig, seed: int) -> None:
         self.config = config
         # Spawned from (seed, 1): the sampler's RNG uses `seed` itself.
-        self._rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, 1])))
+        self._rng = np.random.Generator(np.random.PCG64([seed, 1]))
 
     def matrices(self, n_images: int) -> np.ndarray:
         """`(n_images, 2, 3)` float32 maps from output to input coordinates (in
