@@ -160,6 +160,17 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     "512classes-today-latent2": (
         spelled(TODAY_512, "loss.latent=2", SELECT_20W1S),
         "c2 = 2: between 1 (the best so far) and 3 (lower)"),
+    # Longer budgets: at c2 = 0.1 validation slid after ~2,000 steps (GPU rows); do c2 = 1
+    # and distortions let the steps past it pay? (run with --minutes 40)
+    "512classes-latent1-affine": (
+        spelled(TODAY_512, "loss.latent=1", "augment.max_rotation_degrees=10",
+                "augment.max_scale=0.1", "augment.max_shift=0.07", SELECT_20W1S),
+        "c2 = 1 and the distortions of 512classes-c2-affine: a regularized recipe for "
+        "budgets past the ~2,000 steps where the plain one stops rising"),
+    "512classes-latent1-temperature4": (
+        spelled(TODAY_512, "loss.latent=1", "similarity.temperature=4", SELECT_20W1S),
+        "exp(-SKL / 4) with c2 = 1: it scored +0.16 over exp(-SKL) at c2 = 0.1 "
+        "(512classes-temperature4-select20w1s); does it add to c2 = 1?"),
     "512classes-today-latent3": (
         spelled(TODAY_512, "loss.latent=3", SELECT_20W1S),
         "c2 = 3: where does the gain of a stronger pull to the prior stop?"),
