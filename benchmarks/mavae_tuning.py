@@ -171,6 +171,10 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
         spelled(TODAY_512, "loss.latent=1", "similarity.temperature=4", SELECT_20W1S),
         "exp(-SKL / 4) with c2 = 1: it scored +0.16 over exp(-SKL) at c2 = 0.1 "
         "(512classes-temperature4-select20w1s); does it add to c2 = 1?"),
+    "512classes-latent1-temperature0.5": (
+        spelled(TODAY_512, "loss.latent=1", "similarity.temperature=0.5", SELECT_20W1S),
+        "exp(-2 SKL) with c2 = 1: exp(-SKL / 4) trailed exp(-SKL) at c2 = 1, so is a "
+        "sharper similarity better for the more compact posteriors c2 = 1 leaves?"),
     "512classes-today-latent3": (
         spelled(TODAY_512, "loss.latent=3", SELECT_20W1S),
         "c2 = 3: where does the gain of a stronger pull to the prior stop?"),
