@@ -175,6 +175,10 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
         spelled(TODAY_512, "loss.latent=1", "similarity.temperature=0.5", SELECT_20W1S),
         "exp(-2 SKL) with c2 = 1: exp(-SKL / 4) trailed exp(-SKL) at c2 = 1, so is a "
         "sharper similarity better for the more compact posteriors c2 = 1 leaves?"),
+    "512classes-latent1-content32": (
+        spelled(TODAY_512, "loss.latent=1", "model.content_dim=32", SELECT_20W1S),
+        "32-d content with c2 = 1: a 128-d content scored lower than 64 at c2 = 0.1 "
+        "(512classes-content128-select20w1s); does the other direction score higher?"),
     "512classes-today-latent3": (
         spelled(TODAY_512, "loss.latent=3", SELECT_20W1S),
         "c2 = 3: where does the gain of a stronger pull to the prior stop?"),
