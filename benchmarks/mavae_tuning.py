@@ -160,6 +160,9 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     "512classes-today-latent2": (
         spelled(TODAY_512, "loss.latent=2", SELECT_20W1S),
         "c2 = 2: between 1 (the best so far) and 3 (lower)"),
+    "512classes-today-latent3": (
+        spelled(TODAY_512, "loss.latent=3", SELECT_20W1S),
+        "c2 = 3: where does the gain of a stronger pull to the prior stop?"),
     # Longer budgets: at c2 = 0.1 validation slid after ~2,000 steps (GPU rows); do c2 = 1
     # and distortions let the steps past it pay? (run with --minutes 40)
     "512classes-latent1-affine": (
@@ -180,9 +183,6 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
         spelled(TODAY_512, "loss.latent=1", "model.content_dim=32", SELECT_20W1S),
         "32-d content with c2 = 1: a 128-d content scored lower than 64 at c2 = 0.1 "
         "(512classes-content128-select20w1s); does the other direction score higher?"),
-    "512classes-today-latent3": (
-        spelled(TODAY_512, "loss.latent=3", SELECT_20W1S),
-        "c2 = 3: where does the gain of a stronger pull to the prior stop?"),
 }
 CELLS = ((20, 5), (5, 1))
 
