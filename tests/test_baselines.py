@@ -224,11 +224,14 @@ def test_kaiser_overfits_one_episode() -> None:
     assert terms["accuracy"].item() == 1.0
 
 
+@pytest.mark.parametrize("averaging", [[], ["optim.ema_decay=0.9"]],
+                         ids=["trained-weights", "weight-average"])
 @pytest.mark.parametrize("name", BASELINES)
-def test_train_evaluate_and_resume_through_the_generic_loop(name: str, tmp_path: Path
-                                                            ) -> None:
+def test_train_evaluate_and_resume_through_the_generic_loop(
+        name: str, averaging: list[str], tmp_path: Path) -> None:
     dataset = synthetic_set()
-    config = resolve("smoke", overrides=[f"method={name}", "budget.max_steps=8"])
+    config = resolve("smoke", overrides=[f"method={name}", "budget.max_steps=8",
+                                         *averaging])
     train(config, tmp_path / "straight", dataset, dataset, progress=False)
     train(config, tmp_path / "resumed", dataset, dataset, progress=False, stop_at_step=5)
     result = train(config, tmp_path / "resumed", dataset, dataset, progress=False,
@@ -237,8 +240,10 @@ def test_train_evaluate_and_resume_through_the_generic_loop(name: str, tmp_path:
     straight = load_checkpoint(tmp_path / "straight" / LAST_CHECKPOINT)
     resumed = load_checkpoint(tmp_path / "resumed" / LAST_CHECKPOINT)
     assert straight["method"] == name and (straight["memory"] is None) == (name != "kaiser")
-    for key, value in straight["model"].items():
-        assert torch.equal(value, resumed["model"][key]), key
+    assert (straight["trained_model"] is None) == (not averaging)
+    for entry in ("model", "trained_model"):
+        for key, value in (straight[entry] or {}).items():
+            assert torch.equal(value, resumed[entry][key]), (entry, key)
     reports = [evaluate_checkpoint(tmp_path / run / LAST_CHECKPOINT, n_way=3, n_shot=2,
                                    n_query=3, episodes=4, seed=1, dataset=dataset)["result"]
                for run in ("straight", "resumed")]

@@ -20,8 +20,10 @@ from gaussmem.train import (
     LAST_CHECKPOINT,
     TrainingClassSampler,
     TrainingError,
+    build_trainer,
     learning_rate,
     train,
+    train_step,
 )
 
 
@@ -122,8 +124,9 @@ def test_training_writes_config_metrics_and_checkpoints(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("overrides", [
-    [], ["augment.max_rotation_degrees=10", "augment.max_scale=0.1", "augment.max_shift=0.1"]],
-    ids=["plain", "augmented"])
+    [], ["augment.max_rotation_degrees=10", "augment.max_scale=0.1", "augment.max_shift=0.1"],
+    ["optim.ema_decay=0.9"]],
+    ids=["plain", "augmented", "weight-average"])
 def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path: Path, overrides: list[str]
                                                           ) -> None:
     dataset = synthetic_set()
@@ -135,8 +138,9 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path: Path, overri
     assert result.step == 8
     straight = load_checkpoint(tmp_path / "straight" / LAST_CHECKPOINT)
     resumed = load_checkpoint(tmp_path / "resumed" / LAST_CHECKPOINT)
-    for key, value in straight["model"].items():
-        assert torch.equal(value, resumed["model"][key]), key
+    for entry in ("model", "trained_model"):
+        for key, value in (straight[entry] or {}).items():
+            assert torch.equal(value, resumed[entry][key]), (entry, key)
     for key, value in straight["memory"].items():
         if isinstance(value, torch.Tensor):
             assert torch.equal(value, resumed["memory"][key]), key
@@ -146,6 +150,68 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path: Path, overri
     reports[0].pop("seconds")
     reports[1].pop("seconds")
     assert reports[0] == reports[1]
+
+
+def test_weight_average_is_what_validation_and_checkpoints_use(tmp_path: Path) -> None:
+    dataset = synthetic_set()
+    config = resolve("smoke", overrides=["optim.ema_decay=0.5"])
+    trainer = build_trainer(config, tmp_path, dataset, dataset)
+    method = trainer.method
+    weights = []
+    for _ in range(3):
+        train_step(trainer)
+        weights.append({k: v.clone() for k, v in method.model.state_dict().items()})
+    # EMA with decay 0.5: the first step's weights, then halfway to each new step's
+    # (BatchNorm statistics are the average's own: the next test).
+    expected = {k: 0.25 * weights[0][k] + 0.25 * weights[1][k] + 0.5 * weights[2][k]
+                for k, _ in method.model.named_parameters()}
+    averaged = method.evaluated_model.state_dict()
+    assert method.evaluated_model is not method.model
+    for key, value in expected.items():
+        torch.testing.assert_close(averaged[key], value, msg=key)
+    assert not torch.equal(averaged["backbone.blocks.0.0.weight"],
+                           weights[-1]["backbone.blocks.0.0.weight"])
+    assert method.classifier().vae is method.evaluated_model
+    checkpoint = method.state_dict()
+    torch.testing.assert_close(checkpoint["model"]["backbone.blocks.0.0.weight"],
+                               expected["backbone.blocks.0.0.weight"])
+    torch.testing.assert_close(checkpoint["trained_model"]["backbone.blocks.0.0.weight"],
+                               weights[-1]["backbone.blocks.0.0.weight"])
+    assert build_trainer(preset("smoke"), tmp_path, dataset, dataset
+                         ).method.state_dict()["trained_model"] is None
+
+
+def test_weight_average_has_batch_norm_statistics_of_its_own_weights(tmp_path: Path
+                                                                       ) -> None:
+    dataset = synthetic_set()
+    trainer = build_trainer(resolve("smoke", overrides=["optim.ema_decay=0.5"]), tmp_path,
+                            dataset, dataset)
+    method = trainer.method
+    for _ in range(3):
+        train_step(trainer)
+    generator_state = torch.get_rng_state()
+    network = method.evaluated_model
+    assert torch.equal(torch.get_rng_state(), generator_state)
+    # The statistics are those of the average's activations on the statistics images.
+    images = method._statistics_images()
+    first_norm = network.backbone.blocks[0][1]
+    activations = network.backbone.blocks[0][0](images)
+    torch.testing.assert_close(first_norm.running_mean, activations.mean((0, 2, 3)))
+    torch.testing.assert_close(first_norm.running_var,
+                               activations.var((0, 2, 3)), rtol=1e-3, atol=1e-5)
+    assert network.training and method.model.training
+
+
+def test_weight_average_needs_a_checkpoint_that_holds_one(tmp_path: Path) -> None:
+    dataset = synthetic_set()
+    plain = build_trainer(preset("smoke"), tmp_path, dataset, dataset).method.state_dict()
+    averaging = build_trainer(resolve("smoke", overrides=["optim.ema_decay=0.9"]), tmp_path,
+                              dataset, dataset)
+    with pytest.raises(TrainingError, match="without optim.ema_decay"):
+        averaging.method.load_state_dict(plain)
+    for bad in ("1", "-0.1"):
+        with pytest.raises(ConfigError, match="optim.ema_decay"):
+            resolve("smoke", overrides=[f"optim.ema_decay={bad}"])
 
 
 @pytest.mark.data

@@ -4,7 +4,10 @@ Layout (every key always present):
 
     {"format": "gaussmem-checkpoint", "version": 1,
      "config": resolved TrainConfig as nested dicts, "method": str,
-     "model": state_dict, "optimizer": state_dict, "memory": state_dict or None,
+     "model": state_dict (the weights classifiers use: the moving average of the
+     trained ones where `optim.ema_decay` > 0), "trained_model": state_dict or None (the
+     optimizer's weights, where they differ from "model"; older checkpoints lack it),
+     "optimizer": state_dict, "memory": state_dict or None,
      "step": int, "elapsed_seconds": float, "rng": global RNG states,
      "sampler": training sampler state, "best": {"val_accuracy", "step"}, "extra": dict}
 """

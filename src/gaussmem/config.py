@@ -106,6 +106,12 @@ class OptimConfig:
     # 0: none. At lr 2e-3 the MA-VAE collapsed within its first 50 steps
     # (results/mavae_tuning.md); a warm-up is the usual guard for a larger rate.
     warmup_steps: int = 0
+    # Exponential moving average of the weights (and BatchNorm statistics), updated after
+    # every step with this decay; 0: none. Validation, best/last checkpoints and the
+    # figures use the average: late in a run the trained weights wander between
+    # checkpoints that score within a CI of each other, and an average of them is the
+    # usual cure (torch.optim.swa_utils).
+    ema_decay: float = 0.0
 
 
 SCHEDULES = ("cosine", "step", "constant")
@@ -270,6 +276,9 @@ class TrainConfig:
             raise ConfigError(str(error)) from None
         if self.optim.warmup_steps < 0:
             raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.optim.warmup_steps}")
+        if not 0 <= self.optim.ema_decay < 1:
+            raise ConfigError(f"optim.ema_decay must be in [0, 1) (0: no weight average), "
+                              f"got {self.optim.ema_decay}")
         if self.optim.schedule not in SCHEDULES:
             raise ConfigError(f"optim.schedule must be one of {SCHEDULES}, "
                               f"got {self.optim.schedule!r}")

@@ -270,5 +270,5 @@ class KaiserTraining(MethodTraining):
         return terms
 
     def classifier(self) -> FewShotClassifier:
-        return KaiserMemoryClassifier(self.model, self.config.kaiser.key_dim,
+        return KaiserMemoryClassifier(self.evaluated_model, self.config.kaiser.key_dim,
                                       channels_last=self.config.channels_last)

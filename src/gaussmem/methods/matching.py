@@ -151,6 +151,6 @@ class MatchingTraining(ProtoNetTraining):
                              self.config.matching.cosine_scale)
 
     def classifier(self) -> FewShotClassifier:
-        return MatchingNetworkClassifier(self.model,
+        return MatchingNetworkClassifier(self.evaluated_model,
                                          cosine_scale=self.config.matching.cosine_scale,
                                          channels_last=self.config.channels_last)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from gaussmem.config import TrainConfig
 from gaussmem.data.augmentation import RandomAffine
@@ -160,8 +161,14 @@ class MAVAETraining(MethodTraining):
                                     "trained with")
             self.augment.load_state_dict(checkpoint["augment"])
 
+    def batch_norm_pass(self, network: nn.Module, images: torch.Tensor) -> None:
+        """Encode and decode the posterior means: the decoder's BatchNorm layers see
+        codes without drawing a sample (which would move the global generator)."""
+        posteriors = network.encode(images)
+        network.decode(posteriors.content.mean, posteriors.style.mean)
+
     def classifier(self) -> MemoryAugmentedVAE:
-        return MemoryAugmentedVAE(self.model, channels_last=self.config.channels_last)
+        return MemoryAugmentedVAE(self.evaluated_model, channels_last=self.config.channels_last)
 
     def finish(self, run_dir: Path, val_set: FewShotDataset | None) -> None:
         """Reconstruction/generation figures from the validation split (issue #7)."""
@@ -169,7 +176,8 @@ class MAVAETraining(MethodTraining):
             return
         from gaussmem.generative import write_run_figures
 
-        was_training = self.model.training
-        self.model.eval()
-        write_run_figures(run_dir, self.model, val_set)
-        self.model.train(was_training)
+        vae = self.evaluated_model
+        was_training = vae.training
+        vae.eval()
+        write_run_figures(run_dir, vae, val_set)
+        vae.train(was_training)

@@ -154,4 +154,4 @@ class ProtoNetTraining(MethodTraining):
         return terms
 
     def classifier(self) -> FewShotClassifier:
-        return PrototypicalNetwork(self.model, channels_last=self.config.channels_last)
+        return PrototypicalNetwork(self.evaluated_model, channels_last=self.config.channels_last)

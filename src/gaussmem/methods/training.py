@@ -6,8 +6,10 @@ interface, best/last checkpoints, resume. A `MethodTraining` owns the rest: its 
 optimizer, batch sampler, training memory (if any) and one optimizer step. Subclasses are
 registered with `register_training(name)` under their classifier's name.
 
-Checkpoint entries a `MethodTraining` provides (`state_dict`): `model`, `optimizer`,
-`memory` (a state dict, or None for memory-free methods) and `sampler`.
+Checkpoint entries a `MethodTraining` provides (`state_dict`): `model` (the weights a
+classifier is built from: the moving average where `optim.ema_decay` asks for one),
+`trained_model` (the optimizer's weights when they differ from `model`, else None),
+`optimizer`, `memory` (a state dict, or None for memory-free methods) and `sampler`.
 """
 
 from __future__ import annotations
@@ -16,14 +18,19 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from gaussmem.config import TrainConfig
 from gaussmem.data.datasets import FewShotDataset
-from gaussmem.data.training_sampler import TrainingError
+from gaussmem.data.training_sampler import TrainingError, images_to_tensor
 from gaussmem.device import module_device, resolve_device
 from gaussmem.methods.base import FewShotClassifier
+from gaussmem.weight_average import WeightAverage
+
+#: Training classes (two drawings each) a weight average's BatchNorm statistics come from.
+STATISTICS_CLASSES = 1024
 
 
 class MethodTraining(ABC):
@@ -38,6 +45,7 @@ class MethodTraining(ABC):
     optimizer: torch.optim.Optimizer
     sampler: Any
     memory: nn.Module | None = None
+    _average: WeightAverage | None = None
     #: Loss terms shown in the progress bar (all terms are logged).
     postfix_terms: tuple[str, ...] = ("loss", "accuracy")
     #: Device types the method's training step supports; with `device = "auto"` a
@@ -78,15 +86,60 @@ class MethodTraining(ABC):
 
     @abstractmethod
     def classifier(self) -> FewShotClassifier:
-        """The live model behind the classifier interface (for validation)."""
+        """`evaluated_model` behind the classifier interface (for validation)."""
+
+    @property
+    def weight_average(self) -> WeightAverage | None:
+        """The moving average of `model` (`optim.ema_decay`), or None.
+
+        Built on first use, because subclasses set `model` after this class's __init__.
+        """
+        decay = self.config.optim.ema_decay
+        if decay and self._average is None:
+            self._average = WeightAverage(self.model, decay, self._statistics_images,
+                                          self.batch_norm_pass)
+        return self._average
+
+    @property
+    def evaluated_model(self) -> nn.Module:
+        """The weights validation, checkpoints' `model` and classifiers use."""
+        average = self.weight_average
+        return self.model if average is None else average.module
+
+    def batch_norm_pass(self, network: nn.Module, images: torch.Tensor) -> None:
+        """Run `network` on `images` through every BatchNorm layer it has, drawing no
+        random numbers (for a weight average's statistics)."""
+        network(images)
+
+    def _statistics_images(self) -> torch.Tensor:
+        """Two drawings each of up to `STATISTICS_CLASSES` training classes, drawn with a
+        generator of their own so that the training run's draws are untouched (stream
+        [seed, 2]: the sampler draws from `seed`, the distortions from [seed, 1])."""
+        rng = np.random.Generator(np.random.PCG64([self.config.seed, 2]))
+        n_classes = min(STATISTICS_CLASSES, self.train_set.n_classes)
+        classes = rng.choice(self.train_set.n_classes, n_classes, replace=False)
+        return images_to_tensor(self.train_set.draw_distinct(classes, 2, rng),
+                                self.config.channels_last, self.device)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        average = self.weight_average
+        return {"model": self.evaluated_model.state_dict(),
+                "trained_model": None if average is None else self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
                 "memory": None if self.memory is None else self.memory.state_dict(),
                 "sampler": self.sampler.state_dict()}
 
     def load_state_dict(self, checkpoint: dict[str, Any]) -> None:
-        self.model.load_state_dict(checkpoint["model"])
+        average = self.weight_average
+        if average is None:
+            self.model.load_state_dict(checkpoint["model"])
+        elif checkpoint.get("trained_model") is None:
+            raise TrainingError("the checkpoint was trained without optim.ema_decay, so it "
+                                "holds no weight average; resume it with the config it was "
+                                "trained with")
+        else:
+            self.model.load_state_dict(checkpoint["trained_model"])
+            average.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         if self.memory is not None:
             self.memory.load_state_dict(checkpoint["memory"])
@@ -103,6 +156,8 @@ class MethodTraining(ABC):
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
                                               self.config.optim.grad_clip)
         self.optimizer.step()
+        if self.weight_average is not None:
+            self.weight_average.update(self.model)
         return norm
 
     def adam(self) -> torch.optim.Adam:
