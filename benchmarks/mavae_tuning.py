@@ -183,6 +183,17 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
         spelled(TODAY_512, "loss.latent=1", "model.content_dim=32", SELECT_20W1S),
         "32-d content with c2 = 1: a 128-d content scored lower than 64 at c2 = 0.1 "
         "(512classes-content128-select20w1s); does the other direction score higher?"),
+    # Run at 15 and at 40 minutes: the wider trunk takes more time per step.
+    "512classes-latent1-hidden80": (
+        spelled(TODAY_512, "loss.latent=1", "model.hidden_channels=80", SELECT_20W1S),
+        "an 80-channel trunk with c2 = 1: at c2 = 0.1 and lr 1e-3 it tied 64 within the "
+        "CI (512classes-style4-hidden80*); does the stronger pull to the prior, or a "
+        "longer budget, let the wider trunk's capacity pay?"),
+    "512classes-latent1-ema0.998": (
+        spelled(TODAY_512, "loss.latent=1", "optim.ema_decay=0.998", SELECT_20W1S),
+        "validation and checkpoints on a moving average of the weights (decay 0.998, "
+        "~500 steps): past step ~1,500 the trained weights' checkpoints wander within a "
+        "CI of each other; does their average score higher than any one of them?"),
 }
 CELLS = ((20, 5), (5, 1))
 
