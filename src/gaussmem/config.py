@@ -106,11 +106,11 @@ class OptimConfig:
     # 0: none. At lr 2e-3 the MA-VAE collapsed within its first 50 steps
     # (results/mavae_tuning.md); a warm-up is the usual guard for a larger rate.
     warmup_steps: int = 0
-    # Exponential moving average of the weights (and BatchNorm statistics), updated after
-    # every step with this decay; 0: none. Validation, best/last checkpoints and the
-    # figures use the average: late in a run the trained weights wander between
-    # checkpoints that score within a CI of each other, and an average of them is the
-    # usual cure (torch.optim.swa_utils).
+    # Exponential moving average of the weights, updated after every step with this decay;
+    # 0: none. Validation, best/last checkpoints and the figures then use the average,
+    # with BatchNorm statistics recomputed for it (gaussmem.weight_average). At 0.998 on
+    # cpu-quick it scored no higher than the trained weights on validation
+    # (results/mavae_tuning.md), so no preset uses it.
     ema_decay: float = 0.0
 
 

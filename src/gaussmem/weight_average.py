@@ -7,7 +7,8 @@ weights from different steps scales its activations differently from what the av
 the running statistics expects (a 15-minute `cpu-quick` run with the averaged statistics
 validated far below its own trained weights). So, as SWA does with `update_bn`, the
 average gets BatchNorm statistics of its own, from a fixed set of training images,
-before it is used.
+before it is used. (On `cpu-quick` the average scored no higher than the trained weights:
+its cosine decay already ends a run at a low learning rate; results/mavae_tuning.md.)
 """
 
 from __future__ import annotations
