@@ -183,6 +183,11 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
         spelled(TODAY_512, "loss.latent=1", "model.content_dim=32", SELECT_20W1S),
         "32-d content with c2 = 1: a 128-d content scored lower than 64 at c2 = 0.1 "
         "(512classes-content128-select20w1s); does the other direction score higher?"),
+    "512classes-latent1-lr3e-3": (
+        spelled(TODAY_512, "loss.latent=1", "optim.lr=3e-3", SELECT_20W1S),
+        "Adam lr 3e-3 (100-step warm-up) with c2 = 1: it tied 2e-3 at c2 = 0.1 "
+        "(512classes-style4-lr3e-3-warmup100); does the stronger pull to the prior let "
+        "a larger rate pay?"),
     # Run at 15 and at 40 minutes: the wider trunk takes more time per step.
     "512classes-latent1-hidden80": (
         spelled(TODAY_512, "loss.latent=1", "model.hidden_channels=80", SELECT_20W1S),
