@@ -46,8 +46,10 @@ class WeightAverage:
     def __init__(self, model: nn.Module, decay: float,
                  statistics_images: Callable[[], torch.Tensor],
                  batch_norm_pass: BatchNormPass, batch_size: int = 512) -> None:
-        self.averaged = AveragedModel(model, use_buffers=True,
-                                      multi_avg_fn=get_ema_multi_avg_fn(decay))
+        # Parameters only: the BatchNorm statistics (the only buffers gaussmem's networks
+        # have) are recomputed before every use, so averaging them each step would be
+        # work thrown away.
+        self.averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
         self._statistics_images = statistics_images
         self._images: torch.Tensor | None = None
         self._pass = _PassModule(self.averaged.module, batch_norm_pass)

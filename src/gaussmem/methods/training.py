@@ -156,8 +156,9 @@ class MethodTraining(ABC):
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
                                               self.config.optim.grad_clip)
         self.optimizer.step()
-        if self.weight_average is not None:
-            self.weight_average.update(self.model)
+        average = self.weight_average
+        if average is not None:
+            average.update(self.model)
         return norm
 
     def adam(self) -> torch.optim.Adam:
