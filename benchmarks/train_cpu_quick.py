@@ -12,11 +12,13 @@ regenerates results/omniglot.md.
     python benchmarks/train_cpu_quick.py --preset lfw-cpu --run-dir runs/lfw-mavae-cpu15 \
         --tag mavae-cpu15
 
-Evaluations, all on the test split with seed 0 (training selects its checkpoint on the
-validation split only). Omniglot: 5/20-way 1/5-shot with `--episodes` (1,000),
-100- and 400-way with `--large-episodes` (1,000: evaluation encodes each test image
-once, so large episodes cost little more than small ones); the online protocol.
-LFW-a (a preset whose data.dataset is "lfw"): 5/20/80-way 1/5-shot with `--episodes`.
+Evaluations, all on the test split with seed 0, of the checkpoint training selected on
+the validation split only (or, for a run trained on train + val with
+`--set data.train_subset=trainval --set data.val_subset=none`, its last checkpoint).
+Omniglot: 5/20-way 1/5-shot with `--episodes` (1,000), 100- and 400-way with
+`--large-episodes` (1,000: evaluation encodes each test image once, so large episodes
+cost little more than small ones); the online protocol. LFW-a (a preset whose
+data.dataset is "lfw"): 5/20/80-way 1/5-shot with `--episodes`.
 Result files are named `<dataset>-<tag>-<cell>.json`.
 """
 
@@ -141,7 +143,10 @@ def main() -> int:
                           json.dumps(record, indent=2) + "\n")
     if args.skip_eval:
         return 0
-    checkpoint = run_dir / "checkpoints" / "best.ckpt"
+    # A run without validation (data.val_subset none: a final fit on train + val) has
+    # no best checkpoint; its last one is the model.
+    validated = json.loads((run_dir / "config.json").read_text())["data"]["val_subset"]
+    checkpoint = run_dir / "checkpoints" / ("best.ckpt" if validated else "last.ckpt")
     threads = ["--threads", str(args.eval_threads)] if args.eval_threads else []
     cells = [(5, 1, args.episodes), (5, 5, args.episodes), (20, 1, args.episodes),
              (20, 5, args.episodes), (100, 1, args.large_episodes),

@@ -287,3 +287,28 @@ def test_cli_train_then_evaluate_twice(real_data_dir: Path, real_cache_dir: Path
         outputs.append(report)
     assert outputs[0] == outputs[1]
     assert outputs[0]["split"] == "val" and outputs[0]["episodes"] == 3
+
+
+@pytest.mark.data
+def test_cli_trains_on_train_and_val_only_without_validation(
+        real_data_dir: Path, real_cache_dir: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A final fit on trainval must not validate on val (its classes are trained on):
+    the CLI refuses the pair, and with data.val_subset=none keeps the last checkpoint."""
+    from gaussmem.cli import main
+
+    env_args = ["--data-dir", str(real_data_dir), "--cache-dir", str(real_cache_dir)]
+    run = tmp_path / "run"
+    train = ["train", "--preset", "smoke", "--max-steps", "2", "--run-dir", str(run),
+             "--no-progress", "--set", "data.train_subset=trainval", *env_args]
+    assert main(train) == 2
+    error = capsys.readouterr().err
+    assert "'trainval' holds 688 of the 688 classes of data.val_subset='val'" in error
+    assert not run.exists(), "nothing is written for a refused run"
+    assert main([*train, "--set", "data.val_subset=none"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["checkpoint"] == str(run / "checkpoints" / "last.ckpt")
+    assert not (run / "checkpoints" / "best.ckpt").exists()
+    assert all(json.loads(line)["kind"] != "val"
+               for line in (run / "metrics.jsonl").read_text().splitlines())
+    assert json.loads((run / "config.json").read_text())["data"]["val_subset"] is None

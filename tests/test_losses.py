@@ -15,6 +15,8 @@ from gaussmem.losses import (
     LossWeights,
     bernoulli_nll,
     latent_kl,
+    log_similarity,
+    memory_softmax_loss,
     scaled_similarity,
     total_loss,
     triplet_loss,
@@ -94,3 +96,62 @@ def test_total_loss_is_the_weighted_sum() -> None:
     expected = 2.0 * (1 + sim_negative - sim_positive).mean() + 0.5 * latent + 3.0 * generative
     torch.testing.assert_close(terms["loss"], expected)
     torch.testing.assert_close(terms["latent"], latent)
+
+
+def test_memory_softmax_is_minus_log_the_labels_share_of_similarity() -> None:
+    """Closed form on 3 slots: labels 0, 0, 1 and an empty slot (-inf)."""
+    divergence = torch.tensor([[0.5, 2.0, 1.0, math.inf],
+                               [0.5, 2.0, 1.0, math.inf]])
+    slot_labels = torch.tensor([0, 0, 1, -1])
+    query_labels = torch.tensor([0, 1])
+    log_similarities = log_similarity(divergence)
+    loss = memory_softmax_loss(log_similarities, slot_labels[None] == query_labels[:, None])
+    similarities = [math.exp(-0.5), math.exp(-2.0), math.exp(-1.0)]
+    total = sum(similarities)
+    expected = [-math.log((similarities[0] + similarities[1]) / total),
+                -math.log(similarities[2] / total)]
+    torch.testing.assert_close(loss, torch.tensor(expected))
+    # The temperature divides the divergence, as in scaled_similarity.
+    torch.testing.assert_close(log_similarity(divergence, kind="per_dim", dim=2),
+                               -divergence / 2)
+
+
+def test_memory_softmax_is_zero_without_a_positive_and_never_nan() -> None:
+    divergence = torch.tensor([[0.5, 1.0], [0.5, 1.0], [math.inf, math.inf]],
+                              requires_grad=True)
+    slot_labels = torch.tensor([0, 1])
+    query_labels = torch.tensor([0, 2, 0])  # label 2 is absent; row 3 sees an empty memory
+    same_label = (slot_labels[None] == query_labels[:, None]) & torch.isfinite(divergence)
+    loss = memory_softmax_loss(log_similarity(divergence), same_label)
+    assert loss[0] > 0 and loss[1] == 0 and loss[2] == 0
+    loss.sum().backward()
+    assert torch.isfinite(divergence.grad).all()
+    assert divergence.grad[1:].abs().max() == 0
+    # Pulled towards its own label's slot, pushed from the other one.
+    assert divergence.grad[0, 0] > 0 > divergence.grad[0, 1]
+    # An empty memory (no slot at all, as at an episode's first step) costs nothing.
+    nothing = torch.zeros(3, 0, requires_grad=True)
+    empty = memory_softmax_loss(nothing, torch.zeros(3, 0, dtype=torch.bool))
+    assert empty.tolist() == [0.0, 0.0, 0.0]
+    empty.sum().backward()
+
+
+def test_total_loss_weighs_the_memory_softmax_when_asked() -> None:
+    torch.manual_seed(0)
+    content = DiagonalGaussian(torch.randn(4, 6), torch.randn(4, 6))
+    style = DiagonalGaussian(torch.randn(4, 2), torch.randn(4, 2))
+    images = torch.rand(4, 1, 28, 28)
+    logits = torch.randn(4, 1, 28, 28)
+    inputs = {"sim_positive": torch.rand(4), "sim_negative": torch.rand(4), "content": content,
+              "style": style, "self_logits": logits, "cross_logits": logits, "images": images}
+    softmax = torch.rand(4)
+    paper = total_loss(**inputs, weights=LossWeights(triplet=2.0), memory_softmax=softmax)
+    beyond = total_loss(**inputs, weights=LossWeights(triplet=2.0, memory_term="softmax"),
+                        memory_softmax=softmax)
+    torch.testing.assert_close(beyond["memory_softmax"], softmax.mean())
+    # Same triplet diagnostic either way; only what c1 weighs differs.
+    torch.testing.assert_close(beyond["triplet"], paper["triplet"])
+    torch.testing.assert_close(beyond["loss"] - paper["loss"],
+                               2.0 * (softmax.mean() - paper["triplet"]))
+    with pytest.raises(ValueError, match="no memory_softmax"):
+        total_loss(**inputs, weights=LossWeights(memory_term="softmax"))

@@ -309,6 +309,27 @@ def test_query_divergence_is_differentiable_in_the_query_only():
     assert not any(buffer.requires_grad for buffer in memory.buffers())
 
 
+def test_divergences_to_entries_match_brute_force_and_carry_the_query_gradient():
+    memory = filled_memory(capacity=10, n_entries=6)
+    memory.valid[4] = False  # a hole below the last occupied slot stays +inf
+    memory.labels[4] = NOT_FOUND
+    memory._keys_changed_(None)
+    mu, var = random_gaussians(5, seed=14, dtype=torch.float32)
+    mu.requires_grad_(True)
+    divergence, labels = memory.divergences_to_entries(mu, var)
+    assert divergence.shape == (5, 6), "slots past the last occupied one are left out"
+    assert labels.tolist() == [0, 1, 2, 0, NOT_FOUND, 2]
+    exact = brute_force_divergence(memory, mu.detach(), var)
+    assert torch.isinf(divergence[:, 4]).all()
+    occupied = [0, 1, 2, 3, 5]
+    torch.testing.assert_close(divergence[:, occupied].double(), exact[:, occupied],
+                               rtol=1e-4, atol=1e-4)
+    divergence[:, occupied].sum().backward()
+    assert mu.grad is not None and torch.isfinite(mu.grad).all() and mu.grad.abs().max() > 0
+    empty = GaussianMemory(4, DIM).divergences_to_entries(mu.detach(), var)
+    assert empty[0].shape == (5, 0) and empty[1].shape == (0,)
+
+
 def test_nearest_with_label_and_other_label_match_brute_force():
     memory = filled_memory(capacity=10, n_entries=6)  # labels 0, 1, 2 twice each
     mu, var = random_gaussians(5, seed=12, dtype=torch.float32)

@@ -63,6 +63,21 @@ def test_budget_says_when_the_device_was_shared() -> None:
     assert "shared" not in alone
 
 
+def test_a_run_without_validation_says_what_it_trained_on_and_which_checkpoint() -> None:
+    tables = load_script("make_results_table")
+    record = {**training_record("cpu", 0, None), "train_minutes": 15.0, "steps": 2100,
+              "command": "gaussmem train", "note": "", "images_per_second_median_window": 1.0}
+    record["config"]["data"] = {"train_subset": "trainval", "val_subset": None}
+    cell = {"checkpoint": {"train_minutes": 15.0, "step": 2100}}
+    assert tables.budget("final", {(5, 1): cell}, record).startswith(
+        "15.0-min run on train + val, no validation; last checkpoint (step 2100); 2-core CPU")
+    assert tables.minutes_to_97(record) == "no validation"
+    section = tables.training_sections({"final": record})
+    assert ("- trained on train + val, no validation: the last checkpoint (step 2100) is the "
+            "one evaluated") in section
+    assert not any("best validation" in line for line in section)
+
+
 def test_step_speed_table_shows_every_variant_and_the_gpu() -> None:
     readme = load_script("update_readme")
     report = {"command": "python benchmarks/train_step_speed.py --device cuda",

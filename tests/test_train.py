@@ -100,6 +100,10 @@ def test_config_presets_overrides_and_errors(tmp_path: Path) -> None:
         resolve("smoke", overrides=["data.val_subset=test"])
     with pytest.raises(ConfigError, match="similarity.kind"):
         resolve("smoke", overrides=["similarity.kind=cosine"])
+    with pytest.raises(ConfigError, match="loss.memory_term must be one of"):
+        resolve("smoke", overrides=["loss.memory_term=nca"])
+    with pytest.raises(ConfigError, match="MA-VAE only"):
+        resolve("protonet-cpu", overrides=["loss.memory_term=softmax"])
 
 
 def test_training_writes_config_metrics_and_checkpoints(tmp_path: Path) -> None:
@@ -216,9 +220,11 @@ def test_weight_average_needs_a_checkpoint_that_holds_one(tmp_path: Path) -> Non
 
 @pytest.mark.data
 @pytest.mark.slow
+@pytest.mark.parametrize("memory_term", ["triplet", "softmax"])
 def test_tiny_model_learns_on_real_omniglot(real_data_dir: Path, real_cache_dir: Path,
-                                            tmp_path: Path) -> None:
-    """A few dozen steps: the triplet has a gradient and 5-way 1-shot beats chance."""
+                                            tmp_path: Path, memory_term: str) -> None:
+    """A few dozen steps: the triplet has a gradient and 5-way 1-shot beats chance, with
+    the paper's triplet or the memory softmax in its place."""
     from gaussmem.data.omniglot import load_omniglot
 
     train_set = load_omniglot("vinyals", "train", data_dir=real_data_dir,
@@ -228,11 +234,12 @@ def test_tiny_model_learns_on_real_omniglot(real_data_dir: Path, real_cache_dir:
         "episodes.n_way=8", "episodes.batch_episodes=4", "episodes.steps_per_episode=5",
         "model.hidden_channels=32", "model.content_dim=16", "budget.max_steps=40",
         "validation.every_steps=40", "validation.n_way=5", "validation.n_query=5",
-        "validation.episodes=100", "log_every=10"])
+        "validation.episodes=100", "log_every=10", f"loss.memory_term={memory_term}"])
     result = train(config, tmp_path / "run", train_set, val_set, progress=False)
     records = read_metrics(tmp_path / "run" / "metrics.jsonl")
     train_records = [r for r in records if r["kind"] == "train"]
     assert all(r["triplet_grad_norm"] > 0 for r in train_records)
+    assert ("memory_softmax" in train_records[-1]) == (memory_term == "softmax")
     assert train_records[-1]["positive_rate"] > 0.5
     # Chance is 20%; a margin of 20 points is far outside the CI of 100 episodes.
     assert result.best_val_accuracy > 40.0

@@ -18,7 +18,7 @@ from typing import Any
 
 from gaussmem.device import DeviceError, check_device_name
 from gaussmem.errors import GaussmemError
-from gaussmem.losses import SIMILARITY_KINDS, LossWeights
+from gaussmem.losses import MEMORY_TERMS, SIMILARITY_KINDS, LossWeights
 from gaussmem.models.vae import VAEConfig
 from gaussmem.precision import PRECISIONS
 
@@ -34,7 +34,11 @@ class DataConfig:
     dataset: str = "omniglot"
     scheme: str = "vinyals"
     train_subset: str = "train"
-    val_subset: str = "val"
+    # None ("none" on the command line): no validation. For a final fit on train + val
+    # (Omniglot `trainval`: the 1,200 characters that the paper and Vinyals et al. train
+    # on) with a recipe and budget already chosen on `val`; the run keeps its last
+    # checkpoint only.
+    val_subset: str | None = "val"
     data_dir: str | None = None
     cache_dir: str | None = None
 
@@ -261,6 +265,12 @@ class TrainConfig:
         if self.similarity.kind not in SIMILARITY_KINDS:
             raise ConfigError(f"similarity.kind must be one of {SIMILARITY_KINDS}, "
                               f"got {self.similarity.kind!r}")
+        if self.loss.memory_term not in MEMORY_TERMS:
+            raise ConfigError(f"loss.memory_term must be one of {MEMORY_TERMS}, "
+                              f"got {self.loss.memory_term!r}")
+        if self.loss.memory_term != "triplet" and self.method != "mavae":
+            raise ConfigError(f"loss.memory_term={self.loss.memory_term!r} is implemented for "
+                              f"the MA-VAE only; method {self.method!r} has its own loss")
         if "test" in (self.data.train_subset, self.data.val_subset):
             raise ConfigError("training and model selection never use the test split; got "
                               f"data.train_subset={self.data.train_subset!r}, "

@@ -461,6 +461,25 @@ class GaussianMemory(SlotMemory):
         """
         return self._nearest_by_label(mu, var, labels, same_label=False)
 
+    def divergences_to_entries(
+        self, mu: torch.Tensor, var: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Symmetric KL from every query to every slot up to the last occupied one.
+
+        Returns `(divergence (n_queries, extent), labels (extent,))` for slots
+        `0..extent-1`, extent = one past the last valid slot; +inf and NOT_FOUND at empty
+        slots among them. One GEMM of the lifted queries with the cached entry lift
+        (`pairwise_symmetric_kl`'s form and accuracy), differentiable in the queries; the
+        entries are constants. For losses over the whole memory; to find neighbours,
+        `query` is cheaper in memory.
+        """
+        mu, var = self._as_queries(mu, var)
+        extent = self._occupied_extent()
+        lifted = lift_queries(mu, var)
+        divergence = torch.addmm(self.entry_offsets[:extent], lifted.features,
+                                 self.entry_features[:extent].T)
+        return (divergence + lifted.offsets[:, None]).clamp_min(0), self.labels[:extent]
+
     def entries(self, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Means and variances at `slots` (any shape), each `slots.shape + (dim,)`.
 

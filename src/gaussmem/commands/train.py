@@ -6,6 +6,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from gaussmem.commands import DefaultsHelpFormatter, add_data_location_arguments
 from gaussmem.config import PRESETS, TrainConfig, default_preset, resolve
@@ -69,12 +70,28 @@ def _saved_config(run_dir: Path) -> TrainConfig:
     return from_dict(TrainConfig, load_checkpoint(run_dir / LAST_CHECKPOINT)["config"])
 
 
+def _check_disjoint(train_set: Any, val_set: Any | None, data: Any) -> None:
+    """Refuse a validation split whose classes are trained on: its scores would pick the
+    checkpoint that best remembers them, not the one that generalizes."""
+    from gaussmem.train import TrainingError
+
+    if val_set is None:
+        return
+    shared = sorted(set(train_set.class_names) & set(val_set.class_names))
+    if shared:
+        raise TrainingError(
+            f"data.train_subset={data.train_subset!r} holds {len(shared)} of the "
+            f"{len(val_set.class_names)} classes of data.val_subset={data.val_subset!r} "
+            f"(e.g. {shared[0]!r}), so validation would score trained classes; to train on "
+            "both, set data.val_subset=none (no validation, the last checkpoint is kept)")
+
+
 def run(args: argparse.Namespace) -> int:
     # Imported here so `gaussmem --help` stays fast (no torch import).
     from gaussmem.allocator import keep_freed_memory
     from gaussmem.data.datasets import load_split
     from gaussmem.methods import method_class
-    from gaussmem.train import TrainingError, train
+    from gaussmem.train import BEST_CHECKPOINT, LAST_CHECKPOINT, TrainingError, train
 
     if args.method is not None:
         method_class(args.method)  # an unknown name fails here, listing the known ones
@@ -96,7 +113,9 @@ def run(args: argparse.Namespace) -> int:
     # A resumed run reads the data its checkpoint was trained on.
     data = (_saved_config(run_dir) if args.resume else config).data
     train_set = load_split(data, data.train_subset, data_dir=data_dir, cache_dir=cache_dir)
-    val_set = load_split(data, data.val_subset, data_dir=data_dir, cache_dir=cache_dir)
+    val_set = (None if data.val_subset is None else
+               load_split(data, data.val_subset, data_dir=data_dir, cache_dir=cache_dir))
+    _check_disjoint(train_set, val_set, data)
     print(f"gaussmem train: run directory {run_dir}")
     keep_freed_memory()  # 1.0-1.2x CPU training throughput (results/allocator_speed.json)
     result = train(config, run_dir, train_set, val_set, resume=args.resume,
@@ -107,5 +126,6 @@ def run(args: argparse.Namespace) -> int:
                       "best_val_accuracy": result.best_val_accuracy,
                       "best_step": result.best_step,
                       "minutes_to_97": result.minutes_to_97,
-                      "best_checkpoint": str(run_dir / "checkpoints" / "best.ckpt")}))
+                      "checkpoint": str(run_dir / (BEST_CHECKPOINT if val_set is not None
+                                                   else LAST_CHECKPOINT))}))
     return 0

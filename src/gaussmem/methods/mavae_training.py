@@ -10,7 +10,9 @@ apart), clears the memory and runs `steps_per_episode` steps. A step:
    samples z_c and z_s, decodes x from (z_c, z_s) and from (z_c of the
    class's other drawing, z_s) (the paper's two generative terms);
 3. looks up, against the memory as it stands (constants), each query's nearest entry
-   with its label (positive) and with another label (negative) -> triplet term;
+   with its label (positive) and with another label (negative) -> triplet term (or,
+   with `loss.memory_term = "softmax"`, scores it against every entry -> the memory
+   softmax in the triplet's place);
 4. takes one Adam step on the total loss (gradient clipped);
 5. writes the step's content posteriors into the memory with the paper's rule
    (`GaussianMemory.update_`: merge into the nearest entry if its label is right, else
@@ -34,7 +36,12 @@ from gaussmem.data.training_sampler import (
     TrainingError,
     images_to_tensor,
 )
-from gaussmem.losses import scaled_similarity, total_loss
+from gaussmem.losses import (
+    log_similarity,
+    memory_softmax_loss,
+    scaled_similarity,
+    total_loss,
+)
 from gaussmem.memory import GaussianMemory
 from gaussmem.methods.mavae import MemoryAugmentedVAE
 from gaussmem.methods.registry import register_training
@@ -74,9 +81,16 @@ def forward_losses(vae: GaussianVAE, memory: GaussianMemory, images: torch.Tenso
     # Divergence +inf (no entry) gives similarity exactly 0 and no gradient.
     sim_positive = scaled_similarity(positive.divergence, **kwargs)
     sim_negative = scaled_similarity(negative.divergence, **kwargs)
+    memory_softmax = None
+    if config.loss.memory_term == "softmax":
+        # Beyond the paper: every entry competes, not just the nearest of each side.
+        divergence, entry_labels = memory.divergences_to_entries(content.mean, variance)
+        memory_softmax = memory_softmax_loss(log_similarity(divergence, **kwargs),
+                                             entry_labels[None, :] == labels[:, None])
     terms = total_loss(sim_positive=sim_positive, sim_negative=sim_negative,
                        content=content, style=style, self_logits=self_logits,
-                       cross_logits=cross_logits, images=images, weights=config.loss)
+                       cross_logits=cross_logits, images=images, weights=config.loss,
+                       memory_softmax=memory_softmax)
     with torch.no_grad():
         has_positive = positive.slots >= 0
         has_negative = negative.slots >= 0
