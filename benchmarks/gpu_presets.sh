@@ -21,7 +21,9 @@
 # (`concurrent_runs`). PRESETS="..." picks a subset of the run names below;
 # PRESETS=cpu-quick-solo with MINUTES 2 trains cpu-quick alone on the device (its speed
 # without sharing; validated every 1,000 steps); cpu-quick-affine is cpu-quick with the
-# random affine distortions of the training images (augment.*), not run by default.
+# random affine distortions of the training images (augment.*), and cpu-quick-trainval
+# is cpu-quick trained on train + val (no validation, last checkpoint kept); neither is
+# run by default.
 #
 # Training only: each run writes its training record (results/omniglot-<tag>-training
 # .json, with the GPU's name) and leaves its best checkpoint; OUT_DIR/<run>.tar.gz holds
@@ -87,6 +89,10 @@ checkpoint_every=1000" ;;
     # lower on validation after 15 and 40 CPU minutes (~2,200 and ~5,700 steps).
     cpu-quick-affine) echo "cpu-quick cpu-quick-affine-$suffix validation.every_steps=1000 \
 augment.max_rotation_degrees=10 augment.max_scale=0.1 augment.max_shift=0.07" ;;
+    # cpu-quick trained on train + val (PRESETS=cpu-quick-trainval): the paper's 1,200
+    # characters, no validation, the last checkpoint kept.
+    cpu-quick-trainval) echo "cpu-quick cpu-quick-trainval-$suffix \
+data.train_subset=trainval data.val_subset=none" ;;
     *) echo "unknown run $1" >&2; return 1 ;;
   esac
 }
@@ -106,8 +112,11 @@ train_run() {  # train_run NAME MINUTES CONCURRENT VALIDATE_EVERY
     >"runs/gpu/$name-$suffix.log" 2>&1 || {
       cp "runs/gpu/$name-$suffix.log" "$out/"; echo "FAILED: $name" >>"$log"; return 0; }
   # The run without last.ckpt (the best checkpoint is what gets evaluated), its log and
-  # its record: one file per run (a lent machine returns few files).
-  tar -czf "$out/$name.tar.gz" --exclude=last.ckpt "runs/gpu/$name-$suffix" \
+  # its record: one file per run (a lent machine returns few files). A run without
+  # validation has no best checkpoint: its last one is kept.
+  local keep_last=(--exclude=last.ckpt)
+  [ -f "runs/gpu/$name-$suffix/checkpoints/best.ckpt" ] || keep_last=()
+  tar -czf "$out/$name.tar.gz" "${keep_last[@]}" "runs/gpu/$name-$suffix" \
     "runs/gpu/$name-$suffix.log" "$results_dir/omniglot-$tag-training.json"
   echo "done: $name -> $name.tar.gz" >>"$log"
 }
@@ -117,7 +126,7 @@ wanted() { case " $presets " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 if wanted 5way; then train_run 5way "$solo_minutes" 0 1000; fi
 side_by_side=()
 for name in 20way 5way-to-20way parallel cpu-quick cpu-quick-1024 cpu-quick-solo \
-    cpu-quick-affine; do
+    cpu-quick-affine cpu-quick-trainval; do
   if wanted "$name"; then side_by_side+=("$name"); fi
 done
 others=$(( ${#side_by_side[@]} - 1 ))
