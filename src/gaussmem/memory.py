@@ -475,9 +475,8 @@ class GaussianMemory(SlotMemory):
         """
         mu, var = self._as_queries(mu, var)
         extent = self._occupied_extent()
-        lifted = lift_queries(mu, var)
-        divergence = torch.addmm(self.entry_offsets[:extent], lifted.features,
-                                 self.entry_features[:extent].T)
+        lifted = self._lift_query_keys((mu, var))
+        divergence = self._score_block(lifted, slice(None), slice(0, extent))
         return (divergence + lifted.offsets[:, None]).clamp_min(0), self.labels[:extent]
 
     def entries(self, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
