@@ -105,3 +105,33 @@ def test_full_budget_rows_stay_until_a_run_trains_the_presets_whole_step_budget(
     assert tables.not_run_rows(short, presets, 4)[0].endswith(
         "not yet run (`5way-gpu` trained 5,403 steps) |")
     assert tables.not_run_rows({"5way-gpu": {"steps": 30000}}, presets, 4) == []
+
+
+def seed_run(seed: int, accuracies: dict[tuple[int, int], float], max_steps: int = 2200
+             ) -> tuple[dict, dict]:
+    """A training record and its cells, for a recipe whose config differs only by seed."""
+    record = {"config": {"seed": seed, "budget": {"max_steps": max_steps}}}
+    cells = {key: {"result": {"accuracy": {"mean": value}}} for key, value in accuracies.items()}
+    return record, cells
+
+
+def test_seed_summary_averages_only_runs_whose_configs_differ_by_the_seed() -> None:
+    tables = load_script("make_results_table")
+    runs = {"fit": seed_run(0, {(5, 1): 98.0, (20, 1): 95.0}),
+            "fit-seed1": seed_run(1, {(5, 1): 98.5, (20, 1): 94.0}),
+            "fit-seed2": seed_run(2, {(5, 1): 98.3, (20, 1): 94.5}),
+            "longer-seed1": seed_run(1, {(5, 1): 99.0, (20, 1): 96.0}, max_steps=5000),
+            "code-a": seed_run(0, {(5, 1): 97.0, (20, 1): 93.0}, max_steps=100),
+            "code-b": seed_run(0, {(5, 1): 97.5, (20, 1): 93.5}, max_steps=100),
+            "code-b-seed1": seed_run(1, {(5, 1): 97.5, (20, 1): 93.5}, max_steps=100)}
+    training = {tag: record for tag, (record, _) in runs.items()}
+    cells = {tag: by_cell for tag, (_, by_cell) in runs.items()}
+
+    groups = tables.seed_groups(cells, training)
+
+    # "longer-seed1" has another budget; the "code-*" runs repeat seed 0, so they differ
+    # in something the config does not record and are left out.
+    assert groups == {"fit": [(0, "fit"), (1, "fit-seed1"), (2, "fit-seed2")]}
+    row = tables.seed_row(groups["fit"], cells, [(5, 1), (20, 1), (20, 5)])
+    assert row == ("| `fit` | 3 (0, 1, 2) | 98.27 (98.00–98.50) | 94.50 (94.00–95.00) "
+                   "| not run by every seed |")
