@@ -11,9 +11,9 @@ needs to be busy) on random uint8 data (throughput does not depend on the pixels
 for each variant in `VARIANTS` (memory layout, precision, decoder width), today's settings
 once more with the trunk's blocks in the textbook order (ReLU before the max-pool; the
 library pools first, the same function), and the evaluation encoder at several batch
-sizes. Reports the median, mean and 95% CI over
-steps; the variants run one after another in this process, so compare them within one
-report (the machine is noisy).
+sizes. Reports the median, mean and 95% CI over steps (and, on CUDA, how many times a
+step makes the host wait for the device); the variants run one after another in this
+process, so compare them within one report (the machine is noisy).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,7 @@ from gaussmem.config import resolve  # noqa: E402
 from gaussmem.data.class_images import ClassImageSet  # noqa: E402
 from gaussmem.hardware import describe_hardware  # noqa: E402
 from gaussmem.methods.mavae import MemoryAugmentedVAE  # noqa: E402
-from gaussmem.train import build_trainer, train_step  # noqa: E402
+from gaussmem.train import Trainer, build_trainer, train_step  # noqa: E402
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -99,7 +100,24 @@ def time_training(name: str, overrides: list[str], steps: int, dataset: ClassIma
         rates.append(images_per_step / (time.perf_counter() - start))
     return {"variant": name, "overrides": overrides, "device": device,
             "classes_per_step": config.episodes.n_classes, "images_per_step": images_per_step,
-            "textbook_block_order": textbook_block_order, "images_per_second": summary(rates)}
+            "textbook_block_order": textbook_block_order, "images_per_second": summary(rates),
+            "host_syncs_per_step": host_syncs_per_step(trainer, device)}
+
+
+def host_syncs_per_step(trainer: Trainer, device: str, steps: int = 3) -> float | None:
+    """How many times a training step makes the host wait for the GPU (PyTorch's sync
+    debug mode warns at each such call); None off CUDA, where nothing waits."""
+    if not device.startswith("cuda"):
+        return None
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(steps):
+                train_step(trainer)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(warning.message) for warning in caught) / steps
 
 
 def time_embedding(batch_size: int, dataset: ClassImageSet, device: str = "cpu") -> dict:

@@ -14,6 +14,7 @@ from gaussmem.checkpoint import load_checkpoint
 from gaussmem.config import ConfigError, resolve
 from gaussmem.device import DeviceError, check_device_name, resolve_device
 from gaussmem.evaluate import evaluate_checkpoint
+from gaussmem.memory import GaussianMemory
 from gaussmem.train import LAST_CHECKPOINT, TrainingError, build_trainer, train
 
 CUDA = torch.device("cuda")
@@ -96,3 +97,25 @@ def test_mavae_trains_on_cuda_resumes_on_cpu_and_evaluates_alike(
     config.device = "cpu"
     resumed = train(config, tmp_path / "run", dataset, dataset, progress=False, resume=True)
     assert resumed.step == 8 and resumed.device == "cpu"
+
+
+@pytest.mark.gpu
+@gpu
+def test_memory_calls_of_a_training_step_never_wait_for_the_gpu() -> None:
+    # The CUDA counterpart of tests/test_memory.py's meta-device check: PyTorch's sync
+    # debug mode raises at any call that makes the host wait for the device.
+    generator = torch.Generator(CUDA).manual_seed(0)
+    memory = GaussianMemory(256, 8, seed=0).to(CUDA)
+    labels = torch.arange(32, device=CUDA) % 8
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(4):  # from empty to merging into entries
+            mu = torch.randn(32, 8, generator=generator, device=CUDA)
+            var = torch.rand(32, 8, generator=generator, device=CUDA).add(0.1)
+            memory.nearest_with_label(mu, var, labels)
+            memory.nearest_with_other_label(mu, var, labels)
+            memory.update_(mu, var, labels)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert int(memory.valid.sum()) > 0 and int(memory.counts.max()) > 1

@@ -229,6 +229,43 @@ def test_batch_larger_than_the_memory_is_rejected():
         memory.update_(mu, var, torch.arange(3))
 
 
+def test_batch_larger_than_the_memory_is_accepted_when_its_items_merge():
+    memory = GaussianMemory(2, DIM, dtype=torch.float64, seed=0)
+    mu, var = random_gaussians(2, seed=6)
+    memory.update_(mu, var, torch.tensor([0, 1]))
+    targets = memory.update_(mu[[0, 1, 0]], var[[0, 1, 0]], torch.tensor([0, 1, 0]))
+    assert targets.tolist() == [0, 1, 0] and memory.counts.tolist() == [3, 2]
+
+
+def test_a_training_steps_lookups_and_write_never_read_device_values_back():
+    """On an accelerator, reading a value back to the host (nonzero, unique, boolean
+    indexing, .item()) makes the host wait for the device. Meta tensors hold no values,
+    so any such read raises on them: the training step's memory calls must not."""
+    memory = GaussianMemory(64, DIM, seed=0).to("meta")
+    mu, var = torch.zeros(16, DIM, device="meta"), torch.ones(16, DIM, device="meta")
+    labels = torch.arange(16, device="meta")
+    memory.nearest_with_label(mu, var, labels)
+    memory.nearest_with_other_label(mu, var, labels)
+    divergence, _ = memory.divergences_to_entries(mu, var)  # loss.memory_term=softmax
+    targets = memory.update_(mu, var, labels)
+    assert divergence.shape == (16, 64)
+    assert targets.shape == (16,) and targets.device.type == "meta"
+
+
+def test_searching_every_slot_answers_as_searching_the_occupied_ones(monkeypatch):
+    # On an accelerator the search scores all slots rather than find the last occupied.
+    memory = filled_memory(capacity=40, n_entries=25)
+    mu, var = random_gaussians(9, seed=12, dtype=torch.float32)
+    labels = torch.randint(3, (9,), generator=torch.Generator().manual_seed(0))
+    expected = [memory.query(mu, var, k=4).slots, memory.nearest_with_label(mu, var, labels).slots,
+                memory.nearest_with_other_label(mu, var, labels).slots]
+    monkeypatch.setattr(memory, "_searched_extent", lambda: memory.capacity)
+    found = [memory.query(mu, var, k=4).slots, memory.nearest_with_label(mu, var, labels).slots,
+             memory.nearest_with_other_label(mu, var, labels).slots]
+    for got, want in zip(found, expected, strict=True):
+        assert torch.equal(got, want)
+
+
 def test_write_support_merges_shots_of_a_class():
     memory = GaussianMemory(8, DIM, seed=0)
     mu, var = random_gaussians(6, seed=7, dtype=torch.float32)
@@ -517,12 +554,13 @@ class PointMemory(SlotMemory):
         distance = torch.cdist(lifted_queries[query_rows], self.keys[slot_rows]) ** 2
         return distance.masked_fill(~self.valid[slot_rows], torch.inf)
 
-    def _store_keys_(self, slots, keys):
-        self.keys[slots] = keys[0]
+    def _store_keys_(self, slots, keys, stores):
+        self.keys[slots[stores]] = keys[0][stores]
 
-    def _merge_keys_(self, slots, keys):
+    def _merge_keys_(self, slots, keys, merges):
+        slots, points = slots[merges], keys[0][merges]
         totals = self.keys * self.counts[:, None]
-        totals.index_add_(0, slots, keys[0])
+        totals.index_add_(0, slots, points)
         counts = self.counts.index_add(0, slots, torch.ones_like(slots))
         self.keys[slots] = totals[slots] / counts[slots, None]
 

@@ -205,6 +205,7 @@ def merge_running_(
     slots: torch.Tensor,
     item_means: torch.Tensor,
     item_variances: torch.Tensor,
+    merges: torch.Tensor | None = None,
 ) -> None:
     """Merge items into entries in place, as sequential `shot_weights` merges would.
 
@@ -213,22 +214,46 @@ def merge_running_(
         counts: `(capacity,)` samples per entry BEFORE this call; not modified.
         slots: `(r,)` target entry of each item; repeats allowed.
         item_means, item_variances: `(r, dim)` items.
+        merges: `(r,)` bool, which items merge (None: all); an entry no item merges into
+            keeps its values bit for bit.
 
     Why one pooled step equals the sequence: merging with w = (k-1)/k, 1/k keeps the
     entry's mean and second moment (var + mu**2) the running average of all samples, so
     the result does not depend on merge order. We compute it in the pooled-variance form
     var = sum_s w_s [var_s + (mu_s - mean)**2], a sum of non-negative terms, rather than
     as second moment minus mean**2, which cancels catastrophically when |mu| >> std.
+
+    Every shape is fixed by `r` (items are grouped by sorting their slots, not with
+    `unique`), so on an accelerator the merge never waits for the device.
     """
-    touched, group = torch.unique(slots, return_inverse=True)
+    group, group_slot = _group_by_slot(slots)
+    weight = (torch.ones_like(slots) if merges is None else merges).to(means.dtype)[:, None]
     item_means = item_means.to(means.dtype)
     item_variances = clamp_variance(item_variances.to(means.dtype))
-    old_means, old_variances = means[touched], variances[touched]
-    old_weight = counts[touched].to(means.dtype)[:, None]
-    total = old_weight + torch.bincount(group, minlength=len(touched)).to(means.dtype)[:, None]
+    old_means, old_variances = means[group_slot], variances[group_slot]
+    old_weight = counts[group_slot].to(means.dtype)[:, None]
+    added = torch.zeros_like(old_weight).index_add_(0, group, weight)
+    total = old_weight + added
 
-    merged_mean = (old_means * old_weight).index_add_(0, group, item_means) / total
+    merged_mean = (old_means * old_weight).index_add_(0, group, item_means * weight) / total
     spread = (old_variances + (old_means - merged_mean) ** 2) * old_weight
-    spread.index_add_(0, group, item_variances + (item_means - merged_mean[group]) ** 2)
-    means[touched] = merged_mean
-    variances[touched] = clamp_variance(spread / total)
+    spread.index_add_(0, group, (item_variances + (item_means - merged_mean[group]) ** 2)
+                      * weight)
+    merged = added > 0
+    merged_mean = torch.where(merged, merged_mean, old_means)
+    merged_variance = torch.where(merged, clamp_variance(spread / total), old_variances)
+    # Items of one group write the same row, so repeated slots are harmless.
+    means.index_put_((slots,), merged_mean[group])
+    variances.index_put_((slots,), merged_variance[group])
+
+
+def _group_by_slot(slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(group (r,), group_slot (r,))`: items with equal slots share a group index in
+    [0, r), numbered by slot; `group_slot[g]` is group g's slot (0 past the last group).
+    Sorting instead of `torch.unique` keeps every shape `(r,)`."""
+    order = torch.sort(slots, stable=True)
+    starts = torch.ones_like(slots, dtype=torch.bool)
+    starts[1:] = order.values[1:] != order.values[:-1]
+    group = torch.empty_like(slots).scatter_(0, order.indices, starts.cumsum(0) - 1)
+    group_slot = torch.zeros_like(slots).index_put_((group,), slots)
+    return group, group_slot

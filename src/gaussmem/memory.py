@@ -185,19 +185,26 @@ class SlotMemory(nn.Module):
         """
         raise NotImplementedError
 
-    def _store_keys_(self, slots: torch.Tensor, keys: tuple[torch.Tensor, ...]) -> None:
-        """Overwrite the keys at distinct `slots` `(r,)` with `keys` (each `(r, ...)`)."""
+    def _store_keys_(
+        self, slots: torch.Tensor, keys: tuple[torch.Tensor, ...], stores: torch.Tensor
+    ) -> None:
+        """Overwrite the key at `slots[i]` with `keys[i]` (each `(r, ...)`) where
+        `stores[i]`; other items leave their slot alone. Storing items that share a slot
+        carry equal keys, and no slot is both stored and left alone (`put_rows_`)."""
         raise NotImplementedError
 
-    def _merge_keys_(self, slots: torch.Tensor, keys: tuple[torch.Tensor, ...]) -> None:
-        """Merge `keys` into `slots` `(r,)` (repeats allowed) in batch order.
+    def _merge_keys_(
+        self, slots: torch.Tensor, keys: tuple[torch.Tensor, ...], merges: torch.Tensor
+    ) -> None:
+        """Merge the `keys` of the items with `merges[i]` into `slots` `(r,)` (repeats
+        allowed) in batch order; a slot no item merges into keeps its key bit for bit.
 
         `self.counts` still holds the counts before this merge.
         """
         raise NotImplementedError
 
     def _keys_changed_(self, slots: torch.Tensor | None) -> None:
-        """Refresh caches derived from keys at `slots` (None: all slots)."""
+        """Refresh caches derived from keys at `slots` (repeats allowed; None: all)."""
 
     # --- search -----------------------------------------------------------------------
     def _block_shape(self, n_queries: int, n_slots: int) -> tuple[int, int]:
@@ -212,6 +219,13 @@ class SlotMemory(nn.Module):
         """One past the last valid slot: slots beyond it are empty and never scored."""
         occupied = self.valid.nonzero()
         return int(occupied[-1, 0]) + 1 if len(occupied) else 0
+
+    def _searched_extent(self) -> int:
+        """Slots a search scores. On the CPU, only up to the last occupied one (early in a
+        training episode most slots are empty). On an accelerator, all of them: finding
+        the last occupied slot would make the host wait for the device on every search,
+        and empty slots score +inf, so the answer is the same."""
+        return self._occupied_extent() if self.valid.device.type == "cpu" else self.capacity
 
     @torch.no_grad()
     def _search_slots(
@@ -233,7 +247,7 @@ class SlotMemory(nn.Module):
         device = self.valid.device
         n_queries = len(keys[0])
         lifted_queries = self._lift_query_keys(keys)
-        n_slots = self._occupied_extent()
+        n_slots = self._searched_extent()
         found = torch.full((n_queries, k), NOT_FOUND, dtype=torch.int64, device=device)
         if n_slots == 0 or n_queries == 0:
             return found
@@ -261,39 +275,53 @@ class SlotMemory(nn.Module):
                     block_slots = torch.cat([best_slots, block_slots], 1).gather(1, order)
                     block_scores = merged_scores
                 best_scores, best_slots = block_scores, block_slots
-            best_slots[best_scores == torch.inf] = NOT_FOUND
+            best_slots.masked_fill_(best_scores == torch.inf, NOT_FOUND)
             found[query_rows, : best_slots.shape[1]] = best_slots
         return found
 
     # --- writes -----------------------------------------------------------------------
     @torch.no_grad()
-    def _allocate_slots(self, n_new: int, excluded: torch.Tensor) -> torch.Tensor:
-        """`n_new` distinct slots for new entries, best first, never one in `excluded`.
+    def _allocate_slots(self, creates: torch.Tensor, merge_slots: torch.Tensor) -> torch.Tensor:
+        """A new slot for every item with `creates` `(b,)`, distinct, best first in batch
+        order (other items get some slot, to be ignored); never a slot in `merge_slots`.
 
         Empty slots first (lowest index first), then valid slots by age + noise, oldest
-        first, ties to the lowest index.
+        first, ties to the lowest index. Every shape is fixed by b, so on an accelerator
+        choosing slots waits for the device only where age noise is on and may be needed.
         """
-        empty = (~self.valid).nonzero()[:, 0]
-        if n_new > self.capacity - len(excluded):
-            raise ValueError(
-                f"a batch needs {n_new} new entries but only {self.capacity - len(excluded)} "
-                f"of {self.capacity} slots are not being merged into; use a smaller batch"
-            )
-        if n_new <= len(empty):
-            return empty[:n_new]
-        slot_index = torch.arange(self.capacity, device=self.ages.device)
-        if self.age_noise > 0:
-            noise = torch.rand(self.capacity, generator=self._noise_generator, dtype=torch.float64)
-            priority = self.ages.double() + (2 * noise.to(self.ages.device) - 1) * self.age_noise
-            priority[~self.valid] = -torch.inf
-            priority[excluded] = -torch.inf
+        n_items, capacity = len(creates), self.capacity
+        device = self.ages.device
+        excluded = torch.zeros(capacity, dtype=torch.int64, device=device).index_add_(
+            0, merge_slots.clamp_min(0), (merge_slots != NOT_FOUND).long()) > 0
+        if n_items > capacity:
+            # New entries plus merged-into slots never exceed the batch, so only a batch
+            # larger than the memory can run out of slots; checking costs a host sync.
+            n_new, available = int(creates.sum()), capacity - int(excluded.sum())
+            if n_new > available:
+                raise ValueError(
+                    f"a batch needs {n_new} new entries but only {available} of {capacity} "
+                    "slots are not being merged into; use a smaller batch"
+                )
+        slot_index = torch.arange(capacity, device=device)
+        empty = ~self.valid
+        # The noise is drawn only when a valid slot must be overwritten, as it always was,
+        # so a seed gives the replacement order it gave before.
+        if self.age_noise > 0 and bool(creates.sum() > empty.sum()):
+            noise = torch.rand(capacity, generator=self._noise_generator, dtype=torch.float64)
+            priority = self.ages.double() + (2 * noise.to(device) - 1) * self.age_noise
+            first_empty = self.ages.max().double() + self.age_noise + 1
+            priority = torch.where(empty, first_empty + (capacity - slot_index), priority)
+            priority = priority.masked_fill(excluded, -torch.inf)
         else:
-            # Exact integer key: older first, then lower index (ages stay << 2**63 / capacity).
-            priority = self.ages * self.capacity + (self.capacity - 1 - slot_index)
-            priority[~self.valid] = -1
-            priority[excluded] = -1
-        oldest = torch.topk(priority, n_new - len(empty)).indices
-        return torch.cat([empty, oldest])
+            # Exact integer key: older first, then lower index; every empty slot above
+            # every valid one (ages stay << 2**63 / capacity).
+            priority = self.ages * capacity + (capacity - 1 - slot_index)
+            first_empty = (self.ages.max() + 1) * capacity
+            priority = torch.where(empty, first_empty + (capacity - 1 - slot_index), priority)
+            priority = priority.masked_fill(excluded, -1)
+        best = torch.topk(priority, min(n_items, capacity)).indices
+        rank = (creates.cumsum(0) - 1).clamp(0, max(len(best) - 1, 0))
+        return best[rank] if len(best) else torch.zeros_like(merge_slots)
 
     @torch.no_grad()
     def _commit_batch_(
@@ -311,30 +339,39 @@ class SlotMemory(nn.Module):
             merge_slots: `(b,)` existing slot each item merges into, or NOT_FOUND.
             creator_of: `(b,)` for items with merge_slots == NOT_FOUND, the batch index of
                 the item whose new entry they join (their own index to create one).
+
+        Masks over the whole batch instead of boolean indexing keep every shape fixed by
+        b, so on an accelerator a training step's write never waits for the device.
         """
         positions = torch.arange(len(labels), device=labels.device)
         needs_new = merge_slots == NOT_FOUND
         creates = needs_new & (creator_of == positions)
-        creators = positions[creates]
-        new_slots = self._allocate_slots(len(creators), torch.unique(merge_slots[~needs_new]))
-        targets = merge_slots.clone()
-        targets[creators] = new_slots
-        joins = needs_new & ~creates
-        targets[joins] = targets[creator_of[joins]]
+        new_slots = self._allocate_slots(creates, merge_slots)
+        # A joining item takes its creator's slot; every other item its own target.
+        targets = torch.where(needs_new, new_slots[creator_of], merge_slots)
 
-        self._store_keys_(new_slots, tuple(key[creators] for key in keys))
-        self.labels[new_slots] = labels[creators]
-        self.counts[new_slots] = 1
-        self.valid[new_slots] = True
+        self._store_keys_(targets, tuple(key[creator_of] for key in keys), needs_new)
+        put_rows_(self.labels, targets, labels[creator_of], needs_new)
+        put_rows_(self.counts, targets, torch.ones_like(labels), needs_new)
+        self.valid.index_fill_(0, targets, True)
 
-        mergers = positions[~creates]
-        if len(mergers):
-            self._merge_keys_(targets[mergers], tuple(key[mergers] for key in keys))
-            self.counts.index_add_(0, targets[mergers], torch.ones_like(mergers))
+        merges = ~creates
+        self._merge_keys_(targets, keys, merges)
+        self.counts.index_add_(0, targets, merges.long())
         self.ages += 1
-        self.ages[targets] = 0
-        self._keys_changed_(torch.unique(targets))
+        self.ages.index_fill_(0, targets, 0)
+        self._keys_changed_(targets)
         return targets
+
+
+def put_rows_(
+    buffer: torch.Tensor, slots: torch.Tensor, values: torch.Tensor, puts: torch.Tensor
+) -> None:
+    """`buffer[slots[i]] = values[i]` where `puts[i]`, in place; other items rewrite their
+    row's current value. Items that share a slot must agree (all put equal values, or none
+    puts), so repeated slots are harmless; no boolean indexing, so no host sync."""
+    mask = puts.view(-1, *([1] * (values.ndim - 1)))
+    buffer.index_put_((slots,), torch.where(mask, values, buffer[slots]))
 
 
 def _smallest(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -467,14 +504,15 @@ class GaussianMemory(SlotMemory):
         """Symmetric KL from every query to every slot up to the last occupied one.
 
         Returns `(divergence (n_queries, extent), labels (extent,))` for slots
-        `0..extent-1`, extent = one past the last valid slot; +inf and NOT_FOUND at empty
-        slots among them. One GEMM of the lifted queries with the cached entry lift
+        `0..extent-1`, extent = one past the last valid slot (every slot on an
+        accelerator, see `_searched_extent`); +inf and NOT_FOUND at empty slots among
+        them. One GEMM of the lifted queries with the cached entry lift
         (`pairwise_symmetric_kl`'s form and accuracy), differentiable in the queries; the
         entries are constants. For losses over the whole memory; to find neighbours,
         `query` is cheaper in memory.
         """
         mu, var = self._as_queries(mu, var)
-        extent = self._occupied_extent()
+        extent = self._searched_extent()
         lifted = self._lift_query_keys((mu, var))
         divergence = self._score_block(lifted, slice(None), slice(0, extent))
         return (divergence + lifted.offsets[:, None]).clamp_min(0), self.labels[:extent]
@@ -575,14 +613,18 @@ class GaussianMemory(SlotMemory):
             out=out,
         )
 
-    def _store_keys_(self, slots: torch.Tensor, keys: tuple[torch.Tensor, ...]) -> None:
+    def _store_keys_(
+        self, slots: torch.Tensor, keys: tuple[torch.Tensor, ...], stores: torch.Tensor
+    ) -> None:
         mu, var = keys
-        self.means[slots] = mu
-        self.variances[slots] = clamp_variance(var)
+        put_rows_(self.means, slots, mu, stores)
+        put_rows_(self.variances, slots, clamp_variance(var), stores)
 
-    def _merge_keys_(self, slots: torch.Tensor, keys: tuple[torch.Tensor, ...]) -> None:
+    def _merge_keys_(
+        self, slots: torch.Tensor, keys: tuple[torch.Tensor, ...], merges: torch.Tensor
+    ) -> None:
         mu, var = keys
-        merge_running_(self.means, self.variances, self.counts, slots, mu, var)
+        merge_running_(self.means, self.variances, self.counts, slots, mu, var, merges)
 
     def _empty_slot_values(self) -> dict[str, Any]:
         return {**super()._empty_slot_values(), "means": 0.0, "variances": 1.0,
@@ -605,12 +647,18 @@ class GaussianMemory(SlotMemory):
         return mu.to(self.means), var.to(self.means)
 
     def _as_labels(self, labels: torch.Tensor, n_items: int) -> torch.Tensor:
-        labels = torch.as_tensor(labels, device=self.labels.device).to(torch.int64)
+        labels = torch.as_tensor(labels)
         if labels.shape != (n_items,):
             raise ValueError(f"expected labels of shape ({n_items},), got {tuple(labels.shape)}")
-        if n_items and int(labels.min()) < 0:
-            raise ValueError(f"labels must be >= 0 ({NOT_FOUND} marks empty slots)")
-        return labels
+        message = f"labels must be >= 0 ({NOT_FOUND} marks empty slots)"
+        if labels.device.type == "cpu":
+            if n_items and int(labels.min()) < 0:
+                raise ValueError(message)
+        else:
+            # Reading device labels back would make the host wait for the device every
+            # step; the check runs on the device and fails a later synchronising call.
+            torch._assert_async((labels >= 0).all(), message)
+        return labels.to(self.labels.device, torch.int64)
 
     # --- FAISS backend ----------------------------------------------------------------
     def _faiss_search(self, mu: torch.Tensor, var: torch.Tensor, k: int) -> torch.Tensor:

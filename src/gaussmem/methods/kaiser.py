@@ -31,7 +31,7 @@ from torch import nn
 from gaussmem.config import KaiserConfig, TrainConfig, from_dict
 from gaussmem.data.datasets import FewShotDataset
 from gaussmem.data.training_sampler import StreamSampler, TrainingError, images_to_tensor
-from gaussmem.memory import NOT_FOUND, SlotMemory
+from gaussmem.memory import NOT_FOUND, SlotMemory, put_rows_
 from gaussmem.methods.base import FewShotClassifier
 from gaussmem.methods.protonet import DEFAULT_EMBED_BATCH
 from gaussmem.methods.registry import register_method, register_training
@@ -109,12 +109,16 @@ class KeyMemory(SlotMemory):
         scores = -(lifted_queries[query_rows] @ self.keys[slot_rows].T)
         return scores.masked_fill_(~self.valid[None, slot_rows], torch.inf)
 
-    def _store_keys_(self, slots: torch.Tensor, keys: tuple[torch.Tensor, ...]) -> None:
-        self.keys[slots] = F.normalize(keys[0], dim=1)
+    def _store_keys_(self, slots: torch.Tensor, keys: tuple[torch.Tensor, ...],
+                     stores: torch.Tensor) -> None:
+        put_rows_(self.keys, slots, F.normalize(keys[0], dim=1), stores)
 
-    def _merge_keys_(self, slots: torch.Tensor, keys: tuple[torch.Tensor, ...]) -> None:
-        totals = self.keys.index_add(0, slots, F.normalize(keys[0], dim=1))
-        self.keys[slots] = F.normalize(totals[slots], dim=1)
+    def _merge_keys_(self, slots: torch.Tensor, keys: tuple[torch.Tensor, ...],
+                     merges: torch.Tensor) -> None:
+        weight = merges.to(self.keys.dtype)
+        totals = self.keys.index_add(0, slots, F.normalize(keys[0], dim=1) * weight[:, None])
+        merged = weight.new_zeros(self.capacity).index_add_(0, slots, weight)
+        put_rows_(self.keys, slots, F.normalize(totals[slots], dim=1), merged[slots] > 0)
 
     def search(self, queries: torch.Tensor, k: int) -> torch.Tensor:
         """The `k` most similar slots per query `(n, key_dim)`: `(n, k)`, NOT_FOUND pads."""
