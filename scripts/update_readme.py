@@ -81,6 +81,13 @@ def render_omniglot_tables(markdown: str) -> str:
     return markdown[start:end].strip().replace("## Table", "### Table")
 
 
+def render_omniglot_seeds(markdown: str) -> str:
+    """The across-training-seeds section of results/omniglot.md."""
+    start = markdown.index("## Across training seeds")
+    end = markdown.index("\n## ", start + 1)
+    return markdown[start:end].strip().replace("## Across", "### Across")
+
+
 def render_omniglot_speed(markdown: str) -> str:
     """The training-speed section of results/omniglot.md."""
     start = markdown.index("## Training speed")
@@ -116,6 +123,7 @@ RENDERERS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "data_loading": ("data_loading.json", render_data_loading),
     "memory_search": ("memory_search.json", render_memory_search),
     "omniglot_tables": ("omniglot.md", render_omniglot_tables),
+    "omniglot_seeds": ("omniglot.md", render_omniglot_seeds),
     "lfw_table": ("lfw.md", render_lfw_table),
     "omniglot_speed": ("omniglot.md", render_omniglot_speed),
     "step_speed_cpu": ("speed-cpu.json", render_step_speed),
