@@ -1,7 +1,9 @@
-"""Describe the machine a number was measured on, for every results JSON.
+"""Describe the machine and code a number was measured with, for every results JSON.
 
 A figure without its hardware cannot be compared or trusted, so benchmarks, training
-runs and evaluations all record this dictionary beside what they measured.
+runs and evaluations all record this dictionary beside what they measured. Two runs
+with the same config can still differ in code (a trunk reordered, a memory rewritten),
+so the dictionary names gaussmem's version and, in a git checkout, its commit.
 """
 
 from __future__ import annotations
@@ -9,12 +11,18 @@ from __future__ import annotations
 import os
 import platform
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from gaussmem import __version__
+
+#: The package's source folder: `<checkout>/src/gaussmem` in a git checkout.
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def _cpuinfo_field(name: str) -> str | None:
@@ -39,8 +47,30 @@ def _cpu_bfloat16_flags() -> list[str]:
     return sorted(flag for flag in flags if flag in ("avx512_bf16", "amx_bf16"))
 
 
+def code_version(package_dir: Path = PACKAGE_DIR) -> str:
+    """gaussmem's version; from a git checkout also its commit, and ".dirty" when the
+    library's source (`src/`) has uncommitted changes, e.g. "0.1.0+g1a2b3c4d5e6f.dirty".
+
+    Only a checkout whose `src/gaussmem` is `package_dir` counts: an installed copy inside
+    some other repository (a virtual environment in a project) reports the version alone.
+    """
+    def git(*arguments: str) -> str:
+        return subprocess.run(["git", "-C", str(package_dir), *arguments], check=True,
+                              capture_output=True, text=True, timeout=30).stdout.strip()
+
+    try:
+        top = Path(git("rev-parse", "--show-toplevel"))
+        if (top / "src" / "gaussmem").resolve() != package_dir.resolve():
+            return __version__
+        commit = git("rev-parse", "--short=12", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", str(top / "src"))
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__}+g{commit}{'.dirty' if dirty else ''}"
+
+
 def describe_hardware() -> dict[str, Any]:
-    """CPU model and cores, accelerator (if any), and library versions."""
+    """CPU model and cores, accelerator (if any), and library and gaussmem versions."""
     description: dict[str, Any] = {
         "cpu": _cpu_model(),
         "cpu_cores": os.cpu_count(),
@@ -49,6 +79,7 @@ def describe_hardware() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
+        "gaussmem": code_version(),
         "platform": platform.platform(),
         # Shared machines are noisy: a figure taken under load says so.
         "load_average": [round(load, 2) for load in os.getloadavg()],

@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from gaussmem.allocator import keep_freed_memory
     from gaussmem.atomic import write_text_atomic
     from gaussmem.evaluate import evaluate_checkpoint
+    from gaussmem.hardware import code_version
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     report["command"] = "gaussmem " + " ".join(sys.argv[1:]) if sys.argv[1:] else None
     report["hardware"] = {"machine": platform.machine(), "processor": platform.processor(),
                           "torch_threads": torch.get_num_threads(),
-                          "torch": torch.__version__}
+                          "torch": torch.__version__, "gaussmem": code_version()}
     if report["device"].startswith("cuda"):
         report["hardware"]["gpu"] = torch.cuda.get_device_name(torch.device(report["device"]))
     text = json.dumps(report, indent=2, sort_keys=True) + "\n"
