@@ -92,6 +92,9 @@ class OptimConfig:
     """Adam with cosine decay: 1e-3 trained and 3e-3 diverged in calibration."""
 
     lr: float = 1e-3
+    # Adam's (L2) weight decay. 5e-4 on cpu-quick scored above it on validation 20-way
+    # 1-shot in training seed 0 and below in seed 1, level on the other tasks
+    # (results/mavae_tuning.md, `512classes-latent1-wd5e-4`), so no preset uses it.
     weight_decay: float = 0.0
     # Clip the global gradient norm: early on a positive can appear or vanish between
     # steps, which makes the triplet's gradient jump.
