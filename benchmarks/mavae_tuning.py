@@ -303,7 +303,7 @@ def main() -> int:
     for row in report["results"]:
         row.setdefault("cpu", report["hardware"]["cpu"])
     rows = {row_key(row): row for row in report["results"]}
-    cpu = describe_hardware()["cpu"]
+    hardware = describe_hardware()
     for name, (overrides, purpose) in VARIANTS.items():
         if args.only and name not in args.only:
             continue
@@ -311,7 +311,7 @@ def main() -> int:
         run_dir = Path(args.runs) / f"{args.minutes:g}min-{name}{seed_suffix}"
         command = train_variant(run_dir, overrides, args.minutes, args.seed)
         summary = json.loads((run_dir / "summary.json").read_text())
-        row = {"variant": name, "minutes": args.minutes, "seed": args.seed, "cpu": cpu,
+        row = {"variant": name, "minutes": args.minutes, "seed": args.seed, "cpu": hardware["cpu"],
                "purpose": purpose,
                "overrides": overrides, "steps": summary["step"],
                "images_per_second": summary["step"] * summary["images_per_step"]
@@ -326,7 +326,7 @@ def main() -> int:
     report = {"command": command_line(), "preset": "cpu-quick",
               "measure": "validation split accuracy (%), 1,000 episodes, seed 0, 15 queries "
                          "per class, best checkpoint by the validation task in its overrides",
-              "hardware": describe_hardware(),
+              "hardware": hardware,
               "results": sorted(rows.values(), key=row_key)}
     write_text_atomic(path, json.dumps(report, indent=2) + "\n")
     write_text_atomic(path.with_suffix(".md"), render(report))
