@@ -5,7 +5,7 @@
 #   GAUSSMEM_DATA=DATA_DIR PHASE=check bash benchmarks/gpu_presets.sh OUT_DIR
 #   GAUSSMEM_DATA=DATA_DIR PHASE=train bash benchmarks/gpu_presets.sh OUT_DIR [MINUTES]
 #
-# PHASE=check (~1.5 minutes): the GPU tests (`pytest -m gpu`), so a broken CUDA path
+# PHASE=check (~2 minutes): the GPU tests (`pytest -m gpu`), so a broken CUDA path
 # stops before any training, then the training-step and embedding throughput on the
 # GPU (benchmarks/train_step_speed.py: 80 classes per step as in the paper's presets,
 # 512 as in cpu-quick, 2048) -> OUT_DIR/speed-gpu.json.
@@ -23,7 +23,8 @@
 # without sharing; validated every 1,000 steps); cpu-quick-affine is cpu-quick with the
 # random affine distortions of the training images (augment.*), and cpu-quick-trainval
 # is cpu-quick trained on train + val (no validation, last checkpoint kept); neither is
-# run by default.
+# run by default. CUDA_GRAPH=1 trains every run with `cuda_graph=true` (the step
+# recorded once as a CUDA graph and replayed; PHASE=check times it first).
 #
 # Training only: each run writes its training record (results/omniglot-<tag>-training
 # .json, with the GPU's name) and leaves its best checkpoint; OUT_DIR/<run>.tar.gz holds
@@ -59,7 +60,8 @@ if [ "$phase" = check ]; then
   if [ "$device" != cpu ]; then
     python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU'; \
 print('GPU:', torch.cuda.get_device_name(0), 'torch', torch.__version__)" | tee -a "$log"
-    python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_device.py 2>&1 | tee -a "$log"
+    python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_device.py \
+      tests/test_cuda_graphs.py 2>&1 | tee -a "$log"
   fi
   python3 benchmarks/train_step_speed.py --device "$device" --classes 80,512,2048 \
     --steps "${SPEED_STEPS:-30}" --json "$out/speed-$suffix.json" >>"$log"
@@ -101,6 +103,7 @@ train_run() {  # train_run NAME MINUTES CONCURRENT VALIDATE_EVERY
   local name="$1" run_minutes="$2" concurrent="$3" every="$4" preset tag extra=()
   read -r preset tag rest <<<"$(preset_of "$name")"
   extra=(--set "validation.every_steps=$every" --set "checkpoint_every=$every")
+  if [ -n "${CUDA_GRAPH:-}" ]; then extra+=(--set cuda_graph=true); fi
   for override in ${rest:-}; do extra+=(--set "$override"); done
   rm -rf "runs/gpu/$name-$suffix"
   mkdir -p runs/gpu

@@ -8,7 +8,8 @@ Times `gaussmem.train.train_step` on cpu-quick with 256 classes x 2 drawings = 5
 images per step (pinned: the preset itself now trains 512 classes; `--classes` times
 other step sizes, e.g. the paper's 80 classes per step and the larger steps a GPU
 needs to be busy) on random uint8 data (throughput does not depend on the pixels)
-for each variant in `VARIANTS` (memory layout, precision, decoder width), today's settings
+for each variant in `VARIANTS` (memory layout, precision, decoder width; on CUDA also
+`GRAPH_VARIANTS`, the step replayed as a CUDA graph), today's settings
 once more with the trunk's blocks in the textbook order (ReLU before the max-pool; the
 library pools first, the same function), and the evaluation encoder at several batch
 sizes. Reports the median, mean and 95% CI over steps (and, on CUDA, how many times a
@@ -35,6 +36,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from gaussmem.allocator import keep_freed_memory  # noqa: E402
 from gaussmem.atomic import write_text_atomic  # noqa: E402
 from gaussmem.config import resolve  # noqa: E402
+from gaussmem.cuda_graphs import WARMUP_STEPS  # noqa: E402
 from gaussmem.data.class_images import ClassImageSet  # noqa: E402
 from gaussmem.hardware import describe_hardware  # noqa: E402
 from gaussmem.methods.mavae import MemoryAugmentedVAE  # noqa: E402
@@ -64,6 +66,13 @@ VARIANTS: dict[str, list[str]] = {
 #: The variant with today's cpu-quick settings.
 TODAY = "bfloat16, channels_last, decoder 32"
 
+#: On CUDA only: the step recorded once as a CUDA graph and replayed (`cuda_graph`),
+#: for the paper presets' float32 model and for today's cpu-quick.
+GRAPH_VARIANTS: dict[str, list[str]] = {
+    f"{name}, cuda graph": [*VARIANTS[name], "cuda_graph=true"]
+    for name in ("float32, channels_last", TODAY)
+}
+
 
 def use_textbook_block_order(backbone: torch.nn.Module) -> None:
     """Move each conv block's ReLU back before its max-pool (conv -> BatchNorm -> ReLU ->
@@ -89,7 +98,8 @@ def time_training(name: str, overrides: list[str], steps: int, dataset: ClassIma
     if textbook_block_order:
         use_textbook_block_order(trainer.vae.backbone)
     images_per_step = config.episodes.n_classes * config.episodes.images_per_class
-    for _ in range(3):
+    # Past the eager warm-up and the recording step of a `cuda_graph` variant.
+    for _ in range(WARMUP_STEPS + 2):
         train_step(trainer)
     rates = []
     for _ in range(steps):
@@ -147,6 +157,7 @@ def main() -> int:
                         ">= 80; each drawn twice)")
     args = parser.parse_args()
     sizes = [int(value) for value in args.classes.split(",")]
+    variants = {**VARIANTS, **(GRAPH_VARIANTS if args.device.startswith("cuda") else {})}
     if any(size < 80 or size % 16 for size in sizes):
         parser.error(f"--classes must be multiples of 16 and >= 80, got {args.classes}")
     rng = np.random.default_rng(0)
@@ -157,9 +168,10 @@ def main() -> int:
                             [str(i) for i in range(n_classes)], "random")
     keep_freed_memory()  # as `gaussmem train` does
     report = {"command": " ".join(["python", *sys.argv]), "hardware": describe_hardware(),
+              "warmup_steps": WARMUP_STEPS + 2,
               "training": [*(time_training(name, overrides, args.steps, dataset,
                                            device=args.device, classes=size)
-                             for size in sizes for name, overrides in VARIANTS.items()),
+                             for size in sizes for name, overrides in variants.items()),
                            *(time_training(f"{TODAY}, ReLU before pool", VARIANTS[TODAY],
                                            args.steps, dataset, textbook_block_order=True,
                                            device=args.device, classes=size)

@@ -109,7 +109,8 @@ def render_step_speed(result: dict) -> str:
     device = hardware.get("gpu") or f"{hardware['cpu']}, {hardware['cpu_cores']} cores"
     return ("\n".join(lines) + f"\n\nEvaluation encoder, images/s: {embedding}. Measured on "
             f"{device} (torch {hardware['torch']}) with `{result['command']}`; random "
-            "pixels, medians over steps after 3 warm-up steps.")
+            f"pixels, medians over steps after {result.get('warmup_steps', 3)} warm-up "
+            "steps.")
 
 
 def render_lfw_table(markdown: str) -> str:

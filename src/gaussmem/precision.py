@@ -16,10 +16,15 @@ import torch
 PRECISIONS = ("float32", "bfloat16")
 
 
-def autocast(precision: str, device: torch.device | str) -> torch.autocast:
+def autocast(precision: str, device: torch.device | str, cache: bool = True
+             ) -> torch.autocast:
     """A context that runs autocast-eligible ops in bfloat16 when `precision` says so
-    (a disabled, do-nothing autocast for "float32")."""
+    (a disabled, do-nothing autocast for "float32").
+
+    `cache`: reuse each weight's bfloat16 copy within the context; a CUDA graph must be
+    recorded without the cache (PyTorch's CUDA graph notes).
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
-                          enabled=precision == "bfloat16")
+                          enabled=precision == "bfloat16", cache_enabled=cache)

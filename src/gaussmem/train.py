@@ -25,6 +25,7 @@ import gaussmem.methods  # noqa: F401  (registers every built-in method and its 
 from gaussmem.atomic import write_text_atomic
 from gaussmem.checkpoint import load_checkpoint, save_checkpoint
 from gaussmem.config import TrainConfig, from_dict, to_dict
+from gaussmem.cuda_graphs import set_learning_rate
 from gaussmem.data.datasets import FewShotDataset
 from gaussmem.data.training_sampler import (
     StreamSampler,
@@ -118,8 +119,7 @@ def train_step(trainer: Trainer, measure_triplet_grad: bool = False) -> dict[str
     triplet gradient norm); the loop asks for them on logging steps.
     """
     lr = learning_rate(trainer.config, trainer.state.step, trainer.state.elapsed_seconds)
-    for group in trainer.method.optimizer.param_groups:
-        group["lr"] = lr
+    set_learning_rate(trainer.method.optimizer, lr)
     terms = trainer.method.train_step(measure=measure_triplet_grad)
     trainer.state.step += 1
     return terms
@@ -250,7 +250,7 @@ def run_loop(trainer: Trainer, log: MetricsLog, *, progress: bool = True,
                 values = running.pop()
                 values["images_per_second"] = window_images / (time.perf_counter()
                                                                - window_start)
-                values["lr"] = trainer.optimizer.param_groups[0]["lr"]
+                values["lr"] = float(trainer.optimizer.param_groups[0]["lr"])
                 values["minutes"] = state.elapsed_seconds / 60.0
                 log.log("train", state.step, values)
                 bar.set_postfix(_postfix(values, config, trainer.method.postfix_terms),
@@ -303,8 +303,9 @@ def train(config: TrainConfig | None, run_dir: str | Path, train_set: FewShotDat
 
     Fresh runs refuse a `run_dir` that already holds a checkpoint (pass `resume=True`).
     On resume the checkpoint's config is used; if `config` is given, its `budget`
-    (to extend a finished run) and `device` (to go on where another machine stopped;
-    checkpoints load onto the CPU) replace the saved ones, nothing else.
+    (to extend a finished run), `device` and `cuda_graph` (to go on where another
+    machine stopped; checkpoints load onto the CPU and hold no graph) replace the saved
+    ones, nothing else.
     """
     run_dir = Path(run_dir)
     last = run_dir / LAST_CHECKPOINT
@@ -313,6 +314,7 @@ def train(config: TrainConfig | None, run_dir: str | Path, train_set: FewShotDat
         saved = from_dict(TrainConfig, checkpoint["config"])
         if config is not None:
             saved.budget, saved.device = config.budget, config.device
+            saved.cuda_graph = config.cuda_graph
         config = saved
     elif config is None:
         raise TrainingError("a fresh run needs a config")

@@ -101,12 +101,13 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and not args.run_dir:
         raise TrainingError("--resume needs --run-dir")
     budget_or_device_given = (args.max_steps is not None or args.max_minutes is not None
-                    or any(item.startswith(("budget.", "device=")) for item in args.overrides))
+                              or any(item.startswith(("budget.", "device=", "cuda_graph="))
+                                     for item in args.overrides))
     if args.resume and not budget_or_device_given:
         config = None  # continue with the checkpoint's own config, budget included
     elif args.resume:
-        print("gaussmem train: --resume uses the checkpoint's config; only the budget "
-              "and device given here replace its own")
+        print("gaussmem train: --resume uses the checkpoint's config; only the budget, "
+              "device and cuda_graph given here replace its own")
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     run_dir = Path(args.run_dir or Path("runs") / f"{preset_name}-{stamp}").resolve()
     data_dir, cache_dir = resolve_data_dir(args.data_dir), resolve_cache_dir(args.cache_dir)

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from gaussmem.config import TrainConfig
+from gaussmem.cuda_graphs import CapturedStep
 from gaussmem.data.augmentation import RandomAffine
 from gaussmem.data.datasets import FewShotDataset
 from gaussmem.data.training_sampler import (
@@ -51,16 +52,18 @@ from gaussmem.precision import autocast
 
 
 def forward_losses(vae: GaussianVAE, memory: GaussianMemory, images: torch.Tensor,
-                   labels: torch.Tensor, n_classes: int, config: TrainConfig
-                   ) -> tuple[dict[str, torch.Tensor], Any]:
+                   labels: torch.Tensor, n_classes: int, config: TrainConfig,
+                   autocast_cache: bool = True) -> tuple[dict[str, torch.Tensor], Any]:
     """Loss terms and diagnostics of one step; returns `(terms, content posterior)`.
 
     `images (P * C, 1, H, W)` drawing-major, `labels (P * C,)` class ids 0..C-1.
+    `autocast_cache`: off inside a CUDA graph, which must not record autocast's cache of
+    casted weights.
     Diagnostic terms (no gradient): `accuracy` (nearest entry has the query's label),
     `positive_rate` (an entry with the query's label exists), `sim_positive`,
     `sim_negative` (means over queries with one).
     """
-    with autocast(config.precision, images.device):
+    with autocast(config.precision, images.device, cache=autocast_cache):
         # The posteriors come out float32 whatever the precision (GaussianHead).
         content, style = vae.encode(images)
         z_content = vae.reparameterize(content)
@@ -132,24 +135,35 @@ class MAVAETraining(MethodTraining):
                                             episodes.steps_per_episode, seed=config.seed)
         self.augment = (RandomAffine(config.augment, config.seed)
                         if config.augment.enabled else None)
+        # Class ids 0..C-1 of the step's drawing-major batch: the same every step.
+        self.labels = torch.arange(episodes.n_classes, device=self.device).repeat(
+            episodes.images_per_class)
+        self.captured_step = CapturedStep(self.device_step) if config.cuda_graph else None
 
     @property
     def images_per_step(self) -> int:
         return self.sampler.n_classes * self.config.episodes.images_per_class
 
     def train_step(self, measure: bool = False) -> dict[str, torch.Tensor]:
-        config, memory = self.config, self.memory
+        config = self.config
         if self.sampler.new_episode:
-            memory.reset_()
-        n_classes = self.sampler.n_classes
+            self.memory.reset_()
         images = images_to_tensor(self.sampler.next_batch(), config.channels_last,
                                   self.device)
         if self.augment is not None:
             images = self.augment(images)
-        labels = torch.arange(n_classes, device=self.device).repeat(
-            config.episodes.images_per_class)
-        terms, content = forward_losses(self.model, memory, images, labels, n_classes,
-                                        config)
+        if self.captured_step is not None:
+            # The recorded step makes no second backward pass: `measure` is not honoured.
+            return self.captured_step(images, self.labels)
+        return self.device_step(images, self.labels, measure)
+
+    def device_step(self, images: torch.Tensor, labels: torch.Tensor, measure: bool = False
+                    ) -> dict[str, torch.Tensor]:
+        """Steps 2-5 of the module docstring: device work only, no host syncs, so that
+        `cuda_graph` can record it (gaussmem.cuda_graphs)."""
+        terms, content = forward_losses(self.model, self.memory, images, labels,
+                                        self.sampler.n_classes, self.config,
+                                        autocast_cache=self.captured_step is None)
         if measure:
             # The risk the issue names: exp(-SKL) ~ 0 everywhere makes the triplet
             # constant. Its gradient with respect to the content posterior says whether.
@@ -158,7 +172,7 @@ class MAVAETraining(MethodTraining):
             norm = sum(float(g.square().sum()) for g in grads if g is not None)
             terms["triplet_grad_norm"] = torch.tensor(math.sqrt(norm))
         terms["grad_norm"] = self.backward_and_step(terms["loss"])
-        memory.update_(content.mean.detach(), content.var.detach(), labels)
+        self.memory.update_(content.mean.detach(), content.var.detach(), labels)
         return terms
 
     def state_dict(self) -> dict[str, Any]:

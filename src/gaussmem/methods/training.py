@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from gaussmem.config import TrainConfig
+from gaussmem.cuda_graphs import capturable_adam, make_capturable_, portable_optimizer_state
 from gaussmem.data.datasets import FewShotDataset
 from gaussmem.data.training_sampler import TrainingError, images_to_tensor
 from gaussmem.device import module_device, resolve_device
@@ -62,6 +63,10 @@ class MethodTraining(ABC):
         self.config = config
         self.train_set = train_set
         self.device = self._training_device(config)
+        if config.cuda_graph and self.device.type != "cuda":
+            raise TrainingError(f"cuda_graph=true records the step as a CUDA graph, but the "
+                                f"run trains on {self.device} (device={config.device!r}); "
+                                "use a CUDA device or cuda_graph=false")
 
     def _training_device(self, config: TrainConfig) -> torch.device:
         device = resolve_device(config.device)
@@ -125,7 +130,7 @@ class MethodTraining(ABC):
         average = self.weight_average
         return {"model": self.evaluated_model.state_dict(),
                 "trained_model": None if average is None else self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": portable_optimizer_state(self.optimizer.state_dict()),
                 "memory": None if self.memory is None else self.memory.state_dict(),
                 "sampler": self.sampler.state_dict()}
 
@@ -141,6 +146,8 @@ class MethodTraining(ABC):
             self.model.load_state_dict(checkpoint["trained_model"])
             average.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if self.config.cuda_graph:
+            make_capturable_(self.optimizer, self.device)
         if self.memory is not None:
             self.memory.load_state_dict(checkpoint["memory"])
         self.sampler.load_state_dict(checkpoint["sampler"])
@@ -162,10 +169,13 @@ class MethodTraining(ABC):
         return norm
 
     def adam(self) -> torch.optim.Adam:
-        """Adam over `self.model` with the config's lr, weight decay and epsilon."""
+        """Adam over `self.model` with the config's lr, weight decay and epsilon
+        (capturable by a CUDA graph where `cuda_graph` asks for one)."""
         optim = self.config.optim
-        return torch.optim.Adam(self.model.parameters(), lr=optim.lr,
-                                weight_decay=optim.weight_decay, eps=optim.adam_eps)
+        options = {"weight_decay": optim.weight_decay, "eps": optim.adam_eps}
+        if self.config.cuda_graph:
+            return capturable_adam(self.model.parameters(), optim.lr, self.device, **options)
+        return torch.optim.Adam(self.model.parameters(), lr=optim.lr, **options)
 
 
 def embed_in_batches(encoder: nn.Module, images: torch.Tensor, batch_size: int,
