@@ -17,6 +17,7 @@ from conftest import synthetic_set
 from gaussmem.data.class_images import ClassImageSet
 from gaussmem.data.datasets import episode_sampler
 from gaussmem.embedding_cache import EmbeddingCache
+from gaussmem.errors import EpisodeError
 from gaussmem.evaluate import (
     AccuracySummary,
     _showing_index,
@@ -244,6 +245,20 @@ def _smoke_checkpoint(tmp_path: Path, dataset: ClassImageSet) -> Path:
     config.budget.max_steps = 2
     train(config, tmp_path / "run", dataset, dataset, progress=False)
     return tmp_path / "run" / LAST_CHECKPOINT
+
+
+def test_the_progress_bar_opens_only_once_an_episode_ran(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dataset = class_per_image_set(10)
+    checkpoint = _smoke_checkpoint(tmp_path, dataset)
+    capsys.readouterr()
+    with pytest.raises(EpisodeError, match="11-way episodes need 11 classes"):
+        evaluate_checkpoint(checkpoint, n_way=11, n_shot=1, n_query=1, episodes=3,
+                            dataset=dataset, progress=True)
+    assert "episode" not in capsys.readouterr().err  # the error alone, no empty bar
+    evaluate_checkpoint(checkpoint, n_way=4, n_shot=1, n_query=1, episodes=3,
+                        dataset=dataset, progress=True)
+    assert "3/3" in capsys.readouterr().err
 
 
 def test_two_evaluations_with_one_seed_are_identical(tmp_path: Path) -> None:

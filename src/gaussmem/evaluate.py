@@ -232,9 +232,14 @@ def _progress_bar(episodes: int, enabled: bool) -> Callable[[int, float], None] 
         return None
     from tqdm import tqdm
 
-    bar = tqdm(total=episodes, unit="episode", dynamic_ncols=True)
+    bars: list[tqdm] = []
 
     def update(index: int, running_accuracy: float) -> None:
+        # Opened at the first finished episode: a request the sampler refuses (too many
+        # classes, say) then fails with its message alone, not under an empty bar.
+        if not bars:
+            bars.append(tqdm(total=episodes, unit="episode", dynamic_ncols=True))
+        bar = bars[0]
         bar.update(1)
         bar.set_postfix(acc=f"{100 * running_accuracy:.2f}", refresh=False)
         if index + 1 == episodes:
