@@ -187,6 +187,10 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
         spelled(TODAY_512, "loss.latent=1", "optim.weight_decay=5e-4", SELECT_20W1S),
         "Adam's L2 weight decay 5e-4 with c2 = 1: validation peaks near step 2,000 and "
         "then slides (cpu-quick's GPU run), so does another regularizer lift the peak?"),
+    "512classes-latent1-3blocks": (
+        spelled(TODAY_512, "loss.latent=1", "model.n_blocks=3", SELECT_20W1S),
+        "three conv blocks instead of four: the heads read a 3x3x64 = 576-d feature that "
+        "keeps where strokes are, instead of the fourth block's 64-d max over it"),
     "512classes-latent1-lr3e-3": (
         spelled(TODAY_512, "loss.latent=1", "optim.lr=3e-3", SELECT_20W1S),
         "Adam lr 3e-3 (100-step warm-up) with c2 = 1: it tied 2e-3 at c2 = 0.1 "
