@@ -21,10 +21,11 @@
 # (`concurrent_runs`). PRESETS="..." picks a subset of the run names below;
 # PRESETS=cpu-quick-solo with MINUTES 2 trains cpu-quick alone on the device (its speed
 # without sharing; validated every 1,000 steps); cpu-quick-affine is cpu-quick with the
-# random affine distortions of the training images (augment.*), and cpu-quick-trainval
-# is cpu-quick trained on train + val (no validation, last checkpoint kept); neither is
-# run by default. CUDA_GRAPH=1 trains every run with `cuda_graph=true` (the step
-# recorded once as a CUDA graph and replayed; PHASE=check times it first).
+# random affine distortions of the training images (augment.*), cpu-quick-trainval is
+# cpu-quick trained on train + val (no validation, last checkpoint kept), and
+# cpu-quick-lake on Kaiser et al.'s split (the same); none of these runs by default.
+# CUDA_GRAPH=1 trains every run with `cuda_graph=true` (the step recorded once as a
+# CUDA graph and replayed; PHASE=check times it first).
 #
 # Training only: each run writes its training record (results/omniglot-<tag>-training
 # .json, with the GPU's name) and leaves its best checkpoint; OUT_DIR/<run>.tar.gz holds
@@ -95,6 +96,10 @@ augment.max_rotation_degrees=10 augment.max_scale=0.1 augment.max_shift=0.07" ;;
     # characters, no validation, the last checkpoint kept.
     cpu-quick-trainval) echo "cpu-quick cpu-quick-trainval-$suffix \
 data.train_subset=trainval data.val_subset=none" ;;
+    # cpu-quick on Kaiser et al.'s split (PRESETS=cpu-quick-lake): their training and
+    # test classes, no validation, the last checkpoint kept.
+    cpu-quick-lake) echo "cpu-quick cpu-quick-lake-$suffix data.scheme=lake \
+data.val_subset=none" ;;
     *) echo "unknown run $1" >&2; return 1 ;;
   esac
 }
@@ -129,7 +134,7 @@ wanted() { case " $presets " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 if wanted 5way; then train_run 5way "$solo_minutes" 0 1000; fi
 side_by_side=()
 for name in 20way 5way-to-20way parallel cpu-quick cpu-quick-1024 cpu-quick-solo \
-    cpu-quick-affine cpu-quick-trainval; do
+    cpu-quick-affine cpu-quick-trainval cpu-quick-lake; do
   if wanted "$name"; then side_by_side+=("$name"); fi
 done
 others=$(( ${#side_by_side[@]} - 1 ))

@@ -88,6 +88,15 @@ def render_omniglot_seeds(markdown: str) -> str:
     return markdown[start:end].strip().replace("## Across", "### Across")
 
 
+def render_omniglot_lake(markdown: str) -> str:
+    """The Kaiser et al. split section of results/omniglot.md (empty until a run)."""
+    if "## Kaiser et al.'s split" not in markdown:
+        return "Not yet run."
+    start = markdown.index("## Kaiser et al.'s split")
+    end = markdown.index("\n## ", start + 1)
+    return markdown[start:end].strip().replace("## Kaiser", "### Kaiser")
+
+
 def render_omniglot_speed(markdown: str) -> str:
     """The training-speed section of results/omniglot.md."""
     start = markdown.index("## Training speed")
@@ -125,6 +134,7 @@ RENDERERS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "memory_search": ("memory_search.json", render_memory_search),
     "omniglot_tables": ("omniglot.md", render_omniglot_tables),
     "omniglot_seeds": ("omniglot.md", render_omniglot_seeds),
+    "omniglot_lake": ("omniglot.md", render_omniglot_lake),
     "lfw_table": ("lfw.md", render_lfw_table),
     "omniglot_speed": ("omniglot.md", render_omniglot_speed),
     "step_speed_cpu": ("speed-cpu.json", render_step_speed),

@@ -135,3 +135,31 @@ def test_seed_summary_averages_only_runs_whose_configs_differ_by_the_seed() -> N
     row = tables.seed_row(groups["fit"], cells, [(5, 1), (20, 1), (20, 5)])
     assert row == ("| `fit` | 3 (0, 1, 2) | 98.27 (98.00–98.50) | 94.50 (94.00–95.00) "
                    "| not run by every seed |")
+
+
+def test_runs_on_kaisers_split_get_their_own_table_beside_kaisers_figures() -> None:
+    tables = load_script("make_results_table")
+    def cells(scheme: str, accuracy: float) -> dict:
+        return {(way, shot): {"dataset": f"omniglot/{scheme}/test", "protocol": "support-query",
+                              "result": {"accuracy": {"mean": accuracy, "ci95": 0.2,
+                                                      "episodes": 1000}},
+                              "checkpoint": {"method": "mavae", "train_minutes": 12.0,
+                                             "step": 2200}}
+                for way, shot in tables.TABLE1}
+    markdown = tables.render({"on-vinyals": cells("vinyals", 91.0),
+                              "on-lake": cells("lake", 97.0)}, {}, {})
+    table1 = markdown[markdown.index("## Table 1"):markdown.index("## Table 2")]
+    lake = markdown[markdown.index("## Kaiser et al.'s split"):]
+    assert "`on-vinyals`" in table1 and "`on-lake`" not in table1
+    assert "| ours: MA-VAE, `on-lake` | 97.0 ± 0.2 (1000 ep.)" in lake
+    assert "| Kaiser et al. 2017 memory | 98.4 | 99.6 | 95.0 | 98.6 | paper |" in lake
+    assert "Tseran & Harada" not in lake.split("## Training runs")[0]
+    on_lake = {"config": {"data": {"scheme": "lake", "train_subset": "train",
+                                   "val_subset": None}}}
+    assert tables.training_classes(on_lake) == ("the lake split's train classes "
+                                                "(background alphabets)")
+    readme = load_script("update_readme")
+    assert readme.render_omniglot_lake(markdown).startswith("### Kaiser et al.'s split")
+    without = tables.render({"on-vinyals": cells("vinyals", 91.0)}, {}, {})
+    assert "Kaiser et al.'s split" not in without
+    assert readme.render_omniglot_lake(without) == "Not yet run."
