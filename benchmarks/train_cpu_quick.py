@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,19 @@ def hardware() -> dict[str, object]:
 def run(command: list[str]) -> None:
     print("+", " ".join(command), flush=True)
     subprocess.run(command, check=True, cwd=ROOT)
+
+
+def online_cells(cells: str | None) -> list[tuple[int, int]]:
+    """The online-protocol evaluations `--cells` asks for: "online-NwKs" (a stream of N
+    classes, accuracy up to the K-th shot); "online" is "online-5w5s", the default."""
+    wanted = cells.split(",") if cells else ["online"]
+    found = []
+    for cell in wanted:
+        if cell == "online":
+            found.append((5, 5))
+        elif match := re.fullmatch(r"online-(\d+)w(\d+)s", cell):
+            found.append((int(match[1]), int(match[2])))
+    return found
 
 
 def training_record(run_dir: Path, tag: str, command: list[str], note: str,
@@ -115,8 +129,9 @@ def main() -> int:
                         help="torch threads of each `gaussmem evaluate` (default: torch's)")
     parser.add_argument("--note", default="", help="free text kept in the training record")
     parser.add_argument("--cells", default=None,
-                        help="comma-separated subset of cells to evaluate, e.g. 20w1s,20w5s "
-                        "(default: all eight and the online protocol)")
+                        help="comma-separated subset of cells to evaluate, e.g. 20w1s,20w5s; "
+                        "online-NwKs for the online protocol over N classes up to K shots, "
+                        "online for online-5w5s (default: all eight and online)")
     parser.add_argument("--results", default="results")
     args = parser.parse_args()
 
@@ -170,11 +185,12 @@ def main() -> int:
         report["hardware"] = {**hardware(), "torch_threads": threads_used}
         write_text_atomic(out, json.dumps(report, indent=2, sort_keys=True) + "\n")
     # The online protocol needs classes shown repeatedly: not on mirrored LFW-a.
-    if dataset == "omniglot" and (not args.cells or "online" in args.cells.split(",")):
-        online = results / f"omniglot-{args.tag}-online-5w5s.json"
+    for n_way, n_shot in online_cells(args.cells) if dataset == "omniglot" else []:
+        online = results / f"omniglot-{args.tag}-online-{n_way}w{n_shot}s.json"
         run([*gaussmem, "evaluate", "--checkpoint", str(checkpoint), "--protocol", "online",
-             "--n-way", "5", "--n-shot", "5", "--episodes", str(args.episodes), "--seed", "0",
-             "--split", "test", "--json", str(online), "--no-progress", *threads])
+             "--n-way", str(n_way), "--n-shot", str(n_shot), "--episodes", str(args.episodes),
+             "--seed", "0", "--split", "test", "--json", str(online), "--no-progress",
+             *threads])
     run([sys.executable, str(ROOT / "scripts" / "make_results_table.py")])
     return 0
 

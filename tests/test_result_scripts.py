@@ -158,6 +158,24 @@ def test_runs_on_kaisers_split_get_their_own_table_beside_kaisers_figures() -> N
                                    "val_subset": None}}}
     assert tables.training_classes(on_lake) == ("the lake split's train classes "
                                                 "(background alphabets)")
+    def online(n_way: int, scheme: str = "lake") -> dict:
+        return {"dataset": f"omniglot/{scheme}/test", "n_way": n_way, "episodes": 1000,
+                "seed": 0, "result": {"per_shot": {str(shot): {"mean": 90.0 + n_way / 10
+                                                                + shot, "ci95": 0.3}
+                                                   for shot in range(6)}}}
+    streams = {"omniglot-on-lake-online-5w5s.json": online(5),
+               "omniglot-on-lake-online-20w5s.json": online(20),
+               "omniglot-half-online-5w5s.json": online(5),  # no 20-way stream: no row
+               "omniglot-on-vinyals-online-5w5s.json": online(5, "vinyals")}
+    with_online = tables.render({"on-vinyals": cells("vinyals", 91.0),
+                                 "on-lake": cells("lake", 97.0)}, {}, streams)
+    start = with_online.index("## Kaiser et al.'s split")
+    lake = with_online[start:with_online.index("\n## ", start)]
+    assert ("| ours: MA-VAE, `on-lake`, online protocol | 91.5 ± 0.3 | 95.5 ± 0.3 | "
+            "93.0 ± 0.3 | 97.0 ± 0.3 |") in lake
+    assert "`half`" not in lake and "on-vinyals-online" not in lake
+    assert "`omniglot-on-vinyals-online-5w5s.json`" in with_online
+    assert "`omniglot-on-lake-online-5w5s.json`" not in with_online
     readme = load_script("update_readme")
     assert readme.render_omniglot_lake(markdown).startswith("### Kaiser et al.'s split")
     without = tables.render({"on-vinyals": cells("vinyals", 91.0)}, {}, {})
