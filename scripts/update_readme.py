@@ -25,9 +25,11 @@ def _hardware_line(result: dict) -> str:
     device = hardware.get("gpu") or f"{hardware['cpu']}, {hardware['cpu_cores']} cores"
     load = hardware.get("load_average")
     load_note = f", load average {load[0]:.1f} at the start" if load else ""
+    # A benchmark without randomness (random pixels aside) records no seed.
+    seed = f", seed {result['seed']}" if "seed" in result else ""
     return (f"Measured on {device} (torch {hardware['torch']}, "
-            f"{hardware['torch_threads']} threads{load_note}) with `{result['command']}`, "
-            f"seed {result['seed']}.")
+            f"{hardware['torch_threads']} threads{load_note}) with `{result['command']}`"
+            f"{seed}.")
 
 
 def render_data_loading(result: dict) -> str:
@@ -122,6 +124,20 @@ def render_step_speed(result: dict) -> str:
             "steps.")
 
 
+def render_cpu_contention(result: dict) -> str:
+    """benchmarks/cpu_contention.py: training threads alone and beside a busy process."""
+    lines = ["| other process's busy threads | training threads | step, median | step, mean "
+             "| step, largest | memory calls, median |", "|---:|---:|---:|---:|---:|---:|"]
+    for row in result["conditions"]:
+        step, memory = row["step_ms"], row["memory_ms"]
+        lines.append(f"| {row['competing_threads']} | {row['num_threads']} "
+                     f"| {step['median']:,.0f} ms | {step['mean']:,.0f} ms "
+                     f"| {step['max']:,.0f} ms | {memory['median']:,.0f} ms |")
+    return ("\n".join(lines) + f"\n\ncpu-quick steps (512 classes x 2 drawings, random "
+            f"pixels), {result['steps']} per condition after 3 warm-up steps. "
+            + _hardware_line(result))
+
+
 def render_lfw_table(markdown: str) -> str:
     """Table 3 of results/lfw.md (itself generated from results JSON)."""
     start = markdown.index("## Table 3")
@@ -139,6 +155,7 @@ RENDERERS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "omniglot_speed": ("omniglot.md", render_omniglot_speed),
     "step_speed_cpu": ("speed-cpu.json", render_step_speed),
     "step_speed_gpu": ("speed-gpu.json", render_step_speed),
+    "cpu_contention": ("cpu_contention.json", render_cpu_contention),
 }
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gaussmem import __version__
-from gaussmem.hardware import code_version, describe_hardware
+from gaussmem.hardware import busy_cpu_warning, code_version, describe_hardware
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 
@@ -59,3 +59,40 @@ def test_a_copy_inside_another_repository_or_outside_git_reports_the_version(
 
 def test_hardware_description_names_the_code() -> None:
     assert describe_hardware()["gaussmem"].startswith(__version__)
+
+
+@pytest.mark.parametrize(("load", "cores", "threads", "suggested"), [
+    (1.0, 2, 2, 1), (2.3, 2, 2, 1), (4.2, 16, 16, 12), (9.0, 4, 4, 1)])
+def test_a_busy_cpu_is_named_with_the_threads_that_would_suit_it(
+        load: float, cores: int, threads: int, suggested: int) -> None:
+    warning = busy_cpu_warning(load, cores, threads)
+    assert warning is not None and f"load average {load:.1f}" in warning
+    assert f"--set num_threads={suggested} " in warning
+
+
+@pytest.mark.parametrize(("load", "cores", "threads"), [
+    (0.2, 2, 2), (0.9, 2, 2), (1.0, 2, 1), (3.0, 16, 12)])
+def test_an_idle_or_roomy_cpu_draws_no_warning(load: float, cores: int, threads: int
+                                              ) -> None:
+    assert busy_cpu_warning(load, cores, threads) is None
+
+
+def test_gaussmem_train_warns_on_a_busy_cpu_only_when_it_trains_there(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from gaussmem.commands.train import _warn_if_the_cpu_is_busy
+    from gaussmem.config import resolve
+
+    monkeypatch.setattr("os.getloadavg", lambda: (2.0, 2.0, 2.0))
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    _warn_if_the_cpu_is_busy(resolve("smoke", overrides=["device=cpu", "num_threads=2"]))
+    assert "warning: the CPU is busy" in capsys.readouterr().err
+    # The MA-VAE on a GPU: the CPU's threads hardly matter.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    _warn_if_the_cpu_is_busy(resolve("smoke", overrides=["device=cuda", "num_threads=2"]))
+    assert capsys.readouterr().err == ""
+    # A baseline trains on the CPU whatever the device says.
+    _warn_if_the_cpu_is_busy(resolve("smoke", overrides=["method=protonet",
+                                                         "num_threads=2"]))
+    assert "--set num_threads=1" in capsys.readouterr().err

@@ -181,3 +181,19 @@ def test_runs_on_kaisers_split_get_their_own_table_beside_kaisers_figures() -> N
     without = tables.render({"on-vinyals": cells("vinyals", 91.0)}, {}, {})
     assert "Kaiser et al.'s split" not in without
     assert readme.render_omniglot_lake(without) == "Not yet run."
+
+
+def test_cpu_contention_table_shows_each_condition_from_the_json() -> None:
+    readme = load_script("update_readme")
+    def condition(competing: int, threads: int, mean: float) -> dict:
+        return {"competing_threads": competing, "num_threads": threads,
+                "step_ms": {"median": 700.0, "mean": mean, "max": 12345.6},
+                "memory_ms": {"median": 41.0, "mean": 41.0, "max": 50.0}}
+    result = {"command": "python benchmarks/cpu_contention.py", "steps": 30,
+              "hardware": {"cpu": "AMD EPYC", "cpu_cores": 2, "torch": "2.13.0+cpu",
+                           "torch_threads": 2},
+              "conditions": [condition(0, 2, 400.0), condition(2, 2, 2094.4)]}
+    text = readme.render_cpu_contention(result)
+    assert "| 2 | 2 | 700 ms | 2,094 ms | 12,346 ms | 41 ms |" in text
+    assert "30 per condition" in text and "AMD EPYC, 2 cores" in text
+    assert "seed" not in text

@@ -8,6 +8,7 @@ so the dictionary names gaussmem's version and, in a git checkout, its commit.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import shlex
@@ -87,6 +88,25 @@ def describe_hardware() -> dict[str, Any]:
     if torch.cuda.is_available():
         description["gpu"] = torch.cuda.get_device_name(0)
     return description
+
+
+def busy_cpu_warning(load_average: float, cores: int, threads: int) -> str | None:
+    """A warning when the training threads and the work already running (the one-minute
+    load average) want more cores than there are, else None.
+
+    PyTorch splits each CPU operation over its threads and waits for the slowest, so a
+    thread whose core another process holds stalls every operation: on 2 cores beside a
+    2-thread job, a 2-thread training step was several times slower on average than a
+    1-thread one, with single steps taking tens of seconds
+    (benchmarks/cpu_contention.py -> results/cpu_contention.json).
+    """
+    if load_average < 1.0 or threads + load_average <= cores + 0.5:
+        return None
+    suggested = max(1, cores - math.ceil(load_average - 0.5))
+    return (f"the CPU is busy (load average {load_average:.1f} over the last minute, "
+            f"{cores} cores) and training will run {threads} threads: beside other work "
+            "that can make steps several times slower, with stalls of seconds; "
+            f"--set num_threads={suggested} leaves the other work its cores")
 
 
 def command_line() -> str:

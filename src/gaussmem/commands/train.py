@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -86,6 +88,22 @@ def _check_disjoint(train_set: Any, val_set: Any | None, data: Any) -> None:
             "both, set data.val_subset=none (no validation, the last checkpoint is kept)")
 
 
+def _warn_if_the_cpu_is_busy(config: TrainConfig) -> None:
+    """Training on the CPU beside other work: say how many threads would suit it."""
+    import torch
+
+    from gaussmem.device import resolve_device
+    from gaussmem.hardware import busy_cpu_warning
+
+    # The baselines always train on the CPU; the MA-VAE where its device says.
+    if config.method == "mavae" and resolve_device(config.device).type != "cpu":
+        return
+    threads = config.num_threads or torch.get_num_threads()
+    warning = busy_cpu_warning(os.getloadavg()[0], len(os.sched_getaffinity(0)), threads)
+    if warning:
+        print(f"gaussmem train: warning: {warning}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     # Imported here so `gaussmem --help` stays fast (no torch import).
     from gaussmem.allocator import keep_freed_memory
@@ -118,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
                load_split(data, data.val_subset, data_dir=data_dir, cache_dir=cache_dir))
     _check_disjoint(train_set, val_set, data)
     print(f"gaussmem train: run directory {run_dir}")
+    _warn_if_the_cpu_is_busy(config or _saved_config(run_dir))
     keep_freed_memory()  # 1.0-1.2x CPU training throughput (results/allocator_speed.json)
     result = train(config, run_dir, train_set, val_set, resume=args.resume,
                    progress=not args.no_progress)
