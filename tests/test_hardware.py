@@ -62,7 +62,7 @@ def test_hardware_description_names_the_code() -> None:
 
 
 @pytest.mark.parametrize(("load", "cores", "threads", "suggested"), [
-    (1.0, 2, 2, 1), (2.3, 2, 2, 1), (4.2, 16, 16, 12), (9.0, 4, 4, 1)])
+    (1.0, 2, 2, 1), (2.3, 2, 2, 1), (4.2, 16, 16, 12), (9.0, 4, 4, 1), (60.0, 64, 8, 4)])
 def test_a_busy_cpu_is_named_with_the_threads_that_would_suit_it(
         load: float, cores: int, threads: int, suggested: int) -> None:
     warning = busy_cpu_warning(load, cores, threads)
@@ -85,7 +85,7 @@ def test_gaussmem_train_warns_on_a_busy_cpu_only_when_it_trains_there(
     from gaussmem.config import resolve
 
     monkeypatch.setattr("os.getloadavg", lambda: (2.0, 2.0, 2.0))
-    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
     _warn_if_the_cpu_is_busy(resolve("smoke", overrides=["device=cpu", "num_threads=2"]))
     assert "warning: the CPU is busy" in capsys.readouterr().err
     # The MA-VAE on a GPU: the CPU's threads hardly matter.

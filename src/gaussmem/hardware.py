@@ -99,10 +99,14 @@ def busy_cpu_warning(load_average: float, cores: int, threads: int) -> str | Non
     2-thread job, a 2-thread training step was several times slower on average than a
     1-thread one, with single steps taking tens of seconds
     (benchmarks/cpu_contention.py -> results/cpu_contention.json).
+
+    `cores` must count the same CPUs as the load average: in a container the load
+    average is usually the host's, so pass every CPU the system reports, not the
+    container's share, or a busy host would warn on every run.
     """
     if load_average < 1.0 or threads + load_average <= cores + 0.5:
         return None
-    suggested = max(1, cores - math.ceil(load_average - 0.5))
+    suggested = max(1, min(threads - 1, cores - math.ceil(load_average - 0.5)))
     return (f"the CPU is busy (load average {load_average:.1f} over the last minute, "
             f"{cores} cores) and training will run {threads} threads: beside other work "
             "that can make steps several times slower, with stalls of seconds; "

@@ -99,7 +99,7 @@ def _warn_if_the_cpu_is_busy(config: TrainConfig) -> None:
     if config.method == "mavae" and resolve_device(config.device).type != "cpu":
         return
     threads = config.num_threads or torch.get_num_threads()
-    warning = busy_cpu_warning(os.getloadavg()[0], len(os.sched_getaffinity(0)), threads)
+    warning = busy_cpu_warning(os.getloadavg()[0], os.cpu_count() or 1, threads)
     if warning:
         print(f"gaussmem train: warning: {warning}", file=sys.stderr)
 
