@@ -8,8 +8,8 @@ process that keeps as many threads as there are cores busy with matrix products 
 training run, a test suite). Reports per condition the median, mean and largest step
 time and the part spent in the memory's lookups and write. PyTorch's CPU kernels split each
 operation over `num_threads` threads and wait for the slowest: when another process holds
-a core, every operation waits for a thread that is not running, and small operations (the
-memory's) suffer most. `gaussmem train` warns when the load average says the CPU is busy.
+a core, every operation waits for a thread that is not running. `gaussmem train` warns
+when other tasks are running on the CPU as it starts.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gaussmem import __version__
+from gaussmem import __version__, hardware
 from gaussmem.hardware import busy_cpu_warning, code_version, describe_hardware
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
@@ -61,20 +61,41 @@ def test_hardware_description_names_the_code() -> None:
     assert describe_hardware()["gaussmem"].startswith(__version__)
 
 
-@pytest.mark.parametrize(("load", "cores", "threads", "suggested"), [
-    (1.0, 2, 2, 1), (2.3, 2, 2, 1), (4.2, 16, 16, 12), (9.0, 4, 4, 1), (60.0, 64, 8, 4)])
+@pytest.mark.parametrize(("others", "cores", "threads", "suggested"), [
+    (1, 2, 2, 1), (2, 2, 2, 1), (4, 16, 16, 12), (9, 4, 4, 1), (60, 64, 8, 4)])
 def test_a_busy_cpu_is_named_with_the_threads_that_would_suit_it(
-        load: float, cores: int, threads: int, suggested: int) -> None:
-    warning = busy_cpu_warning(load, cores, threads)
-    assert warning is not None and f"load average {load:.1f}" in warning
+        others: float, cores: int, threads: int, suggested: int) -> None:
+    warning = busy_cpu_warning(others, cores, threads)
+    assert warning is not None and f"({others:g} other tasks running, {cores} cores)" in warning
     assert f"--set num_threads={suggested} " in warning
 
 
-@pytest.mark.parametrize(("load", "cores", "threads"), [
-    (0.2, 2, 2), (0.9, 2, 2), (1.0, 2, 1), (3.0, 16, 12)])
-def test_an_idle_or_roomy_cpu_draws_no_warning(load: float, cores: int, threads: int
+@pytest.mark.parametrize(("others", "cores", "threads"), [
+    (0, 2, 2), (0.5, 2, 2), (1, 2, 1), (3, 16, 12)])
+def test_an_idle_or_roomy_cpu_draws_no_warning(others: float, cores: int, threads: int
                                               ) -> None:
-    assert busy_cpu_warning(load, cores, threads) is None
+    assert busy_cpu_warning(others, cores, threads) is None
+
+
+def test_other_running_tasks_reads_the_running_count_without_this_process(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    readings = iter(["0.10 0.20 0.30 3/120 999\n", "0.10 0.20 0.30 1/120 999\n",
+                     "0.10 0.20 0.30 3/120 999\n"])
+    real_open = open
+
+    def fake_open(path: str, *args: object, **kwargs: object) -> object:
+        if path == "/proc/loadavg":
+            file = tmp_path / "loadavg"
+            file.write_text(next(readings))
+            return real_open(file, *args, **kwargs)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    # The median of 3, 1, 3 running tasks, less this process: a brief dip is ignored.
+    assert hardware.other_running_tasks(samples=3, interval_s=0) == 2
+    monkeypatch.setattr("builtins.open", lambda *args, **kwargs: (_ for _ in ()).throw(
+        FileNotFoundError("/proc/loadavg")))
+    assert hardware.other_running_tasks(samples=3, interval_s=0) is None
 
 
 def test_gaussmem_train_warns_on_a_busy_cpu_only_when_it_trains_there(
@@ -84,7 +105,7 @@ def test_gaussmem_train_warns_on_a_busy_cpu_only_when_it_trains_there(
     from gaussmem.commands.train import _warn_if_the_cpu_is_busy
     from gaussmem.config import resolve
 
-    monkeypatch.setattr("os.getloadavg", lambda: (2.0, 2.0, 2.0))
+    monkeypatch.setattr(hardware, "other_running_tasks", lambda: 2.0)
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     _warn_if_the_cpu_is_busy(resolve("smoke", overrides=["device=cpu", "num_threads=2"]))
     assert "warning: the CPU is busy" in capsys.readouterr().err
@@ -96,3 +117,8 @@ def test_gaussmem_train_warns_on_a_busy_cpu_only_when_it_trains_there(
     _warn_if_the_cpu_is_busy(resolve("smoke", overrides=["method=protonet",
                                                          "num_threads=2"]))
     assert "--set num_threads=1" in capsys.readouterr().err
+    # Nothing else running: no warning.
+    monkeypatch.setattr(hardware, "other_running_tasks", lambda: 0.0)
+    _warn_if_the_cpu_is_busy(resolve("smoke", overrides=["method=protonet",
+                                                         "num_threads=2"]))
+    assert capsys.readouterr().err == ""

@@ -14,6 +14,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -90,9 +91,29 @@ def describe_hardware() -> dict[str, Any]:
     return description
 
 
-def busy_cpu_warning(load_average: float, cores: int, threads: int) -> str | None:
-    """A warning when the training threads and the work already running (the one-minute
-    load average) want more cores than there are, else None.
+def other_running_tasks(samples: int = 10, interval_s: float = 0.05) -> float | None:
+    """Tasks running or waiting for a CPU right now besides this one: the median over
+    `samples` readings of /proc/loadavg's running count, minus this process. None where
+    there is no /proc (not Linux).
+
+    Not the load average: that is a one-minute mean, so work that has just finished
+    (a test suite, an install) would still count as running.
+    """
+    readings = []
+    try:
+        for index in range(samples):
+            if index:
+                time.sleep(interval_s)
+            with open("/proc/loadavg") as handle:
+                readings.append(int(handle.read().split()[3].split("/")[0]))
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, float(np.median(readings)) - 1)
+
+
+def busy_cpu_warning(other_tasks: float, cores: int, threads: int) -> str | None:
+    """A warning when the training threads and the tasks already running want more
+    cores than there are, else None.
 
     PyTorch splits each CPU operation over its threads and waits for the slowest, so a
     thread whose core another process holds stalls every operation: on 2 cores beside a
@@ -100,17 +121,17 @@ def busy_cpu_warning(load_average: float, cores: int, threads: int) -> str | Non
     1-thread one, with single steps taking tens of seconds
     (benchmarks/cpu_contention.py -> results/cpu_contention.json).
 
-    `cores` must count the same CPUs as the load average: in a container the load
-    average is usually the host's, so pass every CPU the system reports, not the
-    container's share, or a busy host would warn on every run.
+    `cores` must count the same CPUs as `other_tasks`: in a container /proc/loadavg is
+    usually the host's, so pass every CPU the system reports, not the container's share,
+    or a busy host would warn on every run.
     """
-    if load_average < 1.0 or threads + load_average <= cores + 0.5:
+    if other_tasks < 1 or threads + other_tasks <= cores + 0.5:
         return None
-    suggested = max(1, min(threads - 1, cores - math.ceil(load_average - 0.5)))
-    return (f"the CPU is busy (load average {load_average:.1f} over the last minute, "
-            f"{cores} cores) and training will run {threads} threads: beside other work "
-            "that can make steps several times slower, with stalls of seconds; "
-            f"--set num_threads={suggested} leaves the other work its cores")
+    suggested = max(1, min(threads - 1, cores - math.ceil(other_tasks - 0.5)))
+    return (f"the CPU is busy ({other_tasks:g} other tasks running, {cores} cores) and "
+            f"training will run {threads} threads: beside other work that can make steps "
+            f"several times slower, with stalls of seconds; --set num_threads={suggested} "
+            "leaves the other work its cores")
 
 
 def command_line() -> str:

@@ -93,13 +93,15 @@ def _warn_if_the_cpu_is_busy(config: TrainConfig) -> None:
     import torch
 
     from gaussmem.device import resolve_device
-    from gaussmem.hardware import busy_cpu_warning
+    from gaussmem.hardware import busy_cpu_warning, other_running_tasks
 
     # The baselines always train on the CPU; the MA-VAE where its device says.
     if config.method == "mavae" and resolve_device(config.device).type != "cpu":
         return
     threads = config.num_threads or torch.get_num_threads()
-    warning = busy_cpu_warning(os.getloadavg()[0], os.cpu_count() or 1, threads)
+    other_tasks = other_running_tasks()
+    warning = (None if other_tasks is None else
+               busy_cpu_warning(other_tasks, os.cpu_count() or 1, threads))
     if warning:
         print(f"gaussmem train: warning: {warning}", file=sys.stderr)
 
