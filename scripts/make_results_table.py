@@ -262,9 +262,12 @@ def online_rows(online: dict[str, dict]) -> list[str]:
     if not rows:
         return []
     (kaiser,) = PAPER_TABLE1["kaiser"].values()
+    streams_and_seeds = "; ".join(f"{episodes:,} streams, seed {seed}" for episodes, seed in
+                                  sorted({(report["episodes"], report["seed"])
+                                          for report in online.values()}))
     return ["", "The same checkpoints in the online protocol, the one Kaiser et al.'s code "
             "reports (a stream of N classes; k-shot = accuracy on a class's (k+1)-th "
-            "showing; 1,000 streams, seed 0):", "",
+            f"showing; {streams_and_seeds}):", "",
             "| model | 5-way 1-shot | 5-way 5-shot | 20-way 1-shot | 20-way 5-shot |",
             "|---|---|---|---|---|",
             "| Kaiser et al. 2017 memory | " + " | ".join(f"{v:.1f}" for v in kaiser) + " |",

@@ -174,6 +174,7 @@ def test_runs_on_kaisers_split_get_their_own_table_beside_kaisers_figures() -> N
     assert ("| ours: MA-VAE, `on-lake`, online protocol | 91.5 ± 0.3 | 95.5 ± 0.3 | "
             "93.0 ± 0.3 | 97.0 ± 0.3 |") in lake
     assert "`half`" not in lake and "on-vinyals-online" not in lake
+    assert "1,000 streams, seed 0" in lake
     assert "`omniglot-on-vinyals-online-5w5s.json`" in with_online
     assert "`omniglot-on-lake-online-5w5s.json`" not in with_online
     readme = load_script("update_readme")
