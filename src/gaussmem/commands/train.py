@@ -92,11 +92,10 @@ def _warn_if_the_cpu_is_busy(config: TrainConfig) -> None:
     """Training on the CPU beside other work: say how many threads would suit it."""
     import torch
 
-    from gaussmem.device import resolve_device
     from gaussmem.hardware import busy_cpu_warning, other_running_tasks
+    from gaussmem.methods import training_class
 
-    # The baselines always train on the CPU; the MA-VAE where its device says.
-    if config.method == "mavae" and resolve_device(config.device).type != "cpu":
+    if training_class(config.method).training_device(config).type != "cpu":
         return
     threads = config.num_threads or torch.get_num_threads()
     other_tasks = other_running_tasks()

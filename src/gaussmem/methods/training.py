@@ -62,20 +62,23 @@ class MethodTraining(ABC):
                                 "this dataset or --set model.image_size=...")
         self.config = config
         self.train_set = train_set
-        self.device = self._training_device(config)
+        self.device = self.training_device(config)
         if config.cuda_graph and self.device.type != "cuda":
             raise TrainingError(f"cuda_graph=true records the step as a CUDA graph, but the "
                                 f"run trains on {self.device} (device={config.device!r}); "
                                 "use a CUDA device or cuda_graph=false")
 
-    def _training_device(self, config: TrainConfig) -> torch.device:
+    @classmethod
+    def training_device(cls, config: TrainConfig) -> torch.device:
+        """Where a run of `config` trains: its device where the method supports that
+        device type, the CPU for "auto" where it does not; otherwise an error."""
         device = resolve_device(config.device)
-        if device.type in self.device_types:
+        if device.type in cls.device_types:
             return device
         if config.device == "auto":
             return torch.device("cpu")
         raise TrainingError(f"device {config.device!r}: method {config.method!r} trains on "
-                            f"{' or '.join(self.device_types)} only; use device 'cpu' "
+                            f"{' or '.join(cls.device_types)} only; use device 'cpu' "
                             "or 'auto'")
 
     @property
