@@ -83,27 +83,30 @@ def render_omniglot_tables(markdown: str) -> str:
     return markdown[start:end].strip().replace("## Table", "### Table")
 
 
+def _section(markdown: str, heading: str, readme_heading: str) -> str:
+    """The `## heading` section of a generated markdown file, up to the next `## `,
+    under `readme_heading` (the README nests it one level deeper)."""
+    start = markdown.index(f"## {heading}")
+    end = markdown.index("\n## ", start + 1)
+    return markdown[start:end].strip().replace(f"## {heading}", readme_heading, 1)
+
+
 def render_omniglot_seeds(markdown: str) -> str:
     """The across-training-seeds section of results/omniglot.md."""
-    start = markdown.index("## Across training seeds")
-    end = markdown.index("\n## ", start + 1)
-    return markdown[start:end].strip().replace("## Across", "### Across")
+    return _section(markdown, "Across training seeds", "### Across training seeds")
 
 
 def render_omniglot_lake(markdown: str) -> str:
     """The Kaiser et al. split section of results/omniglot.md (empty until a run)."""
-    if "## Kaiser et al.'s split" not in markdown:
+    heading = "Kaiser et al.'s split (lake)"
+    if f"## {heading}" not in markdown:
         return "Not yet run."
-    start = markdown.index("## Kaiser et al.'s split")
-    end = markdown.index("\n## ", start + 1)
-    return markdown[start:end].strip().replace("## Kaiser", "### Kaiser")
+    return _section(markdown, heading, f"### {heading}")
 
 
 def render_omniglot_speed(markdown: str) -> str:
     """The training-speed section of results/omniglot.md."""
-    start = markdown.index("## Training speed")
-    end = markdown.index("\n## ", start + 1)
-    return markdown[start:end].strip().replace("## Training speed", "#### Whole runs")
+    return _section(markdown, "Training speed", "#### Whole runs")
 
 
 def render_step_speed(result: dict) -> str:
