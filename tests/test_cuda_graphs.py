@@ -177,9 +177,6 @@ def test_captured_step_feeds_each_call_s_inputs_to_the_recording_and_copies_outp
         captured(torch.zeros(2))
 
 
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
 def toy_step_parts(seed: int) -> tuple[nn.Module, torch.optim.Optimizer, GaussianMemory]:
     torch.manual_seed(seed)
     model = nn.Linear(8, 8).to(CUDA)
@@ -204,7 +201,6 @@ def toy_step(model: nn.Module, optimizer: torch.optim.Optimizer, memory: Gaussia
 
 
 @pytest.mark.gpu
-@gpu
 def test_a_recorded_step_trains_as_the_eager_step_does() -> None:
     generator = torch.Generator(CUDA).manual_seed(1)
     inputs = [torch.randn(16, 8, generator=generator, device=CUDA) for _ in range(8)]
@@ -236,7 +232,6 @@ def test_a_recorded_step_trains_as_the_eager_step_does() -> None:
 
 
 @pytest.mark.gpu
-@gpu
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 def test_an_mavae_run_records_its_step_and_resumes_with_or_without_a_graph(
         precision: str, tmp_path: Path) -> None:

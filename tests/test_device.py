@@ -70,11 +70,7 @@ def test_evaluation_refuses_a_gpu_for_cpu_only_methods(
     assert report["device"] == "cpu"
 
 
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
 @pytest.mark.gpu
-@gpu
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 def test_mavae_trains_on_cuda_resumes_on_cpu_and_evaluates_alike(
         precision: str, tmp_path: Path) -> None:
@@ -100,7 +96,6 @@ def test_mavae_trains_on_cuda_resumes_on_cpu_and_evaluates_alike(
 
 
 @pytest.mark.gpu
-@gpu
 def test_memory_calls_of_a_training_step_never_wait_for_the_gpu() -> None:
     # The CUDA counterpart of tests/test_memory.py's meta-device check: PyTorch's sync
     # debug mode raises at any call that makes the host wait for the device.
