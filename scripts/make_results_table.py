@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from gaussmem.atomic import write_text_atomic  # noqa: E402
-from gaussmem.config import preset  # noqa: E402
+from gaussmem.config import ConfigError, TrainConfig, from_dict, preset, to_dict  # noqa: E402
 
 TABLE1 = [(5, 1), (5, 5), (20, 1), (20, 5)]
 TABLE2 = [(100, 1), (100, 5), (400, 1), (400, 5)]
@@ -44,24 +44,59 @@ PAPER_TABLE1 = {
 PAPER_TABLE2 = {"mavae": {"Tseran & Harada": [82.2, 92.8, 71.4, 87.1]}}
 TABLE3 = [(5, 1), (5, 5), (20, 1), (20, 5), (80, 1), (80, 5)]
 PAPER_TABLE3 = {"mavae": {"Tseran & Harada": [64.4, 84.0, 39.9, 63.4, 22.7, 44.0]}}
-#: The paper's presets that need a GPU: a row says so until a record of the preset
-#: (tag: the preset without "omniglot-", then "-gpu"; written by
-#: `benchmarks/gpu_presets.sh`) has trained the preset's whole step budget.
-TABLE1_GPU_PRESETS = ("omniglot-5way", "omniglot-20way", "omniglot-5way-to-20way")
-TABLE2_GPU_PRESETS = ("omniglot-parallel",)
+#: The paper's presets with a fixed step budget (30,000 steps; a GPU's work, or hours on
+#: a CPU): a row says "not yet run" until a training record has trained one of them whole.
+TABLE1_FULL_BUDGET_PRESETS = ("omniglot-5way", "omniglot-20way", "omniglot-5way-to-20way")
+TABLE2_FULL_BUDGET_PRESETS = ("omniglot-parallel",)
+#: The settings that decide what a run learns. The rest (device, threads, logging and
+#: checkpoint cadence, budget, validation, the test shape a preset is meant for) do not,
+#: so omniglot-5way and omniglot-5way-to-20way, which differ only in `eval_n_way`, train
+#: the same model: one run of either serves both rows of Table 1.
+LEARNING_SETTINGS = ("method", "model", "loss", "episodes", "similarity", "optim", "augment",
+                     "precision")
+
+
+def learning_settings(config: dict) -> dict | None:
+    """A saved config's settings that decide what it learns (`LEARNING_SETTINGS`, plus
+    the classes it trains on), with the defaults of fields added since it was saved;
+    None for a config this version can no longer read."""
+    try:
+        config = to_dict(from_dict(TrainConfig, config))
+    except ConfigError:
+        return None
+    data = config["data"]
+    return {**{key: config[key] for key in LEARNING_SETTINGS},
+            "train_classes": (data["dataset"], data["scheme"], data["train_subset"])}
+
+
+def trains_like(record: dict, name: str) -> bool:
+    """Whether the record's run learned with preset `name`'s settings (any seed, device,
+    budget or validation cadence)."""
+    if "config" not in record:  # a record from before configs were kept
+        return False
+    settings = learning_settings(record["config"])
+    return settings is not None and settings == learning_settings(to_dict(preset(name)))
+
+
+def full_budget_presets(record: dict, presets: tuple[str, ...]) -> list[str]:
+    """The presets of `presets` whose whole step budget the record's run trained."""
+    return [name for name in presets if trains_like(record, name)
+            and record["steps"] >= preset(name).budget.max_steps]
 
 
 def not_run_rows(training: dict[str, dict], presets: tuple[str, ...], n_cells: int
                  ) -> list[str]:
+    """A "not yet run" row per preset no record has trained whole, naming the longest
+    shorter run of its settings."""
     rows = []
     for name in presets:
+        runs = sorted((record["steps"], tag) for tag, record in training.items()
+                      if trains_like(record, name))
         full_steps = preset(name).budget.max_steps
-        tag = f"{name.removeprefix('omniglot-')}-gpu"
-        record = training.get(tag)
-        if record is not None and record["steps"] >= full_steps:
+        if runs and runs[-1][0] >= full_steps:
             continue
-        status = ("not yet run on a GPU" if record is None else
-                  f"not yet run (`{tag}` trained {record['steps']:,} steps)")
+        status = ("not yet run on a GPU" if not runs else
+                  f"not yet run (`{runs[-1][1]}` trained {runs[-1][0]:,} steps)")
         rows.append(f"| ours: MA-VAE, {name} (full budget: {full_steps:,} steps) |"
                     f"{' – |' * n_cells} {status} |")
     return rows
@@ -137,6 +172,11 @@ def budget(tag: str, cells: dict[tuple[int, int], dict], training: dict | None) 
                 f"at step {step}, {minutes:.1f} min; {device}")
     else:
         text = f"checkpoint at step {step}, {minutes:.1f} training minutes; {device}"
+    full = full_budget_presets(training or {}, TABLE1_FULL_BUDGET_PRESETS
+                               + TABLE2_FULL_BUDGET_PRESETS)
+    if full:
+        names = " and ".join(f"`{name}`" for name in full)
+        text = f"full budget of {names} ({training['steps']:,} steps); {text}"
     if training and training.get("images_per_second_overall"):
         text += f", {training['images_per_second_overall']:.0f} images/s overall"
     if training and training.get("concurrent_runs"):
@@ -293,12 +333,12 @@ def render(cells: Cells, training: dict[str, dict], online: dict[str, dict]) -> 
              "| model | 5-way 1-shot | 5-way 5-shot | 20-way 1-shot | 20-way 5-shot | "
              "budget / hardware |", "|---|---|---|---|---|---|"]
     lines += method_rows(cells, training, TABLE1, PAPER_TABLE1)
-    lines += not_run_rows(training, TABLE1_GPU_PRESETS, 4)
+    lines += not_run_rows(training, TABLE1_FULL_BUDGET_PRESETS, 4)
     lines += ["", "## Table 2: 100-way and 400-way", "",
               "| model | 100-way 1-shot | 100-way 5-shot | 400-way 1-shot | 400-way 5-shot | "
               "budget / hardware |", "|---|---|---|---|---|---|"]
     lines += method_rows(cells, training, TABLE2, PAPER_TABLE2)
-    lines += not_run_rows(training, TABLE2_GPU_PRESETS, 4)
+    lines += not_run_rows(training, TABLE2_FULL_BUDGET_PRESETS, 4)
     lines += ["", "The baselines' papers report no 100- or 400-way results."]
     lines += lake_section(lake, training, lake_online)
     lines += seed_section(cells, training)

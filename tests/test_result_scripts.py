@@ -95,16 +95,54 @@ def test_step_speed_table_shows_every_variant_and_the_gpu() -> None:
     assert "NVIDIA H100 80GB HBM3" in text and report["command"] in text
 
 
+def preset_record(name: str, steps: int, **changes: object) -> dict:
+    """A training record of preset `name` after `steps` steps, with top-level or
+    "section.field" settings changed."""
+    from gaussmem.config import preset, to_dict
+
+    config = to_dict(preset(name))
+    for key, value in changes.items():
+        section, _, field = key.partition("__")
+        if field:
+            config[section][field] = value
+        else:
+            config[section] = value
+    return {"steps": steps, "config": config}
+
+
 def test_full_budget_rows_stay_until_a_run_trains_the_presets_whole_step_budget() -> None:
     tables = load_script("make_results_table")
     presets = ("omniglot-5way",)
     assert tables.not_run_rows({}, presets, 4) == [
         "| ours: MA-VAE, omniglot-5way (full budget: 30,000 steps) | – | – | – | – |"
         " not yet run on a GPU |"]
-    short = {"5way-gpu": {"steps": 5403}}
+    short = {"5way-gpu": preset_record("omniglot-5way", 5403),
+             "5way-longer": preset_record("omniglot-5way", 6848)}
     assert tables.not_run_rows(short, presets, 4)[0].endswith(
-        "not yet run (`5way-gpu` trained 5,403 steps) |")
-    assert tables.not_run_rows({"5way-gpu": {"steps": 30000}}, presets, 4) == []
+        "not yet run (`5way-longer` trained 6,848 steps) |")
+    whole = {"5way-cpu": preset_record("omniglot-5way", 30000)}
+    assert tables.not_run_rows(whole, presets, 4) == []
+
+
+def test_a_full_budget_counts_for_every_preset_that_learns_the_same_way() -> None:
+    tables = load_script("make_results_table")
+    presets = ("omniglot-5way", "omniglot-20way", "omniglot-5way-to-20way")
+    # omniglot-5way-to-20way differs from omniglot-5way only in the test it is meant
+    # for; seed, device, threads and validation cadence do not change what is learned.
+    run = preset_record("omniglot-5way-to-20way", 30000, seed=3, device="cuda",
+                        num_threads=1, validation__every_steps=1000)
+    assert tables.full_budget_presets(run, presets) == ["omniglot-5way",
+                                                        "omniglot-5way-to-20way"]
+    assert tables.full_budget_presets(preset_record("omniglot-5way", 29999), presets) == []
+    # A setting that changes the training (or the classes trained on) is another recipe.
+    for changes in ({"loss__latent": 1.0}, {"precision": "bfloat16"},
+                    {"data__train_subset": "trainval"}):
+        assert tables.full_budget_presets(preset_record("omniglot-5way", 30000, **changes),
+                                          presets) == [], changes
+    # A record from before configs were kept, or with a field this version lacks.
+    assert tables.full_budget_presets({"steps": 30000}, presets) == []
+    stale = preset_record("omniglot-5way", 30000, loss__retired_weight=1.0)
+    assert tables.full_budget_presets(stale, presets) == []
 
 
 def seed_run(seed: int, accuracies: dict[tuple[int, int], float], max_steps: int = 2200
