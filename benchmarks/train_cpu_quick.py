@@ -100,7 +100,10 @@ def training_record(run_dir: Path, tag: str, command: list[str], note: str,
                                                        "triplet_grad_norm", "positive_rate",
                                                        "accuracy")}
                                 for r in train[:: max(1, len(train) // 20)]],
-        "hardware": hardware(),
+        # The training's threads (`num_threads`, else torch's default, as here), not
+        # this driver's.
+        "hardware": {**hardware(), "torch_threads": config.get("num_threads")
+                     or hardware()["torch_threads"]},
     }
 
 

@@ -11,8 +11,8 @@ from types import ModuleType
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+def load_script(name: str, folder: str = "scripts") -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
@@ -93,6 +93,25 @@ def test_step_speed_table_shows_every_variant_and_the_gpu() -> None:
     assert "| 2048 (4096) | bfloat16 | 134,631 |" in text
     assert "batch 512: 400,610" in text
     assert "NVIDIA H100 80GB HBM3" in text and report["command"] in text
+
+
+def test_a_training_record_names_the_trainings_threads_not_its_drivers(tmp_path: Path
+                                                                      ) -> None:
+    import json
+
+    benchmark = load_script("train_cpu_quick", folder="benchmarks")
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"num_threads": 1, "episodes": {"n_way": 5, "batch_episodes": 16,
+                                        "images_per_class": 2}}))
+    (tmp_path / "summary.json").write_text(json.dumps(
+        {"step": 100, "elapsed_seconds": 10.0, "best_val_accuracy": 90.0, "best_step": 100,
+         "minutes_to_97": None, "images_per_step": 160}))
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(
+        {"kind": "train", "step": 50, "loss": 1.0, "triplet": 0.5,
+         "images_per_second": 800.0}) + "\n")
+    record = benchmark.training_record(tmp_path, "t", ["gaussmem", "train"], "")
+    assert record["hardware"]["torch_threads"] == 1
+    assert record["images_per_second_overall"] == 1600.0
 
 
 def preset_record(name: str, steps: int, **changes: object) -> dict:
