@@ -286,3 +286,44 @@ def test_one_evaluation_when_the_selection_task_is_the_timed_one(
     assert calls == [3, 3]
     assert (result.best_step, result.best_val_accuracy) == (3, 97.5)
     assert result.minutes_to_97 is not None
+
+
+def test_resume_replaces_only_the_machine_settings_given_on_the_command_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`gaussmem train --resume` on another machine (or share of this one) takes the
+    device, cuda_graph, threads and budget it is given and keeps everything else saved:
+    in particular its own budget where none is given, not the default preset's."""
+    from gaussmem.cli import build_parser
+    from gaussmem.commands.train import _resume_config
+
+    run = tmp_path / "run"
+    config = resolve("smoke", overrides=["budget.max_steps=5", "num_threads=1"])
+    threads_before = torch.get_num_threads()
+    try:
+        train(config, run, synthetic_set(), None, progress=False)
+    finally:  # train() sets the process's threads; the other tests keep theirs
+        torch.set_num_threads(threads_before)
+
+    def resumed(*argv: str) -> object:
+        args = build_parser().parse_args(["train", "--run-dir", str(run), "--resume", *argv])
+        return _resume_config(run, args)
+
+    assert resumed() is None  # the checkpoint's own config, budget included
+    threads = resumed("--set", "num_threads=2")
+    assert threads.num_threads == 2 and threads.budget.max_steps == 5
+    assert threads.episodes.n_way == config.episodes.n_way  # not cpu-quick's
+    assert resumed("--max-steps", "7").num_threads == 1
+    longer = resumed("--max-steps", "9", "--set", "device=cpu", "--set", "num_threads=2")
+    assert longer.budget.max_steps == 9 and longer.device == "cpu"
+    capsys.readouterr()
+    ignored = resumed("--set", "optim.lr=0.5", "--set", "num_threads=2")
+    assert ignored.optim.lr == config.optim.lr
+    assert "only the budget, device, cuda_graph and num_threads" in capsys.readouterr().out
+    # train() takes them from the given config: the run goes on to the new budget.
+    try:
+        result = train(longer, run, synthetic_set(), None, progress=False, resume=True)
+    finally:
+        torch.set_num_threads(threads_before)
+    assert result.step == 9
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["budget"]["max_steps"] == 9 and saved["num_threads"] == 2

@@ -303,9 +303,10 @@ def train(config: TrainConfig | None, run_dir: str | Path, train_set: FewShotDat
 
     Fresh runs refuse a `run_dir` that already holds a checkpoint (pass `resume=True`).
     On resume the checkpoint's config is used; if `config` is given, its `budget`
-    (to extend a finished run), `device` and `cuda_graph` (to go on where another
-    machine stopped; checkpoints load onto the CPU and hold no graph) replace the saved
-    ones, nothing else.
+    (to extend a finished run), `device`, `cuda_graph` and `num_threads` (to go on
+    where another machine, or another share of this one, stopped; checkpoints load onto
+    the CPU and hold no graph) replace the saved ones, nothing else: none of these
+    changes what the run learns.
     """
     run_dir = Path(run_dir)
     last = run_dir / LAST_CHECKPOINT
@@ -314,7 +315,7 @@ def train(config: TrainConfig | None, run_dir: str | Path, train_set: FewShotDat
         saved = from_dict(TrainConfig, checkpoint["config"])
         if config is not None:
             saved.budget, saved.device = config.budget, config.device
-            saved.cuda_graph = config.cuda_graph
+            saved.cuda_graph, saved.num_threads = config.cuda_graph, config.num_threads
         config = saved
     elif config is None:
         raise TrainingError("a fresh run needs a config")

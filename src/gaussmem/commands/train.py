@@ -72,6 +72,27 @@ def _saved_config(run_dir: Path) -> TrainConfig:
     return from_dict(TrainConfig, load_checkpoint(run_dir / LAST_CHECKPOINT)["config"])
 
 
+#: The settings `--resume` takes from the command line. None of them changes what a run
+#: learns, so a run goes on with a longer budget, on another device or with another
+#: share of the CPU's threads (gaussmem.train.train).
+RESUME_SETTINGS = ("budget.", "device=", "cuda_graph=", "num_threads=")
+
+
+def _resume_config(run_dir: Path, args: argparse.Namespace) -> TrainConfig | None:
+    """The checkpoint's config with the `RESUME_SETTINGS` given on the command line laid
+    over it; None where none is given (the checkpoint's own config, budget included).
+    Only what is given replaces the saved value: a run resumed on the CPU keeps its
+    budget."""
+    from gaussmem.config import merge, parse_overrides
+
+    overrides = _overrides(args)
+    given = [item for item in overrides if item.startswith(RESUME_SETTINGS)]
+    if args.preset or args.config or len(given) < len(overrides):
+        print("gaussmem train: --resume uses the checkpoint's config; only the budget, "
+              "device, cuda_graph and num_threads given here replace its own")
+    return merge(_saved_config(run_dir), parse_overrides(given)) if given else None
+
+
 def _check_disjoint(train_set: Any, val_set: Any | None, data: Any) -> None:
     """Refuse a validation split whose classes are trained on: its scores would pick the
     checkpoint that best remembers them, not the one that generalizes."""
@@ -115,20 +136,15 @@ def run(args: argparse.Namespace) -> int:
     if args.method is not None:
         method_class(args.method)  # an unknown name fails here, listing the known ones
     preset_name = args.preset or default_preset(args.method or "mavae")
-    config = resolve(preset_name, args.config, _overrides(args))
-    method_class(config.method)
     if args.resume and not args.run_dir:
         raise TrainingError("--resume needs --run-dir")
-    budget_or_device_given = (args.max_steps is not None or args.max_minutes is not None
-                              or any(item.startswith(("budget.", "device=", "cuda_graph="))
-                                     for item in args.overrides))
-    if args.resume and not budget_or_device_given:
-        config = None  # continue with the checkpoint's own config, budget included
-    elif args.resume:
-        print("gaussmem train: --resume uses the checkpoint's config; only the budget, "
-              "device and cuda_graph given here replace its own")
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     run_dir = Path(args.run_dir or Path("runs") / f"{preset_name}-{stamp}").resolve()
+    if args.resume:
+        config = _resume_config(run_dir, args)
+    else:
+        config = resolve(preset_name, args.config, _overrides(args))
+        method_class(config.method)
     data_dir, cache_dir = resolve_data_dir(args.data_dir), resolve_cache_dir(args.cache_dir)
     # A resumed run reads the data its checkpoint was trained on.
     data = (_saved_config(run_dir) if args.resume else config).data
