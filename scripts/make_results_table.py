@@ -162,7 +162,7 @@ def budget(tag: str, cells: dict[tuple[int, int], dict], training: dict | None) 
         device = f"1 GPU ({hardware.get('gpu', '?')})"
     else:
         device = (f"{hardware.get('cores', '?')}-core CPU ({hardware.get('cpu', '?')}), "
-                  f"{hardware.get('torch_threads', '?')} training threads")
+                  f"{counted(hardware.get('torch_threads', '?'), 'training thread')}")
     minutes = any_cell["checkpoint"]["train_minutes"]
     step = any_cell["checkpoint"]["step"]
     if training and not validated(training):
@@ -181,11 +181,17 @@ def budget(tag: str, cells: dict[tuple[int, int], dict], training: dict | None) 
     if training and training.get("images_per_second_overall"):
         text += f", {training['images_per_second_overall']:.0f} images/s overall"
     if training and training.get("concurrent_runs"):
-        text += f" (device shared with {training['concurrent_runs']} other trainings)"
+        text += (f" (device shared with "
+                 f"{counted(training['concurrent_runs'], 'other training')})")
     precision = any_cell.get("train_config", {}).get("precision", "float32")
     if precision != "float32":
         text += f", {precision} autocast"
     return text
+
+
+def counted(number: object, noun: str) -> str:
+    """"1 other run", "4 other runs" ("?" where a record does not say)."""
+    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def validated(record: dict) -> bool:
@@ -445,7 +451,7 @@ def speed_section(training: dict[str, dict]) -> list[str]:
             device = f"{hardware.get('cores', '?')}-core CPU ({hardware.get('cpu', '?')})"
         lines.append(f"| `{tag}` | {device} | {episodes['n_way'] * episodes['batch_episodes']} "
                      f"| {record['images_per_second_overall']:,.0f} "
-                     f"| {record.get('concurrent_runs', 0)} other runs "
+                     f"| {counted(record.get('concurrent_runs', 0), 'other run')} "
                      f"| {minutes_to_97(record)} |")
     return lines
 

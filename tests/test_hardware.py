@@ -70,6 +70,12 @@ def test_a_busy_cpu_is_named_with_the_threads_that_would_suit_it(
     assert f"--set num_threads={suggested} " in warning
 
 
+def test_a_one_thread_training_on_a_busy_cpu_is_not_told_to_take_one_thread() -> None:
+    warning = busy_cpu_warning(2, 2, 1)
+    assert warning is not None and "training will run 1 thread:" in warning
+    assert "num_threads" not in warning and "slower until the other work ends" in warning
+
+
 @pytest.mark.parametrize(("others", "cores", "threads"), [
     (0, 2, 2), (0.5, 2, 2), (1, 2, 1), (3, 16, 12)])
 def test_an_idle_or_roomy_cpu_draws_no_warning(others: float, cores: int, threads: int

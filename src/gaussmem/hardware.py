@@ -127,11 +127,13 @@ def busy_cpu_warning(other_tasks: float, cores: int, threads: int) -> str | None
     """
     if other_tasks < 1 or threads + other_tasks <= cores + 0.5:
         return None
+    busy = (f"the CPU is busy ({other_tasks:g} other tasks running, {cores} cores) and "
+            f"training will run {threads} thread{'s' if threads != 1 else ''}: beside other "
+            "work that can make steps several times slower, with stalls of seconds")
+    if threads == 1:  # no fewer threads to suggest
+        return f"{busy}; steps will be slower until the other work ends"
     suggested = max(1, min(threads - 1, cores - math.ceil(other_tasks - 0.5)))
-    return (f"the CPU is busy ({other_tasks:g} other tasks running, {cores} cores) and "
-            f"training will run {threads} threads: beside other work that can make steps "
-            f"several times slower, with stalls of seconds; --set num_threads={suggested} "
-            "leaves the other work its cores")
+    return f"{busy}; --set num_threads={suggested} leaves the other work its cores"
 
 
 def command_line() -> str:
