@@ -18,10 +18,10 @@
 # (omniglot-5way-to-20way trains exactly as omniglot-5way does, and only its test is
 # 20-way, so the 5way run serves both rows of Table 1; PRESETS=5way-to-20way still
 # trains it under its own name.) PRESETS=parallel-20way trains omniglot-parallel-20way
-# (Table 2's 400-way model: 20-way tasks, batch 20), not run by default. The paper's presets take 160-200 images per step, far too
-# few to keep a GPU busy, so several runs on one device train more steps in the same
-# minutes than one after another; their records say that the device was shared
-# (`concurrent_runs`). PRESETS="..." picks a subset of the run names below;
+# (Table 2's 400-way model: 20-way tasks, batch 20), not run by default. The paper's
+# presets take 160-800 images per step, far too few to keep a GPU busy, so several runs
+# on one device train more steps in the same minutes than one after another; their
+# records say that the device was shared (`concurrent_runs`). PRESETS="..." picks a subset of the run names below;
 # PRESETS=cpu-quick-solo with MINUTES 2 trains cpu-quick alone on the device (its speed
 # without sharing; validated every 1,000 steps); cpu-quick-affine is cpu-quick with the
 # random affine distortions of the training images (augment.*), cpu-quick-trainval is

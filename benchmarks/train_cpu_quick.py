@@ -79,6 +79,7 @@ def training_record(run_dir: Path, tag: str, command: list[str], note: str,
     # Overall rate = all images / all training seconds (what a budget buys); the median
     # of the logging windows shows the rate when the machine was not busy elsewhere.
     windows = sorted(r["images_per_second"] for r in train)
+    machine = hardware()
     return {
         "tag": tag, "kind": "training", "command": " ".join(command), "run_dir": str(run_dir),
         "method": config.get("method", "mavae"), "config": config, "note": note,
@@ -102,8 +103,8 @@ def training_record(run_dir: Path, tag: str, command: list[str], note: str,
                                 for r in train[:: max(1, len(train) // 20)]],
         # The training's threads (`num_threads`, else torch's default, as here), not
         # this driver's.
-        "hardware": {**hardware(), "torch_threads": config.get("num_threads")
-                     or hardware()["torch_threads"]},
+        "hardware": {**machine, "torch_threads": config.get("num_threads")
+                     or machine["torch_threads"]},
     }
 
 
