@@ -327,3 +327,23 @@ def test_resume_replaces_only_the_machine_settings_given_on_the_command_line(
     assert result.step == 9
     saved = json.loads((run / "config.json").read_text())
     assert saved["budget"]["max_steps"] == 9 and saved["num_threads"] == 2
+
+
+def test_a_run_killed_past_its_checkpoint_resumes_without_logging_steps_twice(
+        tmp_path: Path) -> None:
+    """A killed run has logged steps after its last checkpoint; the resumed run logs
+    them again, so metrics.jsonl must hold each once, as an uninterrupted run's does."""
+    dataset = synthetic_set()
+    config = resolve("smoke", overrides=["budget.max_steps=8", "log_every=1"])
+    train(config, tmp_path / "straight", dataset, dataset, progress=False)
+    run = tmp_path / "killed"
+    train(config, run, dataset, dataset, progress=False, stop_at_step=5)
+    with open(run / "metrics.jsonl", "a", encoding="utf-8") as metrics:
+        metrics.write(json.dumps({"kind": "train", "step": 6, "loss": 99.0}) + "\n")
+    train(config, run, dataset, dataset, progress=False, resume=True)
+
+    def steps(name: str) -> list[tuple[str, int]]:
+        return [(r["kind"], r["step"]) for r in read_metrics(tmp_path / name / "metrics.jsonl")]
+
+    assert steps("killed") == steps("straight")
+    assert all(r.get("loss") != 99.0 for r in read_metrics(run / "metrics.jsonl"))

@@ -11,13 +11,24 @@ import math
 from pathlib import Path
 from typing import Any
 
+from gaussmem.atomic import write_text_atomic
+
 
 class MetricsLog:
     """Writes `metrics.jsonl` in the run directory and optionally TensorBoard events."""
 
-    def __init__(self, run_dir: Path, *, tensorboard: bool = False) -> None:
+    def __init__(self, run_dir: Path, *, tensorboard: bool = False,
+                 resumed_at: int | None = None) -> None:
+        """`resumed_at`: the step a resumed run goes on from. Records past it were
+        logged after its checkpoint by a run that was then stopped; the resumed run
+        logs those steps again, so they are dropped rather than kept twice."""
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resumed_at is not None and self.path.exists():
+            kept = [record for record in read_metrics(self.path)
+                    if record["step"] <= resumed_at]
+            write_text_atomic(self.path, "".join(json.dumps(record) + "\n"
+                                                 for record in kept))
         self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
         self._writer = None
         if tensorboard:

@@ -326,7 +326,8 @@ def train(config: TrainConfig | None, run_dir: str | Path, train_set: FewShotDat
     if resume:
         restore_trainer(trainer, checkpoint)
     write_text_atomic(run_dir / "config.json", json.dumps(to_dict(config), indent=2) + "\n")
-    log = MetricsLog(run_dir, tensorboard=config.tensorboard)
+    log = MetricsLog(run_dir, tensorboard=config.tensorboard,
+                     resumed_at=trainer.state.step if resume else None)
     try:
         run_loop(trainer, log, progress=progress, stop_at_step=stop_at_step)
     finally:
