@@ -14,6 +14,7 @@ again for runs on Kaiser et al.'s (lake) split. LFW-a: Table 3 (5/20/80-way).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import statistics
@@ -70,13 +71,19 @@ def learning_settings(config: dict) -> dict | None:
             "train_classes": (data["dataset"], data["scheme"], data["train_subset"])}
 
 
+@functools.cache
+def preset_learning_settings(name: str) -> dict:
+    """`learning_settings` of preset `name` (asked for every record and table row)."""
+    return learning_settings(to_dict(preset(name)))
+
+
 def trains_like(record: dict, name: str) -> bool:
     """Whether the record's run learned with preset `name`'s settings (any seed, device,
     budget or validation cadence)."""
     if "config" not in record:  # a record from before configs were kept
         return False
     settings = learning_settings(record["config"])
-    return settings is not None and settings == learning_settings(to_dict(preset(name)))
+    return settings is not None and settings == preset_learning_settings(name)
 
 
 def full_budget_presets(record: dict, presets: tuple[str, ...]) -> list[str]:

@@ -294,7 +294,7 @@ def test_resume_replaces_only_the_machine_settings_given_on_the_command_line(
     device, cuda_graph, threads and budget it is given and keeps everything else saved:
     in particular its own budget where none is given, not the default preset's."""
     from gaussmem.cli import build_parser
-    from gaussmem.commands.train import _resume_config
+    from gaussmem.commands.train import _resume_config, _saved_config
 
     run = tmp_path / "run"
     config = resolve("smoke", overrides=["budget.max_steps=5", "num_threads=1"])
@@ -306,7 +306,7 @@ def test_resume_replaces_only_the_machine_settings_given_on_the_command_line(
 
     def resumed(*argv: str) -> object:
         args = build_parser().parse_args(["train", "--run-dir", str(run), "--resume", *argv])
-        return _resume_config(run, args)
+        return _resume_config(_saved_config(run), args)
 
     assert resumed() is None  # the checkpoint's own config, budget included
     threads = resumed("--set", "num_threads=2")

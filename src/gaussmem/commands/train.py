@@ -78,8 +78,8 @@ def _saved_config(run_dir: Path) -> TrainConfig:
 RESUME_SETTINGS = ("budget.", "device=", "cuda_graph=", "num_threads=")
 
 
-def _resume_config(run_dir: Path, args: argparse.Namespace) -> TrainConfig | None:
-    """The checkpoint's config with the `RESUME_SETTINGS` given on the command line laid
+def _resume_config(saved: TrainConfig, args: argparse.Namespace) -> TrainConfig | None:
+    """The checkpoint's config `saved` with the `RESUME_SETTINGS` given on the command line laid
     over it; None where none is given (the checkpoint's own config, budget included).
     Only what is given replaces the saved value: a run resumed on the CPU keeps its
     budget."""
@@ -90,7 +90,7 @@ def _resume_config(run_dir: Path, args: argparse.Namespace) -> TrainConfig | Non
     if args.preset or args.config or len(given) < len(overrides):
         print("gaussmem train: --resume uses the checkpoint's config; only the budget, "
               "device, cuda_graph and num_threads given here replace its own")
-    return merge(_saved_config(run_dir), parse_overrides(given)) if given else None
+    return merge(saved, parse_overrides(given)) if given else None
 
 
 def _check_disjoint(train_set: Any, val_set: Any | None, data: Any) -> None:
@@ -140,25 +140,27 @@ def run(args: argparse.Namespace) -> int:
         raise TrainingError("--resume needs --run-dir")
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     run_dir = Path(args.run_dir or Path("runs") / f"{preset_name}-{stamp}").resolve()
-    if args.resume:
-        config = _resume_config(run_dir, args)
+    saved = _saved_config(run_dir) if args.resume else None
+    if saved is not None:
+        config = _resume_config(saved, args)
     else:
         config = resolve(preset_name, args.config, _overrides(args))
         method_class(config.method)
     data_dir, cache_dir = resolve_data_dir(args.data_dir), resolve_cache_dir(args.cache_dir)
     # A resumed run reads the data its checkpoint was trained on.
-    data = (_saved_config(run_dir) if args.resume else config).data
+    # What the run will train with: the checkpoint's config where none replaces it.
+    effective = config or saved
+    data = effective.data
     train_set = load_split(data, data.train_subset, data_dir=data_dir, cache_dir=cache_dir)
     val_set = (None if data.val_subset is None else
                load_split(data, data.val_subset, data_dir=data_dir, cache_dir=cache_dir))
     _check_disjoint(train_set, val_set, data)
     print(f"gaussmem train: run directory {run_dir}")
-    _warn_if_the_cpu_is_busy(config or _saved_config(run_dir))
+    _warn_if_the_cpu_is_busy(effective)
     keep_freed_memory()  # 1.0-1.2x CPU training throughput (results/allocator_speed.json)
     result = train(config, run_dir, train_set, val_set, resume=args.resume,
                    progress=not args.no_progress)
-    print(json.dumps({"run_dir": str(run_dir), "method": (config or _saved_config(run_dir)
-                                                           ).method, "step": result.step,
+    print(json.dumps({"run_dir": str(run_dir), "method": result.method, "step": result.step,
                       "minutes": round(result.elapsed_seconds / 60, 2),
                       "best_val_accuracy": result.best_val_accuracy,
                       "best_step": result.best_step,
