@@ -28,7 +28,11 @@
 # cpu-quick trained on train + val (no validation, last checkpoint kept), and
 # cpu-quick-lake on Kaiser et al.'s split (the same); none of these runs by default.
 # CUDA_GRAPH=1 trains every run with `cuda_graph=true` (the step recorded once as a
-# CUDA graph and replayed; PHASE=check times it first).
+# CUDA graph and replayed; PHASE=check times it first). SPEED_CLASSES (PHASE=check)
+# picks the step sizes timed; VALIDATE_EVERY (default 2000) the validation and checkpoint
+# interval of the side-by-side runs. A whole 30,000-step budget: MINUTES is only a cap,
+# so e.g. `CUDA_GRAPH=1 VALIDATE_EVERY=3000 PRESETS="20way parallel-20way"` with
+# MINUTES 6 trains both to 30,000 steps if the device is fast enough.
 #
 # Training only: each run writes its training record (results/omniglot-<tag>-training
 # .json, with the GPU's name) and leaves its best checkpoint; OUT_DIR/<run>.tar.gz holds
@@ -67,7 +71,7 @@ print('GPU:', torch.cuda.get_device_name(0), 'torch', torch.__version__)" | tee 
     python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_device.py \
       tests/test_cuda_graphs.py 2>&1 | tee -a "$log"
   fi
-  python3 benchmarks/train_step_speed.py --device "$device" --classes 80,512,2048 \
+  python3 benchmarks/train_step_speed.py --device "$device" --classes "${SPEED_CLASSES:-80,512,2048}" \
     --steps "${SPEED_STEPS:-30}" --json "$out/speed-$suffix.json" >>"$log"
   python3 - "$out/speed-$suffix.json" <<'EOF' | tee -a "$log"
 import json, sys
@@ -124,9 +128,15 @@ train_run() {  # train_run NAME MINUTES CONCURRENT VALIDATE_EVERY
       cp "runs/gpu/$name-$suffix.log" "$out/"; echo "FAILED: $name" >>"$log"; return 0; }
   # The run without last.ckpt (the best checkpoint is what gets evaluated), its log and
   # its record: one file per run (a lent machine returns few files). A run without
-  # validation has no best checkpoint: its last one is kept.
-  local keep_last=(--exclude=last.ckpt)
-  [ -f "runs/gpu/$name-$suffix/checkpoints/best.ckpt" ] || keep_last=()
+  # validation has no best checkpoint, and one stopped by the wall clock before its step
+  # budget is resumed from its last one: those keep last.ckpt.
+  local run_dir="runs/gpu/$name-$suffix" keep_last=(--exclude=last.ckpt)
+  if [ ! -f "$run_dir/checkpoints/best.ckpt" ] || python3 -c "import json, sys
+steps = json.load(open(sys.argv[1]))['step']
+sys.exit(steps >= json.load(open(sys.argv[2]))['budget']['max_steps'])" \
+      "$run_dir/summary.json" "$run_dir/config.json"; then
+    keep_last=()
+  fi
   tar -czf "$out/$name.tar.gz" "${keep_last[@]}" "runs/gpu/$name-$suffix" \
     "runs/gpu/$name-$suffix.log" "$results_dir/omniglot-$tag-training.json"
   echo "done: $name -> $name.tar.gz" >>"$log"
@@ -143,7 +153,7 @@ done
 others=$(( ${#side_by_side[@]} - 1 ))
 for name in "${side_by_side[@]}"; do
   # Parameters that pass the step at every_steps=2000 in a few minutes validate ~3 times.
-  train_run "$name" "$minutes" "$others" 2000 &
+  train_run "$name" "$minutes" "$others" "${VALIDATE_EVERY:-2000}" &
 done
 wait
 for name in $presets; do
