@@ -27,6 +27,8 @@
 # random affine distortions of the training images (augment.*), cpu-quick-trainval is
 # cpu-quick trained on train + val (no validation, last checkpoint kept), and
 # cpu-quick-lake on Kaiser et al.'s split (the same); none of these runs by default.
+# NAME-tuned (5way-tuned, 20way-tuned, parallel-tuned, parallel-20way-tuned) trains that
+# paper preset with cpu-quick's model and optimizer settings, to compare on validation.
 # CUDA_GRAPH=1 trains every run with `cuda_graph=true` (the step recorded once as a
 # CUDA graph and replayed; PHASE=check times it first). SPEED_CLASSES (PHASE=check)
 # picks the step sizes timed; VALIDATE_EVERY (default 2000) the validation and checkpoint
@@ -107,6 +109,12 @@ data.train_subset=trainval data.val_subset=none" ;;
     # test classes, no validation, the last checkpoint kept.
     cpu-quick-lake) echo "cpu-quick cpu-quick-lake-$suffix data.scheme=lake \
 data.val_subset=none" ;;
+    # A paper preset with cpu-quick's validation-tuned model and optimizer settings
+    # (PRESETS=20way-tuned etc.; docs/model.md): c2 = 1, a 4-d style, lr 2e-3 after a
+    # 100-step warm-up, bfloat16 autocast, a 32-channel decoder.
+    5way-tuned|20way-tuned|parallel-tuned|parallel-20way-tuned) echo "omniglot-${1%-tuned} \
+$1-$suffix loss.latent=1 model.style_dim=4 optim.lr=2e-3 optim.warmup_steps=100 \
+precision=bfloat16 model.decoder_hidden_channels=32" ;;
     *) echo "unknown run $1" >&2; return 1 ;;
   esac
 }
@@ -147,7 +155,8 @@ wanted() { case " $presets " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 if wanted 5way; then train_run 5way "$solo_minutes" 0 1000; fi
 side_by_side=()
 for name in 20way 5way-to-20way parallel parallel-20way cpu-quick cpu-quick-1024 cpu-quick-solo \
-    cpu-quick-affine cpu-quick-trainval cpu-quick-lake; do
+    cpu-quick-affine cpu-quick-trainval cpu-quick-lake 5way-tuned 20way-tuned parallel-tuned \
+    parallel-20way-tuned; do
   if wanted "$name"; then side_by_side+=("$name"); fi
 done
 others=$(( ${#side_by_side[@]} - 1 ))

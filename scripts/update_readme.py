@@ -111,11 +111,16 @@ def render_omniglot_speed(markdown: str) -> str:
 
 def render_step_speed(result: dict) -> str:
     """benchmarks/train_step_speed.py's training-step throughput, one row per variant and
-    step size, and the evaluation encoder's."""
-    lines = ["| classes per step (images) | variant | images/s, median |", "|---:|---|---:|"]
+    step size, and the evaluation encoder's; with the host syncs per step where the
+    report counted them (on CUDA, since the sync-free memory: a sync stalls the queue)."""
+    syncs = all(row.get("host_syncs_per_step") is not None for row in result["training"])
+    lines = ["| classes per step (images) | variant | images/s, median |"
+             + (" host syncs per step |" if syncs else ""),
+             "|---:|---|---:|" + ("---:|" if syncs else "")]
     for row in result["training"]:
         lines.append(f"| {row['classes_per_step']} ({row['images_per_step']}) | {row['variant']} "
-                     f"| {row['images_per_second']['median']:,.0f} |")
+                     f"| {row['images_per_second']['median']:,.0f} |"
+                     + (f" {row['host_syncs_per_step']:g} |" if syncs else ""))
     embedding = ", ".join(f"batch {row['embed_batch_size']}: "
                           f"{row['images_per_second']['median']:,.0f}"
                           for row in result["embedding"])
@@ -158,6 +163,7 @@ RENDERERS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "omniglot_speed": ("omniglot.md", render_omniglot_speed),
     "step_speed_cpu": ("speed-cpu.json", render_step_speed),
     "step_speed_gpu": ("speed-gpu.json", render_step_speed),
+    "step_speed_gpu_graph": ("speed-gpu-cuda-graph.json", render_step_speed),
     "cpu_contention": ("cpu_contention.json", render_cpu_contention),
 }
 

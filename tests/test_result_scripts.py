@@ -93,6 +93,12 @@ def test_step_speed_table_shows_every_variant_and_the_gpu() -> None:
     assert "| 2048 (4096) | bfloat16 | 134,631 |" in text
     assert "batch 512: 400,610" in text
     assert "NVIDIA H100 80GB HBM3" in text and report["command"] in text
+    assert "host syncs" not in text, "the report counted none"
+    for row, syncs in zip(report["training"], (0.0, 2.0), strict=True):
+        row["host_syncs_per_step"] = syncs
+    text = readme.render_step_speed(report)
+    assert "| 80 (160) | float32, NCHW | 10,294 | 0 |" in text
+    assert "| 2048 (4096) | bfloat16 | 134,631 | 2 |" in text
 
 
 def test_a_training_record_names_the_trainings_threads_not_its_drivers(tmp_path: Path
