@@ -28,7 +28,9 @@
 # cpu-quick trained on train + val (no validation, last checkpoint kept), and
 # cpu-quick-lake on Kaiser et al.'s split (the same); none of these runs by default.
 # NAME-tuned (5way-tuned, 20way-tuned, parallel-tuned, parallel-20way-tuned) trains that
-# paper preset with cpu-quick's model and optimizer settings, to compare on validation.
+# paper preset with cpu-quick's model and optimizer settings given explicitly: the
+# comparison that made them the presets' own (the plain names trained the library
+# defaults before 2026-11-27; docs/model.md).
 # CUDA_GRAPH=1 trains every run with `cuda_graph=true` (the step recorded once as a
 # CUDA graph and replayed; PHASE=check times it first). SPEED_CLASSES (PHASE=check)
 # picks the step sizes timed; VALIDATE_EVERY (default 2000) the validation and checkpoint
@@ -110,7 +112,7 @@ data.train_subset=trainval data.val_subset=none" ;;
     cpu-quick-lake) echo "cpu-quick cpu-quick-lake-$suffix data.scheme=lake \
 data.val_subset=none" ;;
     # A paper preset with cpu-quick's validation-tuned model and optimizer settings
-    # (PRESETS=20way-tuned etc.; docs/model.md): c2 = 1, a 4-d style, lr 2e-3 after a
+    # spelled out (PRESETS=20way-tuned etc.): c2 = 1, a 4-d style, lr 2e-3 after a
     # 100-step warm-up, bfloat16 autocast, a 32-channel decoder.
     5way-tuned|20way-tuned|parallel-tuned|parallel-20way-tuned) echo "omniglot-${1%-tuned} \
 $1-$suffix loss.latent=1 model.style_dim=4 optim.lr=2e-3 optim.warmup_steps=100 \

@@ -12,7 +12,7 @@ import torch
 
 from conftest import synthetic_set
 from gaussmem.checkpoint import CheckpointError, load_checkpoint
-from gaussmem.config import BudgetConfig, ConfigError, preset, resolve, to_dict
+from gaussmem.config import BudgetConfig, ConfigError, OptimConfig, preset, resolve, to_dict
 from gaussmem.evaluate import evaluate_checkpoint
 from gaussmem.metrics_log import read_metrics
 from gaussmem.train import (
@@ -86,6 +86,15 @@ def test_config_presets_overrides_and_errors(tmp_path: Path) -> None:
         assert preset(name).method == "mavae"
     assert preset("omniglot-parallel").episodes.batch_episodes == 20
     assert preset("omniglot-5way-to-20way").eval_n_way == 20
+    # The paper's Omniglot presets train cpu-quick's validated model and optimizer;
+    # LFW's keeps the library defaults, which no validation there has replaced.
+    quick = preset("cpu-quick")
+    for name in ("omniglot-5way", "omniglot-20way", "omniglot-parallel-20way"):
+        config = preset(name)
+        assert (config.model, config.optim, config.loss, config.precision) == (
+            quick.model, quick.optim, quick.loss, quick.precision), name
+    assert preset("lfw-5way").precision == "float32"
+    assert preset("lfw-5way").optim.lr == OptimConfig().lr
     toml = tmp_path / "run.toml"
     toml.write_text("seed = 7\n[optim]\nlr = 0.002\n")
     config = resolve("smoke", toml, ["optim.lr=3e-4", "budget.max_minutes=none",
