@@ -371,12 +371,13 @@ def _validated_recipe(config: TrainConfig) -> TrainConfig:
 def _paper_omniglot(n_way: int, batch_episodes: int, eval_n_way: int) -> TrainConfig:
     # The paper gives no model or optimizer settings. Over whole 30,000-step budgets,
     # best validation 20-way 1-shot with the validated recipe against the library
-    # defaults: omniglot-5way PAPER5, omniglot-parallel PARALLEL, omniglot-20way 95.19
-    # vs 95.19, omniglot-parallel-20way 95.10 vs 95.31 (validated every 5,000 steps
-    # against 3,000; at step 6,000 the defaults scored 95.21): never lower by more than
-    # a CI, higher by several on the two 80- and 100-class presets, and 1.4x (GPU) to 2x
-    # (CPU) the images/s (results/omniglot-*-tuned-*-training.json beside
-    # omniglot-5way-cpu, -parallel-cpu, -20way-gpu, -parallel-20way-gpu).
+    # defaults: omniglot-5way 94.63 vs 93.78, omniglot-parallel 94.99 vs 94.17,
+    # omniglot-20way 95.19 vs 95.19, omniglot-parallel-20way 95.10 vs 95.31 (validated
+    # every 5,000 steps against 3,000; at step 6,000 the defaults scored 95.21): never
+    # lower by more than a CI, higher by several on the 80- and 100-class presets, and
+    # 1.2-1.4x (GPU) and about 2x (CPU) the images/s
+    # (results/omniglot-*-tuned-*-training.json beside omniglot-5way-cpu, -parallel-cpu,
+    # -20way-gpu, -parallel-20way-gpu).
     return _validated_recipe(_paper(n_way, batch_episodes, eval_n_way))
 
 
