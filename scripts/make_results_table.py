@@ -378,15 +378,17 @@ def seed_groups(cells: Cells, training: dict[str, dict]) -> dict[str, list[tuple
     """Runs of one recipe under different training seeds: `(seed, tag)` lists, seed order,
     keyed by the tag of the lowest seed; only recipes run with two seeds or more.
 
-    Two runs share a recipe when their training configs are equal but for the seed, so a
-    group never mixes budgets, splits or overrides whatever the tags say. A group in which
-    a seed repeats is left out: its runs differ in something the config does not hold
-    (the code, e.g. `cpu-quick-512-style4` and `-relu-after-pool`)."""
+    Two runs share a recipe when their training configs are equal but for the seed and
+    the thread count (which, like the machine's load, changes the speed, not the
+    arithmetic), so a group never mixes budgets, splits or overrides whatever the tags
+    say. A group in which a seed repeats is left out: its runs differ in something the
+    config does not hold (the code, e.g. `cpu-quick-512-style4` and `-relu-after-pool`)."""
     groups: dict[str, list[tuple[int, str]]] = defaultdict(list)
     for tag, record in training.items():
         if tag not in cells or "config" not in record:
             continue
-        recipe = json.dumps({**record["config"], "seed": None}, sort_keys=True)
+        recipe = json.dumps({**record["config"], "seed": None, "num_threads": None},
+                            sort_keys=True)
         groups[recipe].append((record["config"]["seed"], tag))
     return {min(runs)[1]: sorted(runs) for runs in groups.values()
             if len(runs) > 1 and len({seed for seed, _ in runs}) == len(runs)}

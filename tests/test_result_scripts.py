@@ -170,10 +170,11 @@ def test_a_full_budget_counts_for_every_preset_that_learns_the_same_way() -> Non
     assert tables.full_budget_presets(stale, presets) == []
 
 
-def seed_run(seed: int, accuracies: dict[tuple[int, int], float], max_steps: int = 2200
-             ) -> tuple[dict, dict]:
+def seed_run(seed: int, accuracies: dict[tuple[int, int], float], max_steps: int = 2200,
+             num_threads: int = 2) -> tuple[dict, dict]:
     """A training record and its cells, for a recipe whose config differs only by seed."""
-    record = {"config": {"seed": seed, "budget": {"max_steps": max_steps}}}
+    record = {"config": {"seed": seed, "budget": {"max_steps": max_steps},
+                         "num_threads": num_threads}}
     cells = {key: {"result": {"accuracy": {"mean": value}}} for key, value in accuracies.items()}
     return record, cells
 
@@ -182,7 +183,7 @@ def test_seed_summary_averages_only_runs_whose_configs_differ_by_the_seed() -> N
     tables = load_script("make_results_table")
     runs = {"fit": seed_run(0, {(5, 1): 98.0, (20, 1): 95.0}),
             "fit-seed1": seed_run(1, {(5, 1): 98.5, (20, 1): 94.0}),
-            "fit-seed2": seed_run(2, {(5, 1): 98.3, (20, 1): 94.5}),
+            "fit-seed2": seed_run(2, {(5, 1): 98.3, (20, 1): 94.5}, num_threads=1),
             "longer-seed1": seed_run(1, {(5, 1): 99.0, (20, 1): 96.0}, max_steps=5000),
             "code-a": seed_run(0, {(5, 1): 97.0, (20, 1): 93.0}, max_steps=100),
             "code-b": seed_run(0, {(5, 1): 97.5, (20, 1): 93.5}, max_steps=100),
@@ -192,8 +193,9 @@ def test_seed_summary_averages_only_runs_whose_configs_differ_by_the_seed() -> N
 
     groups = tables.seed_groups(cells, training)
 
-    # "longer-seed1" has another budget; the "code-*" runs repeat seed 0, so they differ
-    # in something the config does not record and are left out.
+    # "fit-seed2" trained on fewer threads, the same recipe; "longer-seed1" has another
+    # budget; the "code-*" runs repeat seed 0, so they differ in something the config
+    # does not record and are left out.
     assert groups == {"fit": [(0, "fit"), (1, "fit-seed1"), (2, "fit-seed2")]}
     row = tables.seed_row(groups["fit"], cells, [(5, 1), (20, 1), (20, 5)])
     assert row == ("| `fit` | 3 (0, 1, 2) | 98.27 (98.00–98.50) | 94.50 (94.00–95.00) "
