@@ -28,9 +28,9 @@
 # cpu-quick trained on train + val (no validation, last checkpoint kept), and
 # cpu-quick-lake on Kaiser et al.'s split (the same); none of these runs by default.
 # NAME-tuned (5way-tuned, 20way-tuned, parallel-tuned, parallel-20way-tuned) trains that
-# paper preset with cpu-quick's model and optimizer settings given explicitly: the
-# comparison that made them the presets' own (the plain names trained the library
-# defaults before 2026-11-27; docs/model.md).
+# paper preset under the tag of the `-tuned` rows: cpu-quick's model and optimizer, the
+# presets' own since 2026-11-27 (the plain names' older rows trained the library
+# defaults; docs/model.md).
 # CUDA_GRAPH=1 trains every run with `cuda_graph=true` (the step recorded once as a
 # CUDA graph and replayed; PHASE=check times it first). SPEED_CLASSES (PHASE=check)
 # picks the step sizes timed; VALIDATE_EVERY (default 2000) the validation and checkpoint
@@ -111,12 +111,10 @@ data.train_subset=trainval data.val_subset=none" ;;
     # test classes, no validation, the last checkpoint kept.
     cpu-quick-lake) echo "cpu-quick cpu-quick-lake-$suffix data.scheme=lake \
 data.val_subset=none" ;;
-    # A paper preset with cpu-quick's validation-tuned model and optimizer settings
-    # spelled out (PRESETS=20way-tuned etc.): c2 = 1, a 4-d style, lr 2e-3 after a
-    # 100-step warm-up, bfloat16 autocast, a 32-channel decoder.
+    # The `-tuned` rows' runs (PRESETS=20way-tuned etc.): trained with cpu-quick's
+    # settings spelled out as --set before they became the presets' own; now the preset.
     5way-tuned|20way-tuned|parallel-tuned|parallel-20way-tuned) echo "omniglot-${1%-tuned} \
-$1-$suffix loss.latent=1 model.style_dim=4 optim.lr=2e-3 optim.warmup_steps=100 \
-precision=bfloat16 model.decoder_hidden_channels=32" ;;
+$1-$suffix" ;;
     *) echo "unknown run $1" >&2; return 1 ;;
   esac
 }
