@@ -374,22 +374,41 @@ def render(cells: Cells, training: dict[str, dict], online: dict[str, dict]) -> 
     return "\n".join(lines)
 
 
+# Settings that change where and how fast a run trains, not what it computes: a recipe
+# run on a GPU with CUDA graphs and on a CPU with two threads is one recipe.
+EXECUTION_SETTINGS = ("num_threads", "device", "cuda_graph", "checkpoint_every", "log_every",
+                      "tensorboard", "run_figures")
+
+
+def recipe_key(record: dict) -> str:
+    """A training config less its seed and execution settings, as a comparable string.
+
+    The wall-clock cap counts only when it ended the run: a run that reached its step
+    budget first trained the same steps whatever its cap was."""
+    config = {**record["config"], "seed": None}
+    for name in EXECUTION_SETTINGS:
+        config[name] = None
+    budget = config.get("budget", {})
+    if "max_steps" in budget and record.get("steps", 0) >= budget["max_steps"]:
+        config["budget"] = {**budget, "max_minutes": None}
+    return json.dumps(config, sort_keys=True)
+
+
 def seed_groups(cells: Cells, training: dict[str, dict]) -> dict[str, list[tuple[int, str]]]:
     """Runs of one recipe under different training seeds: `(seed, tag)` lists, seed order,
     keyed by the tag of the lowest seed; only recipes run with two seeds or more.
 
     Two runs share a recipe when their training configs are equal but for the seed and
-    the thread count (which, like the machine's load, changes the speed, not the
-    arithmetic), so a group never mixes budgets, splits or overrides whatever the tags
-    say. A group in which a seed repeats is left out: its runs differ in something the
-    config does not hold (the code, e.g. `cpu-quick-512-style4` and `-relu-after-pool`)."""
+    the execution settings (`recipe_key`: device, threads, CUDA graphs, which, like the
+    machine's load, change the speed, not the arithmetic), so a group never mixes
+    budgets, splits or overrides whatever the tags say. A group in which a seed repeats
+    is left out: its runs differ in something the config does not hold (the code, e.g.
+    `cpu-quick-512-style4` and `-relu-after-pool`)."""
     groups: dict[str, list[tuple[int, str]]] = defaultdict(list)
     for tag, record in training.items():
         if tag not in cells or "config" not in record:
             continue
-        recipe = json.dumps({**record["config"], "seed": None, "num_threads": None},
-                            sort_keys=True)
-        groups[recipe].append((record["config"]["seed"], tag))
+        groups[recipe_key(record)].append((record["config"]["seed"], tag))
     return {min(runs)[1]: sorted(runs) for runs in groups.values()
             if len(runs) > 1 and len({seed for seed, _ in runs}) == len(runs)}
 
@@ -423,8 +442,10 @@ def seed_section(cells: Cells, training: dict[str, dict]) -> list[str]:
     (paper_large_way,) = PAPER_TABLE2["mavae"].values()
     lines = ["", "## Across training seeds", "",
              "Recipes trained with more than one seed (training configs equal but for the "
-             "seed): each cell is the mean over the seeds of the test accuracy above, with "
-             "the lowest and highest seed in brackets. Kaiser et al.: "
+             "seed and where the run trained: device, threads, CUDA graphs, and a "
+             "wall-clock cap the step budget ended first): each cell is the mean over the "
+             "seeds of the test accuracy above, with the lowest and highest seed in "
+             "brackets. Kaiser et al.: "
              f"{figures(kaiser)}; Tseran & Harada: {figures(paper)} and "
              f"{figures(paper_large_way)}.", ""]
     for layout, title in ((TABLE1, "Table 1"), (TABLE2, "Table 2")):

@@ -202,6 +202,28 @@ def test_seed_summary_averages_only_runs_whose_configs_differ_by_the_seed() -> N
                    "| not run by every seed |")
 
 
+def test_seed_groups_join_a_recipe_trained_on_a_gpu_and_on_a_cpu() -> None:
+    tables = load_script("make_results_table")
+    def run(seed: int, steps: int, max_minutes: float | None = None,
+            **execution: object) -> dict:
+        config = {"seed": seed, "budget": {"max_steps": 30000, "max_minutes": max_minutes},
+                  "num_threads": 2, "device": "auto", "cuda_graph": False,
+                  "checkpoint_every": 500}
+        return {"config": {**config, **execution}, "steps": steps}
+    training = {
+        # Seed 0 on a GPU: CUDA graphs, a 4.5-minute cap the step budget ended first.
+        "preset-gpu": run(0, 30000, device="cuda", cuda_graph=True, num_threads=3,
+                          checkpoint_every=5000, max_minutes=4.5),
+        "preset-cpu-seed1": run(1, 30000),
+        # The cap ended this one at step 20,000: fewer steps, another budget.
+        "preset-capped-seed2": run(2, 20000, max_minutes=60.0),
+    }
+    cells = {tag: {(5, 1): {"result": {"accuracy": {"mean": 98.0}}}} for tag in training}
+
+    assert tables.seed_groups(cells, training) == {
+        "preset-gpu": [(0, "preset-gpu"), (1, "preset-cpu-seed1")]}
+
+
 def test_runs_on_kaisers_split_get_their_own_table_beside_kaisers_figures() -> None:
     tables = load_script("make_results_table")
     def cells(scheme: str, accuracy: float) -> dict:
