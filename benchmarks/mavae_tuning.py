@@ -1,17 +1,21 @@
-"""MA-VAE training variants on a CPU time budget, scored on the validation split.
+"""MA-VAE training variants under a fixed budget, scored on the validation split.
 
-    python benchmarks/mavae_tuning.py --minutes 7.5 [--only NAME ...]
+    python benchmarks/mavae_tuning.py --minutes 7.5 [--only NAME ...] [--seed S ...]
         [--json results/mavae_tuning.json]   (also writes the .md beside it)
+    python benchmarks/mavae_tuning.py --steps 2200 --device cuda --parallel 4 \
+        --cuda-graph --only NAME ... --seed 0 1
 
-Each variant is `gaussmem train --preset cpu-quick` with the given wall-clock budget
-(cosine decay over it) and `--set` overrides, training seed 0 (or `--seed`), nothing
-else running. Its best checkpoint (selected by the validation task its overrides name)
-is then evaluated on the validation split only: 20-way 5-shot (the cell where cpu-quick
-trailed the paper) and 5-way 1-shot, 1,000 episodes each, seed 0, 15 queries per class.
-Every override is spelled out, so a variant means the same thing whatever the preset's
-defaults become. Run directories are `runs/tuning/<minutes>min-<variant>[-seed<S>]`; a
-finished run is evaluated, not retrained. Results from different `--minutes` and seeds
-are merged into one JSON.
+Each variant is `gaussmem train --preset cpu-quick` with `--set` overrides and a budget:
+`--minutes` of wall clock (cosine decay over it; on a CPU with nothing else running),
+or `--steps` with no wall clock, so that runs trained side by side on one GPU
+(`--parallel`) train exactly what one alone would. Its best checkpoint (selected by the
+validation task its overrides name) is then evaluated on the validation split only:
+20-way 5-shot (the cell where cpu-quick trailed the paper) and 5-way 1-shot, 1,000
+episodes each, seed 0, 15 queries per class. Every override is spelled out, so a
+variant means the same thing whatever the preset's defaults become. Run directories
+are `runs/tuning/<minutes>min|<steps>steps[-gpu]-<variant>[-seed<S>]`, each with its
+training log beside it; a finished run is evaluated, not retrained. Results from
+different budgets, seeds and devices are merged into one JSON.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -220,30 +225,107 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
         "the memory softmax with exp(-SKL / 0.25): at T = 1 the pull of c2 = 1 to the "
         "prior keeps the means too close for a confident softmax over ~1,000 entries; "
         "a sharper one needs 4x smaller divergences for the same margin"),
+    # Variants too slow for a 2-core CPU's 15 minutes, for a fixed step budget on a GPU
+    # (`--steps 2200 --device cuda`, the step count cpu-quick-trainval trains): each
+    # gives the preset more of something the CPU could not afford.
+    "512classes-latent1-float32": (
+        spelled(TODAY_512, "loss.latent=1", "precision=float32", SELECT_20W1S),
+        "float32 instead of bfloat16 autocast at the same steps: bfloat16 bought its place "
+        "with speed on the CPU (more steps per minute), not with accuracy per step"),
+    "512classes-latent1-hidden128": (
+        spelled(TODAY_512, "loss.latent=1", "model.hidden_channels=128", SELECT_20W1S),
+        "a 128-channel trunk (~4x the convolutions): 80 channels tied 64 in 15 CPU minutes, "
+        "where the wider trunk trained fewer steps"),
+    "512classes-latent1-decoder64": (
+        spelled(TODAY_512, "loss.latent=1", "model.decoder_hidden_channels=64", SELECT_20W1S),
+        "the 64-channel decoder the presets narrowed to 32 for CPU speed: does a better "
+        "reconstruction shape the content latent better?"),
+    "1024classes-latent1": (
+        spelled(TODAY_512, "loss.latent=1", "episodes.n_way=64", SELECT_20W1S),
+        "1,024 classes per step at the same steps (2x the images): 128 -> 256 -> 512 "
+        "each scored higher, 1,024 lower only where a CPU minute bought half the steps"),
+    "2048classes-latent1": (
+        spelled(TODAY_512, "loss.latent=1", "episodes.n_way=128", SELECT_20W1S),
+        "2,048 classes per step (4x the images): half the training classes share one "
+        "memory, so the triplet's nearest negatives are the hardest the split has"),
 }
 CELLS = ((20, 5), (5, 1))
 
 
-def train_variant(run_dir: Path, overrides: list[str], minutes: float, seed: int
-                  ) -> list[str]:
+@dataclass(frozen=True)
+class Budget:
+    """A wall-clock budget (`minutes`, cosine decay over it) or a step budget (`steps`,
+    no wall clock, so a run sharing its device trains the same steps, only slower)."""
+
+    minutes: float | None = None
+    steps: int | None = None
+
+    def label(self) -> str:
+        return f"{self.minutes:g} min" if self.minutes is not None else f"{self.steps} steps"
+
+    def directory_prefix(self) -> str:
+        return f"{self.minutes:g}min" if self.minutes is not None else f"{self.steps}steps"
+
+    def train_arguments(self) -> list[str]:
+        if self.minutes is not None:
+            return ["--max-minutes", f"{self.minutes:g}"]
+        return ["--max-steps", str(self.steps), "--set", "budget.max_minutes=none"]
+
+
+def train_command(run_dir: Path, overrides: list[str], budget: Budget, seed: int,
+                  device: str, threads: int | None, cuda_graph: bool) -> list[str]:
     command = [sys.executable, "-m", "gaussmem", "train", "--preset", "cpu-quick",
-               "--run-dir", str(run_dir), "--max-minutes", str(minutes), "--seed", str(seed),
-               "--no-progress"]
+               "--run-dir", str(run_dir), *budget.train_arguments(), "--seed", str(seed),
+               "--no-progress", "--set", f"device={device}"]
+    if threads is not None:
+        command += ["--set", f"num_threads={threads}"]
+    if cuda_graph:
+        command += ["--set", "cuda_graph=true"]
     for override in overrides:
         command += ["--set", override]
-    if not (run_dir / "summary.json").exists():
-        print("+", " ".join(command[1:]), flush=True)
-        subprocess.run(command, check=True, cwd=ROOT)
     return command
 
 
-def evaluate_cell(run_dir: Path, n_way: int, n_shot: int) -> dict[str, float]:
+def train_all(jobs: list[tuple[Path, list[str]]], parallel: int) -> None:
+    """Train every job not yet finished, up to `parallel` side by side; each logs to
+    `<run_dir>.log` and notes in `<run_dir>/sharing.json` how many other trainings
+    shared its device (its images/s is a share). A failed training stops the benchmark,
+    naming its log."""
+    pending = [(run_dir, command) for run_dir, command in jobs
+               if not (run_dir / "summary.json").exists()]
+    others = min(parallel, len(pending)) - 1
+    running: list[tuple[Path, subprocess.Popen]] = []
+    while pending or running:
+        while pending and len(running) < parallel:
+            run_dir, command = pending.pop(0)
+            print("+", " ".join(command[1:]), flush=True)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(run_dir / "sharing.json",
+                              json.dumps({"concurrent_runs": others}) + "\n")
+            with open(f"{run_dir}.log", "w") as log:
+                running.append((run_dir, subprocess.Popen(command, cwd=ROOT, stdout=log,
+                                                          stderr=subprocess.STDOUT)))
+        run_dir, process = running.pop(0)
+        if process.wait() != 0:
+            for _, other in running:
+                other.terminate()
+            raise SystemExit(f"training failed ({process.returncode}); see {run_dir}.log")
+
+
+def concurrent_runs(run_dir: Path) -> int:
+    """Other trainings that shared the run's device (0 for runs from before they were
+    noted: those trained alone)."""
+    sharing = run_dir / "sharing.json"
+    return json.loads(sharing.read_text())["concurrent_runs"] if sharing.exists() else 0
+
+
+def evaluate_cell(run_dir: Path, n_way: int, n_shot: int, device: str) -> dict[str, float]:
     out = run_dir / f"val-{n_way}w{n_shot}s.json"
     if not out.exists():
         subprocess.run([sys.executable, "-m", "gaussmem", "evaluate", "--checkpoint",
                         str(run_dir / "checkpoints" / "best.ckpt"), "--split", "val",
                         "--n-way", str(n_way), "--n-shot", str(n_shot), "--episodes", "1000",
-                        "--seed", "0", "--no-progress", "--json", str(out)],
+                        "--seed", "0", "--device", device, "--no-progress", "--json", str(out)],
                        check=True, cwd=ROOT)
     accuracy = json.loads(out.read_text())["result"]["accuracy"]
     return {"mean": accuracy["mean"], "ci95": accuracy["ci95"]}
@@ -256,21 +338,32 @@ def selection_task(overrides: list[str]) -> str:
     return f"{values['validation.n_way']}w1s x {values['validation.episodes']}"
 
 
+def row_budget(row: dict) -> str:
+    """A row's budget as shown: "15 min" or "2200 steps"."""
+    return Budget(row.get("minutes"), row.get("max_steps")).label()
+
+
+def row_device(row: dict) -> str:
+    """Where a row trained: its GPU, else its CPU (rows before GPUs kept only the CPU)."""
+    return row.get("device") or row["cpu"]
+
+
 def render(report: dict) -> str:
-    """The report as a Markdown table, one row per (minutes, variant, seed, CPU)."""
+    """The report as a Markdown table, one row per (budget, variant, seed, device)."""
     hardware = report["hardware"]
-    lines = ["# MA-VAE training variants on a CPU budget (validation split)", "",
-             "Generated by `python benchmarks/mavae_tuning.py --minutes M`; do not edit by "
-             "hand. Each row: `gaussmem train --preset cpu-quick --max-minutes M --seed S` "
-             "with the overrides shown, then its best checkpoint (picked by the "
-             "`validation.*` task in its overrides) evaluated on the **validation** "
-             "split, 1,000 episodes, seed 0, "
+    lines = ["# MA-VAE training variants (validation split)", "",
+             "Generated by `python benchmarks/mavae_tuning.py --minutes M` (or `--steps N`); "
+             "do not edit by hand. Each row: `gaussmem train --preset cpu-quick --seed S` "
+             "with the overrides shown and a budget of M minutes (`--max-minutes M`: the "
+             "cosine decay spans them) or of N steps (`--max-steps N`, no wall clock), "
+             "then its best checkpoint (picked by the `validation.*` task in its "
+             "overrides) evaluated on the **validation** split, 1,000 episodes, seed 0, "
              "± 95% CI. \"selection task: best\" is that task (N-way 1-shot x episodes) "
              "and its accuracy at the kept checkpoint, as measured during training. "
-             f"Hardware: {hardware['cpu_cores']} cores, torch {hardware['torch']}; the CPU "
-             "is each row's (a minute buys more steps on a faster one, so compare rows "
-             "of one CPU).", "",
-             "| minutes | variant | training seed S | CPU | overrides | steps | images/s | "
+             f"Torch {hardware['torch']}; the device is each row's (a minute buys more "
+             "steps on a faster one, so compare minute-budget rows of one device). Images/s "
+             "of runs trained side by side on one device are each run's share.", "",
+             "| budget | variant | training seed S | device | overrides | steps | images/s | "
              "min to 97% | selection task: best | val 20w5s | val 5w1s | what it tests |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in report["results"]:
@@ -278,29 +371,50 @@ def render(report: dict) -> str:
         cells = " | ".join(f"{row[key]['mean']:.2f} ± {row[key]['ci95']:.2f}"
                            for key in ("val_20w5s", "val_5w1s"))
         selection = f"{selection_task(row['overrides'])}: {row['best_val_accuracy']:.2f}"
-        lines.append(f"| {row['minutes']:g} | {row['variant']} | {row.get('seed', 0)} | "
-                     f"{row['cpu']} | "
+        shared = row.get("concurrent_runs", 0)
+        speed = f"{row['images_per_second']:.0f}" + (f" ({shared + 1} side by side)"
+                                                     if shared else "")
+        lines.append(f"| {row_budget(row)} | {row['variant']} | {row.get('seed', 0)} | "
+                     f"{row_device(row)} | "
                      f"{', '.join(f'`{o}`' for o in row['overrides'])} | {row['steps']} | "
-                     f"{row['images_per_second']:.0f} | {to_97} | {selection} | {cells} | "
-                     f"{row['purpose']} |")
+                     f"{speed} | {to_97} | {selection} | {cells} | {row['purpose']} |")
     return "\n".join(lines) + "\n"
 
 
-def row_key(row: dict) -> tuple[float, str, int, str]:
-    """What makes a row: a rerun on another CPU adds a row instead of replacing one."""
-    return row["minutes"], row["variant"], row.get("seed", 0), row["cpu"]
+def row_key(row: dict) -> tuple[float, int, str, int, str]:
+    """What makes a row: a rerun on another device adds a row instead of replacing one."""
+    return (row.get("minutes") or 0.0, row.get("max_steps") or 0, row["variant"],
+            row.get("seed", 0), row_device(row))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=7.5)
+    budget_group = parser.add_mutually_exclusive_group()
+    budget_group.add_argument("--minutes", type=float, default=None,
+                              help="wall-clock training budget (default: 7.5)")
+    budget_group.add_argument("--steps", type=int, default=None,
+                              help="step budget instead, with no wall clock")
     parser.add_argument("--only", nargs="*", default=None, choices=sorted(VARIANTS))
     parser.add_argument("--runs", default=str(ROOT / "runs" / "tuning"))
-    parser.add_argument("--seed", type=int, default=0,
-                        help="training seed (evaluation episodes keep seed 0)")
+    parser.add_argument("--seed", type=int, nargs="+", default=[0],
+                        help="training seeds, each a row (evaluation episodes keep seed 0)")
+    parser.add_argument("--device", default="cpu",
+                        help="where to train and encode: cpu, cuda or cuda:N")
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="trainings side by side on the device (a GPU idles on one)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads of each training (default: torch's)")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="replay each training step as a CUDA graph (cuda only)")
     parser.add_argument("--json", default=str(ROOT / "results" / "mavae_tuning.json"))
     args = parser.parse_args()
+    if args.parallel < 1:
+        parser.error(f"--parallel must be >= 1, got {args.parallel}")
+    if args.cuda_graph and not args.device.startswith("cuda"):
+        parser.error("--cuda-graph needs --device cuda")
+    budget = (Budget(steps=args.steps) if args.steps is not None
+              else Budget(minutes=7.5 if args.minutes is None else args.minutes))
     path = Path(args.json)
     report = json.loads(path.read_text()) if path.exists() else {"results": []}
     # Rows from before the CPU was kept per row were all measured on the report's CPU.
@@ -308,24 +422,34 @@ def main() -> int:
         row.setdefault("cpu", report["hardware"]["cpu"])
     rows = {row_key(row): row for row in report["results"]}
     hardware = describe_hardware()
+    device_name = hardware.get("gpu") if args.device.startswith("cuda") else None
+    on_gpu = "-gpu" if device_name else ""
+    jobs = []
     for name, (overrides, purpose) in VARIANTS.items():
         if args.only and name not in args.only:
             continue
-        seed_suffix = f"-seed{args.seed}" if args.seed else ""
-        run_dir = Path(args.runs) / f"{args.minutes:g}min-{name}{seed_suffix}"
-        command = train_variant(run_dir, overrides, args.minutes, args.seed)
+        for seed in args.seed:
+            seed_suffix = f"-seed{seed}" if seed else ""
+            run_dir = Path(args.runs) / f"{budget.directory_prefix()}{on_gpu}-{name}{seed_suffix}"
+            command = train_command(run_dir, overrides, budget, seed, args.device,
+                                    args.threads, args.cuda_graph)
+            jobs.append((name, overrides, purpose, seed, run_dir, command))
+    train_all([(run_dir, command) for *_, run_dir, command in jobs], args.parallel)
+    for name, overrides, purpose, seed, run_dir, command in jobs:
         summary = json.loads((run_dir / "summary.json").read_text())
-        row = {"variant": name, "minutes": args.minutes, "seed": args.seed, "cpu": hardware["cpu"],
-               "purpose": purpose,
+        row = {"variant": name, "minutes": budget.minutes, "max_steps": budget.steps,
+               "seed": seed, "cpu": hardware["cpu"], "device": device_name,
+               "concurrent_runs": concurrent_runs(run_dir), "purpose": purpose,
                "overrides": overrides, "steps": summary["step"],
                "images_per_second": summary["step"] * summary["images_per_step"]
                / summary["elapsed_seconds"],
                "best_step": summary["best_step"], "minutes_to_97": summary["minutes_to_97"],
                "best_val_accuracy": summary["best_val_accuracy"],
                "train_command": " ".join(["gaussmem", *command[3:]]),
-               **{f"val_{w}w{s}s": evaluate_cell(run_dir, w, s) for w, s in CELLS}}
+               **{f"val_{w}w{s}s": evaluate_cell(run_dir, w, s, args.device)
+                  for w, s in CELLS}}
         rows[row_key(row)] = row
-        print(f"{args.minutes:g} min {name} seed {args.seed}: " + ", ".join(
+        print(f"{budget.label()} {name} seed {seed}: " + ", ".join(
             f"{w}w{s}s {row[f'val_{w}w{s}s']['mean']:.2f}" for w, s in CELLS), flush=True)
     report = {"command": command_line(), "preset": "cpu-quick",
               "measure": "validation split accuracy (%), 1,000 episodes, seed 0, 15 queries "

@@ -1,0 +1,76 @@
+"""benchmarks/mavae_tuning.py: budgets, side-by-side trainings and the rows it renders,
+without training anything (its trainings are stood in for by tiny processes)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_result_scripts import load_script
+
+
+def test_budget_is_minutes_of_wall_clock_or_steps_without_one() -> None:
+    tuning = load_script("mavae_tuning", "benchmarks")
+    assert tuning.Budget(minutes=15.0).train_arguments() == ["--max-minutes", "15"]
+    assert tuning.Budget(steps=2200).train_arguments() == [
+        "--max-steps", "2200", "--set", "budget.max_minutes=none"]
+    assert tuning.Budget(minutes=7.5).directory_prefix() == "7.5min"
+    assert tuning.Budget(steps=2200).label() == "2200 steps"
+    command = tuning.train_command(Path("runs/x"), ["loss.latent=1"], tuning.Budget(steps=5),
+                                   seed=1, device="cuda", threads=3, cuda_graph=True)
+    settings = [command[i + 1] for i, part in enumerate(command) if part == "--set"]
+    assert settings == ["budget.max_minutes=none", "device=cuda", "num_threads=3",
+                        "cuda_graph=true", "loss.latent=1"]
+
+
+def finishing(run_dir: Path, code: int = 0) -> list[str]:
+    """A stand-in training: writes summary.json (unless it fails) and exits with `code`."""
+    script = ("import pathlib, sys; "
+              f"sys.exit({code}) if {code} else "
+              f"pathlib.Path({str(run_dir)!r}, 'summary.json').write_text('{{}}')")
+    return [sys.executable, "-c", script]
+
+
+def test_train_all_runs_side_by_side_notes_the_sharing_and_skips_finished_runs(
+        tmp_path: Path) -> None:
+    tuning = load_script("mavae_tuning", "benchmarks")
+    runs = [tmp_path / name for name in ("a", "b", "c")]
+    (runs[2]).mkdir()
+    (runs[2] / "summary.json").write_text("{}")  # finished earlier: not retrained
+    tuning.train_all([(run, finishing(run)) for run in runs], parallel=2)
+    assert all((run / "summary.json").exists() for run in runs)
+    assert [tuning.concurrent_runs(run) for run in runs] == [1, 1, 0]
+    assert (tmp_path / "a.log").exists() and not (tmp_path / "c.log").exists()
+
+
+def test_train_all_stops_on_a_failed_training_and_names_its_log(tmp_path: Path) -> None:
+    tuning = load_script("mavae_tuning", "benchmarks")
+    broken = tmp_path / "broken"
+    with pytest.raises(SystemExit, match="broken.log"):
+        tuning.train_all([(broken, finishing(broken, code=3))], parallel=1)
+
+
+def test_rows_of_step_budgets_on_a_gpu_sit_beside_minute_budgets_on_a_cpu() -> None:
+    tuning = load_script("mavae_tuning", "benchmarks")
+    def row(minutes: float | None, steps: int | None, device: str | None,
+            concurrent: int) -> dict:
+        return {"variant": "v", "minutes": minutes, "max_steps": steps, "seed": 0,
+                "cpu": "AMD EPYC", "device": device, "concurrent_runs": concurrent,
+                "purpose": "p", "overrides": ["validation.n_way=20",
+                                              "validation.episodes=1000"],
+                "steps": 2200, "images_per_second": 1234.4, "best_step": 2200,
+                "minutes_to_97": None, "best_val_accuracy": 95.5,
+                "val_20w5s": {"mean": 98.7, "ci95": 0.1},
+                "val_5w1s": {"mean": 98.8, "ci95": 0.2}}
+    cpu, gpu = row(15.0, None, None, 0), row(None, 2200, "NVIDIA H100 80GB HBM3", 3)
+    # An old row (no budget in steps, no device) keys like a new CPU row of its budget.
+    old = {key: value for key, value in cpu.items() if key not in ("max_steps", "device")}
+    assert tuning.row_key(old) == tuning.row_key(cpu) != tuning.row_key(gpu)
+    markdown = tuning.render({"hardware": {"torch": "2.13.0"}, "results": [cpu, gpu]})
+    lines = markdown.splitlines()
+    assert lines[-2].startswith("| 15 min | v | 0 | AMD EPYC | ")
+    assert lines[-1].startswith("| 2200 steps | v | 0 | NVIDIA H100 80GB HBM3 | ")
+    assert "| 1234 (4 side by side) |" in lines[-1] and "| 1234 |" in lines[-2]
+    assert "20w1s x 1000: 95.50 | 98.70 ± 0.10 | 98.80 ± 0.20 |" in lines[-1]
