@@ -36,7 +36,10 @@
 # picks the step sizes timed; VALIDATE_EVERY (default 2000) the validation and checkpoint
 # interval of the side-by-side runs. A whole 30,000-step budget: MINUTES is only a cap,
 # so e.g. `CUDA_GRAPH=1 VALIDATE_EVERY=3000 PRESETS="20way parallel-20way"` with
-# MINUTES 6 trains both to 30,000 steps if the device is fast enough.
+# MINUTES 6 trains both to 30,000 steps if the device is fast enough. SEEDS (default
+# "0") trains each side-by-side run once per training seed: a seed S other than 0 adds
+# "-seedS" to its tag, run directory and archive (the rows "Across training seeds" in
+# results/omniglot.md averages), e.g. `SEEDS="1 2" PRESETS="20way-tuned"`.
 #
 # Training only: each run writes its training record (results/omniglot-<tag>-training
 # .json, with the GPU's name) and leaves its best checkpoint; OUT_DIR/<run>.tar.gz holds
@@ -119,16 +122,17 @@ $1-$suffix" ;;
   esac
 }
 
-train_run() {  # train_run NAME MINUTES CONCURRENT VALIDATE_EVERY
-  local name="$1" run_minutes="$2" concurrent="$3" every="$4" preset tag extra=()
+train_run() {  # train_run NAME MINUTES CONCURRENT VALIDATE_EVERY SEED
+  local name="$1" run_minutes="$2" concurrent="$3" every="$4" seed="$5" preset tag extra=()
   read -r preset tag rest <<<"$(preset_of "$name")"
+  if [ "$seed" != 0 ]; then tag="$tag-seed$seed"; name="$name-seed$seed"; fi
   extra=(--set "validation.every_steps=$every" --set "checkpoint_every=$every")
   if [ -n "${CUDA_GRAPH:-}" ]; then extra+=(--set cuda_graph=true); fi
   for override in ${rest:-}; do extra+=(--set "$override"); done
   rm -rf "runs/gpu/$name-$suffix"
   mkdir -p runs/gpu
   python3 benchmarks/train_cpu_quick.py --preset "$preset" --run-dir "runs/gpu/$name-$suffix" \
-    --tag "$tag" --results "$results" --skip-eval --concurrent-runs "$concurrent" \
+    --tag "$tag" --seed "$seed" --results "$results" --skip-eval --concurrent-runs "$concurrent" \
     --set "budget.max_minutes=$run_minutes" --set "device=$device" \
     --set "num_threads=${THREADS:-3}" "${extra[@]}" \
     --note "$preset preset on device $device, $run_minutes-minute wall-clock training budget (validation excluded); $concurrent other trainings shared the device" \
@@ -152,20 +156,29 @@ sys.exit(steps >= json.load(open(sys.argv[2]))['budget']['max_steps'])" \
 
 wanted() { case " $presets " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
-if wanted 5way; then train_run 5way "$solo_minutes" 0 1000; fi
+if wanted 5way; then train_run 5way "$solo_minutes" 0 1000 0; fi
 side_by_side=()
 for name in 20way 5way-to-20way parallel parallel-20way cpu-quick cpu-quick-1024 cpu-quick-solo \
     cpu-quick-affine cpu-quick-trainval cpu-quick-lake 5way-tuned 20way-tuned parallel-tuned \
     parallel-20way-tuned; do
-  if wanted "$name"; then side_by_side+=("$name"); fi
+  if wanted "$name"; then
+    for seed in ${SEEDS:-0}; do side_by_side+=("$name $seed"); done
+  fi
 done
 others=$(( ${#side_by_side[@]} - 1 ))
-for name in "${side_by_side[@]}"; do
+for run in "${side_by_side[@]}"; do
+  read -r name seed <<<"$run"
   # Parameters that pass the step at every_steps=2000 in a few minutes validate ~3 times.
-  train_run "$name" "$minutes" "$others" "${VALIDATE_EVERY:-2000}" &
+  train_run "$name" "$minutes" "$others" "${VALIDATE_EVERY:-2000}" "$seed" &
 done
 wait
-for name in $presets; do
+trained=()
+if wanted 5way; then trained+=(5way); fi
+for run in "${side_by_side[@]}"; do
+  read -r name seed <<<"$run"
+  trained+=("$name$([ "$seed" = 0 ] || echo "-seed$seed")")
+done
+for name in "${trained[@]}"; do
   run_log="runs/gpu/$name-$suffix.log"
   if [ -f "$run_log" ]; then tail -n 4 "$run_log" | sed "s/^/[$name] /" >>"$log"; fi
 done
