@@ -374,33 +374,27 @@ def render(cells: Cells, training: dict[str, dict], online: dict[str, dict]) -> 
     return "\n".join(lines)
 
 
-# Settings that change where and how fast a run trains, not what it computes: a recipe
-# run on a GPU with CUDA graphs and on a CPU with two threads is one recipe.
-EXECUTION_SETTINGS = ("num_threads", "device", "cuda_graph", "checkpoint_every", "log_every",
-                      "tensorboard", "run_figures")
-
-
 def recipe_key(record: dict) -> str:
-    """A training config less its seed and execution settings, as a comparable string.
+    """What a run learned and how its checkpoint was picked, as a comparable string: its
+    `learning_settings`, its validation and its budget, but not its seed or where it ran
+    (device, threads, CUDA graphs change the speed, not the arithmetic).
 
     The wall-clock cap counts only when it ended the run: a run that reached its step
     budget first trained the same steps whatever its cap was."""
-    config = {**record["config"], "seed": None}
-    for name in EXECUTION_SETTINGS:
-        config[name] = None
-    budget = config.get("budget", {})
-    if "max_steps" in budget and record.get("steps", 0) >= budget["max_steps"]:
-        config["budget"] = {**budget, "max_minutes": None}
-    return json.dumps(config, sort_keys=True)
+    config = record["config"]
+    budget = dict(config["budget"])
+    if record.get("steps", 0) >= budget["max_steps"]:
+        budget["max_minutes"] = None
+    return json.dumps({"learning": learning_settings(config), "budget": budget,
+                       "validation": config["validation"],
+                       "val_subset": config["data"]["val_subset"]}, sort_keys=True)
 
 
 def seed_groups(cells: Cells, training: dict[str, dict]) -> dict[str, list[tuple[int, str]]]:
     """Runs of one recipe under different training seeds: `(seed, tag)` lists, seed order,
     keyed by the tag of the lowest seed; only recipes run with two seeds or more.
 
-    Two runs share a recipe when their training configs are equal but for the seed and
-    the execution settings (`recipe_key`: device, threads, CUDA graphs, which, like the
-    machine's load, change the speed, not the arithmetic), so a group never mixes
+    Two runs share a recipe when they have one `recipe_key`, so a group never mixes
     budgets, splits or overrides whatever the tags say. A group in which a seed repeats
     is left out: its runs differ in something the config does not hold (the code, e.g.
     `cpu-quick-512-style4` and `-relu-after-pool`)."""

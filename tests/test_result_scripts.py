@@ -173,8 +173,8 @@ def test_a_full_budget_counts_for_every_preset_that_learns_the_same_way() -> Non
 def seed_run(seed: int, accuracies: dict[tuple[int, int], float], max_steps: int = 2200,
              num_threads: int = 2) -> tuple[dict, dict]:
     """A training record and its cells, for a recipe whose config differs only by seed."""
-    record = {"config": {"seed": seed, "budget": {"max_steps": max_steps},
-                         "num_threads": num_threads}}
+    record = preset_record("cpu-quick", max_steps, seed=seed, num_threads=num_threads,
+                           budget__max_steps=max_steps)
     cells = {key: {"result": {"accuracy": {"mean": value}}} for key, value in accuracies.items()}
     return record, cells
 
@@ -206,10 +206,8 @@ def test_seed_groups_join_a_recipe_trained_on_a_gpu_and_on_a_cpu() -> None:
     tables = load_script("make_results_table")
     def run(seed: int, steps: int, max_minutes: float | None = None,
             **execution: object) -> dict:
-        config = {"seed": seed, "budget": {"max_steps": 30000, "max_minutes": max_minutes},
-                  "num_threads": 2, "device": "auto", "cuda_graph": False,
-                  "checkpoint_every": 500}
-        return {"config": {**config, **execution}, "steps": steps}
+        return preset_record("omniglot-20way", steps, seed=seed,
+                             budget__max_minutes=max_minutes, **execution)
     training = {
         # Seed 0 on a GPU: CUDA graphs, a 4.5-minute cap the step budget ended first.
         "preset-gpu": run(0, 30000, device="cuda", cuda_graph=True, num_threads=3,
