@@ -435,9 +435,10 @@ def seed_section(cells: Cells, training: dict[str, dict]) -> list[str]:
     paper = PAPER_TABLE1["mavae"]["Tseran & Harada, n_train = n_test"]
     (paper_large_way,) = PAPER_TABLE2["mavae"].values()
     lines = ["", "## Across training seeds", "",
-             "Recipes trained with more than one seed (training configs equal but for the "
-             "seed and where the run trained: device, threads, CUDA graphs, and a "
-             "wall-clock cap the step budget ended first): each cell is the mean over the "
+             "Recipes trained with more than one seed (the same model, loss, optimizer, "
+             "episodes, training classes, validation and budget, on any device; a "
+             "wall-clock cap counts only where it ended the run): each cell is the mean "
+             "over the "
              "seeds of the test accuracy above, with the lowest and highest seed in "
              "brackets. Kaiser et al.: "
              f"{figures(kaiser)}; Tseran & Harada: {figures(paper)} and "
