@@ -122,10 +122,14 @@ $1-$suffix" ;;
   esac
 }
 
+seed_suffix() {  # training seed -> "" for seed 0, else "-seedS" (tag, run and archive)
+  if [ "$1" != 0 ]; then echo "-seed$1"; fi
+}
+
 train_run() {  # train_run NAME MINUTES CONCURRENT VALIDATE_EVERY SEED
   local name="$1" run_minutes="$2" concurrent="$3" every="$4" seed="$5" preset tag extra=()
   read -r preset tag rest <<<"$(preset_of "$name")"
-  if [ "$seed" != 0 ]; then tag="$tag-seed$seed"; name="$name-seed$seed"; fi
+  tag="$tag$(seed_suffix "$seed")"; name="$name$(seed_suffix "$seed")"
   extra=(--set "validation.every_steps=$every" --set "checkpoint_every=$every")
   if [ -n "${CUDA_GRAPH:-}" ]; then extra+=(--set cuda_graph=true); fi
   for override in ${rest:-}; do extra+=(--set "$override"); done
@@ -176,7 +180,7 @@ trained=()
 if wanted 5way; then trained+=(5way); fi
 for run in "${side_by_side[@]}"; do
   read -r name seed <<<"$run"
-  trained+=("$name$([ "$seed" = 0 ] || echo "-seed$seed")")
+  trained+=("$name$(seed_suffix "$seed")")
 done
 for name in "${trained[@]}"; do
   run_log="runs/gpu/$name-$suffix.log"

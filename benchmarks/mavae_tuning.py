@@ -264,7 +264,7 @@ class Budget:
         return f"{self.minutes:g} min" if self.minutes is not None else f"{self.steps} steps"
 
     def directory_prefix(self) -> str:
-        return f"{self.minutes:g}min" if self.minutes is not None else f"{self.steps}steps"
+        return self.label().replace(" ", "")
 
     def train_arguments(self) -> list[str]:
         if self.minutes is not None:
@@ -391,8 +391,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     budget_group = parser.add_mutually_exclusive_group()
-    budget_group.add_argument("--minutes", type=float, default=None,
-                              help="wall-clock training budget (default: 7.5)")
+    budget_group.add_argument("--minutes", type=float, default=7.5,
+                              help="wall-clock training budget")
     budget_group.add_argument("--steps", type=int, default=None,
                               help="step budget instead, with no wall clock")
     parser.add_argument("--only", nargs="*", default=None, choices=sorted(VARIANTS))
@@ -413,8 +413,7 @@ def main() -> int:
         parser.error(f"--parallel must be >= 1, got {args.parallel}")
     if args.cuda_graph and not args.device.startswith("cuda"):
         parser.error("--cuda-graph needs --device cuda")
-    budget = (Budget(steps=args.steps) if args.steps is not None
-              else Budget(minutes=7.5 if args.minutes is None else args.minutes))
+    budget = Budget(steps=args.steps) if args.steps is not None else Budget(args.minutes)
     path = Path(args.json)
     report = json.loads(path.read_text()) if path.exists() else {"results": []}
     # Rows from before the CPU was kept per row were all measured on the report's CPU.
