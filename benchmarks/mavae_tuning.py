@@ -24,6 +24,9 @@ import argparse
 import json
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -273,7 +276,8 @@ class Budget:
 
 
 def train_command(run_dir: Path, overrides: list[str], budget: Budget, seed: int,
-                  device: str, threads: int | None, cuda_graph: bool) -> list[str]:
+                  device: str, threads: int | None, cuda_graph: bool,
+                  validate_every: int | None = None) -> list[str]:
     command = [sys.executable, "-m", "gaussmem", "train", "--preset", "cpu-quick",
                "--run-dir", str(run_dir), *budget.train_arguments(), "--seed", str(seed),
                "--no-progress", "--set", f"device={device}"]
@@ -281,35 +285,56 @@ def train_command(run_dir: Path, overrides: list[str], budget: Budget, seed: int
         command += ["--set", f"num_threads={threads}"]
     if cuda_graph:
         command += ["--set", "cuda_graph=true"]
+    if validate_every is not None:
+        command += ["--set", f"validation.every_steps={validate_every}",
+                    "--set", f"checkpoint_every={validate_every}"]
     for override in overrides:
         command += ["--set", override]
     return command
 
 
-def train_all(jobs: list[tuple[Path, list[str]]], parallel: int) -> None:
-    """Train every job not yet finished, up to `parallel` side by side; each logs to
-    `<run_dir>.log` and notes in `<run_dir>/sharing.json` how many other trainings
-    shared its device (its images/s is a share). A failed training stops the benchmark,
-    naming its log."""
+def train_all(jobs: list[tuple[Path, list[str]]], parallel: int,
+              finished: Callable[[Path], None] = lambda run_dir: None) -> None:
+    """Train every job not yet finished, up to `parallel` side by side, and call
+    `finished(run_dir)` as each one ends (finished earlier included), so its evaluation
+    overlaps the trainings still running and a benchmark cut short keeps what ended.
+    Each training logs to `<run_dir>.log` and notes in `<run_dir>/sharing.json` how many
+    other trainings shared its device (its images/s is a share). A run interrupted
+    earlier (a last checkpoint, no summary) resumes from its checkpoint. A failed
+    training does not stop the others; the benchmark then exits naming each failed
+    log."""
     pending = [(run_dir, command) for run_dir, command in jobs
                if not (run_dir / "summary.json").exists()]
     others = min(parallel, len(pending)) - 1
-    running: list[tuple[Path, subprocess.Popen]] = []
-    while pending or running:
-        while pending and len(running) < parallel:
-            run_dir, command = pending.pop(0)
-            print("+", " ".join(command[1:]), flush=True)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(run_dir / "sharing.json",
-                              json.dumps({"concurrent_runs": others}) + "\n")
-            with open(f"{run_dir}.log", "w") as log:
-                running.append((run_dir, subprocess.Popen(command, cwd=ROOT, stdout=log,
-                                                          stderr=subprocess.STDOUT)))
-        run_dir, process = running.pop(0)
-        if process.wait() != 0:
-            for _, other in running:
-                other.terminate()
-            raise SystemExit(f"training failed ({process.returncode}); see {run_dir}.log")
+    lock = threading.Lock()
+    failed: list[str] = []
+
+    def train(run_dir: Path, command: list[str]) -> None:
+        interrupted = (run_dir / "checkpoints" / "last.ckpt").exists()
+        if interrupted:
+            command = [*command, "--resume"]
+        print("+", " ".join(command[1:]), flush=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / "sharing.json",
+                          json.dumps({"concurrent_runs": others}) + "\n")
+        with open(f"{run_dir}.log", "a" if interrupted else "w") as log:
+            code = subprocess.run(command, cwd=ROOT, stdout=log,
+                                  stderr=subprocess.STDOUT).returncode
+        if code != 0:
+            with lock:
+                failed.append(f"{run_dir}.log ({code})")
+            print(f"training failed ({code}); see {run_dir}.log", flush=True)
+        else:
+            finished(run_dir)
+
+    for run_dir, _ in jobs:
+        if (run_dir / "summary.json").exists():
+            finished(run_dir)
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        for future in [pool.submit(train, *job) for job in pending]:
+            future.result()
+    if failed:
+        raise SystemExit("training failed; see " + ", ".join(failed))
 
 
 def concurrent_runs(run_dir: Path) -> int:
@@ -407,10 +432,15 @@ def main() -> int:
                         help="torch CPU threads of each training (default: torch's)")
     parser.add_argument("--cuda-graph", action="store_true",
                         help="replay each training step as a CUDA graph (cuda only)")
+    parser.add_argument("--validate-every", type=int, default=None,
+                        help="steps between validations and checkpoints (default: the "
+                             "preset's 150; fewer validations leave a GPU less idle)")
     parser.add_argument("--json", default=str(ROOT / "results" / "mavae_tuning.json"))
     args = parser.parse_args()
     if args.parallel < 1:
         parser.error(f"--parallel must be >= 1, got {args.parallel}")
+    if args.validate_every is not None and args.validate_every < 1:
+        parser.error(f"--validate-every must be >= 1, got {args.validate_every}")
     if args.cuda_graph and not args.device.startswith("cuda"):
         parser.error("--cuda-graph needs --device cuda")
     budget = Budget(steps=args.steps) if args.steps is not None else Budget(args.minutes)
@@ -423,18 +453,22 @@ def main() -> int:
     hardware = describe_hardware()
     device_name = hardware.get("gpu") if args.device.startswith("cuda") else None
     on_gpu = "-gpu" if device_name else ""
-    jobs = []
-    for name, (overrides, purpose) in VARIANTS.items():
-        if args.only and name not in args.only:
-            continue
-        for seed in args.seed:
+    # Seed-major order: a benchmark cut short has every variant's first seed first.
+    jobs = {}
+    for seed in args.seed:
+        for name, (overrides, purpose) in VARIANTS.items():
+            if args.only and name not in args.only:
+                continue
             seed_suffix = f"-seed{seed}" if seed else ""
             run_dir = Path(args.runs) / f"{budget.directory_prefix()}{on_gpu}-{name}{seed_suffix}"
             command = train_command(run_dir, overrides, budget, seed, args.device,
-                                    args.threads, args.cuda_graph)
-            jobs.append((name, overrides, purpose, seed, run_dir, command))
-    train_all([(run_dir, command) for *_, run_dir, command in jobs], args.parallel)
-    for name, overrides, purpose, seed, run_dir, command in jobs:
+                                    args.threads, args.cuda_graph, args.validate_every)
+            jobs[run_dir] = (name, overrides, purpose, seed, command)
+    lock = threading.Lock()
+
+    def record(run_dir: Path) -> None:
+        """Evaluate a finished run and rewrite the report with its row."""
+        name, overrides, purpose, seed, command = jobs[run_dir]
         summary = json.loads((run_dir / "summary.json").read_text())
         row = {"variant": name, "minutes": budget.minutes, "max_steps": budget.steps,
                "seed": seed, "cpu": hardware["cpu"], "device": device_name,
@@ -447,16 +481,20 @@ def main() -> int:
                "train_command": " ".join(["gaussmem", *command[3:]]),
                **{f"val_{w}w{s}s": evaluate_cell(run_dir, w, s, args.device)
                   for w, s in CELLS}}
-        rows[row_key(row)] = row
         print(f"{budget.label()} {name} seed {seed}: " + ", ".join(
             f"{w}w{s}s {row[f'val_{w}w{s}s']['mean']:.2f}" for w, s in CELLS), flush=True)
-    report = {"command": command_line(), "preset": "cpu-quick",
-              "measure": "validation split accuracy (%), 1,000 episodes, seed 0, 15 queries "
-                         "per class, best checkpoint by the validation task in its overrides",
-              "hardware": hardware,
-              "results": sorted(rows.values(), key=row_key)}
-    write_text_atomic(path, json.dumps(report, indent=2) + "\n")
-    write_text_atomic(path.with_suffix(".md"), render(report))
+        with lock:
+            rows[row_key(row)] = row
+            report = {"command": command_line(), "preset": "cpu-quick",
+                      "measure": "validation split accuracy (%), 1,000 episodes, seed 0, "
+                                 "15 queries per class, best checkpoint by the validation "
+                                 "task in its overrides",
+                      "hardware": hardware,
+                      "results": sorted(rows.values(), key=row_key)}
+            write_text_atomic(path, json.dumps(report, indent=2) + "\n")
+            write_text_atomic(path.with_suffix(".md"), render(report))
+
+    train_all([(run_dir, job[-1]) for run_dir, job in jobs.items()], args.parallel, record)
     return 0
 
 

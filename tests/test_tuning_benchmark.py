@@ -3,6 +3,7 @@ without training anything (its trainings are stood in for by tiny processes)."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -39,17 +40,52 @@ def test_train_all_runs_side_by_side_notes_the_sharing_and_skips_finished_runs(
     runs = [tmp_path / name for name in ("a", "b", "c")]
     (runs[2]).mkdir()
     (runs[2] / "summary.json").write_text("{}")  # finished earlier: not retrained
-    tuning.train_all([(run, finishing(run)) for run in runs], parallel=2)
+    recorded: list[Path] = []
+    tuning.train_all([(run, finishing(run)) for run in runs], parallel=2,
+                     finished=recorded.append)
     assert all((run / "summary.json").exists() for run in runs)
     assert [tuning.concurrent_runs(run) for run in runs] == [1, 1, 0]
     assert (tmp_path / "a.log").exists() and not (tmp_path / "c.log").exists()
+    # Every run is recorded once, the one finished earlier before any training ends.
+    assert sorted(recorded) == sorted(runs) and recorded[0] == runs[2]
 
 
-def test_train_all_stops_on_a_failed_training_and_names_its_log(tmp_path: Path) -> None:
+def test_a_failed_training_lets_the_others_finish_and_names_its_log(
+        tmp_path: Path) -> None:
     tuning = load_script("mavae_tuning", "benchmarks")
-    broken = tmp_path / "broken"
-    with pytest.raises(SystemExit, match="broken.log"):
-        tuning.train_all([(broken, finishing(broken, code=3))], parallel=1)
+    broken, fine = tmp_path / "broken", tmp_path / "fine"
+    recorded: list[Path] = []
+    with pytest.raises(SystemExit, match=r"broken\.log \(3\)"):
+        tuning.train_all([(broken, finishing(broken, code=3)), (fine, finishing(fine))],
+                         parallel=1, finished=recorded.append)
+    assert recorded == [fine]
+
+
+def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
+    tuning = load_script("mavae_tuning", "benchmarks")
+    interrupted, fresh = tmp_path / "interrupted", tmp_path / "fresh"
+    (interrupted / "checkpoints").mkdir(parents=True)
+    (interrupted / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (tmp_path / "interrupted.log").write_text("first part\n")
+    def arguments_kept(run_dir: Path) -> list[str]:
+        """A stand-in training that writes its arguments as summary.json."""
+        script = ("import json, pathlib, sys; "
+                  f"pathlib.Path({str(run_dir)!r}, 'summary.json')"
+                  ".write_text(json.dumps(sys.argv[1:]))")
+        return [sys.executable, "-c", script, "train"]
+    tuning.train_all([(run, arguments_kept(run)) for run in (interrupted, fresh)], parallel=2)
+    assert json.loads((interrupted / "summary.json").read_text()) == ["train", "--resume"]
+    assert json.loads((fresh / "summary.json").read_text()) == ["train"]
+    assert (tmp_path / "interrupted.log").read_text().startswith("first part\n")
+
+
+def test_validation_interval_sets_checkpoints_too() -> None:
+    tuning = load_script("mavae_tuning", "benchmarks")
+    command = tuning.train_command(Path("runs/x"), [], tuning.Budget(steps=5), seed=0,
+                                   device="cpu", threads=None, cuda_graph=False,
+                                   validate_every=275)
+    settings = [command[i + 1] for i, part in enumerate(command) if part == "--set"]
+    assert settings[-2:] == ["validation.every_steps=275", "checkpoint_every=275"]
 
 
 def test_rows_of_step_budgets_on_a_gpu_sit_beside_minute_budgets_on_a_cpu() -> None:
