@@ -315,8 +315,10 @@ def train_all(jobs: list[tuple[Path, list[str]]], parallel: int,
             command = [*command, "--resume"]
         print("+", " ".join(command[1:]), flush=True)
         run_dir.mkdir(parents=True, exist_ok=True)
+        # A resumed run trained its earlier steps beside as many others as it did then.
+        shared = max(others, concurrent_runs(run_dir)) if interrupted else others
         write_text_atomic(run_dir / "sharing.json",
-                          json.dumps({"concurrent_runs": others}) + "\n")
+                          json.dumps({"concurrent_runs": shared}) + "\n")
         with open(f"{run_dir}.log", "a" if interrupted else "w") as log:
             code = subprocess.run(command, cwd=ROOT, stdout=log,
                                   stderr=subprocess.STDOUT).returncode
@@ -344,14 +346,26 @@ def concurrent_runs(run_dir: Path) -> int:
     return json.loads(sharing.read_text())["concurrent_runs"] if sharing.exists() else 0
 
 
-def evaluate_cell(run_dir: Path, n_way: int, n_shot: int, device: str) -> dict[str, float]:
+# One evaluation at a time: on a 16-core GPU machine, two side by side with torch's
+# default 16 threads each (beside trainings) did not finish a 1,000-episode cell in
+# 3 minutes, where one alone took about 10 s (the episodes' memory runs on the CPU).
+EVALUATION_LOCK = threading.Lock()
+
+
+def evaluate_cell(run_dir: Path, n_way: int, n_shot: int, device: str,
+                  threads: int | None = None) -> dict[str, float]:
+    """The run's best checkpoint on `n_way`-way `n_shot`-shot validation episodes
+    (cached in `<run_dir>/val-<N>w<K>s.json`), one evaluation at a time."""
     out = run_dir / f"val-{n_way}w{n_shot}s.json"
     if not out.exists():
-        subprocess.run([sys.executable, "-m", "gaussmem", "evaluate", "--checkpoint",
-                        str(run_dir / "checkpoints" / "best.ckpt"), "--split", "val",
-                        "--n-way", str(n_way), "--n-shot", str(n_shot), "--episodes", "1000",
-                        "--seed", "0", "--device", device, "--no-progress", "--json", str(out)],
-                       check=True, cwd=ROOT)
+        command = [sys.executable, "-m", "gaussmem", "evaluate", "--checkpoint",
+                   str(run_dir / "checkpoints" / "best.ckpt"), "--split", "val",
+                   "--n-way", str(n_way), "--n-shot", str(n_shot), "--episodes", "1000",
+                   "--seed", "0", "--device", device, "--no-progress", "--json", str(out)]
+        if threads is not None:
+            command += ["--threads", str(threads)]
+        with EVALUATION_LOCK:
+            subprocess.run(command, check=True, cwd=ROOT)
     accuracy = json.loads(out.read_text())["result"]["accuracy"]
     return {"mean": accuracy["mean"], "ci95": accuracy["ci95"]}
 
@@ -385,9 +399,12 @@ def render(report: dict) -> str:
              "overrides) evaluated on the **validation** split, 1,000 episodes, seed 0, "
              "± 95% CI. \"selection task: best\" is that task (N-way 1-shot x episodes) "
              "and its accuracy at the kept checkpoint, as measured during training. "
-             f"Torch {hardware['torch']}; the device is each row's (a minute buys more "
+             f"The last run that wrote this report used torch {hardware['torch']}; the "
+             "device is each row's (a minute buys more "
              "steps on a faster one, so compare minute-budget rows of one device). Images/s "
-             "of runs trained side by side on one device are each run's share.", "",
+             "of runs trained side by side on one device are each run's share. Each row's "
+             "whole training command (validation interval included) is its "
+             "`train_command` in the JSON.", "",
              "| budget | variant | training seed S | device | overrides | steps | images/s | "
              "min to 97% | selection task: best | val 20w5s | val 5w1s | what it tests |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -479,7 +496,7 @@ def main() -> int:
                "best_step": summary["best_step"], "minutes_to_97": summary["minutes_to_97"],
                "best_val_accuracy": summary["best_val_accuracy"],
                "train_command": " ".join(["gaussmem", *command[3:]]),
-               **{f"val_{w}w{s}s": evaluate_cell(run_dir, w, s, args.device)
+               **{f"val_{w}w{s}s": evaluate_cell(run_dir, w, s, args.device, args.threads)
                   for w, s in CELLS}}
         print(f"{budget.label()} {name} seed {seed}: " + ", ".join(
             f"{w}w{s}s {row[f'val_{w}w{s}s']['mean']:.2f}" for w, s in CELLS), flush=True)

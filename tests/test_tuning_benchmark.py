@@ -67,14 +67,17 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> 
     (interrupted / "checkpoints").mkdir(parents=True)
     (interrupted / "checkpoints" / "last.ckpt").write_bytes(b"")
     (tmp_path / "interrupted.log").write_text("first part\n")
+    (interrupted / "sharing.json").write_text('{"concurrent_runs": 1}')
     def arguments_kept(run_dir: Path) -> list[str]:
         """A stand-in training that writes its arguments as summary.json."""
         script = ("import json, pathlib, sys; "
                   f"pathlib.Path({str(run_dir)!r}, 'summary.json')"
                   ".write_text(json.dumps(sys.argv[1:]))")
         return [sys.executable, "-c", script, "train"]
-    tuning.train_all([(run, arguments_kept(run)) for run in (interrupted, fresh)], parallel=2)
+    tuning.train_all([(run, arguments_kept(run)) for run in (interrupted, fresh)], parallel=1)
     assert json.loads((interrupted / "summary.json").read_text()) == ["train", "--resume"]
+    # It trained its earlier steps beside others: a resume alone does not erase that.
+    assert tuning.concurrent_runs(interrupted) == 1
     assert json.loads((fresh / "summary.json").read_text()) == ["train"]
     assert (tmp_path / "interrupted.log").read_text().startswith("first part\n")
 
