@@ -14,7 +14,8 @@ validation task its overrides name) is then evaluated on the validation split on
 episodes each, seed 0, 15 queries per class. Every override is spelled out, so a
 variant means the same thing whatever the preset's defaults become. Run directories
 are `runs/tuning/<minutes>min|<steps>steps[-gpu]-<variant>[-seed<S>]`, each with its
-training log beside it; a finished run is evaluated, not retrained. Results from
+training log beside it; a finished run is evaluated, not retrained, and an interrupted
+one resumes from its last checkpoint. Results from
 different budgets, seeds and devices are merged into one JSON.
 """
 
@@ -346,16 +347,10 @@ def concurrent_runs(run_dir: Path) -> int:
     return json.loads(sharing.read_text())["concurrent_runs"] if sharing.exists() else 0
 
 
-# One evaluation at a time: on a 16-core GPU machine, two side by side with torch's
-# default 16 threads each (beside trainings) did not finish a 1,000-episode cell in
-# 3 minutes, where one alone took about 10 s (the episodes' memory runs on the CPU).
-EVALUATION_LOCK = threading.Lock()
-
-
 def evaluate_cell(run_dir: Path, n_way: int, n_shot: int, device: str,
                   threads: int | None = None) -> dict[str, float]:
     """The run's best checkpoint on `n_way`-way `n_shot`-shot validation episodes
-    (cached in `<run_dir>/val-<N>w<K>s.json`), one evaluation at a time."""
+    (cached in `<run_dir>/val-<N>w<K>s.json`)."""
     out = run_dir / f"val-{n_way}w{n_shot}s.json"
     if not out.exists():
         command = [sys.executable, "-m", "gaussmem", "evaluate", "--checkpoint",
@@ -364,8 +359,7 @@ def evaluate_cell(run_dir: Path, n_way: int, n_shot: int, device: str,
                    "--seed", "0", "--device", device, "--no-progress", "--json", str(out)]
         if threads is not None:
             command += ["--threads", str(threads)]
-        with EVALUATION_LOCK:
-            subprocess.run(command, check=True, cwd=ROOT)
+        subprocess.run(command, check=True, cwd=ROOT)
     accuracy = json.loads(out.read_text())["result"]["accuracy"]
     return {"mean": accuracy["mean"], "ci95": accuracy["ci95"]}
 
@@ -481,26 +475,33 @@ def main() -> int:
             command = train_command(run_dir, overrides, budget, seed, args.device,
                                     args.threads, args.cuda_graph, args.validate_every)
             jobs[run_dir] = (name, overrides, purpose, seed, command)
+    # One run recorded at a time: on a 16-core GPU machine, two evaluations side by side
+    # with torch's default 16 threads each (beside trainings) did not finish a
+    # 1,000-episode cell in 3 minutes, where one alone took about 10 s (the episodes'
+    # memory runs on the CPU); the lock also keeps the report's rewrites whole.
     lock = threading.Lock()
 
     def record(run_dir: Path) -> None:
         """Evaluate a finished run and rewrite the report with its row."""
         name, overrides, purpose, seed, command = jobs[run_dir]
         summary = json.loads((run_dir / "summary.json").read_text())
-        row = {"variant": name, "minutes": budget.minutes, "max_steps": budget.steps,
-               "seed": seed, "cpu": hardware["cpu"], "device": device_name,
-               "concurrent_runs": concurrent_runs(run_dir), "purpose": purpose,
-               "overrides": overrides, "steps": summary["step"],
-               "images_per_second": summary["step"] * summary["images_per_step"]
-               / summary["elapsed_seconds"],
-               "best_step": summary["best_step"], "minutes_to_97": summary["minutes_to_97"],
-               "best_val_accuracy": summary["best_val_accuracy"],
-               "train_command": " ".join(["gaussmem", *command[3:]]),
-               **{f"val_{w}w{s}s": evaluate_cell(run_dir, w, s, args.device, args.threads)
-                  for w, s in CELLS}}
-        print(f"{budget.label()} {name} seed {seed}: " + ", ".join(
-            f"{w}w{s}s {row[f'val_{w}w{s}s']['mean']:.2f}" for w, s in CELLS), flush=True)
         with lock:
+            row = {"variant": name, "minutes": budget.minutes, "max_steps": budget.steps,
+                   "seed": seed, "cpu": hardware["cpu"], "device": device_name,
+                   "concurrent_runs": concurrent_runs(run_dir), "purpose": purpose,
+                   "overrides": overrides, "steps": summary["step"],
+                   "images_per_second": summary["step"] * summary["images_per_step"]
+                   / summary["elapsed_seconds"],
+                   "best_step": summary["best_step"],
+                   "minutes_to_97": summary["minutes_to_97"],
+                   "best_val_accuracy": summary["best_val_accuracy"],
+                   "train_command": " ".join(["gaussmem", *command[3:]]),
+                   **{f"val_{w}w{s}s": evaluate_cell(run_dir, w, s, args.device,
+                                                     args.threads)
+                      for w, s in CELLS}}
+            print(f"{budget.label()} {name} seed {seed}: " + ", ".join(
+                f"{w}w{s}s {row[f'val_{w}w{s}s']['mean']:.2f}" for w, s in CELLS),
+                flush=True)
             rows[row_key(row)] = row
             report = {"command": command_line(), "preset": "cpu-quick",
                       "measure": "validation split accuracy (%), 1,000 episodes, seed 0, "
