@@ -240,6 +240,10 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
         spelled(TODAY_512, "loss.latent=1", "model.hidden_channels=128", SELECT_20W1S),
         "a 128-channel trunk (~4x the convolutions): 80 channels tied 64 in 15 CPU minutes, "
         "where the wider trunk trained fewer steps"),
+    "512classes-latent1-hidden192": (
+        spelled(TODAY_512, "loss.latent=1", "model.hidden_channels=192", SELECT_20W1S),
+        "a 192-channel trunk: 128 channels scored above 64 on all three validation tasks at "
+        "equal steps (+0.49 on 20-way 1-shot); does a wider trunk still gain?"),
     "512classes-latent1-decoder64": (
         spelled(TODAY_512, "loss.latent=1", "model.decoder_hidden_channels=64", SELECT_20W1S),
         "the 64-channel decoder the presets narrowed to 32 for CPU speed: does a better "
