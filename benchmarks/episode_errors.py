@@ -46,7 +46,7 @@ from gaussmem.checkpoint import file_sha256, load_checkpoint  # noqa: E402
 from gaussmem.data.class_images import ClassImageSet  # noqa: E402
 from gaussmem.data.datasets import default_n_query, episode_sampler, load_split  # noqa: E402
 from gaussmem.embedding_cache import EmbeddingCache  # noqa: E402
-from gaussmem.evaluate import AccuracySummary  # noqa: E402
+from gaussmem.evaluate import AccuracySummary, episode_predictions  # noqa: E402
 from gaussmem.hardware import command_line, describe_hardware  # noqa: E402
 from gaussmem.methods import classifier_from_checkpoint  # noqa: E402
 from gaussmem.methods.base import FewShotClassifier  # noqa: E402
@@ -116,12 +116,7 @@ def confusion_report(classifier: FewShotClassifier, dataset: ClassImageSet, *, n
     with torch.no_grad():
         for episode in range(episodes):
             ids = sampler.sample_ids()
-            n_support = len(ids.support_ids)
-            embeddings = cache.lookup(np.concatenate([ids.support_ids, ids.query_ids]))
-            classifier.reset()
-            classifier.add_support_embeddings(embeddings[:n_support], ids.support_labels())
-            predicted = classifier.predict_scores_from_embeddings(
-                embeddings[n_support:]).argmax(dim=1).numpy()
+            predicted = episode_predictions(classifier, cache, ids).numpy()
             truth = ids.query_labels().numpy()
             episode_accuracy[episode] = (predicted == truth).mean()
             in_episode = set(ids.class_indices.tolist())
@@ -141,8 +136,8 @@ def confusion_report(classifier: FewShotClassifier, dataset: ClassImageSet, *, n
     queries = sum(total for _, total in right_and_total.values())
     all_pairs = sorted({tuple(sorted((index, other)))
                         for index, others in siblings.items() for other in others})
-    all_overlaps = [rotation_self_overlap(dataset, *pair) for pair in all_pairs]
-    confused_overlaps = [rotation_self_overlap(dataset, *pair) for pair in confused_pairs]
+    overlaps = {pair: rotation_self_overlap(dataset, *pair) for pair in all_pairs}
+    confused_overlaps = [overlaps[pair] for pair in confused_pairs]
     with_sibling, without_sibling = right_and_total[True], right_and_total[False]
     return {
         "dataset": dataset.name, "protocol": "support-query", "n_way": n_way,
@@ -159,13 +154,13 @@ def confusion_report(classifier: FewShotClassifier, dataset: ClassImageSet, *, n
         "queries_without": {"accuracy": 100.0 * without_sibling[0]
                             / max(without_sibling[1], 1)},
         "rotation_self_overlap": {
-            "median_all_rotation_pairs": float(np.median(all_overlaps)),
+            "median_all_rotation_pairs": float(np.median(list(overlaps.values()))),
             "median_confused_pairs": (float(np.median(confused_overlaps))
                                       if confused_overlaps else None),
             "confused_pairs": len(confused_pairs), "rotation_pairs": len(all_pairs)},
         "most_confused_rotation_pairs": [
             {"classes": [dataset.class_names[a], dataset.class_names[b]], "errors": count,
-             "self_overlap": rotation_self_overlap(dataset, a, b)}
+             "self_overlap": overlaps[(a, b)]}
             for (a, b), count in confused_pairs.most_common(10)],
     }
 

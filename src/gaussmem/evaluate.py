@@ -112,16 +112,24 @@ def evaluate_support_query(classifier: FewShotClassifier, dataset: FewShotDatase
                             encoded_images=cache.encoded_images)
 
 
-def _episode_accuracy(classifier: FewShotClassifier, cache: EmbeddingCache,
-                      ids: EpisodeSampleIds) -> float:
-    """Fraction of one episode's queries labelled right (`fit`, then `predict`, on
-    embeddings); support and queries are looked up together: one encoder pass."""
+def episode_predictions(classifier: FewShotClassifier, cache: EmbeddingCache,
+                        ids: EpisodeSampleIds) -> torch.Tensor:
+    """One support-query episode's predicted labels, `(n_queries,)` (`fit`, then
+    `predict`, on embeddings); support and queries are looked up together: one encoder
+    pass. Diagnostics that need more than the accuracy call this too, so they score
+    exactly what the evaluation scores."""
     n_support = len(ids.support_ids)
     embeddings = cache.lookup(np.concatenate([ids.support_ids, ids.query_ids]))
     classifier.reset()
     classifier.add_support_embeddings(embeddings[:n_support], ids.support_labels())
-    scores = classifier.predict_scores_from_embeddings(embeddings[n_support:])
-    return (scores.argmax(dim=1) == ids.query_labels()).double().mean().item()
+    return classifier.predict_scores_from_embeddings(embeddings[n_support:]).argmax(dim=1)
+
+
+def _episode_accuracy(classifier: FewShotClassifier, cache: EmbeddingCache,
+                      ids: EpisodeSampleIds) -> float:
+    """Fraction of one episode's queries labelled right."""
+    predicted = episode_predictions(classifier, cache, ids)
+    return (predicted == ids.query_labels()).double().mean().item()
 
 
 def evaluate_online(classifier: FewShotClassifier, dataset: FewShotDataset, *, n_way: int,
