@@ -30,7 +30,7 @@ from gaussmem.atomic import write_text_atomic  # noqa: E402
 from gaussmem.checkpoint import file_sha256, load_checkpoint  # noqa: E402
 from gaussmem.data.datasets import episode_sampler, load_split  # noqa: E402
 from gaussmem.embedding_cache import EmbeddingCache  # noqa: E402
-from gaussmem.evaluate import AccuracySummary  # noqa: E402
+from gaussmem.evaluate import AccuracySummary, episode_predictions  # noqa: E402
 from gaussmem.gaussian import pairwise_symmetric_kl  # noqa: E402
 from gaussmem.hardware import command_line, describe_hardware  # noqa: E402
 from gaussmem.methods import classifier_from_checkpoint  # noqa: E402
@@ -68,10 +68,7 @@ def main() -> int:
             ids = sampler.sample_ids()
             support, queries = cache.lookup(ids.support_ids), cache.lookup(ids.query_ids)
             support_labels, query_labels = ids.support_labels(), ids.query_labels()
-            classifier.reset()
-            classifier.add_support_embeddings(support, support_labels)
-            predictions = {"moment_matched":
-                           classifier.predict_scores_from_embeddings(queries).argmax(1)}
+            predictions = {"moment_matched": episode_predictions(classifier, cache, ids)}
             shots = classifier.content_posterior(support)
             query = classifier.content_posterior(queries)
             means = shots.mean.view(args.n_way, args.n_shot, -1).mean(1)
