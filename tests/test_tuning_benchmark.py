@@ -4,6 +4,7 @@ without training anything (its trainings are stood in for by tiny processes)."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -113,3 +114,41 @@ def test_rows_of_step_budgets_on_a_gpu_sit_beside_minute_budgets_on_a_cpu() -> N
     assert lines[-1].startswith("| 2200 steps | v | 0 | NVIDIA H100 80GB HBM3 | ")
     assert "| 1234 (4 side by side) |" in lines[-1] and "| 1234 |" in lines[-2]
     assert "20w1s x 1000: 95.50 | 98.70 ± 0.10 | 98.80 ± 0.20 |" in lines[-1]
+
+
+def test_trainings_outside_the_benchmark_count_in_each_runs_sharing(tmp_path: Path) -> None:
+    tuning = load_script("mavae_tuning", "benchmarks")
+    runs = [tmp_path / "a", tmp_path / "b"]
+    tuning.train_all([(run, finishing(run)) for run in runs], parallel=2, other_trainings=7)
+    assert [tuning.concurrent_runs(run) for run in runs] == [8, 8]
+
+
+def test_the_report_lock_keeps_a_second_process_out_until_released(tmp_path: Path) -> None:
+    tuning = load_script("mavae_tuning", "benchmarks")
+    try_lock = [sys.executable, "-c",
+                "import fcntl, os, sys; descriptor = os.open(sys.argv[1], os.O_RDONLY); "
+                "fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)", str(tmp_path)]
+    with tuning.locked_directory(tmp_path):
+        assert subprocess.run(try_lock, capture_output=True).returncode != 0
+    assert subprocess.run(try_lock, capture_output=True).returncode == 0
+
+
+def test_rows_are_read_back_by_key_and_a_missing_report_has_none(tmp_path: Path) -> None:
+    tuning = load_script("mavae_tuning", "benchmarks")
+    assert tuning.read_rows(tmp_path / "none.json") == {}
+    row = {"variant": "v", "minutes": None, "max_steps": 2200, "seed": 1,
+           "device": "NVIDIA H100 80GB HBM3"}
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"hardware": {"cpu": "AMD EPYC"}, "results": [row]}))
+    assert tuning.read_rows(report) == {
+        (0.0, 2200, "v", 1, "NVIDIA H100 80GB HBM3"): {**row, "cpu": "AMD EPYC"}}
+
+
+def test_a_variants_overrides_are_printed_for_other_scripts_to_train_it() -> None:
+    tuning = load_script("mavae_tuning", "benchmarks")
+    name = "512classes-latent1-hidden128-10steps"
+    printed = subprocess.run([sys.executable, "benchmarks/mavae_tuning.py",
+                              "--print-overrides", name], capture_output=True, text=True,
+                             check=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    assert printed.split() == tuning.VARIANTS[name][0]
+    assert "episodes.steps_per_episode=10" in printed.split()
