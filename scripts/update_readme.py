@@ -164,6 +164,7 @@ RENDERERS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "step_speed_cpu": ("speed-cpu.json", render_step_speed),
     "step_speed_gpu": ("speed-gpu.json", render_step_speed),
     "step_speed_gpu_graph": ("speed-gpu-cuda-graph.json", render_step_speed),
+    "step_speed_gpu_graph_small": ("speed-gpu-cuda-graph-80-512.json", render_step_speed),
     "cpu_contention": ("cpu_contention.json", render_cpu_contention),
 }
 
