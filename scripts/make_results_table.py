@@ -395,16 +395,26 @@ def seed_groups(cells: Cells, training: dict[str, dict]) -> dict[str, list[tuple
     keyed by the tag of the lowest seed; only recipes run with two seeds or more.
 
     Two runs share a recipe when they have one `recipe_key`, so a group never mixes
-    budgets, splits or overrides whatever the tags say. A group in which a seed repeats
-    is left out: its runs differ in something the config does not hold (the code, e.g.
-    `cpu-quick-512-style4` and `-relu-after-pool`)."""
+    budgets, splits or overrides whatever the tags say. A seed trained again on another
+    device ("cpu", "cuda") is a run of its own: training on a GPU is not bitwise
+    repeatable, so the rerun is another sample of the recipe. A group in which a seed
+    repeats on one device is left out: its runs differ in something the config does not
+    hold (the code, e.g. `cpu-quick-512-style4` and `-relu-after-pool`)."""
     groups: dict[str, list[tuple[int, str]]] = defaultdict(list)
     for tag, record in training.items():
         if tag not in cells or "config" not in record:
             continue
         groups[recipe_key(record)].append((record["config"]["seed"], tag))
+    def device(tag: str) -> str:
+        """Where the run trained: its record's, else its config's ("auto" is a guess)."""
+        record = training[tag]
+        configured = record["config"].get("device", "cpu")
+        return record.get("device") or ("cpu" if configured == "auto" else configured)
+
+    def distinct(runs: list[tuple[int, str]]) -> bool:
+        return len({(seed, device(tag)) for seed, tag in runs}) == len(runs)
     return {min(runs)[1]: sorted(runs) for runs in groups.values()
-            if len(runs) > 1 and len({seed for seed, _ in runs}) == len(runs)}
+            if len(runs) > 1 and distinct(runs)}
 
 
 def seed_row(runs: list[tuple[int, str]], cells: Cells, layout: list[tuple[int, int]]
@@ -440,7 +450,9 @@ def seed_section(cells: Cells, training: dict[str, dict]) -> list[str]:
              "wall-clock cap counts only where it ended the run): each cell is the mean "
              "over the "
              "seeds of the test accuracy above, with the lowest and highest seed in "
-             "brackets. Kaiser et al.: "
+             "brackets. A seed trained again on another device counts as a run of its "
+             "own (its number repeats in the seeds column): GPU training is not bitwise "
+             "repeatable. Kaiser et al.: "
              f"{figures(kaiser)}; Tseran & Harada: {figures(paper)} and "
              f"{figures(paper_large_way)}.", ""]
     for layout, title in ((TABLE1, "Table 1"), (TABLE2, "Table 2")):

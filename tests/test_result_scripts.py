@@ -220,6 +220,15 @@ def test_seed_groups_join_a_recipe_trained_on_a_gpu_and_on_a_cpu() -> None:
 
     assert tables.seed_groups(cells, training) == {
         "preset-gpu": [(0, "preset-gpu"), (1, "preset-cpu-seed1")]}
+    # Seed 0 again on the CPU: another sample of the recipe (a GPU run is not bitwise
+    # repeatable), so it joins; seed 1 again on the CPU would be a code change.
+    training["preset-cpu"] = run(0, 30000)
+    cells["preset-cpu"] = cells["preset-gpu"]
+    assert tables.seed_groups(cells, training) == {
+        "preset-cpu": [(0, "preset-cpu"), (0, "preset-gpu"), (1, "preset-cpu-seed1")]}
+    training["preset-cpu-seed1-again"] = run(1, 30000)
+    cells["preset-cpu-seed1-again"] = cells["preset-gpu"]
+    assert tables.seed_groups(cells, training) == {}
 
 
 def test_runs_on_kaisers_split_get_their_own_table_beside_kaisers_figures() -> None:
