@@ -302,6 +302,12 @@ class Budget:
         return ["--max-steps", str(self.steps), "--set", "budget.max_minutes=none"]
 
 
+def run_name(budget: Budget, on_gpu: bool, variant: str, seed: int) -> str:
+    """A run's directory name: `<budget>[-gpu]-<variant>[-seed<S>]`."""
+    return (f"{budget.directory_prefix()}{'-gpu' if on_gpu else ''}-{variant}"
+            + (f"-seed{seed}" if seed else ""))
+
+
 def train_command(run_dir: Path, overrides: list[str], budget: Budget, seed: int,
                   device: str, threads: int | None, cuda_graph: bool,
                   validate_every: int | None = None) -> list[str]:
@@ -521,15 +527,13 @@ def main() -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     hardware = describe_hardware()
     device_name = hardware.get("gpu") if args.device.startswith("cuda") else None
-    on_gpu = "-gpu" if device_name else ""
     # Seed-major order: a benchmark cut short has every variant's first seed first.
     jobs = {}
     for seed in args.seed:
         for name, (overrides, purpose) in VARIANTS.items():
             if args.only and name not in args.only:
                 continue
-            seed_suffix = f"-seed{seed}" if seed else ""
-            run_dir = Path(args.runs) / f"{budget.directory_prefix()}{on_gpu}-{name}{seed_suffix}"
+            run_dir = Path(args.runs) / run_name(budget, bool(device_name), name, seed)
             command = train_command(run_dir, overrides, budget, seed, args.device,
                                     args.threads, args.cuda_graph, args.validate_every)
             jobs[run_dir] = (name, overrides, purpose, seed, command)

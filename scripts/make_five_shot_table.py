@@ -16,9 +16,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
 
 from gaussmem.atomic import write_text_atomic  # noqa: E402
+from mavae_tuning import Budget, row_budget  # noqa: E402
+from mavae_tuning import run_name as mavae_tuning_run_name  # noqa: E402
 
 RESULTS = ROOT / "results"
 REPORT = RESULTS / "mavae_tuning_five_shot.json"
@@ -26,11 +28,9 @@ EPISODES = 10000
 
 
 def run_name(row: dict) -> str:
-    """The run directory's name, as benchmarks/mavae_tuning.py builds it."""
-    budget = f"{row['max_steps']}steps" if row.get("max_steps") else f"{row['minutes']:g}min"
-    on_gpu = "-gpu" if row.get("device") else ""
-    seed = f"-seed{row['seed']}" if row.get("seed") else ""
-    return f"{budget}{on_gpu}-{row['variant']}{seed}"
+    """The row's run directory name (benchmarks/mavae_tuning.py's)."""
+    return mavae_tuning_run_name(Budget(row.get("minutes"), row.get("max_steps")),
+                                 bool(row.get("device")), row["variant"], row.get("seed", 0))
 
 
 def five_shot_cell(row: dict) -> dict | None:
@@ -58,7 +58,6 @@ def render(report: dict) -> str:
              "/ other alphabet | what it tests |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in report["results"]:
-        budget = f"{row['max_steps']} steps" if row.get("max_steps") else f"{row['minutes']:g} min"
         cells = " | ".join(f"{row[key]['mean']:.2f} ± {row[key]['ci95']:.2f}"
                            for key in ("val_20w5s", "val_5w1s"))
         cell = five_shot_cell(row)
@@ -70,7 +69,7 @@ def render(report: dict) -> str:
             errors = " / ".join(f"{cell['error_percent_by_kind'][kind]:.3f}"
                                 for kind in ("other_rotation", "same_alphabet",
                                              "other_alphabet"))
-        lines.append(f"| {budget} | {row['variant']} | {row.get('seed', 0)} | "
+        lines.append(f"| {row_budget(row)} | {row['variant']} | {row.get('seed', 0)} | "
                      f"{row.get('device') or row['cpu']} | "
                      f"20w1s: {row['best_val_accuracy']:.2f} (step {row['best_step']}) | "
                      f"{cells} | {five_shot} | {errors} | {row['purpose']} |")
