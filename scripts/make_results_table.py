@@ -405,14 +405,11 @@ def seed_groups(cells: Cells, training: dict[str, dict]) -> dict[str, list[tuple
         if tag not in cells or "config" not in record:
             continue
         groups[recipe_key(record)].append((record["config"]["seed"], tag))
-    def device(tag: str) -> str:
-        """Where the run trained: its record's, else its config's ("auto" is a guess)."""
-        record = training[tag]
-        configured = record["config"].get("device", "cpu")
-        return record.get("device") or ("cpu" if configured == "auto" else configured)
-
     def distinct(runs: list[tuple[int, str]]) -> bool:
-        return len({(seed, device(tag)) for seed, tag in runs}) == len(runs)
+        """No seed twice on one device (the record's, else the config's setting)."""
+        devices = {tag: training[tag].get("device") or training[tag]["config"]["device"]
+                   for _, tag in runs}
+        return len({(seed, devices[tag]) for seed, tag in runs}) == len(runs)
     return {min(runs)[1]: sorted(runs) for runs in groups.values()
             if len(runs) > 1 and distinct(runs)}
 
