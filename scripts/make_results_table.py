@@ -407,7 +407,7 @@ def seed_groups(cells: Cells, training: dict[str, dict]) -> dict[str, list[tuple
         groups[recipe_key(record)].append((record["config"]["seed"], tag))
     def distinct(runs: list[tuple[int, str]]) -> bool:
         """No seed twice on one device (the record's, else the config's setting)."""
-        devices = {tag: training[tag].get("device") or training[tag]["config"]["device"]
+        devices = {tag: training[tag].get("device") or training[tag]["config"].get("device")
                    for _, tag in runs}
         return len({(seed, devices[tag]) for seed, tag in runs}) == len(runs)
     return {min(runs)[1]: sorted(runs) for runs in groups.values()
