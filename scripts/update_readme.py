@@ -153,12 +153,23 @@ def render_lfw_table(markdown: str) -> str:
     return markdown[start:end].strip().replace("## Table", "### Table")
 
 
+def render_ensemble_views(markdown: str) -> str:
+    """The test-split summary of results/ensemble_views.md (validation chose what it
+    scores; the validation sections and every combination stay in that file)."""
+    heading = "## Summary: test split"
+    if heading not in markdown:
+        return "Not yet run on the test split."
+    summary = markdown[markdown.index(heading) + len(heading):]
+    return summary.split("\n#")[0].strip()
+
+
 RENDERERS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "data_loading": ("data_loading.json", render_data_loading),
     "memory_search": ("memory_search.json", render_memory_search),
     "omniglot_tables": ("omniglot.md", render_omniglot_tables),
     "omniglot_seeds": ("omniglot.md", render_omniglot_seeds),
     "omniglot_lake": ("omniglot.md", render_omniglot_lake),
+    "omniglot_ensemble_views": ("ensemble_views.md", render_ensemble_views),
     "lfw_table": ("lfw.md", render_lfw_table),
     "omniglot_speed": ("omniglot.md", render_omniglot_speed),
     "step_speed_cpu": ("speed-cpu.json", render_step_speed),

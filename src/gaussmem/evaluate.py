@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,10 +33,12 @@ import torch
 from gaussmem.data.datasets import FewShotDataset, default_n_query, episode_sampler
 from gaussmem.data.episodes import EpisodeSampleIds
 from gaussmem.data.grouped_images import GroupedImageSet
+from gaussmem.data.views import PLAIN, view_maps
 from gaussmem.device import DeviceError, resolve_device
 from gaussmem.embedding_cache import EmbeddingCache
 from gaussmem.errors import EpisodeError
 from gaussmem.methods.base import FewShotClassifier
+from gaussmem.methods.combined import ScoreSum
 
 #: Queries per class in support-query episodes (Vinyals/Snell use 15 on Omniglot).
 DEFAULT_N_QUERY = 15
@@ -181,31 +183,57 @@ def _showing_index(labels: torch.Tensor) -> torch.Tensor:
     return showing
 
 
-def evaluate_checkpoint(checkpoint_path: Path, *, n_way: int, n_shot: int,
+def evaluate_checkpoint(checkpoint_path: Path | Sequence[Path], *, n_way: int, n_shot: int,
                         n_query: int | None = None, episodes: int = 1000, seed: int = 0,
                         split: str = "test", protocol: str = "support-query",
                         data_dir: Path | None = None, cache_dir: Path | None = None,
                         dataset: FewShotDataset | None = None, progress: bool = False,
-                        device: str = "cpu") -> dict[str, Any]:
+                        device: str = "cpu", shift_pixels: int = 0,
+                        rotation_degrees: float = 0.0) -> dict[str, Any]:
     """Evaluate a checkpoint; returns the JSON-ready report (everything to reproduce it).
 
     `dataset` replaces loading `split` of the checkpoint's dataset (tests, other data).
     `n_query=None` takes `default_n_query` (15 on Omniglot; what fits on LFW-a).
     `device` (gaussmem.device): where the encoder runs; "auto" takes a GPU only for
     methods that can embed there. Accuracies do not depend on it beyond float rounding.
+    Beyond the paper (support-query only): several checkpoints score together, and
+    `shift_pixels` / `rotation_degrees` add fixed test-time views of every image
+    (`gaussmem.methods.combined`); the report's `combination` names the members, and
+    `checkpoint` is then the first checkpoint.
     """
-    from gaussmem.checkpoint import file_sha256, load_checkpoint
-    from gaussmem.methods import classifier_from_checkpoint
+    from gaussmem.checkpoint import load_checkpoint
 
-    checkpoint = load_checkpoint(checkpoint_path)
-    config = checkpoint["config"]
+    paths = ([Path(checkpoint_path)] if isinstance(checkpoint_path, str | Path)
+             else [Path(path) for path in checkpoint_path])
+    if not paths:
+        raise ValueError("evaluate_checkpoint needs at least one checkpoint")
+    checkpoints = [load_checkpoint(path) for path in paths]
+    config = checkpoints[0]["config"]
+    for path, checkpoint in zip(paths[1:], checkpoints[1:], strict=True):
+        if checkpoint["config"]["method"] != config["method"]:
+            raise EpisodeError(f"{path} is a {checkpoint['config']['method']} checkpoint and "
+                               f"{paths[0]} a {config['method']} one: scores add up only "
+                               "within one method")
+        if checkpoint["config"]["data"] != config["data"]:
+            raise EpisodeError(f"{path} was trained on other data settings than {paths[0]}; "
+                               "checkpoints that score together need one dataset")
     if dataset is None:
         from gaussmem.data.datasets import load_split
 
         dataset = load_split(config["data"], split, data_dir=data_dir, cache_dir=cache_dir)
     if n_query is None:
         n_query = default_n_query(dataset, n_shot) if protocol == "support-query" else 0
-    classifier = classifier_from_checkpoint(checkpoint)
+    image_shape = tuple(dataset.sample_tensor(np.zeros(1, dtype=np.int64)).shape[-2:])
+    try:
+        views = view_maps(image_shape, shift_pixels, rotation_degrees)
+    except ValueError as error:
+        raise EpisodeError(f"test-time views: {error}") from None
+    combined = len(paths) > 1 or len(views) > 1
+    if combined and protocol != "support-query":
+        raise EpisodeError("several checkpoints or test-time views score support-query "
+                           f"episodes only, not the {protocol} protocol")
+    classifier = (combined_classifier(checkpoints, views) if combined
+                  else _classifier(checkpoints[0]))
     encoder_device = resolve_device(device)
     if device == "auto" and encoder_device.type not in classifier.encoder_device_types:
         encoder_device = torch.device("cpu")
@@ -223,16 +251,43 @@ def evaluate_checkpoint(checkpoint_path: Path, *, n_way: int, n_shot: int,
                                  episodes=episodes, seed=seed)
     else:
         raise ValueError(f"unknown protocol {protocol!r}")
-    return {
+    report = {
         "result": result.to_dict(),
-        "checkpoint": {"path": str(checkpoint_path), "sha256": file_sha256(checkpoint_path),
-                       "step": checkpoint["step"], "method": config["method"],
-                       "train_minutes": checkpoint["elapsed_seconds"] / 60.0},
+        "checkpoint": _checkpoint_summary(paths[0], checkpoints[0]),
         "device": str(encoder_device),
         "dataset": dataset.name, "split": split, "protocol": protocol, "seed": seed,
         "episodes": episodes, "n_way": n_way, "n_shot": n_shot, "n_query": n_query,
         "train_config": config,
     }
+    if combined:
+        report["combination"] = {
+            "checkpoints": [_checkpoint_summary(path, checkpoint)
+                            for path, checkpoint in zip(paths, checkpoints, strict=True)],
+            "views": list(views), "shift_pixels": shift_pixels,
+            "rotation_degrees": rotation_degrees}
+    return report
+
+
+def _classifier(checkpoint: dict[str, Any]) -> FewShotClassifier:
+    from gaussmem.methods import classifier_from_checkpoint
+
+    return classifier_from_checkpoint(checkpoint)
+
+
+def combined_classifier(checkpoints: Sequence[dict[str, Any]],
+                        views: dict[str, torch.Tensor]) -> ScoreSum:
+    """One member per checkpoint and view (`views` from `gaussmem.data.views.view_maps`),
+    each a classifier of its own so that each keeps its own memory."""
+    return ScoreSum([(_classifier(checkpoint), None if name == PLAIN else theta)
+                     for checkpoint in checkpoints for name, theta in views.items()])
+
+
+def _checkpoint_summary(path: Path, checkpoint: dict[str, Any]) -> dict[str, Any]:
+    from gaussmem.checkpoint import file_sha256
+
+    config = checkpoint["config"]
+    return {"path": str(path), "sha256": file_sha256(path), "step": checkpoint["step"],
+            "method": config["method"], "train_minutes": checkpoint["elapsed_seconds"] / 60.0}
 
 
 def _progress_bar(episodes: int, enabled: bool) -> Callable[[int, float], None] | None:

@@ -23,7 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "most similar entry. online: Kaiser et al.'s stream protocol (predict, then "
         "learn each item); k-shot accuracy is the accuracy on a class's (k+1)-th showing.",
         formatter_class=DefaultsHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="checkpoint file (.ckpt)")
+    parser.add_argument("--checkpoint", required=True, nargs="+",
+                        help="checkpoint file (.ckpt); several score together as an "
+                        "ensemble (support-query only; beyond the paper)")
     parser.add_argument("--n-way", type=int, default=5, help="classes per episode")
     parser.add_argument("--n-shot", type=int, default=1,
                         help="support images per class (online: the largest k reported)")
@@ -42,6 +44,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="where the encoder runs: auto (a CUDA GPU if there is one and "
                         "the method can use it, else the CPU), cpu, cuda or cuda:N; the "
                         "episodes' memory work stays on the CPU")
+    parser.add_argument("--shift-pixels", type=int, default=0,
+                        help="test-time views (beyond the paper, support-query only): "
+                        "also score every image shifted this many pixels left, right, up "
+                        "and down, adding the views' scores")
+    parser.add_argument("--rotation-degrees", type=float, default=0.0,
+                        help="test-time views: also score every image turned by + and - "
+                        "this angle")
     add_data_location_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
@@ -59,10 +68,12 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     keep_freed_memory()
     report = evaluate_checkpoint(
-        Path(args.checkpoint), n_way=args.n_way, n_shot=args.n_shot, n_query=args.n_query,
-        episodes=args.episodes, seed=args.seed, split=args.split, protocol=args.protocol,
+        [Path(path) for path in args.checkpoint], n_way=args.n_way, n_shot=args.n_shot,
+        n_query=args.n_query, episodes=args.episodes, seed=args.seed, split=args.split,
+        protocol=args.protocol,
         data_dir=resolve_data_dir(args.data_dir), cache_dir=resolve_cache_dir(args.cache_dir),
-        progress=not args.no_progress, device=args.device)
+        progress=not args.no_progress, device=args.device, shift_pixels=args.shift_pixels,
+        rotation_degrees=args.rotation_degrees)
     report["command"] = "gaussmem " + " ".join(sys.argv[1:]) if sys.argv[1:] else None
     report["hardware"] = {"machine": platform.machine(), "processor": platform.processor(),
                           "torch_threads": torch.get_num_threads(),
@@ -73,8 +84,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json_path:
         write_text_atomic(args.json_path, text)
     accuracy = report["result"]["accuracy"]
+    combination = report.get("combination")
+    members = (f", {len(combination['checkpoints'])} checkpoint(s) x "
+               f"{len(combination['views'])} view(s)" if combination else "")
     print(f"{args.n_way}-way {args.n_shot}-shot ({args.protocol}, {args.split}, "
-          f"{args.episodes} episodes, seed {args.seed}): "
+          f"{args.episodes} episodes, seed {args.seed}{members}): "
           f"{accuracy['mean']:.2f}% ± {accuracy['ci95']:.2f}")
     if not args.json_path:
         sys.stdout.write(text)
