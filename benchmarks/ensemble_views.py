@@ -37,8 +37,9 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
 
+from episode_errors import parse_cell as parse_nwks  # noqa: E402
 from gaussmem.atomic import write_text_atomic  # noqa: E402
 from gaussmem.checkpoint import file_sha256, load_checkpoint  # noqa: E402
 from gaussmem.data.datasets import (  # noqa: E402
@@ -49,21 +50,10 @@ from gaussmem.data.datasets import (  # noqa: E402
 )
 from gaussmem.data.views import PLAIN, AffineView, view_maps  # noqa: E402
 from gaussmem.embedding_cache import EmbeddingCache  # noqa: E402
-from gaussmem.evaluate import AccuracySummary  # noqa: E402
+from gaussmem.evaluate import AccuracySummary, episode_scores  # noqa: E402
 from gaussmem.hardware import command_line, describe_hardware  # noqa: E402
 from gaussmem.methods import classifier_from_checkpoint  # noqa: E402
 from gaussmem.methods.base import FewShotClassifier  # noqa: E402
-
-
-def member_scores(classifier: FewShotClassifier, cache: EmbeddingCache,
-                  support_ids: np.ndarray, support_labels: torch.Tensor,
-                  query_ids: np.ndarray) -> torch.Tensor:
-    """`(n_query, n_way)` scores of one member on one episode (`gaussmem evaluate`'s
-    `episode_predictions`, before the argmax)."""
-    embeddings = cache.lookup(np.concatenate([support_ids, query_ids]))
-    classifier.reset()
-    classifier.add_support_embeddings(embeddings[:len(support_ids)], support_labels)
-    return classifier.predict_scores_from_embeddings(embeddings[len(support_ids):])
 
 
 def combinations(runs: list[str], views: list[str]) -> dict[str, list[tuple[str, str]]]:
@@ -111,9 +101,8 @@ def score_cell(members: dict[tuple[str, str], tuple[FewShotClassifier, Embedding
     with torch.no_grad():
         for episode in range(episodes):
             ids = sampler.sample_ids()
-            support_labels, query_labels = ids.support_labels(), ids.query_labels()
-            scores = {key: member_scores(classifier, cache, ids.support_ids,
-                                         support_labels, ids.query_ids)
+            query_labels = ids.query_labels()
+            scores = {key: episode_scores(classifier, cache, ids)
                       for key, (classifier, cache) in members.items()}
             for name, keys in combos.items():
                 combined = torch.stack([scores[key] for key in keys]).sum(0)
@@ -135,11 +124,10 @@ def score_cell(members: dict[tuple[str, str], tuple[FewShotClassifier, Embedding
 def parse_cell(cell: str, default_episodes: int) -> tuple[int, int, int]:
     """`"20w5s"` -> `(20, 5, default_episodes)`; `"5w5s:10000"` -> `(5, 5, 10000)`."""
     shape, _, episodes = cell.partition(":")
-    way, _, shot = shape.removesuffix("s").partition("w")
-    if not (way.isdigit() and shot.isdigit() and (not episodes or episodes.isdigit())):
-        raise SystemExit(f"cell {cell!r} is not NwKs or NwKs:EPISODES, e.g. 5w5s or "
-                         "20w1s:1000")
-    return int(way), int(shot), int(episodes) if episodes else default_episodes
+    if episodes and not episodes.isdigit():
+        raise SystemExit(f"cell {cell!r}: the episodes after ':' must be a whole number")
+    n_way, n_shot = parse_nwks(shape)
+    return n_way, n_shot, int(episodes) if episodes else default_episodes
 
 
 def run_name(checkpoint_path: Path) -> str:

@@ -37,6 +37,7 @@ from gaussmem.data.views import PLAIN, view_maps
 from gaussmem.device import DeviceError, resolve_device
 from gaussmem.embedding_cache import EmbeddingCache
 from gaussmem.errors import EpisodeError
+from gaussmem.methods import classifier_from_checkpoint
 from gaussmem.methods.base import FewShotClassifier
 from gaussmem.methods.combined import ScoreSum
 
@@ -114,17 +115,24 @@ def evaluate_support_query(classifier: FewShotClassifier, dataset: FewShotDatase
                             encoded_images=cache.encoded_images)
 
 
-def episode_predictions(classifier: FewShotClassifier, cache: EmbeddingCache,
-                        ids: EpisodeSampleIds) -> torch.Tensor:
-    """One support-query episode's predicted labels, `(n_queries,)` (`fit`, then
-    `predict`, on embeddings); support and queries are looked up together: one encoder
-    pass. Diagnostics that need more than the accuracy call this too, so they score
-    exactly what the evaluation scores."""
+def episode_scores(classifier: FewShotClassifier, cache: EmbeddingCache,
+                   ids: EpisodeSampleIds) -> torch.Tensor:
+    """One support-query episode's scores, `(n_queries, n_way)` (`fit`, then
+    `predict_scores`, on embeddings); support and queries are looked up together: one
+    encoder pass. Diagnostics that need more than the accuracy call this (or
+    `episode_predictions`) too, so they score exactly what the evaluation scores."""
     n_support = len(ids.support_ids)
     embeddings = cache.lookup(np.concatenate([ids.support_ids, ids.query_ids]))
     classifier.reset()
     classifier.add_support_embeddings(embeddings[:n_support], ids.support_labels())
-    return classifier.predict_scores_from_embeddings(embeddings[n_support:]).argmax(dim=1)
+    return classifier.predict_scores_from_embeddings(embeddings[n_support:])
+
+
+def episode_predictions(classifier: FewShotClassifier, cache: EmbeddingCache,
+                        ids: EpisodeSampleIds) -> torch.Tensor:
+    """One support-query episode's predicted labels, `(n_queries,)`: the argmax of
+    `episode_scores`."""
+    return episode_scores(classifier, cache, ids).argmax(dim=1)
 
 
 def _episode_accuracy(classifier: FewShotClassifier, cache: EmbeddingCache,
@@ -233,7 +241,7 @@ def evaluate_checkpoint(checkpoint_path: Path | Sequence[Path], *, n_way: int, n
         raise EpisodeError("several checkpoints or test-time views score support-query "
                            f"episodes only, not the {protocol} protocol")
     classifier = (combined_classifier(checkpoints, views) if combined
-                  else _classifier(checkpoints[0]))
+                  else classifier_from_checkpoint(checkpoints[0]))
     encoder_device = resolve_device(device)
     if device == "auto" and encoder_device.type not in classifier.encoder_device_types:
         encoder_device = torch.device("cpu")
@@ -251,9 +259,11 @@ def evaluate_checkpoint(checkpoint_path: Path | Sequence[Path], *, n_way: int, n
                                  episodes=episodes, seed=seed)
     else:
         raise ValueError(f"unknown protocol {protocol!r}")
+    summaries = [_checkpoint_summary(path, checkpoint)
+                 for path, checkpoint in zip(paths, checkpoints, strict=True)]
     report = {
         "result": result.to_dict(),
-        "checkpoint": _checkpoint_summary(paths[0], checkpoints[0]),
+        "checkpoint": summaries[0],
         "device": str(encoder_device),
         "dataset": dataset.name, "split": split, "protocol": protocol, "seed": seed,
         "episodes": episodes, "n_way": n_way, "n_shot": n_shot, "n_query": n_query,
@@ -261,24 +271,16 @@ def evaluate_checkpoint(checkpoint_path: Path | Sequence[Path], *, n_way: int, n
     }
     if combined:
         report["combination"] = {
-            "checkpoints": [_checkpoint_summary(path, checkpoint)
-                            for path, checkpoint in zip(paths, checkpoints, strict=True)],
-            "views": list(views), "shift_pixels": shift_pixels,
+            "checkpoints": summaries, "views": list(views), "shift_pixels": shift_pixels,
             "rotation_degrees": rotation_degrees}
     return report
-
-
-def _classifier(checkpoint: dict[str, Any]) -> FewShotClassifier:
-    from gaussmem.methods import classifier_from_checkpoint
-
-    return classifier_from_checkpoint(checkpoint)
 
 
 def combined_classifier(checkpoints: Sequence[dict[str, Any]],
                         views: dict[str, torch.Tensor]) -> ScoreSum:
     """One member per checkpoint and view (`views` from `gaussmem.data.views.view_maps`),
     each a classifier of its own so that each keeps its own memory."""
-    return ScoreSum([(_classifier(checkpoint), None if name == PLAIN else theta)
+    return ScoreSum([(classifier_from_checkpoint(checkpoint), None if name == PLAIN else theta)
                      for checkpoint in checkpoints for name, theta in views.items()])
 
 
