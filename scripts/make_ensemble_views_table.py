@@ -17,14 +17,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "scripts")]
 
-from make_results_table import PAPER_TABLE1  # noqa: E402
+from make_results_table import PAPER_TABLE1, PAPER_TABLE2  # noqa: E402
 
 from gaussmem.atomic import write_text_atomic  # noqa: E402
 
 RESULTS = ROOT / "results"
 SPLIT_ORDER = {"val": 0, "test": 1}
-#: Table 1's cells, in its order: the summary's columns.
-SUMMARY_CELLS = ("5w1s", "5w5s", "20w1s", "20w5s")
+#: The summary's tables: Table 1's and Table 2's cells in the paper's order, each beside
+#: the published figures it is measured against.
+SUMMARY_TABLES = {
+    "Table 1": (("5w1s", "5w5s", "20w1s", "20w5s"), PAPER_TABLE1["kaiser"]),
+    "Table 2": (("100w1s", "100w5s", "400w1s", "400w5s"), PAPER_TABLE2["mavae"]),
+}
 #: Summary rows: label -> combination prefix; a prefix naming one combination per
 #: checkpoint shows the range over them.
 SUMMARY_ROWS = {"each checkpoint alone": "plain/", "each with the views": "views/",
@@ -87,29 +91,44 @@ def summary_cell(rows: dict | None, prefix: str) -> str:
     return low if low == high else f"{low}–{high}"
 
 
+def column_title(cell: str) -> str:
+    """`"20w5s"` -> `"20-way 5-shot"`."""
+    way, _, shot = cell.removesuffix("s").partition("w")
+    return f"{way}-way {shot}-shot"
+
+
 def render_summary(reports: dict[str, dict]) -> list[str]:
-    """The test calls side by side in Table 1's layout, beside Kaiser et al.'s figures."""
+    """The test calls side by side in the paper's table layouts, beside the published
+    figures each is measured against (Kaiser et al.'s for Table 1, the paper's own for
+    Table 2); a call appears in each table whose cells it scored."""
     tests = {name: report for name, report in reports.items() if report["split"] == "test"}
     if not tests:
         return []
-    (kaiser_name, kaiser), = PAPER_TABLE1["kaiser"].items()
     machines = ", ".join(sorted({hardware(report) for report in tests.values()}))
     lines = ["## Summary: test split", "",
-             "Table 1's cells; a range is the lowest to the highest checkpoint alone "
-             "(each ± about the CI of the rows below). Scored on "
-             f"{machines}; each call's command is in `results/ensemble_views.md`.", "",
-             "| checkpoints | combination | 5-way 1-shot | 5-way 5-shot | 20-way 1-shot | "
-             "20-way 5-shot |", "|---|---|---|---|---|---|",
-             f"| {kaiser_name} | paper | " + " | ".join(f"{value}" for value in kaiser) + " |"]
-    for report in tests.values():
-        runs = ", ".join(f"`{run}`" for run in report["checkpoints"])
-        views = ", ".join(view for view in report["views"] if view != "plain")
-        for index, (label, prefix) in enumerate(SUMMARY_ROWS.items()):
-            shown = label.replace("the views", views)
-            cells = [summary_cell(report["cells"].get(cell), prefix) for cell in SUMMARY_CELLS]
-            # The checkpoints are named once, on their group's first row.
-            lines.append(f"| {runs if index == 0 else ''} | {shown} | "
-                         + " | ".join(cells) + " |")
+             "A range is the lowest to the highest checkpoint alone (each ± about the CI "
+             f"of the rows below). Scored on {machines}; each call's command is in "
+             "`results/ensemble_views.md`."]
+    for table, (cells, papers) in SUMMARY_TABLES.items():
+        scored = [report for report in tests.values()
+                  if any(cell in report["cells"] for cell in cells)]
+        if not scored:
+            continue
+        lines += ["", f"{table}'s cells:", "",
+                  "| checkpoints | combination | "
+                  + " | ".join(column_title(cell) for cell in cells) + " |",
+                  "|---|---|" + "---|" * len(cells)]
+        lines += [f"| {paper} | paper | " + " | ".join(f"{value}" for value in figures) + " |"
+                  for paper, figures in papers.items()]
+        for report in scored:
+            runs = ", ".join(f"`{run}`" for run in report["checkpoints"])
+            views = ", ".join(view for view in report["views"] if view != "plain")
+            for index, (label, prefix) in enumerate(SUMMARY_ROWS.items()):
+                shown = label.replace("the views", views)
+                row = [summary_cell(report["cells"].get(cell), prefix) for cell in cells]
+                # The checkpoints are named once, on their group's first row.
+                lines.append(f"| {runs if index == 0 else ''} | {shown} | "
+                             + " | ".join(row) + " |")
     return [*lines, ""]
 
 

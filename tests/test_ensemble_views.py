@@ -237,7 +237,16 @@ def test_table_puts_validation_first_and_the_readme_shows_only_test() -> None:
     assert "| `run-a` | each checkpoint alone | - | 99.50 ± 0.02 | - | - |" in summary
     assert "|  | each with rotate+30deg, rotate-30deg | - | 99.60 ± 0.02 | - | - |" in summary
     assert "99.75" not in summary, "validation stays out of the test summary"
+    assert "Table 2's cells" not in summary, "no call scored Table 2's cells"
+    assert "| 5-way 1-shot | 5-way 5-shot | 20-way 1-shot | 20-way 5-shot |" in summary
     shown = readme.render_ensemble_views(markdown)
-    assert shown.startswith("Table 1's cells") and "| `run-a` | each checkpoint alone" in shown
+    assert shown.startswith("A range is") and "| `run-a` | each checkpoint alone" in shown
     assert "### " not in shown and "val" not in shown
     assert readme.render_ensemble_views("# nothing\n") == "Not yet run on the test split."
+    large = report("test", 90.0, 90.5)
+    large["cells"] = {"400w5s": large["cells"]["5w5s"]}
+    both = table.render({"b-test.json": report("test", 99.5, 99.6), "c-test.json": large})
+    table2 = both[both.index("Table 2's cells"):both.index("### test")]
+    assert "| Tseran & Harada | paper | 82.2 | 92.8 | 71.4 | 87.1 |" in table2
+    assert "| `run-a` | each checkpoint alone | - | - | - | 90.00 ± 0.02 |" in table2
+    assert table2.count("each checkpoint alone") == 1, "the Table 1 call stays out of it"
