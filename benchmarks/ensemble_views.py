@@ -48,7 +48,7 @@ from gaussmem.data.datasets import (  # noqa: E402
     episode_sampler,
     load_split,
 )
-from gaussmem.data.views import PLAIN, AffineView, view_maps  # noqa: E402
+from gaussmem.data.views import PLAIN, SHIFT_NAMES, AffineView, view_maps  # noqa: E402
 from gaussmem.embedding_cache import EmbeddingCache  # noqa: E402
 from gaussmem.evaluate import AccuracySummary, episode_scores  # noqa: E402
 from gaussmem.hardware import command_line, describe_hardware  # noqa: E402
@@ -61,8 +61,7 @@ def combinations(runs: list[str], views: list[str]) -> dict[str, list[tuple[str,
     With both kinds of view, `shifts/<run>` and `rotations/<run>` add each kind alone."""
     groups = {"views": views}
     kinds = {kind: [PLAIN] + [view for view in views if view.startswith(prefix)]
-             for kind, prefix in (("shifts", ("right", "left", "up", "down")),
-                                  ("rotations", ("rotate",)))}
+             for kind, prefix in (("shifts", SHIFT_NAMES), ("rotations", ("rotate",)))}
     if all(len(members) > 1 for members in kinds.values()):
         groups.update(kinds)
     combos: dict[str, list[tuple[str, str]]] = {}
@@ -152,8 +151,6 @@ def main() -> int:
     parser.add_argument("--json", required=True, type=Path)
     args = parser.parse_args()
     cells = [parse_cell(cell, args.episodes) for cell in args.cells.split(",")]
-    if args.shift_pixels < 0 or args.rotation_degrees < 0:
-        raise SystemExit("--shift-pixels and --rotation-degrees must be >= 0")
 
     checkpoints = {}
     for path in args.checkpoints:
@@ -171,7 +168,10 @@ def main() -> int:
     first_checkpoint = next(iter(checkpoints.values()))[1]
     dataset = load_split(first_checkpoint["config"]["data"], args.split)
     image_shape = tuple(dataset.sample_tensor(np.zeros(1, dtype=np.int64)).shape[-2:])
-    maps = view_maps(image_shape, args.shift_pixels, args.rotation_degrees)
+    try:
+        maps = view_maps(image_shape, args.shift_pixels, args.rotation_degrees)
+    except ValueError as error:
+        raise SystemExit(f"test-time views: {error}") from None
 
     members = {}
     for name, (_, checkpoint) in checkpoints.items():
