@@ -124,9 +124,10 @@ def test_reconstructions_beat_the_dataset_mean_image(trained_vae: GaussianVAE,
     result = generative.reconstruct(trained_vae, images)
     assert result.images.shape == images.shape
     assert float(result.images.min()) >= 0 and float(result.images.max()) <= 1
-    baseline = generative.mean_image_bce(images, generative.dataset_mean_image(dataset))
-    assert result.bce.shape == (12,)
-    assert float(result.bce.mean()) < 0.9 * float(baseline.mean())
+    baseline = generative.mean_image_nll(trained_vae, images,
+                                         generative.dataset_mean_image(dataset))
+    assert result.nll.shape == (12,)
+    assert float(result.nll.mean()) < 0.9 * float(baseline.mean())
 
 
 def test_reconstruction_is_the_bernoulli_mean_of_the_posterior_means(
@@ -226,7 +227,7 @@ def test_write_run_figures(trained_vae: GaussianVAE, dataset: ClassImageSet,
     assert Image.open(paths["generation"]).size == generative.grid_size(8, 11, (28, 28))
     assert Image.open(paths["style_transfer"]).size == generative.grid_size(7, 7, (28, 28))
     summary = json.loads(paths["summary"].read_text())
-    assert summary["mean_bce"] < summary["mean_image_bce"]
+    assert summary["mean_nll"] < summary["mean_image_nll"]
     assert trained_vae.training is False
 
 
@@ -237,8 +238,8 @@ def test_commands_write_figures_and_json(synthetic_split: None, checkpoint_path:
                  "--per-row", "4", "--out", str(out), "--json", str(report)]) == 0
     assert Image.open(out).size == generative.grid_size(6, 4, (28, 28), group_size=2)
     values = json.loads(report.read_text())
-    assert len(values["bce_nats_per_pixel"]) == 10 and len(values["classes"]) == 10
-    assert values["mean_bce"] < values["mean_image_bce"]
+    assert len(values["nll_per_image"]) == 10 and len(values["classes"]) == 10
+    assert values["mean_nll"] < values["mean_image_nll"]
     assert len(values["checkpoint"]["sha256"]) == 64 and values["split"] == "test"
 
     first, second = tmp_path / "gen1.png", tmp_path / "gen2.png"

@@ -68,14 +68,37 @@ def test_training_draws_distinct_photos_of_the_right_person_never_with_their_mir
     assert saw_flip and saw_plain
 
 
+def test_an_episode_never_queries_a_stored_photo_or_its_mirror() -> None:
+    """Support + 2 steps x 2 photos = 5 distinct originals per person per episode: no
+    query is a photo (or the mirror of a photo) already written to the memory."""
+    faces = traceable_set([5, 6, 5, 8, 7])
+    sampler = TrainingClassSampler(faces, 4, 2, 2, seed=3, support=1)
+    for _ in range(20):
+        first = sampler.next_batch()
+        support = sampler.episode_support()
+        second = sampler.next_batch()
+        for column, person in enumerate(sampler.classes):
+            stored = [original for original, _ in decode(support[:, column])]
+            for batch in (first, second):
+                queried = [original for original, _ in decode(batch[:, column])]
+                assert not set(queried) & set(stored)
+                stored += queried
+            assert len(set(stored)) == 5
+            start, stop = faces.class_offsets[person], faces.class_offsets[person + 1]
+            assert all(start <= original < stop for original in stored)
+
+
 def test_training_samplers_accept_grouped_sets_and_refuse_too_many_draws() -> None:
     faces = traceable_set([5, 6, 5, 8, 7])
-    batch = TrainingClassSampler(faces, 4, 2, 3, seed=0).next_batch()
+    batch = TrainingClassSampler(faces, 4, 2, 2, seed=0).next_batch()
     assert batch.shape == (2, 4, 6, 6)
     images, labels = StreamSampler(faces, 2, 2, 5, seed=0).next_batch()
     assert images.shape == (2, 6, 6) and labels.tolist() == sorted(set(labels.tolist()))
     with pytest.raises(TrainingError, match="6 distinct images per class.*smallest class"):
-        TrainingClassSampler(faces, 4, 6, 3, seed=0)
+        TrainingClassSampler(faces, 4, 6, 1, seed=0)
+    # An episode's drawings are all distinct: 3 steps of 2 need 6 photos of everyone.
+    with pytest.raises(TrainingError, match=r"6 distinct images per class \(0 support"):
+        TrainingClassSampler(faces, 4, 2, 3, seed=0)
 
 
 def test_default_queries_fill_what_every_class_can_spare() -> None:

@@ -14,9 +14,11 @@ from gaussmem.gaussian import symmetric_kl_diag
 from gaussmem.losses import (
     LossWeights,
     bernoulli_nll,
+    gaussian_nll,
     latent_kl,
     log_similarity,
     memory_softmax_loss,
+    reconstruction_nll,
     scaled_similarity,
     total_loss,
     triplet_loss,
@@ -72,30 +74,61 @@ def test_latent_kl_matches_torch_distributions() -> None:
     assert latent_kl(DiagonalGaussian(torch.zeros(2, 4), torch.zeros(2, 4))).abs().max() == 0
 
 
-def test_bernoulli_nll_is_mean_per_pixel_bce() -> None:
+def test_bernoulli_nll_is_the_bce_summed_over_pixels() -> None:
     torch.manual_seed(0)
     logits, images = torch.randn(2, 1, 28, 28), torch.rand(2, 1, 28, 28)
     expected = F.binary_cross_entropy_with_logits(logits, images, reduction="none")
-    torch.testing.assert_close(bernoulli_nll(logits, images), expected.mean((1, 2, 3)))
+    torch.testing.assert_close(bernoulli_nll(logits, images), expected.sum((1, 2, 3)))
 
 
-def test_total_loss_is_the_weighted_sum() -> None:
+def test_gaussian_nll_is_the_normal_log_density_summed_over_pixels() -> None:
     torch.manual_seed(0)
-    content = DiagonalGaussian(torch.randn(4, 6), torch.randn(4, 6))
-    style = DiagonalGaussian(torch.randn(4, 2), torch.randn(4, 2))
-    images = torch.rand(4, 1, 28, 28)
-    self_logits, cross_logits = torch.randn(4, 1, 28, 28), torch.randn(4, 1, 28, 28)
-    sim_positive, sim_negative = torch.rand(4), torch.rand(4)
-    weights = LossWeights(triplet=2.0, latent=0.5, generative=3.0)
+    logits, images = torch.randn(3, 1, 6, 6), torch.rand(3, 1, 6, 6)
+    log_scale = torch.tensor(-1.3)
+    expected = -torch.distributions.Normal(torch.sigmoid(logits), log_scale.exp()).log_prob(
+        images).sum((1, 2, 3))
+    torch.testing.assert_close(gaussian_nll(logits, images, log_scale), expected)
+    torch.testing.assert_close(reconstruction_nll(logits, images, "gaussian", log_scale),
+                               expected)
+    with pytest.raises(ValueError, match="log_scale"):
+        reconstruction_nll(logits, images, "gaussian")
+    with pytest.raises(ValueError, match="unknown likelihood"):
+        reconstruction_nll(logits, images, "poisson")
+
+
+def test_total_loss_is_per_image_sums_computed_by_hand() -> None:
+    """Two images of 2x2 pixels, a 1-d z_c and a 1-d z_s: every term by hand, in nats
+    per image (sums over pixels and latent dimensions, mean over the batch)."""
+    content = DiagonalGaussian(torch.tensor([[1.0], [0.0]]), torch.tensor([[0.0], [1.0]]))
+    style = DiagonalGaussian(torch.tensor([[0.0], [2.0]]), torch.tensor([[0.0], [0.0]]))
+    images = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]], [[[1.0, 1.0], [0.0, 0.0]]]])
+    self_logits = torch.zeros(2, 1, 2, 2)  # p = 1/2 everywhere: log 2 per pixel
+    cross_logits = torch.full((2, 1, 2, 2), 100.0)  # p ~ 1: ~100 nats per dark pixel
+    sim_positive, sim_negative = torch.tensor([0.9, 0.5]), torch.tensor([0.2, 0.0])
+    weights = LossWeights(triplet=10.0, latent=2.0, latent_style=3.0, generative=0.5)
     terms = total_loss(sim_positive=sim_positive, sim_negative=sim_negative, content=content,
                        style=style, self_logits=self_logits, cross_logits=cross_logits,
                        images=images, weights=weights)
-    latent = ((latent_kl(content) + latent_kl(style)) / 8).mean()
-    generative = bernoulli_nll(self_logits, images).mean() + bernoulli_nll(
-        cross_logits, images).mean()
-    expected = 2.0 * (1 + sim_negative - sim_positive).mean() + 0.5 * latent + 3.0 * generative
-    torch.testing.assert_close(terms["loss"], expected)
-    torch.testing.assert_close(terms["latent"], latent)
+    # KL(N(m, e^v) || N(0, 1)) = (m^2 + e^v - 1 - v) / 2.
+    kl_content = ((1.0 + 1.0 - 1.0 - 0.0) / 2 + (0.0 + math.e - 1.0 - 1.0) / 2) / 2
+    kl_style = ((0.0 + 1.0 - 1.0) / 2 + (4.0 + 1.0 - 1.0) / 2) / 2
+    generative_self = 4 * math.log(2.0)
+    generative_cross = 2 * 100.0  # both images have two dark pixels
+    triplet = ((1 + 0.2 - 0.9) + (1 + 0.0 - 0.5)) / 2
+    for name, value in (("latent_content", kl_content), ("latent_style", kl_style),
+                        ("latent", kl_content + kl_style),
+                        ("generative_self", generative_self),
+                        ("generative_cross", generative_cross), ("triplet", triplet)):
+        assert terms[name].item() == pytest.approx(value, rel=1e-4), name
+    expected = (10.0 * triplet + 2.0 * kl_content + 3.0 * kl_style
+                + 0.5 * (generative_self + generative_cross))
+    assert terms["loss"].item() == pytest.approx(expected, rel=1e-4)
+    # Without its own weight, z_s's KL takes the latent weight, as in the paper.
+    paper = total_loss(sim_positive=sim_positive, sim_negative=sim_negative, content=content,
+                       style=style, self_logits=self_logits, cross_logits=cross_logits,
+                       images=images, weights=LossWeights(triplet=10.0, latent=2.0,
+                                                          generative=0.5))
+    assert (terms["loss"] - paper["loss"]).item() == pytest.approx(kl_style, rel=1e-4)
 
 
 def test_memory_softmax_is_minus_log_the_labels_share_of_similarity() -> None:
@@ -151,7 +184,9 @@ def test_total_loss_weighs_the_memory_softmax_when_asked() -> None:
     torch.testing.assert_close(beyond["memory_softmax"], softmax.mean())
     # Same triplet diagnostic either way; only what c1 weighs differs.
     torch.testing.assert_close(beyond["triplet"], paper["triplet"])
+    # The totals are sums over pixels (~10^3 nats): compare their difference to float32's
+    # resolution at that size.
     torch.testing.assert_close(beyond["loss"] - paper["loss"],
-                               2.0 * (softmax.mean() - paper["triplet"]))
+                               2.0 * (softmax.mean() - paper["triplet"]), atol=1e-3, rtol=0)
     with pytest.raises(ValueError, match="no memory_softmax"):
         total_loss(**inputs, weights=LossWeights(memory_term="softmax"))

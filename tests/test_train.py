@@ -46,13 +46,34 @@ def test_sampler_pairs_drawings_of_one_class() -> None:
     dataset = synthetic_set()
     sampler = TrainingClassSampler(dataset, 5, 2, 1, seed=0)
     batch = sampler.next_batch()
-    classes = sampler.state_dict()["classes"]
+    classes = sampler.classes
     for column, class_index in enumerate(classes):
         drawings = {d.tobytes() for d in dataset.images[class_index]}
         assert batch[0, column].tobytes() in drawings and batch[1, column].tobytes() in drawings
         assert not np.array_equal(batch[0, column], batch[1, column])
     with pytest.raises(TrainingError, match="classes per step"):
         TrainingClassSampler(dataset, 50, 2, 1, seed=0)
+
+
+def test_sampler_never_requeries_an_image_of_the_episode() -> None:
+    """The support written before the first step and every step's drawings are distinct
+    within an episode: no query is an image already stored in the memory."""
+    dataset = synthetic_set()
+    sampler = TrainingClassSampler(dataset, 4, 2, 3, seed=1, support=1)
+    for _ in range(2):  # two episodes
+        seen: list[set[bytes]] = [set() for _ in range(4)]
+        for step in range(3):
+            batch = sampler.next_batch()
+            if step == 0:
+                for column, drawing in enumerate(sampler.episode_support()[0]):
+                    seen[column].add(drawing.tobytes())
+            for column in range(4):
+                for drawing in batch[:, column]:
+                    assert drawing.tobytes() not in seen[column]
+                    seen[column].add(drawing.tobytes())
+        assert all(len(drawings) == 7 for drawings in seen)
+    with pytest.raises(TrainingError, match=r"20 support \+ 3 steps x 2"):
+        TrainingClassSampler(dataset, 4, 2, 3, seed=0, support=20)
 
 
 def test_learning_rate_cosine_over_steps_and_time() -> None:

@@ -64,8 +64,12 @@ class EpisodeConfig:
     n_shot: int = 1
     # Two drawings per class: x and x' for the paper's cross-reconstruction term.
     images_per_class: int = 2
+    # MA-VAE: drawings of each class written into the cleared memory before an
+    # episode's first step, so that no step queries an empty memory (0: the first step
+    # of every episode has no positive, hence no triplet gradient).
+    memory_support: int = 1
     # Slots of the training memory; None: enough that an episode never overwrites
-    # (n_classes * images_per_class * steps_per_episode, every write a new entry).
+    # (every drawing of the episode a new entry).
     memory_capacity: int | None = None
 
     @property
@@ -76,7 +80,8 @@ class EpisodeConfig:
     def resolved_memory_capacity(self) -> int:
         if self.memory_capacity is not None:
             return self.memory_capacity
-        return self.n_classes * self.images_per_class * self.steps_per_episode
+        per_class = self.memory_support + self.images_per_class * self.steps_per_episode
+        return self.n_classes * per_class
 
 
 @dataclass
@@ -475,16 +480,27 @@ def _kaiser_cpu() -> TrainConfig:
     return config
 
 
+#: Photos of the least-photographed person of LFW-a's paper split (fit and val).
+LFW_FEWEST_PHOTOS = 5
+
+
 def _on_lfw(config: TrainConfig) -> TrainConfig:
     """`config` moved to LFW-a (Table 3): 84x84 faces, the committed paper split's 300
     `fit` people for training and its 43 `val` people for model selection (the 80 test
     people are never seen; gaussmem.data.lfw). A person has as few as 5 photos, so a
-    step draws at most 5 distinct photos of a class (each mirrored at random)."""
+    step draws at most 5 distinct photos of a class (each mirrored at random), and an
+    MA-VAE episode, whose photos are all distinct, lasts as many steps as 5 photos
+    allow after its memory support. Grey photographs get the Gaussian likelihood."""
     config.data.dataset, config.data.scheme = "lfw", "paper"
     config.data.train_subset, config.data.val_subset = "fit", "val"
     config.model.image_size = 84
-    config.episodes.images_per_class = min(config.episodes.images_per_class, 5)
-    config.episodes.n_shot = min(config.episodes.n_shot, config.episodes.images_per_class - 1)
+    episodes = config.episodes
+    episodes.images_per_class = min(episodes.images_per_class, LFW_FEWEST_PHOTOS)
+    episodes.n_shot = min(episodes.n_shot, episodes.images_per_class - 1)
+    if config.method == "mavae":
+        episodes.steps_per_episode = max(
+            1, (LFW_FEWEST_PHOTOS - episodes.memory_support) // episodes.images_per_class)
+        config.model.likelihood = "gaussian"
     return config
 
 

@@ -1,6 +1,6 @@
 """The generative side of the memory-augmented VAE: what the model sees and can draw.
 
-* `reconstruct`: x -> q(z_c|x), q(z_s|x) -> decode(posterior means) -> Bernoulli means,
+* `reconstruct`: x -> q(z_c|x), q(z_s|x) -> decode(posterior means) -> pixel means,
   with the per-image reconstruction BCE (the paper's figure 2 shows such a grid for a
   100-way Omniglot test episode).
 * `generate_from_memory`: one-shot generation. Each new class's example is written into
@@ -38,7 +38,7 @@ from gaussmem.device import module_device
 from gaussmem.errors import GaussmemError
 from gaussmem.evaluate import AccuracySummary
 from gaussmem.gaussian import pairwise_symmetric_kl
-from gaussmem.losses import bernoulli_nll
+from gaussmem.losses import vae_reconstruction_nll
 from gaussmem.memory import GaussianMemory
 from gaussmem.models.vae import DiagonalGaussian, GaussianVAE
 
@@ -162,11 +162,12 @@ def check_image_size(vae: GaussianVAE, images: torch.Tensor) -> None:
 
 @dataclass
 class Reconstruction:
-    """Reconstructions `(n, 1, H, W)` Bernoulli means and per-image BCE `(n,)` in nats
-    per pixel (the training loss's normalization)."""
+    """Reconstructions `(n, 1, H, W)` (pixel means) and each image's negative
+    log-likelihood `(n,)` under the model's likelihood, in nats per image (the training
+    loss's units)."""
 
     images: torch.Tensor
-    bce: torch.Tensor
+    nll: torch.Tensor
 
 
 @torch.no_grad()
@@ -185,16 +186,20 @@ def reconstruct(vae: GaussianVAE, images: torch.Tensor, batch_size: int = 256
             batch = batch.to(device)
             content, style = vae.encode(batch)
             logits = vae.decode(content.mean, style.mean)
-            means.append(torch.sigmoid(logits).cpu())
-            losses.append(bernoulli_nll(logits, batch).cpu())
+            means.append(torch.sigmoid(logits).float().cpu())
+            losses.append(vae_reconstruction_nll(vae, logits.float(), batch).cpu())
     return Reconstruction(torch.cat(means), torch.cat(losses))
 
 
-def mean_image_bce(images: torch.Tensor, mean_image: torch.Tensor) -> torch.Tensor:
-    """Per-image BCE `(n,)` (nats/pixel) of predicting every image by one `mean_image`
-    `(1, H, W)` in [0, 1]: the baseline a reconstruction must beat."""
+@torch.no_grad()
+def mean_image_nll(vae: GaussianVAE, images: torch.Tensor, mean_image: torch.Tensor
+                   ) -> torch.Tensor:
+    """Per-image NLL `(n,)` (nats per image) of predicting every image by one
+    `mean_image` `(1, H, W)` in [0, 1], under `vae`'s likelihood (and, for a Gaussian,
+    its learned scale): the baseline a reconstruction must beat."""
     probabilities = mean_image.clamp(1e-6, 1 - 1e-6).expand_as(images)
-    return bernoulli_nll(torch.logit(probabilities), images)
+    logits = torch.logit(probabilities).to(module_device(vae))
+    return vae_reconstruction_nll(vae, logits, images.to(logits.device)).cpu()
 
 
 def dataset_mean_image(dataset: FewShotDataset) -> torch.Tensor:
@@ -214,7 +219,7 @@ def episode_images(dataset: FewShotDataset, n_way: int, n_shot: int = 1, seed: i
 # --- one-shot generation from memory ---------------------------------------------------
 @dataclass
 class Generation:
-    """`samples (n_classes, n_samples, 1, H, W)` Bernoulli means drawn from each class's
+    """`samples (n_classes, n_samples, 1, H, W)` pixel means drawn from each class's
     memory entry; `entry_means`, `entry_variances` `(n_classes, d_c)` the entries used."""
 
     samples: torch.Tensor
@@ -368,7 +373,7 @@ def latent_nearest_accuracy(vae: GaussianVAE, dataset: FewShotDataset, *, n_way:
 @torch.no_grad()
 def decoder_sensitivity(vae: GaussianVAE, images: torch.Tensor) -> dict[str, float]:
     """How much the decoder listens to each latent: mean absolute change of the
-    Bernoulli means (per pixel, in [0, 1]) when z_c, resp. z_s, is replaced by that of
+    pixel means (per pixel, in [0, 1]) when z_c, resp. z_s, is replaced by that of
     another image (posterior means; image i takes image i+1's latent).
 
     A decoder that ignores z_c gives `content_swap` ~ 0: then reconstructions and
@@ -418,15 +423,17 @@ def load_split(checkpoint: dict[str, Any], split: str, data_dir: Path | None,
 def reconstruction_figure(vae: GaussianVAE, images: torch.Tensor, *, per_row: int = 20,
                           scale: int = 2, mean_image: torch.Tensor | None = None,
                           invert: bool = True) -> tuple[Image.Image, dict[str, Any]]:
-    """Figure 2: originals and reconstructions in row pairs; and the BCE summary
-    `{"bce": [per image], "mean_bce", "mean_image_bce" (if `mean_image`)}`."""
+    """Figure 2: originals and reconstructions in row pairs; and the likelihood summary
+    `{"likelihood", "nll_per_image": [nats per image], "mean_nll", "mean_image_nll" (if
+    `mean_image`)}`."""
     result = reconstruct(vae, images)
     figure = image_grid(paired_rows(images, result.images, per_row), scale=scale,
                         group_size=2, invert=invert)
-    summary: dict[str, Any] = {"bce_nats_per_pixel": result.bce.tolist(),
-                               "mean_bce": float(result.bce.mean())}
+    summary: dict[str, Any] = {"likelihood": vae.config.likelihood,
+                               "nll_per_image": result.nll.tolist(),
+                               "mean_nll": float(result.nll.mean())}
     if mean_image is not None:
-        summary["mean_image_bce"] = float(mean_image_bce(images, mean_image).mean())
+        summary["mean_image_nll"] = float(mean_image_nll(vae, images, mean_image).mean())
     return figure, summary
 
 
@@ -481,7 +488,8 @@ def write_run_figures(run_dir: str | Path, vae: GaussianVAE, dataset: FewShotDat
             style_transfer_figure(vae, pair[:n_style], pair[n_style:], invert=invert),
             folder / STYLE_TRANSFER_PNG)
     report = {"dataset": dataset.name, "seed": seed, "n_way": n_way,
-              "mean_bce": summary["mean_bce"], "mean_image_bce": summary["mean_image_bce"],
+              "likelihood": summary["likelihood"], "mean_nll": summary["mean_nll"],
+              "mean_image_nll": summary["mean_image_nll"],
               "figures": {name: path.name for name, path in paths.items()}}
     paths["summary"] = folder / FIGURES_JSON
     write_text_atomic(paths["summary"], json.dumps(report, indent=2) + "\n")

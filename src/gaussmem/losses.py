@@ -10,10 +10,21 @@
 * generative_{z_c1}: -log p(x | z_c(x), z_s(x)); generative_{z_c2}: -log p(x | z_c(x'),
   z_s(x)) with x' another drawing of x's class, which forces the content into z_c.
 
-Normalization (the paper does not give it): the latent loss is the mean KL per latent
-dimension and the generative losses are the mean Bernoulli NLL per pixel (nats). Both
-are then O(0.1-1), like the triplet, so the weights c1, c2, c3 are O(1) numbers that do
-not have to change with the latent size or the image size.
+Units (the paper does not give them): every term is per image, as in the ELBO.
+The latent loss sums the KL over latent dimensions and the generative losses sum the
+negative log-likelihood over pixels, both averaged over the batch; the triplet is per
+query. So c2 = c3 = 1 is the ELBO (beta = 1) at any image size or latent size, and c1
+says how many nats of likelihood one unit of triplet is worth. Averaging over pixels
+instead would weigh the KL, and the triplet, H * W times more against the
+reconstruction at every image size, which lets the decoder collapse to the mean image.
+
+The KL of z_s can carry its own weight (`latent_style`): a z_s that is costly to use
+cannot smuggle the class past z_c, so the decoder has to read the class from z_c.
+
+The likelihood p(x | z) is a per-pixel Bernoulli on the decoder's logits (`bernoulli`,
+for Omniglot's near-binary strokes) or a Gaussian with mean sigmoid(logits) and one
+learned standard deviation (`gaussian`, for grey photographs, whose continuous
+intensities give a Bernoulli a large irreducible floor).
 
 Note: with `sim` in [0, 1] the triplet's argument is always >= alpha, so the max never
 clips and the loss equals `1 + sim(q, neg) - sim(q, pos)`; alpha has no effect. We keep
@@ -28,17 +39,20 @@ entries, so every negative that is close gets a gradient.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from gaussmem.models.vae import DiagonalGaussian
+from gaussmem.models.vae import DiagonalGaussian, GaussianVAE
 
 #: Names of the similarity maps accepted by `scaled_similarity`.
 SIMILARITY_KINDS = ("paper", "per_dim")
 #: What c1 weighs: the paper's triplet, or the softmax over all memory entries.
 MEMORY_TERMS = ("triplet", "softmax")
+#: Names of the pixel likelihoods p(x | z) accepted by `reconstruction_nll`.
+LIKELIHOODS = ("bernoulli", "gaussian")
 
 
 def log_similarity(divergence: torch.Tensor, *, kind: str = "paper", dim: int = 1,
@@ -103,22 +117,60 @@ def latent_kl(gaussian: DiagonalGaussian) -> torch.Tensor:
 
 
 def bernoulli_nll(logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    """Mean per-pixel Bernoulli NLL (nats) of `images` in [0, 1] under `logits`: `(batch,)`.
+    """Bernoulli NLL (nats) of `images` in [0, 1] under `logits`, summed over pixels:
+    `(batch,)`.
 
     Grey anti-aliased pixels are used as soft targets (binary cross-entropy), the usual
     continuous relaxation for Omniglot.
     """
     nll = F.binary_cross_entropy_with_logits(logits, images, reduction="none")
-    return nll.flatten(1).mean(-1)
+    return nll.flatten(1).sum(-1)
+
+
+def gaussian_nll(logits: torch.Tensor, images: torch.Tensor, log_scale: torch.Tensor
+                 ) -> torch.Tensor:
+    """Gaussian NLL (nats) of `images` under mean `sigmoid(logits)` and one standard
+    deviation `exp(log_scale)` (a scalar tensor), summed over pixels: `(batch,)`.
+
+    A learned scale calibrates the decoder (Rybkin et al. 2021): the weight of the
+    squared error, 1 / (2 sigma^2), follows how well the decoder fits, instead of being
+    a fixed guess.
+    """
+    squared_error = (torch.sigmoid(logits) - images).square().flatten(1)
+    n_pixels = squared_error.shape[1]
+    return (0.5 * squared_error.sum(-1) * torch.exp(-2.0 * log_scale)
+            + n_pixels * (log_scale + 0.5 * math.log(2.0 * math.pi)))
+
+
+def reconstruction_nll(logits: torch.Tensor, images: torch.Tensor, likelihood: str,
+                       log_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """-log p(images | z) per image `(batch,)`, nats summed over pixels, under the named
+    `likelihood` (`LIKELIHOODS`); `log_scale` is the Gaussian's learned log-sigma."""
+    if likelihood == "bernoulli":
+        return bernoulli_nll(logits, images)
+    if likelihood == "gaussian":
+        if log_scale is None:
+            raise ValueError("the gaussian likelihood needs the decoder's log_scale")
+        return gaussian_nll(logits, images, log_scale)
+    raise ValueError(f"unknown likelihood {likelihood!r}; choose from {LIKELIHOODS}")
+
+
+def vae_reconstruction_nll(vae: GaussianVAE, logits: torch.Tensor, images: torch.Tensor
+                           ) -> torch.Tensor:
+    """`reconstruction_nll` under the likelihood `vae` was built with: `(batch,)` nats."""
+    return reconstruction_nll(logits, images, vae.config.likelihood, vae.log_scale)
 
 
 @dataclass(frozen=True)
 class LossWeights:
-    """c1, c2, c3 of the paper's total loss, its triplet margin alpha, and what c1 weighs."""
+    """c1, c2, c3 of the paper's total loss (per-image units: c2 = c3 = 1 is the ELBO),
+    the KL weight of z_s, the triplet margin alpha, and what c1 weighs."""
 
-    triplet: float = 1.0
-    latent: float = 0.1
+    triplet: float = 100.0
+    latent: float = 1.0
     generative: float = 1.0
+    # The KL weight of z_s; None: `latent`, as in the paper's single latent loss.
+    latent_style: float | None = None
     alpha: float = 0.1
     # "triplet": the paper. "softmax": `memory_softmax_loss` in its place (not the paper).
     memory_term: str = "triplet"
@@ -127,25 +179,30 @@ class LossWeights:
 def total_loss(*, sim_positive: torch.Tensor, sim_negative: torch.Tensor,
                content: DiagonalGaussian, style: DiagonalGaussian,
                self_logits: torch.Tensor, cross_logits: torch.Tensor, images: torch.Tensor,
-               weights: LossWeights, memory_softmax: torch.Tensor | None = None
-               ) -> dict[str, torch.Tensor]:
-    """The total loss and its terms, each a scalar tensor (means over the batch).
+               weights: LossWeights, likelihood: str = "bernoulli",
+               log_scale: torch.Tensor | None = None,
+               memory_softmax: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The total loss and its terms, each a scalar tensor in nats per image (means over
+    the batch).
 
     Shapes: similarities `(batch,)`; `content`/`style` Gaussians `(batch, d_c)`/`(batch,
     d_s)`; `self_logits` = decode(z_c(x), z_s(x)) and `cross_logits` = decode(z_c(x'),
     z_s(x)), both `(batch, C, H, W)` targets of `images` `(batch, C, H, W)` in [0, 1];
-    `memory_softmax` `(batch,)` (`memory_softmax_loss`), needed when `weights.memory_term`
-    is "softmax". Returns `{"loss", "triplet", "latent", "generative_self",
-    "generative_cross"}`, plus "memory_softmax" when given. The triplet is always
-    returned, as a diagnostic where c1 weighs the softmax instead.
+    `likelihood`/`log_scale` as in `reconstruction_nll`; `memory_softmax` `(batch,)`
+    (`memory_softmax_loss`), needed when `weights.memory_term` is "softmax". Returns
+    `{"loss", "triplet", "latent", "latent_content", "latent_style", "generative_self",
+    "generative_cross"}` ("latent" is the unweighted sum of the two KLs), plus
+    "memory_softmax" when given. The triplet is always returned, as a diagnostic where
+    c1 weighs the softmax instead.
     """
     triplet = triplet_loss(sim_positive, sim_negative, weights.alpha).mean()
-    n_dims = content.mean.shape[-1] + style.mean.shape[-1]
-    latent = ((latent_kl(content) + latent_kl(style)) / n_dims).mean()
-    generative_self = bernoulli_nll(self_logits, images).mean()
-    generative_cross = bernoulli_nll(cross_logits, images).mean()
-    terms = {"triplet": triplet, "latent": latent, "generative_self": generative_self,
-             "generative_cross": generative_cross}
+    latent_content = latent_kl(content).mean()
+    latent_style = latent_kl(style).mean()
+    generative_self = reconstruction_nll(self_logits, images, likelihood, log_scale).mean()
+    generative_cross = reconstruction_nll(cross_logits, images, likelihood, log_scale).mean()
+    terms = {"triplet": triplet, "latent": latent_content + latent_style,
+             "latent_content": latent_content, "latent_style": latent_style,
+             "generative_self": generative_self, "generative_cross": generative_cross}
     if memory_softmax is not None:
         terms["memory_softmax"] = memory_softmax.mean()
     if weights.memory_term == "triplet":
@@ -157,6 +214,8 @@ def total_loss(*, sim_positive: torch.Tensor, sim_negative: torch.Tensor,
     else:
         raise ValueError(f"unknown memory_term {weights.memory_term!r}; choose from "
                          f"{MEMORY_TERMS}")
-    loss = (weights.triplet * memory_term + weights.latent * latent
+    style_weight = weights.latent if weights.latent_style is None else weights.latent_style
+    loss = (weights.triplet * memory_term + weights.latent * latent_content
+            + style_weight * latent_style
             + weights.generative * (generative_self + generative_cross))
     return {"loss": loss, **terms}

@@ -39,15 +39,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "reconstruct", help="originals and reconstructions of an N-way episode (figure 2)",
         description="Encode the support images of one seeded N-way 1-shot episode and "
-        "decode the posterior means: originals on one row, reconstructions (Bernoulli "
+        "decode the posterior means: originals on one row, reconstructions (pixel "
         "means) on the row below, wrapped into row pairs of --per-row images. Prints the "
-        "mean per-pixel BCE and that of the split's mean image.",
+        "mean negative log-likelihood per image and that of the split's mean image.",
         formatter_class=DefaultsHelpFormatter)
     _common(parser)
     parser.add_argument("--n-way", type=int, default=100, help="classes (images) shown")
     parser.add_argument("--per-row", type=int, default=20, help="images per row")
     parser.add_argument("--json", dest="json_path", default=None,
-                        help="write per-image BCE and metadata here (atomically)")
+                        help="write per-image NLL and metadata here (atomically)")
     parser.set_defaults(handler=run_reconstruct)
 
     parser = subparsers.add_parser(
@@ -153,9 +153,9 @@ def run_reconstruct(args: argparse.Namespace) -> int:
               "classes": [dataset.class_names[i] for i in class_indices.tolist()],
               **summary}
     _write_json(args.json_path, report)
-    print(f"reconstruct: {args.n_way} images of {dataset.name} -> {args.out}; mean BCE "
-          f"{summary['mean_bce']:.4f} nats/pixel (split's mean image: "
-          f"{summary['mean_image_bce']:.4f})")
+    print(f"reconstruct: {args.n_way} images of {dataset.name} -> {args.out}; "
+          f"{summary['likelihood']} NLL {summary['mean_nll']:.2f} nats/image (the split's "
+          f"mean image: {summary['mean_image_nll']:.2f})")
     return 0
 
 
@@ -212,7 +212,7 @@ def run_latent_check(args: argparse.Namespace) -> int:
               "results": results,
               "decoder_sensitivity": {
                   **sensitivity, "images": len(images),
-                  "measure": "mean |change| of the Bernoulli means per pixel when an "
+                  "measure": "mean |change| of the pixel means per pixel when an "
                   "image's z_c (content_swap) or z_s (style_swap) posterior mean is "
                   "replaced by another image's"}}
     if args.note:

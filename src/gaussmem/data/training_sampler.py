@@ -31,12 +31,13 @@ def images_to_tensor(images: np.ndarray, channels_last: bool,
     return tensor.contiguous(memory_format=torch.channels_last) if channels_last else tensor
 
 
-def _check_shape(dataset: FewShotDataset, n_classes: int, images_per_class: int) -> None:
+def _check_shape(dataset: FewShotDataset, n_classes: int, images_per_class: int,
+                 why: str = "per step") -> None:
     if n_classes > dataset.n_classes:
         raise TrainingError(f"{n_classes} classes per step but {dataset.name} has "
                             f"{dataset.n_classes}")
     if images_per_class > dataset.fewest_distinct_per_class:
-        raise TrainingError(f"{images_per_class} distinct images per class per step but "
+        raise TrainingError(f"{images_per_class} distinct images per class ({why}) but "
                             f"the smallest class of {dataset.name} has "
                             f"{dataset.fewest_distinct_per_class}")
 
@@ -44,45 +45,85 @@ def _check_shape(dataset: FewShotDataset, n_classes: int, images_per_class: int)
 class TrainingClassSampler:
     """Draws training episodes' classes and each step's drawings with its own RNG.
 
+    An episode draws its classes, then at once every drawing it will use: `support`
+    drawings of each class to write into the cleared memory before the first query (so
+    that no step queries an empty memory), then `images_per_class` for each of its
+    `steps_per_episode` steps, all distinct (a photo and its mirror count as one). So no
+    image is queried after it was stored in the same episode: the triplet's positives
+    are other drawings of the class, never the image itself.
+
     `next_batch()` returns uint8 `(images_per_class, n_classes, H, W)`: drawing-major, so
     drawing p of class c sits at flat index `p * n_classes + c` and `roll(n_classes)`
     pairs every image with another drawing of its class. A new episode (new classes)
-    starts every `steps_per_episode` batches; `new_episode` says when.
+    starts every `steps_per_episode` batches; `new_episode` says when, before the call,
+    and `episode_support()` gives the current episode's support after it.
     """
 
     def __init__(self, dataset: FewShotDataset, n_classes: int, images_per_class: int,
-                 steps_per_episode: int, seed: int) -> None:
-        _check_shape(dataset, n_classes, images_per_class)
+                 steps_per_episode: int, seed: int, support: int = 0) -> None:
+        if min(n_classes, images_per_class, steps_per_episode) < 1 or support < 0:
+            raise TrainingError(f"a training episode needs n_classes, images_per_class and "
+                                f"steps_per_episode >= 1 and support >= 0; got {n_classes}, "
+                                f"{images_per_class}, {steps_per_episode}, {support}")
+        self.per_class = support + images_per_class * steps_per_episode
+        _check_shape(dataset, n_classes, self.per_class,
+                     f"{support} support + {steps_per_episode} steps x {images_per_class}")
         self.dataset = dataset
         self.n_classes = n_classes
         self.images_per_class = images_per_class
         self.steps_per_episode = steps_per_episode
+        self.support = support
         self._rng = np.random.Generator(np.random.PCG64(seed))
+        self._episode_start_state = self._rng.bit_generator.state
+        self._drawings: np.ndarray | None = None  # (n_classes, per_class, H, W)
         self._classes = np.zeros(n_classes, dtype=np.int64)
         self._step_in_episode = 0
+
+    @property
+    def classes(self) -> np.ndarray:
+        """The current episode's class indices into the dataset, `(n_classes,)`."""
+        return self._classes
 
     @property
     def new_episode(self) -> bool:
         """True when the next batch starts a new episode (the memory must be cleared)."""
         return self._step_in_episode % self.steps_per_episode == 0
 
+    def _draw_episode(self) -> None:
+        self._classes = self._rng.choice(self.dataset.n_classes, self.n_classes,
+                                         replace=False)
+        self._drawings = self.dataset.draw_distinct(self._classes, self.per_class, self._rng)
+
     def next_batch(self) -> np.ndarray:
         if self.new_episode:
-            self._classes = self._rng.choice(self.dataset.n_classes, self.n_classes,
-                                             replace=False)
             self._step_in_episode = 0
-        drawn = self.dataset.draw_distinct(self._classes, self.images_per_class, self._rng)
+            self._episode_start_state = self._rng.bit_generator.state
+            self._draw_episode()
+        assert self._drawings is not None
+        first = self.support + self._step_in_episode * self.images_per_class
         self._step_in_episode += 1
-        return drawn.transpose(1, 0, 2, 3)
+        return self._drawings[:, first:first + self.images_per_class].transpose(1, 0, 2, 3)
+
+    def episode_support(self) -> np.ndarray:
+        """uint8 `(support, n_classes, H, W)`: the current episode's drawings that are
+        written into the memory before its first step (drawing-major like batches)."""
+        if self._drawings is None:
+            raise TrainingError("episode_support() before the episode's first batch")
+        return self._drawings[:, :self.support].transpose(1, 0, 2, 3)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": self._rng.bit_generator.state, "classes": self._classes.tolist(),
+        # The RNG state at the episode's start: the episode's drawings are replayed on
+        # load, which also leaves the RNG where the uninterrupted run's was.
+        return {"episode_start_rng": self._episode_start_state,
                 "step_in_episode": self._step_in_episode}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._rng.bit_generator.state = state["rng"]
-        self._classes = np.asarray(state["classes"], dtype=np.int64)
+        self._episode_start_state = state["episode_start_rng"]
         self._step_in_episode = int(state["step_in_episode"])
+        self._rng.bit_generator.state = self._episode_start_state
+        self._drawings = None
+        if self._step_in_episode > 0:
+            self._draw_episode()
 
 
 class StreamSampler:

@@ -2,10 +2,12 @@
 
 Each training episode draws `n_classes = batch_episodes * n_way` classes (the parallel
 episodes of a batch share one memory, so the model is trained to tell all of them
-apart), clears the memory and runs `steps_per_episode` steps. A step:
+apart), clears the memory, writes `memory_support` drawings of each class into it (no
+gradient) and runs `steps_per_episode` steps. A step:
 
-1. draws `images_per_class` fresh drawings of every class: `(P * C, 1, 28, 28)`,
-   each randomly rotated, scaled and shifted where `augment.*` asks for it;
+1. takes `images_per_class` drawings of every class that the episode has not used yet:
+   `(P * C, 1, 28, 28)`, each randomly rotated, scaled and shifted where `augment.*`
+   asks for it;
 2. encodes them (networks under bfloat16 autocast when `precision` asks for it),
    samples z_c and z_s, decodes x from (z_c, z_s) and from (z_c of the
    class's other drawing, z_s) (the paper's two generative terms);
@@ -25,6 +27,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -74,6 +77,7 @@ def forward_losses(vae: GaussianVAE, memory: GaussianMemory, images: torch.Tenso
         logits = vae.decode(torch.cat([z_content, z_other_content]),
                             torch.cat([z_style, z_style]))
     self_logits, cross_logits = logits.float().chunk(2)
+    likelihood = vae.config.likelihood
 
     variance = content.var
     positive = memory.nearest_with_label(content.mean, variance, labels)
@@ -93,6 +97,7 @@ def forward_losses(vae: GaussianVAE, memory: GaussianMemory, images: torch.Tenso
     terms = total_loss(sim_positive=sim_positive, sim_negative=sim_negative,
                        content=content, style=style, self_logits=self_logits,
                        cross_logits=cross_logits, images=images, weights=config.loss,
+                       likelihood=likelihood, log_scale=vae.log_scale,
                        memory_softmax=memory_softmax)
     with torch.no_grad():
         has_positive = positive.slots >= 0
@@ -132,7 +137,8 @@ class MAVAETraining(MethodTraining):
                                      ).to(self.device)
         self.sampler = TrainingClassSampler(train_set, episodes.n_classes,
                                             episodes.images_per_class,
-                                            episodes.steps_per_episode, seed=config.seed)
+                                            episodes.steps_per_episode, seed=config.seed,
+                                            support=episodes.memory_support)
         self.augment = (RandomAffine(config.augment, config.seed)
                         if config.augment.enabled else None)
         # Class ids 0..C-1 of the step's drawing-major batch: the same every step.
@@ -145,17 +151,32 @@ class MAVAETraining(MethodTraining):
         return self.sampler.n_classes * self.config.episodes.images_per_class
 
     def train_step(self, measure: bool = False) -> dict[str, torch.Tensor]:
-        config = self.config
-        if self.sampler.new_episode:
+        new_episode = self.sampler.new_episode
+        images = self.to_training_images(self.sampler.next_batch())
+        if new_episode:
             self.memory.reset_()
-        images = images_to_tensor(self.sampler.next_batch(), config.channels_last,
-                                  self.device)
-        if self.augment is not None:
-            images = self.augment(images)
+            if self.sampler.support:
+                self.write_support_(self.to_training_images(self.sampler.episode_support()))
         if self.captured_step is not None:
             # The recorded step makes no second backward pass: `measure` is not honoured.
             return self.captured_step(images, self.labels)
         return self.device_step(images, self.labels, measure)
+
+    def to_training_images(self, drawings: np.ndarray) -> torch.Tensor:
+        """uint8 drawing-major `(P, C, H, W)` -> the device's float batch, distorted
+        where `augment.*` asks for it."""
+        images = images_to_tensor(drawings, self.config.channels_last, self.device)
+        return images if self.augment is None else self.augment(images)
+
+    @torch.no_grad()
+    def write_support_(self, images: torch.Tensor) -> None:
+        """Write an episode's support drawings `(S * C, 1, H, W)` into the cleared memory
+        with the paper's rule, so the episode's first queries have positives."""
+        with autocast(self.config.precision, images.device):
+            content = self.model.encode_content(images)
+        labels = torch.arange(self.sampler.n_classes, device=images.device).repeat(
+            len(images) // self.sampler.n_classes)
+        self.memory.update_(content.mean, content.var, labels)
 
     def device_step(self, images: torch.Tensor, labels: torch.Tensor, measure: bool = False
                     ) -> dict[str, torch.Tensor]:

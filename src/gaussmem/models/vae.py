@@ -9,6 +9,7 @@ pytorch/examples' VAE: `encode -> Gaussians`, `reparameterize`, `decode`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -65,8 +66,14 @@ class VAEConfig:
     # on a saddle (60%); 1.0 started at SKL ~ 5-30 (76%); 0.1 trained fastest (92%).
     head_init_scale: float = 0.1
     decoder_hidden_channels: int = 64
+    # p(x | z): "bernoulli" on the decoder's logits (near-binary strokes) or "gaussian"
+    # with mean sigmoid(logits) and one learned standard deviation (grey photographs).
+    likelihood: str = "bernoulli"
 
     def __post_init__(self) -> None:
+        if self.likelihood not in ("bernoulli", "gaussian"):
+            raise ValueError(f"VAEConfig.likelihood must be 'bernoulli' or 'gaussian', "
+                             f"got {self.likelihood!r}")
         for name in ("in_channels", "image_size", "hidden_channels", "n_blocks",
                      "content_dim", "style_dim", "decoder_hidden_channels"):
             if getattr(self, name) < 1:
@@ -92,6 +99,10 @@ class GaussianVAE(nn.Module):
         self.decoder = DeconvDecoder(config.content_dim + config.style_dim,
                                      config.in_channels, config.decoder_hidden_channels,
                                      config.image_size, n_upsamples)
+        # The Gaussian likelihood's log standard deviation, learned with the rest; it
+        # starts at sigma = 0.1 of the [0, 1] pixel range.
+        self.log_scale = (nn.Parameter(torch.tensor(math.log(0.1)))
+                          if config.likelihood == "gaussian" else None)
 
     def encode(self, images: torch.Tensor) -> Posteriors:
         """Posteriors q(z_c | x), q(z_s | x); each Gaussian is `(batch, dim)`."""
@@ -110,8 +121,8 @@ class GaussianVAE(nn.Module):
         return gaussian.mean + std * torch.randn_like(std)
 
     def decode(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        """Bernoulli logits `(batch, C, H, W)` from `z_c (batch, content_dim)` and
-        `z_s (batch, style_dim)`."""
+        """Logits `(batch, C, H, W)` (the pixel means are their sigmoid) from
+        `z_c (batch, content_dim)` and `z_s (batch, style_dim)`."""
         return self.decoder(torch.cat([content, style], dim=1))
 
     def forward(self, images: torch.Tensor) -> tuple[Posteriors, torch.Tensor]:
