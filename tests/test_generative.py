@@ -79,9 +79,10 @@ def checkpoint_path(trained_vae: GaussianVAE, tmp_path_factory: pytest.TempPathF
                     ) -> Path:
     path = tmp_path_factory.mktemp("run") / "checkpoints" / "best.ckpt"
     save_checkpoint(path, {"config": to_dict(preset("smoke")), "method": "mavae",
-                           "model": trained_vae.state_dict(), "optimizer": {},
-                           "memory": None, "step": 120, "elapsed_seconds": 1.0, "rng": {},
-                           "sampler": {}, "best": {}, "extra": {}})
+                           "model": trained_vae.state_dict(), "trained_model": None,
+                           "optimizer": {}, "memory": None, "step": 120,
+                           "elapsed_seconds": 1.0, "rng": {}, "sampler": {}, "best": {},
+                           "extra": {}})
     return path
 
 
@@ -272,8 +273,10 @@ def test_non_mavae_and_missing_checkpoints_are_one_line_errors(
     other = tmp_path / "protonet.ckpt"
     config = to_dict(preset("smoke"))
     config["method"] = "protonet"
-    save_checkpoint(other, {"config": config, "method": "protonet", "model": {}, "step": 0,
-                            "elapsed_seconds": 0.0})
+    save_checkpoint(other, {"config": config, "method": "protonet", "model": {},
+                            "trained_model": None, "optimizer": {}, "memory": None,
+                            "step": 0, "elapsed_seconds": 0.0, "rng": {}, "sampler": {},
+                            "best": {}, "extra": {}})
     assert main(["reconstruct", "--checkpoint", str(other), "--out",
                  str(tmp_path / "x.png")]) == 2
     error = capsys.readouterr().err

@@ -35,9 +35,7 @@ def global_rng_state() -> dict[str, Any]:
 
 def set_global_rng_state(state: dict[str, Any]) -> None:
     """Restore what `global_rng_state` captured."""
-    python_state = state["python"]
-    # Pickling round trips may turn the inner tuple into a list; random wants tuples.
-    random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
+    random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
