@@ -129,6 +129,14 @@ def test_total_loss_is_per_image_sums_computed_by_hand() -> None:
                        images=images, weights=LossWeights(triplet=10.0, latent=2.0,
                                                           generative=0.5))
     assert (terms["loss"] - paper["loss"]).item() == pytest.approx(kl_style, rel=1e-4)
+    # A plain VAE: no triplet, no cross term; the ELBO alone.
+    plain = total_loss(sim_positive=sim_positive, sim_negative=sim_negative, content=content,
+                       style=style, self_logits=self_logits, cross_logits=cross_logits,
+                       images=images, weights=LossWeights(triplet=0.0, latent=1.0,
+                                                          generative=1.0,
+                                                          generative_cross=0.0))
+    assert plain["loss"].item() == pytest.approx(kl_content + kl_style + generative_self,
+                                                 rel=1e-4)
 
 
 def test_memory_softmax_is_minus_log_the_labels_share_of_similarity() -> None:

@@ -461,7 +461,8 @@ def write_run_figures(run_dir: str | Path, vae: GaussianVAE, dataset: FewShotDat
                       seed: int = 0, n_way: int = 100, n_generate: int = 8,
                       n_samples: int = 10, n_style: int = 6) -> dict[str, Path]:
     """Write the reconstruction, generation and style-transfer figures of a trained
-    model into `run_dir/figures/`, with `figures.json` (BCE, dataset, seed).
+    model into `run_dir/figures/`, with `figures.json` (reconstruction NLL against the
+    mean image's, the decoder's sensitivity to z_c and z_s, dataset, seed).
 
     Meant for the end of training with the validation set (never the test split):
     `write_run_figures(run_dir, trainer.vae, trainer.val_set)`. Takes seconds on a CPU.
@@ -490,6 +491,8 @@ def write_run_figures(run_dir: str | Path, vae: GaussianVAE, dataset: FewShotDat
     report = {"dataset": dataset.name, "seed": seed, "n_way": n_way,
               "likelihood": summary["likelihood"], "mean_nll": summary["mean_nll"],
               "mean_image_nll": summary["mean_image_nll"],
+              "reconstruction_ratio": summary["mean_nll"] / summary["mean_image_nll"],
+              "decoder_sensitivity": decoder_sensitivity(vae, images),
               "figures": {name: path.name for name, path in paths.items()}}
     paths["summary"] = folder / FIGURES_JSON
     write_text_atomic(paths["summary"], json.dumps(report, indent=2) + "\n")

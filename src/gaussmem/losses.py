@@ -171,6 +171,9 @@ class LossWeights:
     generative: float = 1.0
     # The KL weight of z_s; None: `latent`, as in the paper's single latent loss.
     latent_style: float | None = None
+    # The weight of the cross-reconstruction term; None: `generative`, as in the paper.
+    # With `triplet = 0` and this 0 the model is a plain VAE (the reference row).
+    generative_cross: float | None = None
     alpha: float = 0.1
     # "triplet": the paper. "softmax": `memory_softmax_loss` in its place (not the paper).
     memory_term: str = "triplet"
@@ -215,7 +218,9 @@ def total_loss(*, sim_positive: torch.Tensor, sim_negative: torch.Tensor,
         raise ValueError(f"unknown memory_term {weights.memory_term!r}; choose from "
                          f"{MEMORY_TERMS}")
     style_weight = weights.latent if weights.latent_style is None else weights.latent_style
+    cross_weight = (weights.generative if weights.generative_cross is None
+                    else weights.generative_cross)
     loss = (weights.triplet * memory_term + weights.latent * latent_content
-            + style_weight * latent_style
-            + weights.generative * (generative_self + generative_cross))
+            + style_weight * latent_style + weights.generative * generative_self
+            + cross_weight * generative_cross)
     return {"loss": loss, **terms}

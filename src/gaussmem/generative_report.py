@@ -1,0 +1,124 @@
+"""The three numbers that say whether the model is generative, on seeded held-out episodes.
+
+* Reconstruction: the negative log-likelihood per image of decoding each image's
+  posterior means, over `n_way`-way episodes, against predicting every image by the
+  split's mean image (`ratio` < 1 beats it; a decoder that ignores its latents sits at 1).
+* Content: how much the decoded pixels change when z_c, resp. z_s, is swapped with
+  another image's (`decoder_sensitivity`). A model whose class lives in z_c changes
+  more with z_c.
+* One-shot generation: one example of each of `n_way` new classes is written into a
+  fresh memory, drawings are sampled from each entry (z_c from the stored Gaussian, z_s
+  from the prior), and an independently trained few-shot classifier (the judge), given
+  the stored examples as its support, says which class each drawing is. The judge's
+  accuracy on real drawings of the same classes is its ceiling; chance is 1 / n_way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from gaussmem.data.datasets import FewShotDataset, episode_sampler
+from gaussmem.evaluate import AccuracySummary
+from gaussmem.generative import (
+    dataset_mean_image,
+    decoder_sensitivity,
+    generate_from_memory,
+    mean_image_nll,
+    reconstruct,
+)
+from gaussmem.methods.base import FewShotClassifier
+from gaussmem.models.vae import GaussianVAE
+
+
+@dataclass
+class ReconstructionSummary:
+    """Mean NLL per image (nats) of the reconstructions and of the mean image."""
+
+    likelihood: str
+    n_way: int
+    episodes: int
+    mean_nll: float
+    mean_image_nll: float
+
+    @property
+    def ratio(self) -> float:
+        return self.mean_nll / self.mean_image_nll
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ratio": self.ratio}
+
+
+@dataclass
+class GenerationSummary:
+    """Percent of generated drawings the judge assigns to their source class."""
+
+    n_way: int
+    samples_per_class: int
+    generated: AccuracySummary
+    real_images: AccuracySummary
+    chance: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@torch.no_grad()
+def reconstruction_summary(vae: GaussianVAE, dataset: FewShotDataset, *, n_way: int = 100,
+                           episodes: int = 10, seed: int = 0) -> ReconstructionSummary:
+    """Reconstruction NLL over the support images of `episodes` seeded `n_way`-way
+    1-shot episodes (the episodes `gaussmem evaluate --seed` draws)."""
+    n_way = min(n_way, dataset.n_classes)
+    sampler = episode_sampler(dataset, n_way, 1, 0, seed=seed)
+    mean_image = dataset_mean_image(dataset)
+    model_nll, baseline_nll = [], []
+    for _ in range(episodes):
+        images = sampler.sample().support_images
+        model_nll.append(reconstruct(vae, images).nll)
+        baseline_nll.append(mean_image_nll(vae, images, mean_image))
+    return ReconstructionSummary(vae.config.likelihood, n_way, episodes,
+                                 float(torch.cat(model_nll).mean()),
+                                 float(torch.cat(baseline_nll).mean()))
+
+
+@torch.no_grad()
+def content_sensitivity(vae: GaussianVAE, dataset: FewShotDataset, *, n_way: int = 100,
+                        episodes: int = 10, seed: int = 0) -> dict[str, float]:
+    """`decoder_sensitivity` averaged over the support images of seeded episodes:
+    `{"content_swap", "style_swap"}` (mean |change| of the pixel means)."""
+    n_way = min(n_way, dataset.n_classes)
+    sampler = episode_sampler(dataset, n_way, 1, 0, seed=seed)
+    totals = {"content_swap": 0.0, "style_swap": 0.0}
+    for _ in range(episodes):
+        for name, value in decoder_sensitivity(vae, sampler.sample().support_images).items():
+            totals[name] += value / episodes
+    return totals
+
+
+@torch.no_grad()
+def generation_accuracy(vae: GaussianVAE, judge: FewShotClassifier, dataset: FewShotDataset,
+                        *, n_way: int = 20, episodes: int = 50, samples_per_class: int = 5,
+                        n_query: int = 5, seed: int = 0) -> GenerationSummary:
+    """One-shot generation judged by `judge` (eval mode, CPU) over seeded `n_way`-way
+    1-shot episodes: per episode, the judge's support is the stored examples, its
+    queries the drawings generated from their memory entries and, for its ceiling, the
+    episode's real query drawings."""
+    n_way = min(n_way, dataset.n_classes)
+    sampler = episode_sampler(dataset, n_way, 1, n_query, seed=seed)
+    judge.eval()
+    generated, real = np.zeros(episodes), np.zeros(episodes)
+    for index in range(episodes):
+        episode = sampler.sample()
+        generation = generate_from_memory(vae, episode.support_images, episode.support_labels,
+                                          samples_per_class, seed=seed + index)
+        judge.fit(episode.support_images, episode.support_labels)
+        source = torch.unique(episode.support_labels).repeat_interleave(samples_per_class)
+        predicted = judge.predict(generation.samples.flatten(0, 1))
+        generated[index] = (predicted == source).double().mean()
+        real[index] = (judge.predict(episode.query_images) == episode.query_labels
+                       ).double().mean()
+    return GenerationSummary(n_way, samples_per_class, AccuracySummary.from_values(generated),
+                             AccuracySummary.from_values(real), 100.0 / n_way)
