@@ -334,7 +334,8 @@ def train_all(jobs: list[tuple[Path, list[str]]], parallel: int,
     overlaps the trainings still running and a benchmark cut short keeps what ended.
     Each training logs to `<run_dir>.log` and notes in `<run_dir>/sharing.json` how many
     other trainings shared its device (its images/s is a share). A run interrupted
-    earlier (a last checkpoint, no summary) resumes from its checkpoint. A failed
+    earlier (a last checkpoint, no summary) resumes from its checkpoint; one stopped
+    before its first checkpoint starts again (--overwrite). A failed
     training does not stop the others; the benchmark then exits naming each failed
     log."""
     pending = [(run_dir, command) for run_dir, command in jobs
@@ -345,8 +346,9 @@ def train_all(jobs: list[tuple[Path, list[str]]], parallel: int,
 
     def train(run_dir: Path, command: list[str]) -> None:
         interrupted = (run_dir / "checkpoints" / "last.ckpt").exists()
-        if interrupted:
-            command = [*command, "--resume"]
+        # Killed before its first checkpoint, a run left metrics but nothing to resume:
+        # train it afresh in its place.
+        command = [*command, "--resume" if interrupted else "--overwrite"]
         print("+", " ".join(command[1:]), flush=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         # A resumed run trained its earlier steps beside as many others as it did then.

@@ -15,6 +15,7 @@ from gaussmem.checkpoint import CheckpointError, load_checkpoint
 from gaussmem.config import BudgetConfig, ConfigError, OptimConfig, preset, resolve, to_dict
 from gaussmem.evaluate import evaluate_checkpoint
 from gaussmem.metrics_log import read_metrics
+from gaussmem.run_dir import RunDirectoryError
 from gaussmem.train import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
@@ -151,7 +152,7 @@ def test_training_writes_config_metrics_and_checkpoints(tmp_path: Path) -> None:
     assert {"triplet", "triplet_grad_norm", "positive_rate", "images_per_second"} <= set(
         train_records[-1])
     assert any(r["kind"] == "val" for r in records)
-    with pytest.raises(TrainingError, match="already holds a run"):
+    with pytest.raises(RunDirectoryError, match="already holds a run"):
         train(preset("smoke"), run, dataset, dataset, progress=False)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(run / "missing.ckpt")

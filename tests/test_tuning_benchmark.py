@@ -79,7 +79,7 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> 
     assert json.loads((interrupted / "summary.json").read_text()) == ["train", "--resume"]
     # It trained its earlier steps beside others: a resume alone does not erase that.
     assert tuning.concurrent_runs(interrupted) == 1
-    assert json.loads((fresh / "summary.json").read_text()) == ["train"]
+    assert json.loads((fresh / "summary.json").read_text()) == ["train", "--overwrite"]
     assert (tmp_path / "interrupted.log").read_text().startswith("first part\n")
 
 

@@ -9,6 +9,7 @@ checkpoint. Every default that the paper does not fix says where it comes from.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import typing
 from collections.abc import Callable, Iterable
@@ -276,6 +277,7 @@ class TrainConfig:
     run_figures: bool = True
 
     def __post_init__(self) -> None:
+        _check_numbers(self)
         if self.similarity.kind not in SIMILARITY_KINDS:
             raise ConfigError(f"similarity.kind must be one of {SIMILARITY_KINDS}, "
                               f"got {self.similarity.kind!r}")
@@ -329,6 +331,67 @@ class TrainConfig:
         if self.episodes.images_per_class < 2:
             raise ConfigError("episodes.images_per_class must be >= 2 (cross-reconstruction "
                               f"needs a second drawing), got {self.episodes.images_per_class}")
+
+
+#: Seeds feed NumPy's legacy global RNG (gaussmem.seeding), which takes 32 bits.
+MAX_SEED = 2**32 - 1
+
+#: Counts, sizes and periods, with the least value each can take. A step budget or a
+#: period of 0 would train nothing (and name a checkpoint never written) or divide by 0.
+_INTEGER_MINIMUMS = {
+    "seed": 0, "validation.seed": 0, "budget.max_steps": 1, "log_every": 1,
+    "checkpoint_every": 1, "validation.every_steps": 1, "validation.n_way": 2,
+    "validation.n_shot": 1, "validation.n_query": 1, "validation.episodes": 1,
+    "validation.time_to_97_n_way": 2, "validation.time_to_97_n_shot": 1,
+    "validation.time_to_97_episodes": 1, "episodes.n_way": 1, "episodes.batch_episodes": 1,
+    "episodes.steps_per_episode": 1, "episodes.memory_capacity": 1,
+    "optim.decay_every": 1, "num_threads": 1, "eval_n_way": 2,
+    "matching.fce_steps": 1, "kaiser.key_dim": 1, "kaiser.choose_k": 1,
+}
+
+#: Rates and scales that must be > 0 (0 or less learns nothing or divides by 0).
+_POSITIVE_FLOATS = ("optim.lr", "optim.adam_eps", "optim.grad_clip", "optim.decay_factor",
+                    "similarity.temperature", "budget.max_minutes", "matching.cosine_scale")
+
+
+def _field(config: Any, dotted: str) -> Any:
+    for name in dotted.split("."):
+        config = getattr(config, name)
+    return config
+
+
+def _float_fields(config: Any, prefix: str = "") -> Iterable[tuple[str, float]]:
+    """`(dotted name, value)` of every float in the config tree."""
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if dataclasses.is_dataclass(value):
+            yield from _float_fields(value, f"{prefix}{item.name}.")
+        elif isinstance(value, float):
+            yield f"{prefix}{item.name}", value
+
+
+def _check_numbers(config: TrainConfig) -> None:
+    """Every float finite, counts and periods at least their minimum, rates positive,
+    seeds in range: a `ConfigError` naming the field and value before anything runs."""
+    for name, value in _float_fields(config):
+        if not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value}")
+    for name, least in _INTEGER_MINIMUMS.items():
+        value = _field(config, name)
+        if value is not None and value < least:
+            raise ConfigError(f"{name} must be >= {least}, got {value}")
+    for name in ("seed", "validation.seed"):
+        if _field(config, name) > MAX_SEED:
+            raise ConfigError(f"{name} must be in 0..{MAX_SEED}, got {_field(config, name)}")
+    for name in _POSITIVE_FLOATS:
+        value = _field(config, name)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{name} must be > 0, got {value}")
+    if not 0 <= config.optim.final_lr_fraction <= 1:
+        raise ConfigError("optim.final_lr_fraction must be in [0, 1], got "
+                          f"{config.optim.final_lr_fraction}")
+    if config.optim.weight_decay < 0:
+        raise ConfigError(f"optim.weight_decay must be >= 0, got {config.optim.weight_decay}")
 
 
 def _paper(n_way: int, batch_episodes: int, eval_n_way: int) -> TrainConfig:

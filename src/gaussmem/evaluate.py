@@ -231,6 +231,10 @@ def evaluate_checkpoint(checkpoint_path: Path | Sequence[Path], *, n_way: int, n
         dataset = load_split(config["data"], split, data_dir=data_dir, cache_dir=cache_dir)
     if n_query is None:
         n_query = default_n_query(dataset, n_shot) if protocol == "support-query" else 0
+    if protocol == "support-query" and n_query < 1:
+        # No query would score nothing and report an accuracy of nan%.
+        raise EpisodeError(f"n_shot={n_shot} leaves no query image per class in "
+                           f"{dataset.name} ({dataset.n_samples_per_class} samples per class)")
     image_shape = tuple(dataset.sample_tensor(np.zeros(1, dtype=np.int64)).shape[-2:])
     try:
         views = view_maps(image_shape, shift_pixels, rotation_degrees)

@@ -1,7 +1,9 @@
 """Append-only training metrics: JSONL always, TensorBoard when asked for.
 
 JSONL (one object per line, `{"step", "kind", ...}`) is the record results are built
-from; each line is flushed so a crashed run keeps everything logged before the crash.
+from; each line is flushed so a crashed run keeps everything logged before the crash. A
+run killed (or out of disk space) in the middle of a line leaves that line torn: readers
+drop it, and a resumed run rewrites the file without it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gaussmem.atomic import write_text_atomic
+from gaussmem.errors import GaussmemError
 
 
 class MetricsLog:
@@ -35,8 +38,6 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as error:
-                from gaussmem.errors import GaussmemError
-
                 raise GaussmemError("tensorboard=true needs the `tensorboard` package: "
                                     "pip install tensorboard") from error
             self._writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
@@ -45,8 +46,12 @@ class MetricsLog:
         """Record `values` (numbers, strings) of type `kind` ("train", "val") at `step`."""
         clean = {key: (None if isinstance(v, float) and not math.isfinite(v) else v)
                  for key, v in values.items()}
-        self._handle.write(json.dumps({"kind": kind, "step": step, **clean}) + "\n")
-        self._handle.flush()
+        try:
+            self._handle.write(json.dumps({"kind": kind, "step": step, **clean}) + "\n")
+            self._handle.flush()
+        except OSError as error:
+            # A write on an open file names no file; the run's error message needs it.
+            raise OSError(error.errno, error.strerror, str(self.path)) from error
         if self._writer is not None:
             for key, value in values.items():
                 if isinstance(value, int | float):
@@ -58,7 +63,21 @@ class MetricsLog:
             self._writer.close()
 
 
+class MetricsError(GaussmemError):
+    """A `metrics.jsonl` with a damaged record before its last line."""
+
+
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a `metrics.jsonl` file."""
+    """All records of a `metrics.jsonl` file, less a torn last line (see the module
+    docstring); a damaged line before it is a `MetricsError`."""
     with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        lines = [line for line in handle if line.strip()]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if number == len(lines):
+                break
+            raise MetricsError(f"{path}, line {number}: not a JSON record ({error})") from None
+    return records

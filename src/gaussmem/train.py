@@ -7,13 +7,20 @@ their classifiers). This loop owns what they share: the learning-rate schedule, 
 step and wall-clock budgets, JSONL metrics, validation on the validation split (never
 the test split) through the `FewShotClassifier` interface, `best` and `last` checkpoints
 (atomic), and `resume`, which continues a run exactly where its last checkpoint left it.
+SIGINT and SIGTERM stop a run between steps: the step under way finishes, `last` is
+saved after it, and `TrainingInterrupted` says so; resuming from there is the same as
+never having stopped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +44,7 @@ from gaussmem.evaluate import EvaluationResult, evaluate_support_query
 from gaussmem.methods.registry import training_class
 from gaussmem.methods.training import MethodTraining
 from gaussmem.metrics_log import MetricsLog
+from gaussmem.run_dir import check_fresh_run_dir, clear_run, remove_orphans, write_failed
 from gaussmem.seeding import global_rng_state, seed_everything, set_global_rng_state
 
 LAST_CHECKPOINT = "checkpoints/last.ckpt"
@@ -196,8 +204,18 @@ def _validate_and_checkpoint(trainer: Trainer, log: MetricsLog, do_validate: boo
             state.minutes_to_97 = values["minutes"]
         if values["val_accuracy"] > state.best_val_accuracy:
             state.best_val_accuracy, state.best_step = values["val_accuracy"], state.step
-            save_checkpoint(trainer.run_dir / BEST_CHECKPOINT, checkpoint_dict(trainer))
-    save_checkpoint(trainer.run_dir / LAST_CHECKPOINT, checkpoint_dict(trainer))
+            _save(trainer, BEST_CHECKPOINT)
+    _save(trainer, LAST_CHECKPOINT)
+
+
+def _save(trainer: Trainer, name: str) -> None:
+    """Write checkpoint `name` of the run; a failed write (disk full) is a one-line
+    error, and the previous file stays whole (the write is atomic)."""
+    path = trainer.run_dir / name
+    try:
+        save_checkpoint(path, checkpoint_dict(trainer))
+    except OSError as error:
+        raise write_failed(path, error, trainer.run_dir / LAST_CHECKPOINT) from error
 
 
 def _budget_left(trainer: Trainer) -> bool:
@@ -226,9 +244,59 @@ class _RunningMeans:
         return means
 
 
+class TrainingInterrupted(Exception):  # noqa: N818 (a request, not a fault)
+    """A run stopped by SIGINT or SIGTERM after saving `last` at a step boundary."""
+
+    def __init__(self, signal_number: int, step: int, checkpoint: Path) -> None:
+        self.signal_number, self.step, self.checkpoint = signal_number, step, checkpoint
+        name = signal.Signals(signal_number).name
+        super().__init__(f"stopped by {name} after step {step}; {checkpoint} holds it, "
+                         "continue with --resume")
+
+    @property
+    def exit_status(self) -> int:
+        """The shell's convention for a process ended by a signal: 128 + its number."""
+        return 128 + self.signal_number
+
+
+class _StopRequest:
+    """The signal handler of `_stop_on_signals`: notes the first signal; a second one
+    means "now", and interrupts the step under way (the last checkpoint on disk stays
+    the previous consistent one)."""
+
+    def __init__(self) -> None:
+        self.signal_number: int | None = None
+
+    def __call__(self, signal_number: int, frame: object) -> None:
+        if self.signal_number is not None:
+            raise KeyboardInterrupt
+        self.signal_number = signal_number
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[_StopRequest]:
+    """SIGINT and SIGTERM set the yielded request instead of ending the process; the
+    previous handlers come back on exit. Outside the main thread (where Python cannot
+    handle signals) nothing is installed."""
+    request = _StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+    previous = {number: signal.signal(number, request)
+                for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield request
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 def run_loop(trainer: Trainer, log: MetricsLog, *, progress: bool = True,
              stop_at_step: int | None = None) -> None:
-    """Train until the budget (or `stop_at_step`, a test hook that simulates a kill)."""
+    """Train until the budget (or `stop_at_step`, a test hook that simulates a kill).
+
+    Raises `TrainingInterrupted` after SIGINT or SIGTERM (see the module docstring).
+    """
     config, state = trainer.config, trainer.state
     images_per_step = trainer.method.images_per_step
     # Under a wall-clock budget the step total would give a false ETA (hours for a
@@ -238,8 +306,9 @@ def run_loop(trainer: Trainer, log: MetricsLog, *, progress: bool = True,
                unit="step", dynamic_ncols=True)
     running, window_start, window_images = _RunningMeans(), time.perf_counter(), 0
     trainer.method.model.train()
-    try:
-        while _budget_left(trainer) and (stop_at_step is None or state.step < stop_at_step):
+    with _stop_on_signals() as stop, contextlib.closing(bar):
+        while (_budget_left(trainer) and (stop_at_step is None or state.step < stop_at_step)
+               and stop.signal_number is None):
             step_start = time.perf_counter()
             log_now = (state.step + 1) % config.log_every == 0
             running.add(train_step(trainer, measure_triplet_grad=log_now))
@@ -260,11 +329,11 @@ def run_loop(trainer: Trainer, log: MetricsLog, *, progress: bool = True,
                 _validate_and_checkpoint(trainer, log, do_validate=True)
             elif state.step % config.checkpoint_every == 0:
                 _validate_and_checkpoint(trainer, log, do_validate=False)
-    except KeyboardInterrupt:
-        save_checkpoint(trainer.run_dir / LAST_CHECKPOINT, checkpoint_dict(trainer))
-        raise
-    finally:
-        bar.close()
+        if stop.signal_number is not None:
+            # After the step's own checkpoint (if it had one) this writes the same state.
+            _save(trainer, LAST_CHECKPOINT)
+            raise TrainingInterrupted(stop.signal_number, state.step,
+                                      trainer.run_dir / LAST_CHECKPOINT)
     final_validation = (stop_at_step is None
                         and state.step % config.validation.every_steps != 0)
     _validate_and_checkpoint(trainer, log, do_validate=final_validation)
@@ -298,10 +367,13 @@ class TrainResult:
 
 def train(config: TrainConfig | None, run_dir: str | Path, train_set: FewShotDataset,
           val_set: FewShotDataset | None, *, resume: bool = False, progress: bool = True,
-          stop_at_step: int | None = None) -> TrainResult:
+          stop_at_step: int | None = None, overwrite: bool = False) -> TrainResult:
     """Train (or resume) a run in `run_dir`; see the module docstring for the loop.
 
-    Fresh runs refuse a `run_dir` that already holds a checkpoint (pass `resume=True`).
+    Fresh runs refuse a `run_dir` that already holds a run (pass `resume=True`, or
+    `overwrite=True` to delete that run's files first: gaussmem.run_dir). Orphaned
+    temporaries of interrupted writes are removed. A write that fails (disk full) is a
+    `RunDirectoryError`, and the run stays resumable from its last checkpoint.
     On resume the checkpoint's config is used; if `config` is given, its `budget`
     (to extend a finished run), `device`, `cuda_graph` and `num_threads` (to go on
     where another machine, or another share of this one, stopped; checkpoints load onto
@@ -319,31 +391,46 @@ def train(config: TrainConfig | None, run_dir: str | Path, train_set: FewShotDat
         config = saved
     elif config is None:
         raise TrainingError("a fresh run needs a config")
-    elif last.exists():
-        raise TrainingError(f"{run_dir} already holds a run ({last}); pass --resume to "
-                            "continue it or choose another --run-dir")
+    else:
+        check_fresh_run_dir(run_dir, overwrite=overwrite)
+        clear_run(run_dir)
+    remove_orphans(run_dir)
     trainer = build_trainer(config, run_dir, train_set, val_set)
     if resume:
         restore_trainer(trainer, checkpoint)
-    write_text_atomic(run_dir / "config.json", json.dumps(to_dict(config), indent=2) + "\n")
-    log = MetricsLog(run_dir, tensorboard=config.tensorboard,
-                     resumed_at=trainer.state.step if resume else None)
-    try:
-        run_loop(trainer, log, progress=progress, stop_at_step=stop_at_step)
-    finally:
-        log.close()
-    if stop_at_step is None:
-        trainer.method.finish(run_dir, val_set)
-    state = trainer.state
-    result = TrainResult(run_dir, state.step, state.elapsed_seconds, state.best_val_accuracy,
-                         state.best_step, state.minutes_to_97, config.method,
-                         trainer.method.images_per_step, str(trainer.method.device))
-    summary = {**{k: v for k, v in result.__dict__.items() if k != "run_dir"},
-               "run_dir": str(run_dir)}
-    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    with _failed_writes_named(run_dir):
+        write_text_atomic(run_dir / "config.json",
+                          json.dumps(to_dict(config), indent=2) + "\n")
+        log = MetricsLog(run_dir, tensorboard=config.tensorboard,
+                         resumed_at=trainer.state.step if resume else None)
+        try:
+            run_loop(trainer, log, progress=progress, stop_at_step=stop_at_step)
+        finally:
+            log.close()
+        if stop_at_step is None:
+            trainer.method.finish(run_dir, val_set)
+        state = trainer.state
+        result = TrainResult(run_dir, state.step, state.elapsed_seconds,
+                             state.best_val_accuracy, state.best_step, state.minutes_to_97,
+                             config.method, trainer.method.images_per_step,
+                             str(trainer.method.device))
+        summary = {**{k: v for k, v in result.__dict__.items() if k != "run_dir"},
+                   "run_dir": str(run_dir)}
+        write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return result
 
 
+@contextlib.contextmanager
+def _failed_writes_named(run_dir: Path) -> Iterator[None]:
+    """Turn an `OSError` of a write into the run directory (config, metrics, figures,
+    summary; checkpoints say it themselves) into the run's one-line error."""
+    try:
+        yield
+    except OSError as error:
+        path = Path(error.filename) if error.filename else run_dir
+        raise write_failed(path, error, run_dir / LAST_CHECKPOINT) from error
+
+
 __all__ = ["StreamSampler", "TrainConfig", "TrainResult", "Trainer", "TrainingClassSampler",
-           "TrainingError", "build_trainer", "images_to_tensor", "learning_rate", "train",
-           "train_step"]
+           "TrainingError", "TrainingInterrupted", "build_trainer", "images_to_tensor",
+           "learning_rate", "train", "train_step"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from gaussmem.atomic import write_text_atomic
 from gaussmem.commands import DefaultsHelpFormatter, add_data_location_arguments
+from gaussmem.commands.arguments import output_file
 from gaussmem.data.download import OFFICIAL_BASE_URL, download_omniglot
 from gaussmem.data.lfw import (
     LFW_SUBSETS,
@@ -38,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "105x105 images), and LFW-a if present (layout, numbering, 250x250 photos); build "
         "or reuse their caches, and print counts per split.")
     add_data_location_arguments(check)
-    check.add_argument("--json", dest="json_path", default=None,
+    check.add_argument("--json", dest="json_path", type=output_file, default=None,
                        help="also write the summary as JSON to this file")
     check.set_defaults(handler=run_check)
 
@@ -61,7 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "use; ~40 MB instead of the 97 MB archive) with their checksums to OUT. Put it at "
         f"<data dir>/lfw/{PACK_NAME} on a machine without the archive: it is used in its "
         "place, and gives the same arrays.")
-    pack.add_argument("--out", required=True, help=f"file to write (name it {PACK_NAME})")
+    pack.add_argument("--out", required=True, type=output_file,
+                      help=f"file to write (name it {PACK_NAME})")
     add_data_location_arguments(pack)
     pack.set_defaults(handler=run_pack_lfw)
 

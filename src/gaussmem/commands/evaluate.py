@@ -9,6 +9,13 @@ import sys
 from pathlib import Path
 
 from gaussmem.commands import DefaultsHelpFormatter, add_data_location_arguments
+from gaussmem.commands.arguments import (
+    non_negative_float,
+    non_negative_int,
+    output_file,
+    positive_int,
+    seed,
+)
 from gaussmem.evaluate import DEFAULT_N_QUERY
 from gaussmem.settings import resolve_cache_dir, resolve_data_dir
 
@@ -26,29 +33,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", required=True, nargs="+",
                         help="checkpoint file (.ckpt); several score together as an "
                         "ensemble (support-query only; beyond the paper)")
-    parser.add_argument("--n-way", type=int, default=5, help="classes per episode")
-    parser.add_argument("--n-shot", type=int, default=1,
+    parser.add_argument("--n-way", type=positive_int, default=5, help="classes per episode")
+    parser.add_argument("--n-shot", type=positive_int, default=1,
                         help="support images per class (online: the largest k reported)")
-    parser.add_argument("--n-query", type=int, default=None,
+    parser.add_argument("--n-query", type=positive_int, default=None,
                         help=f"query images per class (support-query); default {DEFAULT_N_QUERY} "
                         "on Omniglot, on LFW-a the most every person has room for")
-    parser.add_argument("--episodes", type=int, default=1000, help="number of episodes")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the episode sampler")
+    parser.add_argument("--episodes", type=positive_int, default=1000, help="number of episodes")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the episode sampler")
     parser.add_argument("--split", default="test", choices=SPLITS, help="class subset")
     parser.add_argument("--protocol", default="support-query",
                         choices=("support-query", "online"), help="evaluation protocol")
-    parser.add_argument("--json", dest="json_path", default=None,
+    parser.add_argument("--json", dest="json_path", type=output_file, default=None,
                         help="write the result JSON here (atomically)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="auto",
                         help="where the encoder runs: auto (a CUDA GPU if there is one and "
                         "the method can use it, else the CPU), cpu, cuda or cuda:N; the "
                         "episodes' memory work stays on the CPU")
-    parser.add_argument("--shift-pixels", type=int, default=0,
+    parser.add_argument("--shift-pixels", type=non_negative_int, default=0,
                         help="test-time views (beyond the paper, support-query only): "
                         "also score every image shifted this many pixels left, right, up "
                         "and down, adding the views' scores")
-    parser.add_argument("--rotation-degrees", type=float, default=0.0,
+    parser.add_argument("--rotation-degrees", type=non_negative_float, default=0.0,
                         help="test-time views: also score every image turned by + and - "
                         "this angle")
     add_data_location_arguments(parser)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gaussmem.commands import DefaultsHelpFormatter, add_data_location_arguments
+from gaussmem.commands.arguments import output_file, positive_int, seed
 
 #: Held-out class subsets only: figures of training classes would flatter the model.
 SPLITS = ("test", "val")
@@ -26,13 +27,14 @@ def _common(parser: argparse.ArgumentParser, *, figure: bool = True) -> None:
                         help="MA-VAE checkpoint (e.g. runs/NAME/checkpoints/best.ckpt)")
     parser.add_argument("--split", default="test", choices=SPLITS,
                         help="class subset the images come from (never train)")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=seed, default=0,
                         help="seed of the episode (and of the sampling noise)")
     if figure:
-        parser.add_argument("--out", required=True, help="PNG file to write (atomically)")
-        parser.add_argument("--scale", type=int, default=2,
+        parser.add_argument("--out", required=True, type=output_file,
+                            help="PNG file to write (atomically)")
+        parser.add_argument("--scale", type=positive_int, default=2,
                             help="each pixel becomes scale x scale pixels")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     add_data_location_arguments(parser)
 
 
@@ -45,9 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "mean negative log-likelihood per image and that of the split's mean image.",
         formatter_class=DefaultsHelpFormatter)
     _common(parser)
-    parser.add_argument("--n-way", type=int, default=100, help="classes (images) shown")
-    parser.add_argument("--per-row", type=int, default=20, help="images per row")
-    parser.add_argument("--json", dest="json_path", default=None,
+    parser.add_argument("--n-way", type=positive_int, default=100, help="classes (images) shown")
+    parser.add_argument("--per-row", type=positive_int, default=20, help="images per row")
+    parser.add_argument("--json", dest="json_path", type=output_file, default=None,
                         help="write per-image NLL and metadata here (atomically)")
     parser.set_defaults(handler=run_reconstruct)
 
@@ -59,9 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "example first. Seeded: the same seed gives the same image.",
         formatter_class=DefaultsHelpFormatter)
     _common(parser)
-    parser.add_argument("--n-classes", type=int, default=8, help="classes (rows)")
-    parser.add_argument("--n-samples", type=int, default=10, help="drawings per class")
-    parser.add_argument("--json", dest="json_path", default=None,
+    parser.add_argument("--n-classes", type=positive_int, default=8, help="classes (rows)")
+    parser.add_argument("--n-samples", type=positive_int, default=10, help="drawings per class")
+    parser.add_argument("--json", dest="json_path", type=output_file, default=None,
                         help="write the classes and metadata here (atomically)")
     parser.set_defaults(handler=run_generate)
 
@@ -72,8 +74,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "row's image. Images come from distinct classes of one seeded episode.",
         formatter_class=DefaultsHelpFormatter)
     _common(parser)
-    parser.add_argument("--n-content", type=int, default=8, help="content images (columns)")
-    parser.add_argument("--n-style", type=int, default=6, help="style images (rows)")
+    parser.add_argument("--n-content", type=positive_int, default=8,
+                        help="content images (columns)")
+    parser.add_argument("--n-style", type=positive_int, default=6, help="style images (rows)")
     parser.set_defaults(handler=run_style_transfer)
 
     parser = subparsers.add_parser(
@@ -84,12 +87,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "z_s near chance (100/N %).",
         formatter_class=DefaultsHelpFormatter)
     _common(parser, figure=False)
-    parser.add_argument("--n-way", type=int, nargs="+", default=[5, 20],
+    parser.add_argument("--n-way", type=positive_int, nargs="+", default=[5, 20],
                         help="episode sizes to evaluate")
-    parser.add_argument("--n-shot", type=int, default=1, help="support images per class")
-    parser.add_argument("--n-query", type=int, default=5, help="query images per class")
-    parser.add_argument("--episodes", type=int, default=300, help="episodes per size")
-    parser.add_argument("--json", dest="json_path", default=None,
+    parser.add_argument("--n-shot", type=positive_int, default=1, help="support images per class")
+    parser.add_argument("--n-query", type=positive_int, default=5, help="query images per class")
+    parser.add_argument("--episodes", type=positive_int, default=300, help="episodes per size")
+    parser.add_argument("--json", dest="json_path", type=output_file, default=None,
                         help="write the report here (atomically), e.g. "
                         "results/latent_check.json; default: print it")
     parser.add_argument("--note", default=None, help="free text stored in the report")
@@ -112,13 +115,13 @@ def register_report(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--judge", default=None,
                         help="checkpoint of a few-shot classifier trained apart from the "
                         "model (e.g. a protonet run); without it no generation score")
-    parser.add_argument("--recon-episodes", type=int, default=10,
+    parser.add_argument("--recon-episodes", type=positive_int, default=10,
                         help="100-way episodes for the reconstruction and content numbers")
-    parser.add_argument("--n-way", type=int, default=20, help="classes per generation episode")
-    parser.add_argument("--episodes", type=int, default=50, help="generation episodes")
-    parser.add_argument("--samples", type=int, default=5,
+    parser.add_argument("--n-way", type=positive_int, default=20, help="classes per generation episode")
+    parser.add_argument("--episodes", type=positive_int, default=50, help="generation episodes")
+    parser.add_argument("--samples", type=positive_int, default=5,
                         help="drawings generated per class and episode")
-    parser.add_argument("--json", dest="json_path", default=None,
+    parser.add_argument("--json", dest="json_path", type=output_file, default=None,
                         help="write the report here (atomically)")
     parser.set_defaults(handler=run_generative_report)
 
@@ -254,7 +257,6 @@ def run_latent_check(args: argparse.Namespace) -> int:
 
 def run_generative_report(args: argparse.Namespace) -> int:
     from gaussmem.checkpoint import file_sha256, load_checkpoint
-    from gaussmem.generative import GenerativeError
     from gaussmem.generative_report import (
         content_sensitivity,
         generation_accuracy,
@@ -262,10 +264,6 @@ def run_generative_report(args: argparse.Namespace) -> int:
     )
     from gaussmem.methods import classifier_from_checkpoint
 
-    for name in ("recon_episodes", "n_way", "episodes", "samples"):
-        if getattr(args, name) < 1:
-            raise GenerativeError(f"--{name.replace('_', '-')} must be >= 1, got "
-                                  f"{getattr(args, name)}")
     judge = None if args.judge is None else classifier_from_checkpoint(
         load_checkpoint(args.judge))
     vae, checkpoint, dataset = _load(args)

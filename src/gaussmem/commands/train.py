@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from gaussmem.commands import DefaultsHelpFormatter, add_data_location_arguments
+from gaussmem.commands.arguments import output_directory, positive_float, positive_int, seed
 from gaussmem.config import PRESETS, TrainConfig, default_preset, resolve
 from gaussmem.settings import resolve_cache_dir, resolve_data_dir
 
@@ -33,13 +34,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", default=None, help="TOML file laid over the preset")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="SECTION.FIELD=VALUE", help="override one field; repeatable")
-    parser.add_argument("--run-dir", default=None,
+    parser.add_argument("--run-dir", type=output_directory, default=None,
                         help="run directory (default: runs/<preset>-<UTC time>)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --run-dir from its last checkpoint")
-    parser.add_argument("--seed", type=int, default=None, help="override the config's seed")
-    parser.add_argument("--max-steps", type=int, default=None, help="step budget")
-    parser.add_argument("--max-minutes", type=float, default=None,
+    parser.add_argument("--overwrite", action="store_true",
+                        help="a fresh run in a --run-dir that holds a run: delete that "
+                        "run's files first (without it the command refuses)")
+    parser.add_argument("--seed", type=seed, default=None, help="override the config's seed")
+    parser.add_argument("--max-steps", type=positive_int, default=None, help="step budget")
+    parser.add_argument("--max-minutes", type=positive_float, default=None,
                         help="wall-clock budget of training (validation excluded)")
     parser.add_argument("--tensorboard", action="store_true",
                         help="also write TensorBoard events (needs `tensorboard`)")
@@ -131,15 +135,27 @@ def run(args: argparse.Namespace) -> int:
     from gaussmem.allocator import keep_freed_memory
     from gaussmem.data.datasets import load_split
     from gaussmem.methods import method_class
-    from gaussmem.train import BEST_CHECKPOINT, LAST_CHECKPOINT, TrainingError, train
+    from gaussmem.run_dir import check_fresh_run_dir
+    from gaussmem.train import (
+        BEST_CHECKPOINT,
+        LAST_CHECKPOINT,
+        TrainingError,
+        TrainingInterrupted,
+        train,
+    )
 
     if args.method is not None:
         method_class(args.method)  # an unknown name fails here, listing the known ones
     preset_name = args.preset or default_preset(args.method or "mavae")
     if args.resume and not args.run_dir:
         raise TrainingError("--resume needs --run-dir")
+    if args.resume and args.overwrite:
+        raise TrainingError("--resume continues the run in --run-dir and --overwrite "
+                            "deletes it: pass one of them")
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     run_dir = Path(args.run_dir or Path("runs") / f"{preset_name}-{stamp}").resolve()
+    if not args.resume:
+        check_fresh_run_dir(run_dir, overwrite=args.overwrite)
     saved = _saved_config(run_dir) if args.resume else None
     if saved is not None:
         config = _resume_config(saved, args)
@@ -158,8 +174,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"gaussmem train: run directory {run_dir}")
     _warn_if_the_cpu_is_busy(effective)
     keep_freed_memory()  # 1.0-1.2x CPU training throughput (results/allocator_speed.json)
-    result = train(config, run_dir, train_set, val_set, resume=args.resume,
-                   progress=not args.no_progress)
+    try:
+        result = train(config, run_dir, train_set, val_set, resume=args.resume,
+                       progress=not args.no_progress, overwrite=args.overwrite)
+    except TrainingInterrupted as stop:
+        print(f"gaussmem train: {stop} --run-dir {run_dir}", file=sys.stderr)
+        return stop.exit_status
     print(json.dumps({"run_dir": str(run_dir), "method": result.method, "step": result.step,
                       "minutes": round(result.elapsed_seconds / 60, 2),
                       "best_val_accuracy": result.best_val_accuracy,
