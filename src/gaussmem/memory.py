@@ -241,6 +241,8 @@ class SlotMemory(nn.Module):
         k: int,
         query_labels: torch.Tensor | None = None,
         same_label: bool = True,
+        *,
+        certify: bool = False,
     ) -> torch.Tensor:
         """The k nearest slots per query, `(n_queries, k)`, NOT_FOUND where none qualify.
 
@@ -249,7 +251,8 @@ class SlotMemory(nn.Module):
         With `query_labels` `(n_queries,)`, only slots whose label equals (`same_label`)
         or differs from the query's label qualify. Blocked over queries and slots so no
         score block exceeds `max_block_elements`; a running top-k merges slot blocks.
-        Within a block, equal scores may come back in any order.
+        Within a block, equal scores may come back in any order. `certify` asks
+        `_refine_candidates` to prove its answer even where that reads device values back.
         """
         device = self.valid.device
         n_queries = len(keys[0])
@@ -288,7 +291,8 @@ class SlotMemory(nn.Module):
             best_slots.masked_fill_(best_scores == torch.inf, NOT_FOUND)
             labels = None if query_labels is None else query_labels[query_rows]
             best_slots = self._refine_candidates(
-                keys, lifted_queries, query_rows, best_scores, best_slots, k, labels, same_label
+                keys, lifted_queries, query_rows, best_scores, best_slots, k, labels, same_label,
+                certify,
             )
             found[query_rows, : best_slots.shape[1]] = best_slots
         return found
@@ -307,6 +311,7 @@ class SlotMemory(nn.Module):
         k: int,
         query_labels: torch.Tensor | None,
         same_label: bool,
+        certify: bool,
     ) -> torch.Tensor:
         """The k best of a query block's candidates `slots` (ascending `scores`, both
         `(rows, <= width)`, NOT_FOUND where none qualified); by default the first k."""
@@ -497,8 +502,8 @@ class GaussianMemory(SlotMemory):
             mu, var: `(n_queries, dim)` query means and variances.
             k: entries per query; rows with fewer valid entries are padded with NOT_FOUND.
         Returns: `SearchResult`, fields `(n_queries, k)`. Candidates come from the GEMM
-        form and are re-ranked by their exact divergence (on the CPU, a query whose
-        float32 GEMM might have missed a nearer entry is searched again in float64; see
+        form and are re-ranked by their exact divergence (a query whose float32 GEMM
+        might have missed a nearer entry is searched again in float64; see
         `_refine_candidates`); their divergences are then recomputed with
         `symmetric_kl_diag` (differentiable in the query) and re-sorted. Entries whose
         values are not finite never match.
@@ -509,7 +514,7 @@ class GaussianMemory(SlotMemory):
         if self.search_backend == "faiss" and mu.device.type == "cpu":
             slots = self._faiss_search(mu, var, k)
         else:
-            slots = self._search_slots((mu, var), k)
+            slots = self._search_slots((mu, var), k, certify=True)
         divergence, slots = self._exact_divergence(mu, var, slots)
         labels = torch.where(slots == NOT_FOUND, NOT_FOUND, self.labels[slots.clamp_min(0)])
         return SearchResult(divergence, similarity_from_divergence(divergence), labels, slots)
@@ -673,13 +678,15 @@ class GaussianMemory(SlotMemory):
         k: int,
         query_labels: torch.Tensor | None,
         same_label: bool,
+        certify: bool,
     ) -> torch.Tensor:
-        """Re-rank the GEMM candidates by their exact float64 divergence; on the CPU, search
-        again in float64 every query whose float32 candidates may miss a nearer entry.
+        """Re-rank the GEMM candidates by their exact float64 divergence, then search again
+        in float64 every query whose float32 candidates may miss a nearer entry.
 
-        On an accelerator the certificate is skipped: reading it back would make the host
-        wait for the device on every training step, and the exact re-rank of the
-        candidates already corrects the GEMM's order in realistic ranges.
+        On an accelerator that second step runs only with `certify` (`query` sets it):
+        reading the certificate back would make the host wait for the device on every
+        training step, and the exact re-rank of the candidates already corrects the
+        GEMM's order in realistic ranges.
         """
         mu, var = (key[query_rows] for key in keys)
         n_candidates = min(slots.shape[1], k + _EXTRA_CANDIDATES)
@@ -690,7 +697,7 @@ class GaussianMemory(SlotMemory):
         ).masked_fill(candidates == NOT_FOUND, torch.inf)
         exact, order = torch.sort(exact, dim=1, stable=True)
         best = candidates.gather(1, order)[:, :k]
-        if (scores.dtype == torch.float64 or self.valid.device.type != "cpu"
+        if (scores.dtype == torch.float64 or not (certify or self.valid.device.type == "cpu")
                 or slots.shape[1] <= n_candidates):
             return best  # float64 is the reference, or every qualifying slot was re-scored
         # The lowest divergence any non-candidate can have: its GEMM score, plus the
