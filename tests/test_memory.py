@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import pytest
 import safetensors.torch
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gaussmem.errors import MemoryFileError
 from gaussmem.gaussian import lift_entries, moment_match_merge, shot_weights, symmetric_kl_diag
@@ -600,3 +602,157 @@ def test_grow_keeps_entries_and_answers_then_accepts_more() -> None:
                        memory.query(queries, torch.ones(5, 4)).slots)
     with pytest.raises(ValueError, match="cannot shrink"):
         memory.grow_(4)
+
+
+# --- untrusted files and non-finite values ----------------------------------------------
+def edited_file(tmp_path, edit_tensors=None, edit_metadata=None):
+    """A saved memory with its tensors and/or metadata edited, as a hostile file would be."""
+    path = tmp_path / "memory.safetensors"
+    filled_memory().save(path)
+    tensors = safetensors.torch.load_file(path)
+    with safetensors.safe_open(str(path), "pt") as reader:
+        metadata = reader.metadata()
+    if edit_tensors:
+        edit_tensors(tensors)
+    if edit_metadata:
+        edit_metadata(metadata)
+    edited = tmp_path / "edited.safetensors"
+    tensors = {name: tensor.contiguous() for name, tensor in tensors.items()}
+    safetensors.torch.save_file(tensors, edited, metadata=metadata)
+    return edited
+
+
+def _set(name, slot, value):
+    def edit(tensors):
+        tensors[name][slot] = value
+    return edit
+
+
+@pytest.mark.parametrize(("edit", "problem"), [
+    (_set("means", 0, float("nan")), "means are not all finite"),
+    (_set("means", 8, float("inf")), "means are not all finite"),
+    (_set("variances", 1, float("inf")), "variances are not all finite"),
+    (_set("variances", 2, -1.0), r"variances are not all > 0"),
+    (_set("variances", 9, 0.0), r"variances are not all > 0"),
+    (_set("counts", 0, -3), r"counts are not all >= 0"),
+    (_set("counts", 0, 0), "count below 1"),
+    (_set("labels", 0, -1), "valid slot has a negative label"),
+    (_set("labels", 9, -5), "below -1"),
+    (_set("ages", 3, -1), r"ages are not all >= 0"),
+    (_set("ages", 3, 2**62), "ages are too large"),
+    (lambda tensors: tensors.update(labels=tensors["labels"].double()), "'labels'.*dtype F64"),
+    (lambda tensors: tensors.update(counts=tensors["counts"].float() + 0.5), "'counts'.*dtype"),
+    (lambda tensors: tensors.update(means=tensors["means"].half()), "'means'.*dtype F16"),
+    (lambda tensors: tensors.update(variances=tensors["variances"].double()), "must agree"),
+    (lambda tensors: tensors.update(valid=tensors["valid"].long()), "'valid'.*dtype"),
+    (lambda tensors: tensors.update(means=tensors["means"][:, :2]), r"'means'.*shape \(10, 2\)"),
+    (lambda tensors: tensors.update(labels=tensors["labels"][:5]), r"'labels'.*shape \(5,\)"),
+    (lambda tensors: tensors.update(noise_generator_state=torch.zeros(7, dtype=torch.uint8)),
+     "noise_generator_state"),
+])
+def test_a_file_with_bad_values_is_refused_naming_the_file(tmp_path, edit, problem):
+    path = edited_file(tmp_path, edit_tensors=edit)
+    with pytest.raises(MemoryFileError, match=rf"edited\.safetensors: .*{problem}"):
+        GaussianMemory.load(path)
+    with pytest.raises(MemoryFileError, match=problem):
+        GaussianMemory(10, DIM).restore_(path)
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("capacity", str(10**12)), ("capacity", "0"), ("capacity", "-4"), ("capacity", "1e3"),
+    ("capacity", "9" * 5000), ("dim", "2.5"), ("dim", ""), ("seed", "-1"), ("seed", str(2**64)),
+    ("age_noise", "nan"), ("age_noise", "-1"), ("age_noise", "inf"), ("age_noise", "x"),
+])
+def test_bad_metadata_is_refused_before_anything_is_allocated(tmp_path, monkeypatch, key,
+                                                               value):
+    path = edited_file(tmp_path, edit_metadata=lambda metadata: metadata.update({key: value}))
+
+    def no_construction(*args, **kwargs):
+        raise AssertionError("a memory was allocated from unchecked metadata")
+
+    monkeypatch.setattr(GaussianMemory, "__init__", no_construction)
+    with pytest.raises(MemoryFileError, match=rf"edited\.safetensors: .*{key}"):
+        GaussianMemory.load(path)
+
+
+def test_non_finite_writes_are_rejected_and_leave_the_memory_alone():
+    memory = filled_memory()
+    before = copy.deepcopy(memory.state_dict())
+    mu, var = random_gaussians(2, seed=40, dtype=torch.float32)
+    for bad_mu, bad_var in [(mu.index_fill(1, torch.tensor([0]), torch.nan), var),
+                            (mu, var.index_fill(1, torch.tensor([1]), torch.inf))]:
+        with pytest.raises(ValueError, match="finite"):
+            memory.update_(bad_mu, bad_var, torch.tensor([0, 1]))
+        with pytest.raises(ValueError, match="finite"):
+            memory.write_support_(bad_mu, bad_var, torch.tensor([0, 1]))
+    for name, tensor in memory.state_dict().items():
+        if name != "_extra_state":
+            assert torch.equal(tensor, before[name]), name
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 1e30])
+def test_an_entry_with_non_finite_values_never_wins_a_search(value):
+    """However it got in (here through load_state_dict), a NaN, inf or overflowing entry
+    scores +inf: it never wins, and the other entries are found as before."""
+    memory = filled_memory()
+    mu, var = random_gaussians(5, seed=41, dtype=torch.float32)
+    labels = torch.tensor([0, 1, 2, 0, 1])
+    expected = brute_force_divergence(memory, mu, var)
+    state = memory.state_dict()
+    state["means"][2] = value
+    expected[:, 2] = torch.inf
+    poisoned = GaussianMemory(10, DIM, seed=0)
+    poisoned.load_state_dict(state)
+    found = poisoned.query(mu, var, k=6)  # five entries are left to find
+    assert torch.equal(found.slots[:, :5], expected.topk(5, dim=1, largest=False).indices)
+    assert (found.slots[:, 5] == NOT_FOUND).all() and torch.isinf(found.divergence[:, 5]).all()
+    assert not (poisoned.nearest_with_label(mu, var, labels).slots == 2).any()
+    assert not (poisoned.nearest_with_other_label(mu, var, labels).slots == 2).any()
+    divergence, _ = poisoned.divergences_to_entries(mu, var)
+    assert torch.isinf(divergence[:, 2]).all() and not divergence.isnan().any()
+    slots = poisoned.update_(mu, var, labels)
+    assert not (slots == 2).any() and torch.isfinite(poisoned.means[slots]).all()
+
+
+# --- exact ranking over the whole clamped range ----------------------------------------
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    mean_centre=st.sampled_from([0.0, 1e3, -1e3]),
+    mean_spread=st.sampled_from([1e-2, 1.0, 30.0, 1e3]),
+    log_var_range=st.sampled_from([(-10.0, 10.0), (-10.0, -5.0), (5.0, 10.0), (-1.0, 1.0)]),
+    k=st.sampled_from([1, 3]),
+)
+def test_float32_search_ranks_exactly_at_extreme_legal_ranges(
+    seed, mean_centre, mean_spread, log_var_range, k
+):
+    """|mean| up to ~1e3 and log-variances across an encoder's clamp range [-10, 10]: the
+    float32 memory returns the float64 oracle's nearest entries (up to float32 ties of the
+    exact divergence), for plain, same-label and other-label searches."""
+    generator = torch.Generator().manual_seed(seed)
+    dim, n_entries, n_queries = 16, 150, 40
+    low, high = log_var_range
+
+    def gaussians(count):
+        mu = mean_centre + mean_spread * torch.randn(count, dim, generator=generator)
+        log_var = low + (high - low) * torch.rand(count, dim, generator=generator)
+        return mu, log_var.exp()
+
+    memory = GaussianMemory(n_entries, dim, seed=0, max_block_elements=1024)
+    entry_mu, entry_var = gaussians(n_entries)
+    memory.write_support_(entry_mu, entry_var, torch.arange(n_entries) % 7)
+    query_mu, query_var = gaussians(n_queries)
+    query_labels = torch.randint(7, (n_queries,), generator=generator)
+    oracle = brute_force_divergence(memory, query_mu, query_var)
+    same = query_labels[:, None] == memory.labels[None]
+    cases = [
+        (memory.query(query_mu, query_var, k=k).slots, oracle),
+        (memory.nearest_with_label(query_mu, query_var, query_labels).slots[:, None],
+         oracle.masked_fill(~same, torch.inf)),
+        (memory.nearest_with_other_label(query_mu, query_var, query_labels).slots[:, None],
+         oracle.masked_fill(same, torch.inf)),
+    ]
+    for slots, divergence in cases:
+        best = divergence.topk(slots.shape[1], dim=1, largest=False).values
+        got = divergence.gather(1, slots)
+        assert torch.allclose(got, best, rtol=1e-5, atol=1e-9), (got - best).abs().max()

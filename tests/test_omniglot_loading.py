@@ -80,6 +80,31 @@ def test_corrupt_member_is_named_and_leaves_no_cache(synthetic_release: Syntheti
     assert leftovers == []
 
 
+def test_damaged_deflate_stream_is_named_and_leaves_no_cache(
+        synthetic_release: SyntheticRelease, tmp_path: Path) -> None:
+    """Release zips are deflated: a damaged stream fails inside zlib, not at the CRC."""
+    data_dir, manifest = synthetic_release()
+    archive = data_dir / "omniglot" / "images_evaluation.zip"
+    with zipfile.ZipFile(archive) as opened:
+        members = {info.filename: opened.read(info) for info in opened.infolist()}
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as deflated:
+        for name, payload in members.items():
+            deflated.writestr(name, payload)
+    with zipfile.ZipFile(archive) as opened:
+        second = opened.infolist()[1]
+    payload = bytearray(archive.read_bytes())
+    data_start = second.header_offset + 30 + len(second.filename.encode()) + len(second.extra)
+    # 0xFF opens a deflate block of the reserved type 3: zlib's "invalid block type".
+    payload[data_start: data_start + 4] = b"\xff" * 4
+    archive.write_bytes(bytes(payload))
+    with pytest.raises(DataError) as raised:
+        load_omniglot_characters(data_dir, tmp_path / "cache", manifest)
+    message = str(raised.value)
+    assert "images_evaluation.zip" in message and second.filename.split("/", 1)[1] in message
+    assert "\n" not in message and "corrupt" in message
+    assert list((tmp_path / "cache").rglob("*.npy")) == []
+
+
 def test_missing_alphabet_is_named(synthetic_release: SyntheticRelease, tmp_path: Path) -> None:
     def drop_beta(members: dict[str, bytes]) -> None:
         for path in [p for p in members if "/Beta/" in p]:

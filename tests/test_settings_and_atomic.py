@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
 
-from gaussmem.atomic import atomic_directory, write_text_atomic
+from gaussmem.atomic import atomic_directory, atomic_path, write_text_atomic
 from gaussmem.settings import resolve_cache_dir, resolve_data_dir
 
 
@@ -54,3 +56,56 @@ def test_keep_freed_memory_applies_on_glibc_and_is_repeatable() -> None:
     glibc = platform.libc_ver()[0] == "glibc"
     assert keep_freed_memory() is glibc
     assert keep_freed_memory() is glibc  # setting it twice is harmless
+
+
+@pytest.fixture
+def set_umask():
+    """Set the process umask for one test, restoring the previous one afterwards."""
+    previous = os.umask(0o022)
+    yield os.umask
+    os.umask(previous)
+
+
+@pytest.mark.parametrize(("umask", "file_mode", "dir_mode"),
+                         [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700), (0o002, 0o664, 0o775)])
+def test_atomic_writes_honour_the_umask(tmp_path: Path, set_umask, umask: int, file_mode: int,
+                                        dir_mode: int) -> None:
+    set_umask(umask)
+    write_text_atomic(tmp_path / "result.json", "{}")
+    with atomic_directory(tmp_path / "cache") as staging:
+        (staging / "images.npy").write_bytes(b"x")
+    assert stat.S_IMODE((tmp_path / "result.json").stat().st_mode) == file_mode
+    assert stat.S_IMODE((tmp_path / "cache").stat().st_mode) == dir_mode
+    assert stat.S_IMODE((tmp_path / "cache" / "images.npy").stat().st_mode) == file_mode
+
+
+def test_atomic_writes_reach_the_disk_before_the_rename(tmp_path: Path, monkeypatch) -> None:
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace",
+                        lambda *args: (events.append("replace"), real_replace(*args))[1])
+    write_text_atomic(tmp_path / "result.json", "{}")
+    # The file before the rename, its directory after it.
+    assert events == ["fsync", "replace", "fsync"]
+    events.clear()
+    with atomic_directory(tmp_path / "cache") as staging:
+        (staging / "a").write_text("a")
+        (staging / "b").write_text("b")
+    assert events[:3] == ["fsync"] * 3 and events[-2:] == ["replace", "fsync"]
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, OSError])
+def test_an_interrupted_atomic_write_leaves_no_temporary_file(tmp_path: Path, monkeypatch,
+                                                              interrupt) -> None:
+    write_text_atomic(tmp_path / "result.json", "old")
+    with pytest.raises(interrupt), atomic_path(tmp_path / "result.json") as temporary:
+        temporary.write_text("half")
+        raise interrupt
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(interrupt()))
+    with pytest.raises(interrupt):
+        write_text_atomic(tmp_path / "result.json", "new")
+    with pytest.raises(interrupt), atomic_directory(tmp_path / "cache") as staging:
+        (staging / "a").write_text("a")
+    assert (tmp_path / "result.json").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]

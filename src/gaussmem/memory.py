@@ -32,10 +32,8 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-import safetensors
 import safetensors.torch
 import torch
 from torch import nn
@@ -51,6 +49,7 @@ from gaussmem.gaussian import (
     similarity_from_divergence,
     symmetric_kl_diag,
 )
+from gaussmem.memory_file import FILE_FORMAT, SLOT_TENSORS, read_memory_file
 
 #: Slot and label returned where nothing was found; also the label of an empty slot.
 NOT_FOUND = -1
@@ -60,6 +59,14 @@ DEFAULT_MAX_BLOCK_ELEMENTS = 2**26
 #: Fewest queries per block before entries are split instead: each query block re-reads
 #: every entry's key, so tiny query blocks turn the GEMM into a memory-bound scan.
 _MIN_QUERY_BLOCK = 256
+
+#: GEMM candidates per query beyond k that the Gaussian memory re-scores exactly. The
+#: GEMM form cancels large terms in float32 (see `pairwise_symmetric_kl`); an error bound
+#: then shows whether the exact order of these candidates is certain (it is, for almost
+#: every query in realistic ranges) or whether the query is searched again in float64.
+_EXTRA_CANDIDATES = 8
+#: Unit roundoff of float32: the error bound of the GEMM scores is a multiple of it.
+_FLOAT32_ROUNDOFF = 2.0**-24
 
 SearchBackend = Literal["torch", "faiss"]
 
@@ -234,6 +241,8 @@ class SlotMemory(nn.Module):
         k: int,
         query_labels: torch.Tensor | None = None,
         same_label: bool = True,
+        *,
+        certify: bool = False,
     ) -> torch.Tensor:
         """The k nearest slots per query, `(n_queries, k)`, NOT_FOUND where none qualify.
 
@@ -242,7 +251,8 @@ class SlotMemory(nn.Module):
         With `query_labels` `(n_queries,)`, only slots whose label equals (`same_label`)
         or differs from the query's label qualify. Blocked over queries and slots so no
         score block exceeds `max_block_elements`; a running top-k merges slot blocks.
-        Within a block, equal scores may come back in any order.
+        Within a block, equal scores may come back in any order. `certify` asks
+        `_refine_candidates` to prove its answer even where that reads device values back.
         """
         device = self.valid.device
         n_queries = len(keys[0])
@@ -251,6 +261,7 @@ class SlotMemory(nn.Module):
         found = torch.full((n_queries, k), NOT_FOUND, dtype=torch.int64, device=device)
         if n_slots == 0 or n_queries == 0:
             return found
+        width = self._candidate_width(k)
         query_step, slot_step = self._block_shape(n_queries, n_slots)
         # Reusing one score buffer saves a fresh, page-faulting allocation per block (a
         # fresh 1000 x 1e5 float32 output cost ~25% of the GEMM's time on our CPU).
@@ -268,16 +279,43 @@ class SlotMemory(nn.Module):
                 if query_labels is not None:
                     equal = query_labels[query_rows, None] == self.labels[None, slot_rows]
                     scores = scores.masked_fill_(~equal if same_label else equal, torch.inf)
-                block_scores, block_slots = _smallest(scores, k)
+                block_scores, block_slots = _smallest(scores, width)
                 block_slots += slot_start
                 if best_scores is not None:
-                    merged_scores, order = _smallest(torch.cat([best_scores, block_scores], 1), k)
+                    merged_scores, order = _smallest(
+                        torch.cat([best_scores, block_scores], 1), width
+                    )
                     block_slots = torch.cat([best_slots, block_slots], 1).gather(1, order)
                     block_scores = merged_scores
                 best_scores, best_slots = block_scores, block_slots
             best_slots.masked_fill_(best_scores == torch.inf, NOT_FOUND)
+            labels = None if query_labels is None else query_labels[query_rows]
+            best_slots = self._refine_candidates(
+                keys, lifted_queries, query_rows, best_scores, best_slots, k, labels, same_label,
+                certify,
+            )
             found[query_rows, : best_slots.shape[1]] = best_slots
         return found
+
+    def _candidate_width(self, k: int) -> int:
+        """Candidates per query the search keeps for `_refine_candidates` (>= k)."""
+        return k
+
+    def _refine_candidates(
+        self,
+        keys: tuple[torch.Tensor, ...],
+        lifted_queries: Any,
+        query_rows: slice,
+        scores: torch.Tensor,
+        slots: torch.Tensor,
+        k: int,
+        query_labels: torch.Tensor | None,
+        same_label: bool,
+        certify: bool,
+    ) -> torch.Tensor:
+        """The k best of a query block's candidates `slots` (ascending `scores`, both
+        `(rows, <= width)`, NOT_FOUND where none qualified); by default the first k."""
+        return slots[:, :k]
 
     # --- writes -----------------------------------------------------------------------
     @torch.no_grad()
@@ -432,6 +470,7 @@ class GaussianMemory(SlotMemory):
         self.search_backend = search_backend
         self._faiss_index: Any = None
         self._faiss_slots: torch.Tensor | None = None
+        self._entry_scale: tuple[float, float] | None = None
         self.register_buffer("means", torch.zeros(capacity, dim, dtype=dtype))
         self.register_buffer("variances", torch.ones(capacity, dim, dtype=dtype))
         self.register_buffer(
@@ -463,8 +502,11 @@ class GaussianMemory(SlotMemory):
             mu, var: `(n_queries, dim)` query means and variances.
             k: entries per query; rows with fewer valid entries are padded with NOT_FOUND.
         Returns: `SearchResult`, fields `(n_queries, k)`. Candidates come from the GEMM
-        form; their divergences are then recomputed exactly with `symmetric_kl_diag`
-        (differentiable in the query) and re-sorted.
+        form and are re-ranked by their exact divergence (a query whose float32 GEMM
+        might have missed a nearer entry is searched again in float64; see
+        `_refine_candidates`); their divergences are then recomputed with
+        `symmetric_kl_diag` (differentiable in the query) and re-sorted. Entries whose
+        values are not finite never match.
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -472,7 +514,7 @@ class GaussianMemory(SlotMemory):
         if self.search_backend == "faiss" and mu.device.type == "cpu":
             slots = self._faiss_search(mu, var, k)
         else:
-            slots = self._search_slots((mu, var), k)
+            slots = self._search_slots((mu, var), k, certify=True)
         divergence, slots = self._exact_divergence(mu, var, slots)
         labels = torch.where(slots == NOT_FOUND, NOT_FOUND, self.labels[slots.clamp_min(0)])
         return SearchResult(divergence, similarity_from_divergence(divergence), labels, slots)
@@ -557,7 +599,7 @@ class GaussianMemory(SlotMemory):
         Args: `mu`, `var` `(batch, dim)` (detached here); `labels` `(batch,)`.
         Returns: `(batch,)` the slot each item was written or merged into.
         """
-        mu, var = self._as_queries(mu, var)
+        mu, var = self._as_writes(mu, var)
         labels = self._as_labels(labels, len(mu))
         nearest = self._search_slots((mu, var), 1)[:, 0]
         nearest_labels = self.labels[nearest.clamp_min(0)]
@@ -579,7 +621,7 @@ class GaussianMemory(SlotMemory):
         Args: `mu`, `var` `(n_way * n_shot, dim)`; `labels` `(n_way * n_shot,)`.
         Returns: `(n_way * n_shot,)` the slot each item was written or merged into.
         """
-        mu, var = self._as_queries(mu, var)
+        mu, var = self._as_writes(mu, var)
         labels = self._as_labels(labels, len(mu))
         merge_slots = self._search_slots((mu, var), 1, labels, same_label=True)[:, 0]
         positions = torch.arange(len(labels), device=labels.device)
@@ -606,12 +648,92 @@ class GaussianMemory(SlotMemory):
         out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         # SKL minus the per-query offset; the +inf offsets of empty slots propagate.
+        if lifted_queries.features.dtype != self.entry_features.dtype:
+            # A float64 search of a float32 memory (see `_refine_candidates`).
+            entries = self._finite_lift(
+                self.means[slot_rows].double(), self.variances[slot_rows].double(),
+                self.valid[slot_rows],
+            )
+            return torch.addmm(entries.offsets, lifted_queries.features[query_rows],
+                               entries.features.T)
         return torch.addmm(
             self.entry_offsets[slot_rows],
             lifted_queries.features[query_rows],
             self.entry_features[slot_rows].T,
             out=out,
         )
+
+    def _candidate_width(self, k: int) -> int:
+        # One past the re-scored candidates: the first other entry's GEMM score bounds
+        # every non-candidate's divergence from below.
+        return k + _EXTRA_CANDIDATES + 1
+
+    def _refine_candidates(
+        self,
+        keys: tuple[torch.Tensor, ...],
+        lifted_queries: LiftedGaussians,
+        query_rows: slice,
+        scores: torch.Tensor,
+        slots: torch.Tensor,
+        k: int,
+        query_labels: torch.Tensor | None,
+        same_label: bool,
+        certify: bool,
+    ) -> torch.Tensor:
+        """Re-rank the GEMM candidates by their exact float64 divergence, then search again
+        in float64 every query whose float32 candidates may miss a nearer entry.
+
+        On an accelerator that second step runs only with `certify` (`query` sets it):
+        reading the certificate back would make the host wait for the device on every
+        training step, and the exact re-rank of the candidates already corrects the
+        GEMM's order in realistic ranges.
+        """
+        mu, var = (key[query_rows] for key in keys)
+        n_candidates = min(slots.shape[1], k + _EXTRA_CANDIDATES)
+        candidates = slots[:, :n_candidates]
+        entry_mu, entry_var = self.entries(candidates)
+        exact = symmetric_kl_diag(
+            mu[:, None].double(), var[:, None].double(), entry_mu.double(), entry_var.double()
+        ).masked_fill(candidates == NOT_FOUND, torch.inf)
+        exact, order = torch.sort(exact, dim=1, stable=True)
+        best = candidates.gather(1, order)[:, :k]
+        if (scores.dtype == torch.float64 or not (certify or self.valid.device.type == "cpu")
+                or slots.shape[1] <= n_candidates):
+            return best  # float64 is the reference, or every qualifying slot was re-scored
+        # The lowest divergence any non-candidate can have: its GEMM score, plus the
+        # query's offset, minus the score's worst-case rounding error.
+        floor = (scores[:, n_candidates].double() + lifted_queries.offsets[query_rows].double()
+                 - self._score_error_bound(lifted_queries, query_rows))
+        doubtful = (exact[:, best.shape[1] - 1] > floor).nonzero()[:, 0]
+        if len(doubtful):
+            labels = None if query_labels is None else query_labels[doubtful]
+            again = self._search_slots(
+                (mu[doubtful].double(), var[doubtful].double()), k, labels, same_label
+            )
+            best[doubtful] = again[:, : best.shape[1]]
+        return best
+
+    def _score_error_bound(
+        self, lifted_queries: LiftedGaussians, query_rows: slice
+    ) -> torch.Tensor:
+        """Bound `(rows,)` float64 on the float32 error of GEMM score plus query offset.
+
+        Each lifted feature and offset carries a few roundings, and the GEMM's sum of 4 dim
+        products at most 4 dim more (Higham's gamma_n), each relative to the sum of the
+        terms' magnitudes; Cauchy-Schwarz bounds that sum by the product of the rows' norms.
+        """
+        if self._entry_scale is None:
+            finite = self.valid & torch.isfinite(self.entry_offsets)
+            features = self.entry_features[finite].double()
+            self._entry_scale = (
+                float(features.norm(dim=1).max()) if len(features) else 0.0,
+                float(self.entry_offsets[finite].double().abs().max()) if len(features) else 0.0,
+            )
+        feature_norm, offset_max = self._entry_scale
+        query_norm = lifted_queries.features[query_rows].double().norm(dim=1)
+        query_offset = lifted_queries.offsets[query_rows].double().abs()
+        magnitude = query_norm * feature_norm + query_offset + offset_max + self.dim
+        return (5 * self.dim + 16) * _FLOAT32_ROUNDOFF * magnitude
 
     def _store_keys_(
         self, slots: torch.Tensor, keys: tuple[torch.Tensor, ...], stores: torch.Tensor
@@ -632,10 +754,24 @@ class GaussianMemory(SlotMemory):
 
     def _keys_changed_(self, slots: torch.Tensor | None) -> None:
         rows = slice(None) if slots is None else slots
-        lifted = lift_entries(self.means[rows], self.variances[rows])
+        lifted = self._finite_lift(self.means[rows], self.variances[rows], self.valid[rows])
         self.entry_features[rows] = lifted.features
-        self.entry_offsets[rows] = lifted.offsets.masked_fill(~self.valid[rows], torch.inf)
+        self.entry_offsets[rows] = lifted.offsets
         self._faiss_index = None
+        self._entry_scale = None
+
+    @staticmethod
+    def _finite_lift(
+        means: torch.Tensor, variances: torch.Tensor, valid: torch.Tensor
+    ) -> LiftedGaussians:
+        """The entries' lift with offset +inf and features 0 where the slot is empty or
+        its lift is not finite, so such a slot scores +inf (never NaN) against any query."""
+        lifted = lift_entries(means, variances)
+        finite = torch.isfinite(lifted.features).all(dim=1) & torch.isfinite(lifted.offsets)
+        return LiftedGaussians(
+            lifted.features.masked_fill(~finite[:, None], 0.0),
+            lifted.offsets.masked_fill(~(valid & finite), torch.inf),
+        )
 
     # --- validation -------------------------------------------------------------------
     def _as_queries(self, mu: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -645,6 +781,20 @@ class GaussianMemory(SlotMemory):
                 f"{tuple(var.shape)}"
             )
         return mu.to(self.means), var.to(self.means)
+
+    def _as_writes(self, mu: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`_as_queries`, refusing non-finite values: one NaN entry would win searches
+        and spread NaN through every merge into it."""
+        mu, var = self._as_queries(mu, var)
+        finite = torch.isfinite(mu).all() & torch.isfinite(var).all()
+        message = "memory writes need finite means and variances (got NaN or inf)"
+        if mu.device.type == "cpu":
+            if not bool(finite):
+                raise ValueError(message)
+        else:
+            # As for labels: checked on the device, failing a later synchronising call.
+            torch._assert_async(finite, message)
+        return mu, var
 
     def _as_labels(self, labels: torch.Tensor, n_items: int) -> torch.Tensor:
         labels = torch.as_tensor(labels)
@@ -668,10 +818,10 @@ class GaussianMemory(SlotMemory):
         The flat index holds only valid slots and is rebuilt after any write.
         """
         faiss = _import_faiss()
-        if not self.valid.any():
+        if not torch.isfinite(self.entry_offsets).any():
             return torch.full((len(mu), k), NOT_FOUND, dtype=torch.int64)
         if self._faiss_index is None:
-            occupied = self.valid.nonzero()[:, 0]
+            occupied = torch.isfinite(self.entry_offsets).nonzero()[:, 0]
             vectors = torch.cat(
                 [self.entry_features[occupied], self.entry_offsets[occupied, None]], dim=1
             )
@@ -687,10 +837,10 @@ class GaussianMemory(SlotMemory):
     # --- files ------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the memory to a safetensors file atomically (no lift cache: it is derived)."""
-        tensors = {name: getattr(self, name).detach().cpu().contiguous() for name in _SAVED_TENSORS}
+        tensors = {name: getattr(self, name).detach().cpu().contiguous() for name in SLOT_TENSORS}
         tensors["noise_generator_state"] = self._noise_generator.get_state()
         metadata = {
-            "format": _FILE_FORMAT,
+            "format": FILE_FORMAT,
             "capacity": str(self.capacity),
             "dim": str(self.dim),
             "age_noise": repr(self.age_noise),
@@ -702,27 +852,23 @@ class GaussianMemory(SlotMemory):
     def load(
         cls, path: str | os.PathLike[str], map_location: str | torch.device | None = None
     ) -> GaussianMemory:
-        """Read a memory written by `save`; raises MemoryFileError naming the file."""
-        tensors, metadata = _read_memory_file(path)
-        try:
-            capacity, dim = int(metadata["capacity"]), int(metadata["dim"])
-            memory = cls(
-                capacity,
-                dim,
-                age_noise=float(metadata["age_noise"]),
-                dtype=tensors["means"].dtype,
-                seed=int(metadata["seed"]),
-            )
-        except (KeyError, ValueError) as error:
-            raise MemoryFileError(f"{path}: bad memory file metadata ({error})") from error
-        memory._copy_state_(tensors, path)
+        """Read a memory written by `save`, checked before anything is allocated from it
+        (see `gaussmem.memory_file`); raises MemoryFileError naming the file."""
+        memory_file = read_memory_file(path)
+        memory = cls(
+            memory_file.capacity,
+            memory_file.dim,
+            age_noise=memory_file.age_noise,
+            dtype=memory_file.tensors["means"].dtype,
+            seed=memory_file.seed,
+        )
+        memory._copy_state_(memory_file.tensors, path)
         return memory if map_location is None else memory.to(map_location)
 
     @torch.no_grad()
     def restore_(self, path: str | os.PathLike[str]) -> None:
         """Replace this memory's state by a file's; its capacity and dim must match."""
-        tensors, _ = _read_memory_file(path)
-        self._copy_state_(tensors, path)
+        self._copy_state_(read_memory_file(path).tensors, path)
 
     def _copy_state_(self, tensors: dict[str, torch.Tensor], path: str | os.PathLike[str]) -> None:
         expected = {
@@ -747,34 +893,6 @@ class GaussianMemory(SlotMemory):
         except RuntimeError as error:
             raise MemoryFileError(f"{path}: bad age-noise generator state ({error})") from error
         self._keys_changed_(None)
-
-
-_FILE_FORMAT = "gaussmem.GaussianMemory/1"
-_SAVED_TENSORS = ("means", "variances", "labels", "counts", "ages", "valid")
-
-
-def _read_memory_file(
-    path: str | os.PathLike[str],
-) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors and the metadata of a memory file, checked for format and names."""
-    path = Path(path)
-    try:
-        with safetensors.safe_open(str(path), framework="pt", device="cpu") as reader:
-            metadata = reader.metadata() or {}
-            names = reader.keys()
-            tensors = {name: reader.get_tensor(name) for name in names}
-    except FileNotFoundError as error:
-        raise MemoryFileError(f"{path}: memory file not found") from error
-    except (OSError, safetensors.SafetensorError, ValueError, RuntimeError) as error:
-        raise MemoryFileError(
-            f"{path}: not a readable safetensors memory file (truncated or corrupt?): {error}"
-        ) from error
-    if metadata.get("format") != _FILE_FORMAT:
-        raise MemoryFileError(f"{path}: format {metadata.get('format')!r} is not {_FILE_FORMAT!r}")
-    missing = sorted({*_SAVED_TENSORS, "noise_generator_state"} - tensors.keys())
-    if missing:
-        raise MemoryFileError(f"{path}: missing tensors {missing}")
-    return tensors, metadata
 
 
 def _import_faiss() -> Any:

@@ -4,8 +4,9 @@ Layout: `<cache_dir>/<namespace>/<key>/{images.npy, meta.json}`, where `key` has
 source fingerprint and every preprocessing parameter, so a change of either lands in a
 new directory. The directory is built in a temporary sibling and renamed into place, so a
 reader never sees half a cache. A cache is trusted only after its metadata matches the
-request and the array's SHA-256 matches the one recorded at build time; anything else
-(truncated file, other parameters, hand-edited metadata) is rebuilt, with a warning.
+request and the SHA-256 of the array and of the build metadata match the ones recorded
+at build time; anything else (truncated file, other parameters, hand-edited metadata, a
+cache from before the metadata checksum) is rebuilt, with a warning.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tokenize
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,10 @@ CACHE_FORMAT = 1
 _ARRAY_FILE = "images.npy"
 _META_FILE = "meta.json"
 logger = logging.getLogger(__name__)
+#: What `np.load` raises on a damaged .npy: besides OSError and ValueError, a mangled
+#: header dict escapes from Python's parser (SyntaxError, TokenError) and a short file
+#: from its reader (EOFError).
+_UNREADABLE_NPY = (OSError, ValueError, EOFError, SyntaxError, tokenize.TokenError)
 
 
 @dataclass(frozen=True)
@@ -79,13 +85,17 @@ def _why_untrusted(directory: Path, key_payload: dict[str, Any]) -> str | None:
         return "absent"
     try:
         meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:
         return f"unreadable {meta_path.name}: {error}"
+    if not isinstance(meta, dict):
+        return f"{meta_path.name} is not a JSON object"
     if meta.get("format") != CACHE_FORMAT or meta.get("key_payload") != key_payload:
         return "built from other source data or parameters"
+    if _json_sha256(meta.get("metadata")) != meta.get("metadata_sha256"):
+        return f"{meta_path.name}'s build metadata does not match its recorded checksum"
     try:
         array = np.load(array_path, mmap_mode="r")
-    except (OSError, ValueError) as error:
+    except _UNREADABLE_NPY as error:
         return f"unreadable {array_path.name}: {error}"
     if list(array.shape) != meta.get("shape") or str(array.dtype) != meta.get("dtype"):
         return f"{array_path.name} has shape {array.shape} {array.dtype}, metadata says otherwise"
@@ -101,13 +111,18 @@ def _write(directory: Path, key_payload: dict[str, Any], array: np.ndarray,
             np.save(staging / _ARRAY_FILE, array)
             meta = {"format": CACHE_FORMAT, "key_payload": key_payload,
                     "shape": list(array.shape), "dtype": str(array.dtype),
-                    "sha256": _sha256(staging / _ARRAY_FILE), "metadata": metadata}
+                    "sha256": _sha256(staging / _ARRAY_FILE), "metadata": metadata,
+                    "metadata_sha256": _json_sha256(metadata)}
             (staging / _META_FILE).write_text(json.dumps(meta, indent=1))
     except OSError as error:
         raise CacheError(
             f"cannot write the cache under {directory.parent} ({error}). Point "
             "--cache-dir or $GAUSSMEM_CACHE at a writable directory."
         ) from error
+
+
+def _json_sha256(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
 def _sha256(path: Path) -> str:

@@ -19,6 +19,7 @@ import hashlib
 import io
 import re
 import tarfile
+import zlib
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -89,7 +90,7 @@ def read_photos(source: Path) -> dict[str, dict[int, bytes]]:
                 if member.isfile():
                     handle = archive.extractfile(member)
                     add(member.name, handle.read() if handle else b"")
-    except (tarfile.TarError, OSError, EOFError) as error:
+    except (tarfile.TarError, zlib.error, OSError, EOFError) as error:
         raise DataError(f"{source} is not a readable .tar.gz ({error}); it is truncated or "
                         "corrupt. Replace it with the LFW-a archive.") from error
     return photos

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ def read_face_pack_meta(path: Path) -> dict[str, Any]:
     try:
         with np.load(path) as pack:
             return json.loads(pack["meta"].tobytes().decode())
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         raise DataError(f"{path} is not a readable LFW-a face pack ({error}); make it again "
                         "with `gaussmem data pack-lfw`") from error
 
@@ -72,7 +73,7 @@ def read_face_pack(path: Path, min_images: int, preprocessing: dict[str, Any]
     try:
         with np.load(path) as pack:
             images = pack["images"]
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         raise DataError(f"{path}: cannot read its pixels ({error})") from error
     if pixels_sha256(images) != meta["pixels_sha256"]:
         raise DataError(f"{path}: pixels do not match their recorded SHA-256 (corrupt copy)")

@@ -16,6 +16,7 @@ import io
 import json
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -98,13 +99,20 @@ class CollectionSource:
         return [path.relative_to(self.path).as_posix() for path in self.path.rglob("*.png")]
 
     def read(self, member: str) -> bytes:
-        """The bytes of one PNG; a damaged archive raises `DataError` naming the member."""
+        """The bytes of one PNG; a damaged archive raises `DataError` naming the member.
+
+        A damaged deflate stream fails in zlib, an unknown compression method with
+        NotImplementedError and an encrypted member with RuntimeError: all mean a copy
+        that is not the release.
+        """
         try:
             if self._zip is not None:
                 return self._zip.read(f"{self.collection}/{member}")
             return (self.path / member).read_bytes()
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
-            raise DataError(f"{self.path}: cannot read {member}: {error}") from error
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError,
+                NotImplementedError, RuntimeError) as error:
+            raise DataError(f"{self.path}: cannot read {member} ({error}); the file is "
+                            "corrupt. Replace it with the official file.") from error
 
     def fingerprint(self) -> str:
         """A digest of the source: SHA-256 of the zip's bytes, or of the folder's file
@@ -126,7 +134,7 @@ class CollectionSource:
 def _open_zip(zip_path: Path) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(zip_path)
-    except (zipfile.BadZipFile, OSError) as error:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
         raise DataError(
             f"{zip_path} is not a readable zip ({error}); it is truncated or corrupt. "
             "Replace it with the official file."
