@@ -117,7 +117,8 @@ def register_report(subparsers: argparse._SubParsersAction) -> None:
                         "model (e.g. a protonet run); without it no generation score")
     parser.add_argument("--recon-episodes", type=positive_int, default=10,
                         help="100-way episodes for the reconstruction and content numbers")
-    parser.add_argument("--n-way", type=positive_int, default=20, help="classes per generation episode")
+    parser.add_argument("--n-way", type=positive_int, default=20,
+                        help="classes per generation episode")
     parser.add_argument("--episodes", type=positive_int, default=50, help="generation episodes")
     parser.add_argument("--samples", type=positive_int, default=5,
                         help="drawings generated per class and episode")
