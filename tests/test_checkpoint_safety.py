@@ -355,8 +355,10 @@ def test_kill_9_while_saving_then_resume_equals_an_uninterrupted_run(tmp_path: P
     tests_dir = Path(__file__).resolve().parent
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(tmp_path / "killed"), str(ready)],
+        # The child computes with as many threads as this process: float sums depend on
+        # how they are split.
         env={**os.environ, "PYTHONPATH": f"{SOURCE}{os.pathsep}{tests_dir}",
-             "OMP_NUM_THREADS": "1"})
+             "OMP_NUM_THREADS": str(torch.get_num_threads())})
     try:
         for _ in range(3000):  # waits for the child, at most ~5 minutes
             if ready.exists() or child.poll() is not None:
