@@ -1,0 +1,129 @@
+"""The MA-VAE objective's trade-off between recognition and generation, on validation.
+
+    python experiments/objective_sweep.py --judge runs/judge-protonet/checkpoints/best.ckpt \
+        [--steps 500] [--only NAME ...] [--seed 0] [--preset cpu-quick] \
+        [--json results/objective/sweep.json]
+
+Each variant is `gaussmem train --preset PRESET` with its `--set` overrides, for a fixed
+number of steps (no wall clock, so that a busy machine changes the time, not the
+result), validated once at the end. Its last checkpoint is then scored on the
+validation classes only:
+
+* recognition: `gaussmem evaluate` 20-way 1-shot and 5-way 1-shot, 1,000 episodes;
+* generation: `gaussmem generative-report` (reconstruction NLL against the mean image,
+  pixel change from swapping z_c vs z_s, and one-shot generations judged by `--judge`,
+  a few-shot classifier trained apart from the model).
+
+Every variant spells out the weights it sets, so it means the same thing whatever the
+preset's defaults become. Finished runs and reports are reused, not redone. Results
+merge into one JSON (one record per variant, steps and seed) with the hardware and the
+command; `experiments/objective_table.py` turns it into a table and a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from gaussmem.atomic import write_text_atomic
+from gaussmem.hardware import command_line, describe_hardware
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: Variant name -> `--set` overrides. c1 = loss.triplet, c2 = loss.latent (z_c's KL),
+#: loss.latent_style = z_s's KL, c3 = loss.generative; all in nats per image.
+VARIANTS: dict[str, list[str]] = {
+    "c1-100": ["loss.triplet=100", "loss.latent=1", "loss.latent_style=none"],
+    "c1-300": ["loss.triplet=300", "loss.latent=1", "loss.latent_style=none"],
+    "c1-1000": ["loss.triplet=1000", "loss.latent=1", "loss.latent_style=none"],
+    "c1-300-style4": ["loss.triplet=300", "loss.latent=1", "loss.latent_style=4"],
+    "c1-1000-style4": ["loss.triplet=1000", "loss.latent=1", "loss.latent_style=4"],
+    "c1-3000-style4": ["loss.triplet=3000", "loss.latent=1", "loss.latent_style=4"],
+    # The reference row: the same network trained as a plain VAE (ELBO only).
+    "plain-vae": ["loss.triplet=0", "loss.latent=1", "loss.latent_style=none",
+                  "loss.generative_cross=0"],
+}
+
+#: Recognition cells scored on validation: (n_way, n_shot).
+CELLS = ((20, 1), (5, 1))
+
+
+def run(arguments: list[str]) -> None:
+    """Run `python -m gaussmem ARGUMENTS`, failing loudly."""
+    command = [sys.executable, "-m", "gaussmem", *arguments]
+    print("+", " ".join(command), flush=True)
+    subprocess.run(command, check=True, cwd=ROOT)
+
+
+def train_variant(run_dir: Path, preset: str, overrides: list[str], steps: int, seed: int
+                  ) -> Path:
+    """Train (or reuse) one variant; returns its last checkpoint."""
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    if (run_dir / "summary.json").is_file() and checkpoint.is_file():
+        return checkpoint
+    sets = ["budget.max_minutes=none", f"validation.every_steps={steps}", *overrides]
+    arguments = ["train", "--preset", preset, "--run-dir", str(run_dir), "--overwrite",
+                 "--max-steps", str(steps), "--seed", str(seed), "--no-progress"]
+    for override in sets:
+        arguments += ["--set", override]
+    run(arguments)
+    return checkpoint
+
+
+def score_variant(run_dir: Path, checkpoint: Path, judge: Path) -> dict[str, Any]:
+    """Validation accuracy per cell and the generative report of one checkpoint."""
+    scores: dict[str, Any] = {"accuracy": {}}
+    for n_way, n_shot in CELLS:
+        path = run_dir / f"val-{n_way}w{n_shot}s.json"
+        if not path.is_file():
+            run(["evaluate", "--checkpoint", str(checkpoint), "--split", "val",
+                 "--n-way", str(n_way), "--n-shot", str(n_shot), "--episodes", "1000",
+                 "--json", str(path), "--no-progress"])
+        result = json.loads(path.read_text())
+        scores["accuracy"][f"{n_way}w{n_shot}s"] = result["accuracy"]
+    path = run_dir / "val-generative.json"
+    if not path.is_file():
+        run(["generative-report", "--checkpoint", str(checkpoint), "--split", "val",
+             "--judge", str(judge), "--json", str(path)])
+    report = json.loads(path.read_text())
+    scores.update({key: report[key] for key in
+                   ("reconstruction", "decoder_sensitivity", "generation")})
+    return scores
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--judge", required=True, type=Path,
+                        help="few-shot classifier checkpoint that judges the generations")
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--preset", default="cpu-quick")
+    parser.add_argument("--only", nargs="*", choices=sorted(VARIANTS), default=None)
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "objective")
+    parser.add_argument("--json", type=Path,
+                        default=ROOT / "results" / "objective" / "sweep.json")
+    args = parser.parse_args(argv)
+    records = json.loads(args.json.read_text())["records"] if args.json.is_file() else []
+    for name in args.only or list(VARIANTS):
+        run_dir = args.runs / f"{args.preset}-{args.steps}steps-{name}-seed{args.seed}"
+        checkpoint = train_variant(run_dir, args.preset, VARIANTS[name], args.steps,
+                                   args.seed)
+        record = {"variant": name, "preset": args.preset, "overrides": VARIANTS[name],
+                  "steps": args.steps, "seed": args.seed, "split": "val",
+                  **score_variant(run_dir, checkpoint, args.judge)}
+        records = [old for old in records
+                   if (old["variant"], old["preset"], old["steps"], old["seed"])
+                   != (name, args.preset, args.steps, args.seed)] + [record]
+        write_text_atomic(args.json, json.dumps(
+            {"experiment": "objective_sweep", "command": command_line(),
+             "hardware": describe_hardware(), "judge": str(args.judge),
+             "records": records}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
