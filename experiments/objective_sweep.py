@@ -2,12 +2,13 @@
 
     python experiments/objective_sweep.py --judge runs/judge-protonet/checkpoints/best.ckpt \
         [--steps 500] [--only NAME ...] [--seed 0] [--preset cpu-quick] \
-        [--json results/objective/sweep.json]
+        [--base-set SECTION.FIELD=VALUE ...] [--json results/objective/sweep.json]
 
 Each variant is `gaussmem train --preset PRESET` with its `--set` overrides, for a fixed
 number of steps (no wall clock, so that a busy machine changes the time, not the
-result), validated once at the end. Its last checkpoint is then scored on the
-validation classes only:
+result), validated once at the end. `--base-set` overrides apply to every variant (for
+a cheaper shape of the preset, say fewer classes per step) and name the run. Its last
+checkpoint is then scored on the validation classes only:
 
 * recognition: `gaussmem evaluate` 20-way 1-shot and 5-way 1-shot, 1,000 episodes;
 * generation: `gaussmem generative-report` (reconstruction NLL against the mean image,
@@ -37,12 +38,19 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Variant name -> `--set` overrides. c1 = loss.triplet, c2 = loss.latent (z_c's KL),
 #: loss.latent_style = z_s's KL, c3 = loss.generative; all in nats per image.
 VARIANTS: dict[str, list[str]] = {
-    "c1-100": ["loss.triplet=100", "loss.latent=1", "loss.latent_style=none"],
     "c1-300": ["loss.triplet=300", "loss.latent=1", "loss.latent_style=none"],
     "c1-1000": ["loss.triplet=1000", "loss.latent=1", "loss.latent_style=none"],
     "c1-300-style4": ["loss.triplet=300", "loss.latent=1", "loss.latent_style=4"],
     "c1-1000-style4": ["loss.triplet=1000", "loss.latent=1", "loss.latent_style=4"],
     "c1-3000-style4": ["loss.triplet=3000", "loss.latent=1", "loss.latent_style=4"],
+    # A cheap z_c (its KL at 0.1) and a costly z_s: the class is cheaper to carry in z_c.
+    "c1-1000-content0.1-style4": ["loss.triplet=1000", "loss.latent=0.1",
+                                  "loss.latent_style=4"],
+    # The objective before per-image units, restated in them: the mean over 784 pixels
+    # and 68 latent dimensions weighed the triplet 784x and the KL 784 / 68 = 11.5x
+    # against one nat of reconstruction, and clipped the gradient at 5 x 784.
+    "old-balance": ["loss.triplet=784", "loss.latent=11.5", "loss.latent_style=none",
+                    "optim.grad_clip=3920"],
     # The reference row: the same network trained as a plain VAE (ELBO only).
     "plain-vae": ["loss.triplet=0", "loss.latent=1", "loss.latent_style=none",
                   "loss.generative_cross=0"],
@@ -84,7 +92,7 @@ def score_variant(run_dir: Path, checkpoint: Path, judge: Path) -> dict[str, Any
                  "--n-way", str(n_way), "--n-shot", str(n_shot), "--episodes", "1000",
                  "--json", str(path), "--no-progress"])
         result = json.loads(path.read_text())
-        scores["accuracy"][f"{n_way}w{n_shot}s"] = result["accuracy"]
+        scores["accuracy"][f"{n_way}w{n_shot}s"] = result["result"]["accuracy"]
     path = run_dir / "val-generative.json"
     if not path.is_file():
         run(["generative-report", "--checkpoint", str(checkpoint), "--split", "val",
@@ -103,21 +111,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preset", default="cpu-quick")
     parser.add_argument("--only", nargs="*", choices=sorted(VARIANTS), default=None)
+    parser.add_argument("--base-set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="overrides applied under every variant's")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "objective")
     parser.add_argument("--json", type=Path,
                         default=ROOT / "results" / "objective" / "sweep.json")
     args = parser.parse_args(argv)
     records = json.loads(args.json.read_text())["records"] if args.json.is_file() else []
     for name in args.only or list(VARIANTS):
-        run_dir = args.runs / f"{args.preset}-{args.steps}steps-{name}-seed{args.seed}"
-        checkpoint = train_variant(run_dir, args.preset, VARIANTS[name], args.steps,
-                                   args.seed)
-        record = {"variant": name, "preset": args.preset, "overrides": VARIANTS[name],
-                  "steps": args.steps, "seed": args.seed, "split": "val",
-                  **score_variant(run_dir, checkpoint, args.judge)}
+        shape = "".join(f"-{override}" for override in args.base_set)
+        run_dir = args.runs / (f"{args.preset}{shape}-{args.steps}steps-{name}"
+                               f"-seed{args.seed}")
+        checkpoint = train_variant(run_dir, args.preset, [*args.base_set, *VARIANTS[name]],
+                                   args.steps, args.seed)
+        record = {"variant": name, "preset": args.preset, "base_overrides": args.base_set,
+                  "overrides": VARIANTS[name], "steps": args.steps, "seed": args.seed,
+                  "split": "val", **score_variant(run_dir, checkpoint, args.judge)}
+        identity = (name, args.preset, args.base_set, args.steps, args.seed)
         records = [old for old in records
-                   if (old["variant"], old["preset"], old["steps"], old["seed"])
-                   != (name, args.preset, args.steps, args.seed)] + [record]
+                   if (old["variant"], old["preset"], old.get("base_overrides", []),
+                       old["steps"], old["seed"]) != identity] + [record]
         write_text_atomic(args.json, json.dumps(
             {"experiment": "objective_sweep", "command": command_line(),
              "hardware": describe_hardware(), "judge": str(args.judge),

@@ -103,8 +103,11 @@ class OptimConfig:
     # (results/mavae_tuning.md, `512classes-latent1-wd5e-4`), so no preset uses it.
     weight_decay: float = 0.0
     # Clip the global gradient norm: early on a positive can appear or vanish between
-    # steps, which makes the triplet's gradient jump.
-    grad_clip: float = 5.0
+    # steps, which makes the triplet's gradient jump. The MA-VAE's loss is in nats per
+    # image (sums over pixels), so its everyday gradient norm is in the thousands: the
+    # clip must sit above that, or every step is clipped and the reconstruction's share
+    # of the gradient decides the direction alone.
+    grad_clip: float = 10_000.0
     # "cosine": lr * 0.5 * (1 + cos(pi * progress)), progress = max(step, time) fraction
     # of the budget, so a wall-clock-bounded run also ends at a low learning rate.
     # "step": lr * decay_factor ** (step // decay_every) (Snell et al.: halve every 2000
