@@ -28,7 +28,8 @@ rank in the order one process holding all the classes would write it, so every r
 holds the same `(world x B x N)`-way memory and scores its queries against all of it
 (MoCo's shared queue is the precedent). The memory is a module of its own, outside the
 DDP wrapper, so DDP never broadcasts it. BatchNorm normalizes each rank's share of the
-batch (DDP's default; SyncBatchNorm has no CPU kernel).
+batch (SyncBatchNorm has no CPU kernel); its running statistics are averaged over the
+ranks after every step, so every rank holds the same model.
 """
 
 from __future__ import annotations
@@ -186,9 +187,8 @@ class MAVAETraining(MethodTraining):
         self.networks: nn.Module = StepNetworks(vae)
         if ranks.enabled:
             # Construction broadcasts rank 0's weights; the memory is not in here, so
-            # DDP never overwrites it.
-            # BatchNorm's statistics are averaged after each step (device_step) rather
-            # than broadcast from rank 0 before it.
+            # DDP never overwrites it. BatchNorm's statistics are averaged after each
+            # step (device_step) rather than broadcast from rank 0 before it.
             self.networks = DistributedDataParallel(
                 self.networks, device_ids=[self.device] if self.device.type == "cuda"
                 else None, **_NO_FORWARD_BUFFER_SYNC)
