@@ -10,6 +10,12 @@ the test split) through the `FewShotClassifier` interface, `best` and `last` che
 SIGINT and SIGTERM stop a run between steps: the step under way finishes, `last` is
 saved after it, and `TrainingInterrupted` says so; resuming from there is the same as
 never having stopped.
+
+Under torchrun (gaussmem.distributed) every rank runs this loop over its share of the
+step; rank 0 alone writes the run directory (config, metrics, TensorBoard, checkpoints,
+figures) and validates while the others wait at a barrier. Before each step the ranks
+agree on rank 0's clock and on any rank's stop signal, so they take the same steps at
+the same learning rates and stop together.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from gaussmem.data.training_sampler import (
     TrainingError,
     images_to_tensor,
 )
+from gaussmem.distributed import Distributed, current, rank_seed
 from gaussmem.evaluate import EvaluationResult, evaluate_support_query
 from gaussmem.methods.registry import training_class
 from gaussmem.methods.training import MethodTraining
@@ -139,8 +146,16 @@ def build_trainer(config: TrainConfig, run_dir: Path, train_set: FewShotDataset,
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     recipe = training_class(config.method)
+    ranks = current()
+    if ranks.world_size > 1 and not recipe.distributed:
+        raise TrainingError(f"method {config.method!r} trains in one process; launch it "
+                            "without torchrun (multi-process training is the MA-VAE's)")
     seed_everything(config.seed)
-    return Trainer(config, Path(run_dir), recipe(config, train_set), val_set)
+    method = recipe(config, train_set)
+    if ranks.rank:
+        # Rank 0's weights reach every rank through DDP; the noise must differ.
+        seed_everything(rank_seed(config.seed, ranks.rank))
+    return Trainer(config, Path(run_dir), method, val_set)
 
 
 def checkpoint_dict(trainer: Trainer) -> dict[str, Any]:
@@ -159,7 +174,12 @@ def checkpoint_dict(trainer: Trainer) -> dict[str, Any]:
 def restore_trainer(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
     """Load a checkpoint's model, optimizer, memory, sampler, RNG and loop state."""
     trainer.method.load_state_dict(checkpoint)
-    set_global_rng_state(checkpoint["rng"])
+    ranks = current()
+    if ranks.is_main:
+        set_global_rng_state(checkpoint["rng"])
+    else:
+        # The checkpoint holds rank 0's streams only.
+        seed_everything(rank_seed(trainer.config.seed, ranks.rank, int(checkpoint["step"])))
     best = checkpoint["best"]
     trainer.state = TrainState(step=int(checkpoint["step"]),
                                elapsed_seconds=float(checkpoint["elapsed_seconds"]),
@@ -192,8 +212,19 @@ def validate(trainer: Trainer) -> dict[str, float]:
     return values
 
 
-def _validate_and_checkpoint(trainer: Trainer, log: MetricsLog, do_validate: bool) -> None:
-    """Validate (optionally), update best, write last (and best) checkpoints."""
+def _validate_and_checkpoint(trainer: Trainer, log: MetricsLog | None,
+                             do_validate: bool) -> None:
+    """Validate (optionally), update best, write last (and best) checkpoints: on rank 0,
+    while any other rank waits for it."""
+    ranks = current()
+    if ranks.is_main:
+        assert log is not None
+        _validate_and_checkpoint_here(trainer, log, do_validate)
+    ranks.barrier()
+
+
+def _validate_and_checkpoint_here(trainer: Trainer, log: MetricsLog, do_validate: bool
+                                  ) -> None:
     state = trainer.state
     if do_validate and trainer.val_set is not None:
         values = validate(trainer)
@@ -216,6 +247,17 @@ def _save(trainer: Trainer, name: str) -> None:
         save_checkpoint(path, checkpoint_dict(trainer))
     except OSError as error:
         raise write_failed(path, error, trainer.run_dir / LAST_CHECKPOINT) from error
+
+
+def _go_on(trainer: Trainer, ranks: Distributed, stop: _StopRequest,
+           stop_at_step: int | None) -> bool:
+    """Whether every rank takes another step: the ranks first agree on rank 0's clock
+    and on a stop signal any of them received (see the module docstring)."""
+    state = trainer.state
+    stop.signal_number, state.elapsed_seconds = ranks.agree(stop.signal_number,
+                                                            state.elapsed_seconds)
+    return (_budget_left(trainer) and (stop_at_step is None or state.step < stop_at_step)
+            and stop.signal_number is None)
 
 
 def _budget_left(trainer: Trainer) -> bool:
@@ -291,14 +333,18 @@ def _stop_on_signals() -> Iterator[_StopRequest]:
             signal.signal(number, handler)
 
 
-def run_loop(trainer: Trainer, log: MetricsLog, *, progress: bool = True,
+def run_loop(trainer: Trainer, log: MetricsLog | None, *, progress: bool = True,
              stop_at_step: int | None = None) -> None:
     """Train until the budget (or `stop_at_step`, a test hook that simulates a kill).
 
+    `log`: the run's metrics on rank 0, None on the other ranks (which log nothing).
     Raises `TrainingInterrupted` after SIGINT or SIGTERM (see the module docstring).
     """
     config, state = trainer.config, trainer.state
-    images_per_step = trainer.method.images_per_step
+    ranks = current()
+    progress = progress and ranks.is_main
+    # Images/s counts every rank's images: the global batch's throughput.
+    images_per_step = trainer.method.images_per_step * ranks.world_size
     # Under a wall-clock budget the step total would give a false ETA (hours for a
     # 15-minute run); the postfix's "left" shows the time that remains instead.
     total_steps = None if config.budget.max_minutes else config.budget.max_steps
@@ -307,8 +353,7 @@ def run_loop(trainer: Trainer, log: MetricsLog, *, progress: bool = True,
     running, window_start, window_images = _RunningMeans(), time.perf_counter(), 0
     trainer.method.model.train()
     with _stop_on_signals() as stop, contextlib.closing(bar):
-        while (_budget_left(trainer) and (stop_at_step is None or state.step < stop_at_step)
-               and stop.signal_number is None):
+        while _go_on(trainer, ranks, stop, stop_at_step):
             step_start = time.perf_counter()
             log_now = (state.step + 1) % config.log_every == 0
             running.add(train_step(trainer, measure_triplet_grad=log_now))
@@ -316,7 +361,9 @@ def run_loop(trainer: Trainer, log: MetricsLog, *, progress: bool = True,
             window_images += images_per_step
             bar.update(1)
             if log_now:
-                values = running.pop()
+                # The loss terms of the global batch: the mean of the ranks' shares.
+                values = ranks.average(running.pop())
+            if log_now and log is not None:
                 values["images_per_second"] = window_images / (time.perf_counter()
                                                                - window_start)
                 values["lr"] = float(trainer.optimizer.param_groups[0]["lr"])
@@ -331,7 +378,9 @@ def run_loop(trainer: Trainer, log: MetricsLog, *, progress: bool = True,
                 _validate_and_checkpoint(trainer, log, do_validate=False)
         if stop.signal_number is not None:
             # After the step's own checkpoint (if it had one) this writes the same state.
-            _save(trainer, LAST_CHECKPOINT)
+            if ranks.is_main:
+                _save(trainer, LAST_CHECKPOINT)
+            ranks.barrier()
             raise TrainingInterrupted(stop.signal_number, state.step,
                                       trainer.run_dir / LAST_CHECKPOINT)
     final_validation = (stop_at_step is None
@@ -360,9 +409,12 @@ class TrainResult:
     best_step: int
     minutes_to_97: float | None
     method: str = "mavae"
+    #: Training images one step encodes, over all ranks.
     images_per_step: int = 0
     #: Where the training step ran ("cpu", "cuda:0"; config.device may say "auto").
     device: str = "cpu"
+    #: Processes that trained together (torchrun's WORLD_SIZE; 1 for a plain run).
+    world_size: int = 1
 
 
 def train(config: TrainConfig | None, run_dir: str | Path, train_set: FewShotDataset,
@@ -393,11 +445,20 @@ def train(config: TrainConfig | None, run_dir: str | Path, train_set: FewShotDat
         raise TrainingError("a fresh run needs a config")
     else:
         check_fresh_run_dir(run_dir, overwrite=overwrite)
-        clear_run(run_dir)
-    remove_orphans(run_dir)
+    ranks = current()
+    # Every rank has checked the directory (and read the checkpoint) before rank 0
+    # changes anything in it.
+    ranks.barrier()
+    if ranks.is_main:
+        if not resume:
+            clear_run(run_dir)
+        remove_orphans(run_dir)
     trainer = build_trainer(config, run_dir, train_set, val_set)
     if resume:
         restore_trainer(trainer, checkpoint)
+    if not ranks.is_main:
+        run_loop(trainer, None, progress=False, stop_at_step=stop_at_step)
+        return _result(trainer, ranks)
     with _failed_writes_named(run_dir):
         write_text_atomic(run_dir / "config.json",
                           json.dumps(to_dict(config), indent=2) + "\n")
@@ -409,15 +470,21 @@ def train(config: TrainConfig | None, run_dir: str | Path, train_set: FewShotDat
             log.close()
         if stop_at_step is None:
             trainer.method.finish(run_dir, val_set)
-        state = trainer.state
-        result = TrainResult(run_dir, state.step, state.elapsed_seconds,
-                             state.best_val_accuracy, state.best_step, state.minutes_to_97,
-                             config.method, trainer.method.images_per_step,
-                             str(trainer.method.device))
+        result = _result(trainer, ranks)
         summary = {**{k: v for k, v in result.__dict__.items() if k != "run_dir"},
                    "run_dir": str(run_dir)}
         write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return result
+
+
+def _result(trainer: Trainer, ranks: Distributed) -> TrainResult:
+    """The run's `TrainResult` (on ranks other than 0, without validation scores)."""
+    state = trainer.state
+    return TrainResult(trainer.run_dir, state.step, state.elapsed_seconds,
+                       state.best_val_accuracy, state.best_step, state.minutes_to_97,
+                       trainer.config.method,
+                       trainer.method.images_per_step * ranks.world_size,
+                       str(trainer.method.device), ranks.world_size)
 
 
 @contextlib.contextmanager

@@ -8,12 +8,15 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gaussmem.commands import DefaultsHelpFormatter, add_data_location_arguments
 from gaussmem.commands.arguments import output_directory, positive_float, positive_int, seed
 from gaussmem.config import PRESETS, TrainConfig, default_preset, resolve
 from gaussmem.settings import resolve_cache_dir, resolve_data_dir
+
+if TYPE_CHECKING:
+    from gaussmem.distributed import Distributed
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -132,17 +135,10 @@ def _warn_if_the_cpu_is_busy(config: TrainConfig) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here so `gaussmem --help` stays fast (no torch import).
-    from gaussmem.allocator import keep_freed_memory
-    from gaussmem.data.datasets import load_split
-    from gaussmem.methods import method_class
+    from gaussmem.distributed import launched_by_torchrun, process_group
+    from gaussmem.methods import method_class, training_class
     from gaussmem.run_dir import check_fresh_run_dir
-    from gaussmem.train import (
-        BEST_CHECKPOINT,
-        LAST_CHECKPOINT,
-        TrainingError,
-        TrainingInterrupted,
-        train,
-    )
+    from gaussmem.train import TrainingError
 
     if args.method is not None:
         method_class(args.method)  # an unknown name fails here, listing the known ones
@@ -152,6 +148,10 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         raise TrainingError("--resume continues the run in --run-dir and --overwrite "
                             "deletes it: pass one of them")
+    if launched_by_torchrun() and not args.run_dir:
+        # Each rank would stamp its own default directory.
+        raise TrainingError("under torchrun, pass --run-dir (every rank must name the "
+                            "same directory)")
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     run_dir = Path(args.run_dir or Path("runs") / f"{preset_name}-{stamp}").resolve()
     if not args.resume:
@@ -162,29 +162,51 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = resolve(preset_name, args.config, _overrides(args))
         method_class(config.method)
-    data_dir, cache_dir = resolve_data_dir(args.data_dir), resolve_cache_dir(args.cache_dir)
-    # A resumed run reads the data its checkpoint was trained on.
     # What the run will train with: the checkpoint's config where none replaces it.
     effective = config or saved
+    # Under torchrun, join the launch's processes (nccl on GPUs, gloo on CPUs).
+    device_type = training_class(effective.method).training_device(effective).type
+    with process_group(device_type) as ranks:
+        return _train(args, config, effective, run_dir, ranks)
+
+
+def _train(args: argparse.Namespace, config: TrainConfig | None, effective: TrainConfig,
+           run_dir: Path, ranks: Distributed) -> int:
+    """Load the data, train, print where things went (rank 0 prints for every rank)."""
+    from gaussmem.allocator import keep_freed_memory
+    from gaussmem.data.datasets import load_split
+    from gaussmem.train import BEST_CHECKPOINT, LAST_CHECKPOINT, TrainingInterrupted, train
+
+    data_dir, cache_dir = resolve_data_dir(args.data_dir), resolve_cache_dir(args.cache_dir)
+    # A resumed run reads the data its checkpoint was trained on; rank 0 builds a
+    # missing cache before the other ranks read it.
     data = effective.data
-    train_set = load_split(data, data.train_subset, data_dir=data_dir, cache_dir=cache_dir)
-    val_set = (None if data.val_subset is None else
-               load_split(data, data.val_subset, data_dir=data_dir, cache_dir=cache_dir))
+    with ranks.main_first():
+        train_set = load_split(data, data.train_subset, data_dir=data_dir,
+                               cache_dir=cache_dir)
+        val_set = (None if data.val_subset is None else
+                   load_split(data, data.val_subset, data_dir=data_dir, cache_dir=cache_dir))
     _check_disjoint(train_set, val_set, data)
-    print(f"gaussmem train: run directory {run_dir}")
-    _warn_if_the_cpu_is_busy(effective)
+    if ranks.is_main:
+        print(f"gaussmem train: run directory {run_dir}"
+              + (f" ({ranks.world_size} processes)" if ranks.world_size > 1 else ""))
+        _warn_if_the_cpu_is_busy(effective)
     keep_freed_memory()  # 1.0-1.2x CPU training throughput (results/allocator_speed.json)
     try:
         result = train(config, run_dir, train_set, val_set, resume=args.resume,
                        progress=not args.no_progress, overwrite=args.overwrite)
     except TrainingInterrupted as stop:
-        print(f"gaussmem train: {stop} --run-dir {run_dir}", file=sys.stderr)
+        if ranks.is_main:
+            print(f"gaussmem train: {stop} --run-dir {run_dir}", file=sys.stderr)
         return stop.exit_status
-    print(json.dumps({"run_dir": str(run_dir), "method": result.method, "step": result.step,
-                      "minutes": round(result.elapsed_seconds / 60, 2),
-                      "best_val_accuracy": result.best_val_accuracy,
-                      "best_step": result.best_step,
-                      "minutes_to_97": result.minutes_to_97,
-                      "checkpoint": str(run_dir / (BEST_CHECKPOINT if val_set is not None
-                                                   else LAST_CHECKPOINT))}))
+    if ranks.is_main:
+        print(json.dumps({"run_dir": str(run_dir), "method": result.method,
+                          "step": result.step,
+                          "minutes": round(result.elapsed_seconds / 60, 2),
+                          "best_val_accuracy": result.best_val_accuracy,
+                          "best_step": result.best_step,
+                          "minutes_to_97": result.minutes_to_97,
+                          "world_size": result.world_size,
+                          "checkpoint": str(run_dir / (BEST_CHECKPOINT if val_set is not None
+                                                       else LAST_CHECKPOINT))}))
     return 0

@@ -57,22 +57,31 @@ class TrainingClassSampler:
     pairs every image with another drawing of its class. A new episode (new classes)
     starts every `steps_per_episode` batches; `new_episode` says when, before the call,
     and `episode_support()` gives the current episode's support after it.
+
+    Under DDP (`world_size > 1`) every rank holds the same RNG: an episode draws the
+    classes and drawings of all ranks, `n_classes * world_size` classes, and rank `r`
+    keeps classes `r * n_classes ...` of them. So the ranks' classes are disjoint, and
+    together they are exactly what one process with `n_classes * world_size` draws.
     """
 
     def __init__(self, dataset: FewShotDataset, n_classes: int, images_per_class: int,
-                 steps_per_episode: int, seed: int, support: int = 0) -> None:
+                 steps_per_episode: int, seed: int, support: int = 0, rank: int = 0,
+                 world_size: int = 1) -> None:
         if min(n_classes, images_per_class, steps_per_episode) < 1 or support < 0:
             raise TrainingError(f"a training episode needs n_classes, images_per_class and "
                                 f"steps_per_episode >= 1 and support >= 0; got {n_classes}, "
                                 f"{images_per_class}, {steps_per_episode}, {support}")
         self.per_class = support + images_per_class * steps_per_episode
-        _check_shape(dataset, n_classes, self.per_class,
+        if not 0 <= rank < world_size:
+            raise TrainingError(f"rank {rank} of a world of {world_size} processes")
+        _check_shape(dataset, n_classes * world_size, self.per_class,
                      f"{support} support + {steps_per_episode} steps x {images_per_class}")
         self.dataset = dataset
         self.n_classes = n_classes
         self.images_per_class = images_per_class
         self.steps_per_episode = steps_per_episode
         self.support = support
+        self.rank, self.world_size = rank, world_size
         self._rng = np.random.Generator(np.random.PCG64(seed))
         self._episode_start_state = self._rng.bit_generator.state
         self._drawings: np.ndarray | None = None  # (n_classes, per_class, H, W)
@@ -90,9 +99,11 @@ class TrainingClassSampler:
         return self._step_in_episode % self.steps_per_episode == 0
 
     def _draw_episode(self) -> None:
-        self._classes = self._rng.choice(self.dataset.n_classes, self.n_classes,
-                                         replace=False)
-        self._drawings = self.dataset.draw_distinct(self._classes, self.per_class, self._rng)
+        every_rank = self._rng.choice(self.dataset.n_classes,
+                                      self.n_classes * self.world_size, replace=False)
+        drawings = self.dataset.draw_distinct(every_rank, self.per_class, self._rng)
+        mine = slice(self.rank * self.n_classes, (self.rank + 1) * self.n_classes)
+        self._classes, self._drawings = every_rank[mine], drawings[mine]
 
     def next_batch(self) -> np.ndarray:
         if self.new_episode:
@@ -124,6 +135,13 @@ class TrainingClassSampler:
         self._drawings = None
         if self._step_in_episode > 0:
             self._draw_episode()
+
+    def restart_episode(self) -> None:
+        """Go back to the start of the current episode: its next batch redraws it (for
+        a run resumed on another number of ranks, whose episodes have another shape)."""
+        self._rng.bit_generator.state = self._episode_start_state
+        self._step_in_episode = 0
+        self._drawings = None
 
 
 class StreamSampler:

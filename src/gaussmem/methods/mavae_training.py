@@ -19,10 +19,22 @@ gradient) and runs `steps_per_episode` steps. A step:
 5. writes the step's content posteriors into the memory with the paper's rule
    (`GaussianMemory.update_`: merge into the nearest entry if its label is right, else
    create an entry).
+
+Under torchrun (gaussmem.distributed) each rank takes its own disjoint share of the
+episode's classes (the sampler draws every rank's and keeps its own), the networks are
+wrapped in DistributedDataParallel (gradients averaged), and the memory stays one logical
+memory: every write (the support and each step's) is all-gathered and applied on every
+rank in the order one process holding all the classes would write it, so every rank
+holds the same `(world x B x N)`-way memory and scores its queries against all of it
+(MoCo's shared queue is the precedent). The memory is a module of its own, outside the
+DDP wrapper, so DDP never broadcasts it. BatchNorm normalizes each rank's share of the
+batch (SyncBatchNorm has no CPU kernel); its running statistics are averaged over the
+ranks after every step, so every rank holds the same model.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 from typing import Any
@@ -30,16 +42,18 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from gaussmem.config import TrainConfig
 from gaussmem.cuda_graphs import CapturedStep
-from gaussmem.data.augmentation import RandomAffine
+from gaussmem.data.augmentation import RandomAffine, distort
 from gaussmem.data.datasets import FewShotDataset
 from gaussmem.data.training_sampler import (
     TrainingClassSampler,
     TrainingError,
     images_to_tensor,
 )
+from gaussmem.distributed import current
 from gaussmem.losses import (
     log_similarity,
     memory_softmax_loss,
@@ -50,24 +64,31 @@ from gaussmem.memory import GaussianMemory
 from gaussmem.methods.mavae import MemoryAugmentedVAE
 from gaussmem.methods.registry import register_training
 from gaussmem.methods.training import MethodTraining
-from gaussmem.models.vae import GaussianVAE
+from gaussmem.models.vae import DiagonalGaussian, GaussianVAE
 from gaussmem.precision import autocast
 
+#: DDP's option to skip the broadcast of buffers before each forward: renamed in torch
+#: 2.13 (the old name warns there), absent under the new name before.
+_NO_FORWARD_BUFFER_SYNC = ({"forward_sync_buffers": False} if "forward_sync_buffers"
+                           in inspect.signature(DistributedDataParallel).parameters
+                           else {"broadcast_buffers": False})
 
-def forward_losses(vae: GaussianVAE, memory: GaussianMemory, images: torch.Tensor,
-                   labels: torch.Tensor, n_classes: int, config: TrainConfig,
-                   autocast_cache: bool = True) -> tuple[dict[str, torch.Tensor], Any]:
-    """Loss terms and diagnostics of one step; returns `(terms, content posterior)`.
 
-    `images (P * C, 1, H, W)` drawing-major, `labels (P * C,)` class ids 0..C-1.
-    `autocast_cache`: off inside a CUDA graph, which must not record autocast's cache of
-    casted weights.
-    Diagnostic terms (no gradient): `accuracy` (nearest entry has the query's label),
-    `positive_rate` (an entry with the query's label exists), `sim_positive`,
-    `sim_negative` (means over queries with one).
-    """
-    with autocast(config.precision, images.device, cache=autocast_cache):
-        # The posteriors come out float32 whatever the precision (GaussianHead).
+class StepNetworks(nn.Module):
+    """The VAE's part of a step as one `forward`, the call DistributedDataParallel
+    wraps (DDP averages the gradients of what its wrapped module's forward computed)."""
+
+    def __init__(self, vae: GaussianVAE) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, images: torch.Tensor, n_classes: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                           torch.Tensor]:
+        """`images (P * C, 1, H, W)` drawing-major -> content mean and log-variance,
+        style mean and log-variance, and decoder logits `(2 * P * C, 1, H, W)`: x from
+        its own (z_c, z_s), then from (z_c of the class's other drawing, z_s)."""
+        vae = self.vae
         content, style = vae.encode(images)
         z_content = vae.reparameterize(content)
         z_style = vae.reparameterize(style)
@@ -76,6 +97,29 @@ def forward_losses(vae: GaussianVAE, memory: GaussianMemory, images: torch.Tenso
         z_other_content = z_content.roll(n_classes, dims=0)
         logits = vae.decode(torch.cat([z_content, z_other_content]),
                             torch.cat([z_style, z_style]))
+        return content.mean, content.log_var, style.mean, style.log_var, logits
+
+
+def forward_losses(vae: GaussianVAE, memory: GaussianMemory, images: torch.Tensor,
+                   labels: torch.Tensor, n_classes: int, config: TrainConfig,
+                   autocast_cache: bool = True, networks: nn.Module | None = None
+                   ) -> tuple[dict[str, torch.Tensor], Any]:
+    """Loss terms and diagnostics of one step; returns `(terms, content posterior)`.
+
+    `images (P * C, 1, H, W)` drawing-major, `labels (P * C,)` the classes' ids in the
+    memory. `autocast_cache`: off inside a CUDA graph, which must not record autocast's
+    cache of casted weights. `networks`: `StepNetworks(vae)`, or its DDP wrapper.
+    Diagnostic terms (no gradient): `accuracy` (nearest entry has the query's label),
+    `positive_rate` (an entry with the query's label exists), `sim_positive`,
+    `sim_negative` (means over queries with one).
+    """
+    networks = StepNetworks(vae) if networks is None else networks
+    with autocast(config.precision, images.device, cache=autocast_cache):
+        # The posteriors come out float32 whatever the precision (GaussianHead).
+        content_mean, content_log_var, style_mean, style_log_var, logits = networks(
+            images, n_classes)
+    content = DiagonalGaussian(content_mean, content_log_var)
+    style = DiagonalGaussian(style_mean, style_log_var)
     self_logits, cross_logits = logits.float().chunk(2)
     likelihood = vae.config.likelihood
 
@@ -123,28 +167,58 @@ class MAVAETraining(MethodTraining):
 
     postfix_terms = ("loss", "triplet", "generative_self", "accuracy")
     device_types = ("cpu", "cuda")
+    distributed = True
 
     def __init__(self, config: TrainConfig, train_set: FewShotDataset) -> None:
         super().__init__(config, train_set)
+        self.ranks = ranks = current()
+        if ranks.enabled and self.device.type == "cuda":
+            # Each rank trains on the GPU torchrun's LOCAL_RANK gave it
+            # (gaussmem.distributed.process_group), whatever index config.device names.
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        if ranks.enabled and config.cuda_graph:
+            raise TrainingError("cuda_graph=true records one process's step; under torchrun "
+                                "the step gathers memory writes across ranks: set "
+                                "cuda_graph=false")
         vae = GaussianVAE(config.model).to(self.device)
         if config.channels_last:
             vae = vae.to(memory_format=torch.channels_last)
         self.model = vae
+        self.networks: nn.Module = StepNetworks(vae)
+        if ranks.enabled:
+            # Construction broadcasts rank 0's weights; the memory is not in here, so
+            # DDP never overwrites it. BatchNorm's statistics are averaged after each
+            # step (device_step) rather than broadcast from rank 0 before it.
+            self.networks = DistributedDataParallel(
+                self.networks, device_ids=[self.device] if self.device.type == "cuda"
+                else None, **_NO_FORWARD_BUFFER_SYNC)
         self.optimizer = self.adam()
         episodes = config.episodes
-        self.memory = GaussianMemory(episodes.resolved_memory_capacity,
+        # One logical memory holds every rank's classes.
+        self.memory = GaussianMemory(episodes.resolved_memory_capacity * ranks.world_size,
                                      config.model.content_dim, seed=config.seed
                                      ).to(self.device)
         self.sampler = TrainingClassSampler(train_set, episodes.n_classes,
                                             episodes.images_per_class,
                                             episodes.steps_per_episode, seed=config.seed,
-                                            support=episodes.memory_support)
+                                            support=episodes.memory_support,
+                                            rank=ranks.rank, world_size=ranks.world_size)
+        # Every rank draws the distortions of the whole global batch and keeps its own,
+        # as it does the drawings: the same stream on every rank, as in one process.
         self.augment = (RandomAffine(config.augment, config.seed)
                         if config.augment.enabled else None)
-        # Class ids 0..C-1 of the step's drawing-major batch: the same every step.
-        self.labels = torch.arange(episodes.n_classes, device=self.device).repeat(
-            episodes.images_per_class)
+        # The memory ids of the step's drawing-major batch: the same every step, unique
+        # across ranks (rank r's class c is r * C + c).
+        self.labels = self.rank_labels(episodes.images_per_class)
         self.captured_step = CapturedStep(self.device_step) if config.cuda_graph else None
+
+    def rank_labels(self, drawings_per_class: int) -> torch.Tensor:
+        """`(drawings_per_class * C,)` memory ids of a drawing-major batch of this rank's
+        C classes."""
+        n_classes = self.sampler.n_classes
+        first = self.ranks.rank * n_classes
+        return torch.arange(first, first + n_classes, device=self.device).repeat(
+            drawings_per_class)
 
     @property
     def images_per_step(self) -> int:
@@ -164,9 +238,32 @@ class MAVAETraining(MethodTraining):
 
     def to_training_images(self, drawings: np.ndarray) -> torch.Tensor:
         """uint8 drawing-major `(P, C, H, W)` -> the device's float batch, distorted
-        where `augment.*` asks for it."""
+        where `augment.*` asks for it (this rank's share of the global batch's
+        distortions, `(P, world, C)` drawing-major)."""
         images = images_to_tensor(drawings, self.config.channels_last, self.device)
-        return images if self.augment is None else self.augment(images)
+        if self.augment is None:
+            return images
+        rows, n_classes = drawings.shape[:2]
+        world, rank = self.ranks.world_size, self.ranks.rank
+        matrices = self.augment.matrices(rows * world * n_classes)
+        mine = matrices.reshape(rows, world, n_classes, 2, 3)[:, rank].reshape(-1, 2, 3)
+        return distort(images, torch.from_numpy(np.ascontiguousarray(mine)))
+
+    @torch.no_grad()
+    def write_(self, mean: torch.Tensor, var: torch.Tensor, labels: torch.Tensor) -> None:
+        """The paper's write of drawing-major `(P * C, d)` posteriors into the memory;
+        under DDP, every rank's writes, in the order one process holding all the ranks'
+        classes would write them (`(P, world, C)` drawing-major), on every rank."""
+        if self.ranks.world_size > 1:
+            rows = len(labels) // self.sampler.n_classes
+
+            def global_order(tensor: torch.Tensor) -> torch.Tensor:
+                gathered = self.ranks.gather_rows(tensor)  # (world, P * C, ...)
+                shaped = gathered.unflatten(1, (rows, self.sampler.n_classes))
+                return shaped.transpose(0, 1).flatten(0, 2)
+
+            mean, var, labels = global_order(mean), global_order(var), global_order(labels)
+        self.memory.update_(mean, var, labels)
 
     @torch.no_grad()
     def write_support_(self, images: torch.Tensor) -> None:
@@ -174,9 +271,8 @@ class MAVAETraining(MethodTraining):
         with the paper's rule, so the episode's first queries have positives."""
         with autocast(self.config.precision, images.device):
             content = self.model.encode_content(images)
-        labels = torch.arange(self.sampler.n_classes, device=images.device).repeat(
-            len(images) // self.sampler.n_classes)
-        self.memory.update_(content.mean, content.var, labels)
+        self.write_(content.mean, content.var,
+                    self.rank_labels(len(images) // self.sampler.n_classes))
 
     def device_step(self, images: torch.Tensor, labels: torch.Tensor, measure: bool = False
                     ) -> dict[str, torch.Tensor]:
@@ -184,7 +280,8 @@ class MAVAETraining(MethodTraining):
         `cuda_graph` can record it (gaussmem.cuda_graphs)."""
         terms, content = forward_losses(self.model, self.memory, images, labels,
                                         self.sampler.n_classes, self.config,
-                                        autocast_cache=self.captured_step is None)
+                                        autocast_cache=self.captured_step is None,
+                                        networks=self.networks)
         if measure:
             # The risk the issue names: exp(-SKL) ~ 0 everywhere makes the triplet
             # constant. Its gradient with respect to the content posterior says whether.
@@ -193,16 +290,27 @@ class MAVAETraining(MethodTraining):
             norm = sum(float(g.square().sum()) for g in grads if g is not None)
             terms["triplet_grad_norm"] = torch.tensor(math.sqrt(norm))
         terms["grad_norm"] = self.backward_and_step(terms["loss"])
-        self.memory.update_(content.mean.detach(), content.var.detach(), labels)
+        self.ranks.average_buffers_(self.model)
+        self.write_(content.mean.detach(), content.var.detach(), labels)
         return terms
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state["augment"] = None if self.augment is None else self.augment.state_dict()
+        # The memory's size and the episodes' shape depend on it (see load_state_dict).
+        state["world_size"] = self.ranks.world_size
         return state
 
     def load_state_dict(self, checkpoint: dict[str, Any]) -> None:
-        super().load_state_dict(checkpoint)
+        """Continue where the checkpoint stopped; trained on another number of ranks,
+        from the start of its current episode (the memory and the episode's classes
+        are sized by the ranks), with this launch's global batch."""
+        if int(checkpoint.get("world_size", 1)) != self.ranks.world_size:
+            checkpoint = {**checkpoint, "memory": self.memory.state_dict()}
+            super().load_state_dict(checkpoint)
+            self.sampler.restart_episode()
+        else:
+            super().load_state_dict(checkpoint)
         if self.augment is not None:
             if checkpoint.get("augment") is None:
                 raise TrainingError("the checkpoint was trained without augment.* "

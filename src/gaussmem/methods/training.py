@@ -52,6 +52,8 @@ class MethodTraining(ABC):
     #: Device types the method's training step supports; with `device = "auto"` a
     #: method that lacks the machine's GPU type trains on the CPU.
     device_types: tuple[str, ...] = ("cpu",)
+    #: Whether the method trains under torchrun (DDP, gaussmem.distributed).
+    distributed: bool = False
 
     def __init__(self, config: TrainConfig, train_set: FewShotDataset) -> None:
         side = config.model.image_size
