@@ -164,19 +164,19 @@ def render_ensemble_views(markdown: str) -> str:
 
 
 RENDERERS: dict[str, tuple[str, Callable[[Any], str]]] = {
-    "data_loading": ("data_loading.json", render_data_loading),
-    "memory_search": ("memory_search.json", render_memory_search),
+    "data_loading": ("speed/data_loading.json", render_data_loading),
+    "memory_search": ("speed/memory_search.json", render_memory_search),
     "omniglot_tables": ("omniglot.md", render_omniglot_tables),
     "omniglot_seeds": ("omniglot.md", render_omniglot_seeds),
     "omniglot_lake": ("omniglot.md", render_omniglot_lake),
     "omniglot_ensemble_views": ("ensemble_views.md", render_ensemble_views),
     "lfw_table": ("lfw.md", render_lfw_table),
     "omniglot_speed": ("omniglot.md", render_omniglot_speed),
-    "step_speed_cpu": ("speed-cpu.json", render_step_speed),
-    "step_speed_gpu": ("speed-gpu.json", render_step_speed),
-    "step_speed_gpu_graph": ("speed-gpu-cuda-graph.json", render_step_speed),
-    "step_speed_gpu_graph_small": ("speed-gpu-cuda-graph-80-512.json", render_step_speed),
-    "cpu_contention": ("cpu_contention.json", render_cpu_contention),
+    "step_speed_cpu": ("speed/speed-cpu.json", render_step_speed),
+    "step_speed_gpu": ("speed/speed-gpu.json", render_step_speed),
+    "step_speed_gpu_graph": ("speed/speed-gpu-cuda-graph.json", render_step_speed),
+    "step_speed_gpu_graph_small": ("speed/speed-gpu-cuda-graph-80-512.json", render_step_speed),
+    "cpu_contention": ("speed/cpu_contention.json", render_cpu_contention),
 }
 
 

@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     _check_disjoint(train_set, val_set, data)
     print(f"gaussmem train: run directory {run_dir}")
     _warn_if_the_cpu_is_busy(effective)
-    keep_freed_memory()  # 1.0-1.2x CPU training throughput (results/allocator_speed.json)
+    keep_freed_memory()  # 1.0-1.2x CPU training throughput (results/speed/allocator_speed.json)
     try:
         result = train(config, run_dir, train_set, val_set, resume=args.resume,
                        progress=not args.no_progress, overwrite=args.overwrite)
