@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gaussmem.commands import DefaultsHelpFormatter, add_data_location_arguments
-from gaussmem.commands.arguments import output_directory, positive_float, positive_int, seed
-from gaussmem.config import PRESETS, TrainConfig, default_preset, resolve
+from gaussmem.commands.arguments import (
+    output_directory,
+    output_file,
+    positive_float,
+    positive_int,
+    seed,
+)
 from gaussmem.settings import resolve_cache_dir, resolve_data_dir
+
+if TYPE_CHECKING:  # the config module imports torch: not for `--help`
+    from gaussmem.config import TrainConfig
+    from gaussmem.train import TrainResult
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,9 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--method", default=None,
                         help="registered method: mavae, protonet, matching, kaiser "
                         "(default: the preset's; without --preset, mavae)")
-    parser.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                        help="named experiment (docs/model.md, docs/baselines.md); default: "
-                        "cpu-quick for mavae, <method>-cpu for a baseline")
+    parser.add_argument("--preset", default=None,
+                        help="named experiment (docs/model.md, docs/baselines.md; a typo "
+                        "lists the names); default: cpu-quick for mavae, <method>-cpu for "
+                        "a baseline")
     parser.add_argument("--config", default=None, help="TOML file laid over the preset")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="SECTION.FIELD=VALUE", help="override one field; repeatable")
@@ -48,7 +57,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tensorboard", action="store_true",
                         help="also write TensorBoard events (needs `tensorboard`)")
     add_data_location_arguments(parser)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (the validation lines and summary remain)")
+    parser.add_argument("--json", dest="json_path", type=output_file, default=None,
+                        help="also write the run's summary here (the run directory's "
+                        "summary.json holds it too)")
     parser.set_defaults(handler=run)
 
 
@@ -70,7 +83,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 def _saved_config(run_dir: Path) -> TrainConfig:
     """The config of the run in `run_dir` (for --resume without a new budget)."""
     from gaussmem.checkpoint import load_checkpoint
-    from gaussmem.config import from_dict
+    from gaussmem.config import TrainConfig, from_dict
     from gaussmem.train import LAST_CHECKPOINT
 
     return from_dict(TrainConfig, load_checkpoint(run_dir / LAST_CHECKPOINT)["config"])
@@ -133,16 +146,12 @@ def _warn_if_the_cpu_is_busy(config: TrainConfig) -> None:
 def run(args: argparse.Namespace) -> int:
     # Imported here so `gaussmem --help` stays fast (no torch import).
     from gaussmem.allocator import keep_freed_memory
+    from gaussmem.atomic import write_text_atomic
+    from gaussmem.config import default_preset, resolve
     from gaussmem.data.datasets import load_split
     from gaussmem.methods import method_class
     from gaussmem.run_dir import check_fresh_run_dir
-    from gaussmem.train import (
-        BEST_CHECKPOINT,
-        LAST_CHECKPOINT,
-        TrainingError,
-        TrainingInterrupted,
-        train,
-    )
+    from gaussmem.train import TrainingError, TrainingInterrupted, train
 
     if args.method is not None:
         method_class(args.method)  # an unknown name fails here, listing the known ones
@@ -180,11 +189,25 @@ def run(args: argparse.Namespace) -> int:
     except TrainingInterrupted as stop:
         print(f"gaussmem train: {stop} --run-dir {run_dir}", file=sys.stderr)
         return stop.exit_status
-    print(json.dumps({"run_dir": str(run_dir), "method": result.method, "step": result.step,
-                      "minutes": round(result.elapsed_seconds / 60, 2),
-                      "best_val_accuracy": result.best_val_accuracy,
-                      "best_step": result.best_step,
-                      "minutes_to_97": result.minutes_to_97,
-                      "checkpoint": str(run_dir / (BEST_CHECKPOINT if val_set is not None
-                                                   else LAST_CHECKPOINT))}))
+    print(summary_text(result, effective))
+    if args.json_path:
+        write_text_atomic(args.json_path, (run_dir / "summary.json").read_text())
     return 0
+
+
+def summary_text(result: TrainResult, config: TrainConfig) -> str:
+    """The end of a run for a person: what it reached and where its files are (the
+    numbers for scripts are in the run directory's summary.json)."""
+    validation = config.validation
+    reached = (f"best validation {validation.n_way}-way {validation.n_shot}-shot "
+               f"{result.best_val_accuracy:.2f}% at step {result.best_step:,}"
+               if config.data.val_subset is not None else
+               "no validation (the last checkpoint is the model)")
+    lines = [f"gaussmem train: done, {result.method} {result.step:,} steps in "
+             f"{result.elapsed_seconds / 60:.1f} min on {result.device}; {reached}",
+             f"  checkpoint: {result.checkpoint}"]
+    if result.figures is not None:
+        lines.append(f"  figures:    {result.figures}")
+    lines += [f"  summary:    {result.run_dir / 'summary.json'}",
+              f"  evaluate:   gaussmem evaluate --checkpoint {result.checkpoint}"]
+    return "\n".join(lines)
