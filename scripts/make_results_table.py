@@ -1,4 +1,5 @@
-"""Generate results/omniglot.md and results/lfw.md from the result JSON files in results/.
+"""Generate results/README.md (the headline and full tables), results/omniglot.md and
+results/lfw.md (every run in detail) from the result JSON files in results/.
 
     python scripts/make_results_table.py [--results results]
 
@@ -542,6 +543,130 @@ def evaluation_commands(cells: Cells) -> list[str]:
     return ["## Evaluation commands", ""] + [f"- `{c}`" for c in commands] + [""]
 
 
+#: The README's headline rows: each method's CPU preset (`gaussmem train --preset
+#: <method's CPU preset>`), then longer runs of the paper's presets, labelled as such.
+#: Every other run is in the full tables of results/omniglot.md and results/lfw.md.
+HEADLINE = {"omniglot": ("cpu-quick-latent1", "protonet-cpu5", "matching-cpu5", "kaiser-cpu5"),
+            "lfw": ("mavae-cpu15", "protonet-cpu5", "matching-cpu5", "kaiser-cpu5")}
+HEADLINE_LONGER = {"omniglot": ("20way-tuned-gpu", "parallel-20way-tuned-gpu",
+                                "cpu-quick-lake-2200steps")}
+HEADLINE_CELLS = {"omniglot": [*TABLE1, (100, 1), (400, 1)], "lfw": TABLE3}
+HEADLINE_PAPER = {"omniglot": [*PAPER_TABLE1["mavae"]["Tseran & Harada, n_train = n_test"],
+                               PAPER_TABLE2["mavae"]["Tseran & Harada"][0],
+                               PAPER_TABLE2["mavae"]["Tseran & Harada"][2]],
+                  "lfw": PAPER_TABLE3["mavae"]["Tseran & Harada"]}
+
+
+def trained_on(record: dict) -> str:
+    """A run's budget and hardware in words, from its identity and training record:
+    "15 min (2,222 steps), 2-core CPU (AMD EPYC), 1,788 images/s"."""
+    run = record["run"]
+    text = (f"{run['budget']['train_minutes']:.0f} min ({run['budget']['steps']:,} steps), "
+            f"{run['hardware']}, {record['images_per_second_overall']:,.0f} images/s")
+    if record.get("concurrent_runs"):
+        text += f" (device shared with {counted(record['concurrent_runs'], 'other run')})"
+    return text
+
+
+def headline_rows(dataset: str, tags: tuple[str, ...], cells: Cells,
+                  training: dict[str, dict], label: str = "") -> list[str]:
+    """One row per run: its cells' accuracy ± 95% CI and what it trained with."""
+    rows = []
+    for tag in tags:
+        if tag not in cells or tag not in training:
+            continue
+        record = training[tag]
+        shown = [f"{cells[tag][key]['result']['accuracy']['mean']:.1f} ± "
+                 f"{cells[tag][key]['result']['accuracy']['ci95']:.1f}"
+                 if key in cells[tag] else "–" for key in HEADLINE_CELLS[dataset]]
+        name = METHODS.get(record["run"]["method"], record["run"]["method"])
+        split = " (lake split)" if split_scheme(cells[tag]) == "lake" else ""
+        rows.append(f"| {name}{label}{split} | `{record['run']['recipe']['preset']}` "
+                    f"(`{tag}`) | " + " | ".join(shown) + f" | {trained_on(record)} |")
+    return rows
+
+
+def budget_sentence(tags: tuple[str, ...], training: dict[str, dict]) -> str:
+    """Which headline rows share a training budget and hardware, said plainly."""
+    groups: dict[tuple[float, str], list[str]] = defaultdict(list)
+    for tag in tags:
+        if tag in training:
+            run = training[tag]["run"]
+            groups[(round(run["budget"]["train_minutes"]), run["hardware"])].append(
+                METHODS.get(run["method"], run["method"]))
+    described = "; ".join(f"{', '.join(names)}: {minutes:.0f} min on a {hardware}"
+                          for (minutes, hardware), names in sorted(groups.items()))
+    if len(groups) == 1:
+        return f"These rows share one budget ({described})."
+    return (f"These rows are not at equal budgets ({described}), and their presets were "
+            "not tuned with equal effort: read the gaps between methods with that in mind.")
+
+
+def headline_section(data: dict[str, tuple[Cells, dict[str, dict]]]) -> list[str]:
+    """The README's headline: each method's CPU preset on Omniglot (vinyals test split)
+    and LFW-a, the paper's figures, and the longer runs, each row with its budget."""
+    lines = ["## Headline", ""]
+    for dataset, title in (("omniglot", "Omniglot, test classes (Tables 1 and 2)"),
+                           ("lfw", "LFW-a, test people (Table 3)")):
+        if dataset not in data:
+            continue
+        cells, training = data[dataset]
+        header = " | ".join(f"{way}-way {shot}-shot" for way, shot in HEADLINE_CELLS[dataset])
+        tags = [*HEADLINE[dataset], *HEADLINE_LONGER.get(dataset, ())]
+        episodes = sorted({cell["result"]["accuracy"]["episodes"] for tag in tags
+                           for cell in cells.get(tag, {}).values()})
+        counts = " or ".join(f"{count:,}" for count in episodes)
+        lines += [f"{title}; accuracy % ± 95% CI over {counts} test episodes:", "",
+                  f"| method | preset (run) | {header} | trained |",
+                  "|---|---|" + "---|" * len(HEADLINE_CELLS[dataset]) + "---|",
+                  "| MA-VAE, Tseran & Harada (paper) | | " + " | ".join(
+                      "–" if value is None else f"{value:.1f}"
+                      for value in HEADLINE_PAPER[dataset]) + " | paper |"]
+        lines += headline_rows(dataset, HEADLINE[dataset], cells, training)
+        lines += headline_rows(dataset, HEADLINE_LONGER.get(dataset, ()), cells, training,
+                               label=", longer run")
+        lines += ["", budget_sentence(HEADLINE[dataset], training), ""]
+    return lines[:-1]
+
+
+def render_index(data: dict[str, tuple[Cells, dict[str, dict]]], omniglot_md: str,
+                 lfw_md: str | None) -> str:
+    """results/README.md: what is where, the headline, then the full tables."""
+    def tables(markdown: str) -> str:
+        body = markdown.split("\n## Training runs")[0]
+        return body.split("\n", 2)[2].replace("\n## ", "\n### ").strip()
+
+    lines = ["# Results", "",
+             "Generated by `python scripts/make_results_table.py`; do not edit by hand. "
+             "Every number comes from a JSON record written by a command in this "
+             "repository; each record carries its run's identity under `\"run\"` "
+             "(dataset, tag, method, recipe, budget, seed, hardware, commit where known), so "
+             "the tables never read file names.", "",
+             "| where | what |", "|---|---|",
+             "| `omniglot/<run>/`, `lfw/<run>/` | one folder per training run: "
+             "`training.json` (command, config, validation curve, speed) and one "
+             "`gaussmem evaluate` report per test cell (`5w1s.json`, `online-5w5s.json`, ...) "
+             "|",
+             "| [omniglot.md](omniglot.md), [lfw.md](lfw.md) | every run's row and training "
+             "details |",
+             "| `ensemble_views/`, [ensemble_views.md](ensemble_views.md) | seed ensembles "
+             "and test-time views |",
+             "| `tuning/` | how the presets were chosen, on validation only "
+             "([mavae_tuning.md](tuning/mavae_tuning.md), "
+             "[five_shot_sweep.md](five_shot_sweep.md)) |",
+             "| `episode_errors/`, `online_streams/`, `diagnostics/` | per-checkpoint error "
+             "analyses, long online streams, latent checks |",
+             "| `speed/` | timing benchmarks (training steps, data loading, memory search) |",
+             "| `objective/` | the objective sweep (`experiments/objective_sweep.py`) |", "",
+             "The narrative of the runs (why each was made) is in "
+             "[docs/experiments.md](../docs/experiments.md).", ""]
+    lines += headline_section(data)
+    lines += ["", "## Omniglot: all runs", "", tables(omniglot_md)]
+    if lfw_md is not None:
+        lines += ["", "## LFW-a: all runs", "", tables(lfw_md)]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -549,12 +674,19 @@ def main() -> int:
     args = parser.parse_args()
     results = Path(args.results)
     cells, training, online = load(results, "omniglot")
-    write_text_atomic(results / "omniglot.md", render(cells, training, online))
+    data = {"omniglot": (cells, training)}
+    omniglot_md = render(cells, training, online)
+    write_text_atomic(results / "omniglot.md", omniglot_md)
     print(f"wrote {results / 'omniglot.md'}")
     cells, training, _ = load(results, "lfw")
+    lfw_md = None
     if cells or training:
-        write_text_atomic(results / "lfw.md", render_lfw(cells, training))
+        data["lfw"] = (cells, training)
+        lfw_md = render_lfw(cells, training)
+        write_text_atomic(results / "lfw.md", lfw_md)
         print(f"wrote {results / 'lfw.md'}")
+    write_text_atomic(results / "README.md", render_index(data, omniglot_md, lfw_md))
+    print(f"wrote {results / 'README.md'}")
     return 0
 
 

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -312,3 +314,56 @@ def test_tables_read_a_runs_identity_from_its_records_not_their_file_names(
     assert cells == {"my-run": {(20, 5): cell}}
     assert list(online.values()) == [stream]
     assert tables.load(tmp_path, "lfw") == ({}, {}, {})
+
+
+def headline_record(method: str, minutes: float, hardware: str) -> dict:
+    return {"images_per_second_overall": 1000.0, "concurrent_runs": 0,
+            "run": {"method": method, "recipe": {"preset": f"{method}-cpu"},
+                    "budget": {"train_minutes": minutes, "steps": 100},
+                    "hardware": hardware}}
+
+
+def test_the_headline_says_plainly_whether_its_rows_share_a_budget() -> None:
+    tables = load_script("make_results_table")
+    cpu = "2-core CPU (AMD EPYC)"
+    same = {"a": headline_record("mavae", 15.0, cpu), "b": headline_record("protonet", 15.02, cpu)}
+    assert tables.budget_sentence(("a", "b"), same) == (
+        f"These rows share one budget (MA-VAE, Prototypical Networks: 15 min on a {cpu}).")
+    unequal = {**same, "b": headline_record("protonet", 5.0, cpu)}
+    sentence = tables.budget_sentence(("a", "b"), unequal)
+    assert sentence.startswith("These rows are not at equal budgets (")
+    assert f"Prototypical Networks: 5 min on a {cpu}" in sentence
+    assert f"MA-VAE: 15 min on a {cpu}" in sentence
+
+
+def test_a_headline_row_names_its_preset_run_cells_and_budget() -> None:
+    tables = load_script("make_results_table")
+    cell = {"dataset": "omniglot/vinyals/test",
+            "result": {"accuracy": {"mean": 98.21, "ci95": 0.19, "episodes": 1000}}}
+    training = {"run-a": headline_record("mavae", 15.0, "2-core CPU (AMD EPYC)")}
+    (row,) = tables.headline_rows("omniglot", ("run-a", "missing"), {"run-a": {(5, 1): cell}},
+                                  training, label=", longer run")
+    assert row.startswith("| MA-VAE, longer run | `mavae-cpu` (`run-a`) | 98.2 ± 0.2 | – |")
+    assert row.endswith("| 15 min (100 steps), 2-core CPU (AMD EPYC), 1,000 images/s |")
+
+
+def test_generated_blocks_are_filled_in_whichever_page_holds_their_markers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = load_script("update_readme")
+    pages = (tmp_path / "README.md", tmp_path / "experiments.md")
+    pages[0].write_text("<!-- BEGIN GENERATED: headline -->\nold\n"
+                        "<!-- END GENERATED: headline -->\n")
+    pages[1].write_text("<!-- BEGIN GENERATED: omniglot_seeds -->\n"
+                        "<!-- END GENERATED: omniglot_seeds -->\n")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "README.md").write_text("## Headline\n\nthe table\n\n## Next\n")
+    (tmp_path / "results" / "omniglot.md").write_text(
+        "## Across training seeds\n\nseed rows\n\n## Training speed\n")
+    monkeypatch.setattr(readme, "PAGES", pages)
+    monkeypatch.setattr(readme, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(readme, "ROOT", tmp_path)
+    monkeypatch.setattr(readme, "RENDERERS", {
+        name: readme.RENDERERS[name] for name in ("headline", "omniglot_seeds")})
+    readme.main()
+    assert "\nthe table\n" in pages[0].read_text() and "old" not in pages[0].read_text()
+    assert "### Across training seeds\n\nseed rows\n" in pages[1].read_text()
