@@ -133,7 +133,7 @@ def render_quickstart(record: dict) -> str:
             f"{record['config']['validation']['n_shot']}-shot {last['accuracy']:.2f}%` and "
             f"a test line near `5-way 1-shot (support-query, test, {accuracy['episodes']} "
             f"episodes, seed 0): {accuracy['mean']:.2f}% ± {accuracy['ci95']:.2f}`. A "
-            "slower CPU trains fewer steps in the 15 minutes and scores a little lower.")
+            "slower CPU trains fewer steps in the 15 minutes.")
 
 
 def render_step_speed(result: dict) -> str:
