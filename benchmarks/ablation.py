@@ -10,7 +10,7 @@ diagnostics of the "exp(-SKL) ~ 0 / ~ 1 everywhere" failure modes.
     python benchmarks/ablation.py [--steps 120] [--only NAME ...]
 
 Runs that already exist under runs/ablation/<name> are collected, not re-run.
-Writes results/ablation.json and results/ablation.md.
+Writes results/tuning/ablation.json and results/tuning/ablation.md.
 """
 
 from __future__ import annotations
@@ -109,8 +109,9 @@ def main() -> int:
             continue
         command = run_variant(name, overrides, args.steps, run_root)
         rows.append(collect(name, run_root / name, command, purpose))
-    write_text_atomic(ROOT / "results" / "ablation.json", json.dumps(rows, indent=2) + "\n")
-    write_text_atomic(ROOT / "results" / "ablation.md", render(rows))
+    out = ROOT / "results" / "tuning"
+    write_text_atomic(out / "ablation.json", json.dumps(rows, indent=2) + "\n")
+    write_text_atomic(out / "ablation.md", render(rows))
     return 0
 
 

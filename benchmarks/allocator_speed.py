@@ -1,7 +1,7 @@
 """Training throughput with and without `gaussmem.allocator.keep_freed_memory()`.
 
     python benchmarks/allocator_speed.py [--presets cpu-quick protonet-cpu matching-cpu]
-        [--repeats 3] [--steps 150] [--json results/allocator_speed.json]
+        [--repeats 3] [--steps 150] [--json results/speed/allocator_speed.json]
 
 glibc's allocator settings can only be raised, not restored, inside a process, so each
 measurement is a fresh child process (`--child on|off PRESET`), alternating off/on to
@@ -60,7 +60,7 @@ def main() -> int:
                         default=["cpu-quick", "protonet-cpu", "matching-cpu"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--json", default=str(ROOT / "results" / "allocator_speed.json"))
+    parser.add_argument("--json", default=str(ROOT / "results" / "speed" / "allocator_speed.json"))
     parser.add_argument("--child", nargs=2, metavar=("SETTING", "PRESET"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

@@ -1,4 +1,4 @@
-"""Omniglot loading and episode-sampling speed; writes results/data_loading.json.
+"""Omniglot loading and episode-sampling speed; writes results/speed/data_loading.json.
 
 Measures (1) the cold build of the preprocessed cache from the release zips, (2) a warm
 load of the whole dataset (all 1,623 characters from the cache, plus assembling the
@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="warm loads / sampling runs")
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="results/data_loading.json")
+    parser.add_argument("--out", default="results/speed/data_loading.json")
     args = parser.parse_args()
     data_dir = resolve_data_dir(args.data_dir)
 

@@ -72,8 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--out",
         type=Path,
-        default=REPO_ROOT / "results" / "memory_search.json",
-        help="JSON output (default: results/memory_search.json)",
+        default=REPO_ROOT / "results" / "speed" / "memory_search.json",
+        help="JSON output (default: results/speed/memory_search.json)",
     )
     return parser.parse_args(argv)
 

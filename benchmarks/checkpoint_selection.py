@@ -2,7 +2,7 @@
 task) against `last.ckpt` (the end of the cosine decay), scored on harder validation tasks.
 
     python benchmarks/checkpoint_selection.py RUN_DIR [RUN_DIR ...]
-        [--json results/checkpoint_selection.json]   (also writes the .md beside it)
+        [--json results/tuning/checkpoint_selection.json]   (also writes the .md beside it)
 
 For each finished run, both checkpoints are evaluated on the **validation** split only
 (never the test split): 20-way 1-shot and 20-way 5-shot, 1,000 episodes, seed 0,
@@ -75,7 +75,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", nargs="+", type=Path)
-    parser.add_argument("--json", default=str(ROOT / "results" / "checkpoint_selection.json"))
+    parser.add_argument("--json", default=str(ROOT / "results" / "tuning"
+                                              / "checkpoint_selection.json"))
     args = parser.parse_args()
     for run_dir in args.run_dirs:
         if not (run_dir / "summary.json").exists():

@@ -1,6 +1,6 @@
 """Training on a CPU that another process also uses: how many threads should training take?
 
-    python benchmarks/cpu_contention.py [--steps 30] [--json results/cpu_contention.json]
+    python benchmarks/cpu_contention.py [--steps 30] [--json results/speed/cpu_contention.json]
 
 Times `gaussmem.train.train_step` of cpu-quick (512 classes x 2 drawings per step, random
 pixels) with `num_threads` = every core and = 1, first alone, then beside a competing

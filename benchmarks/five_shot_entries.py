@@ -1,7 +1,7 @@
 """Diagnostic: how a trained MA-VAE's 5-shot accuracy depends on the class entry.
 
     python benchmarks/five_shot_entries.py --checkpoint runs/cpu-quick-s3/checkpoints/best.ckpt
-        [--n-way 20] [--n-shot 5] [--episodes 500] [--json results/five_shot_entries.json]
+        [--n-way 20] [--n-shot 5] [--episodes 500] [--json results/tuning/five_shot_entries.json]
 
 On the validation split (never the test split), the same seeded episodes are scored
 three ways from the same encoded posteriors q(z_c|x):
@@ -52,7 +52,8 @@ def main() -> int:
     parser.add_argument("--n-query", type=int, default=15)
     parser.add_argument("--episodes", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", default=str(ROOT / "results" / "five_shot_entries.json"))
+    parser.add_argument("--json", default=str(ROOT / "results" / "tuning"
+                                              / "five_shot_entries.json"))
     args = parser.parse_args()
     checkpoint = load_checkpoint(Path(args.checkpoint))
     classifier = classifier_from_checkpoint(checkpoint)

@@ -10,19 +10,19 @@
 #    VARIANTS (default: the 128-channel recipe and its 5-shot variants), training seed
 #    0; the recipe again with seed 1 (the spread between seeds a variant has to beat);
 #    the recipe at LONG_STEPS (4400; more steps). Their rows are merged into
-#    results/mavae_tuning_five_shot.json (the benchmarks take turns under a lock; each
+#    results/tuning/mavae_tuning_five_shot.json (the benchmarks take turns under a lock; each
 #    row counts all the script's trainings as sharing the device).
 # 2. As each validation run ends: its last checkpoint (the train + val runs below keep
 #    their last one) on validation 5-way 5-shot x 10,000 episodes
 #    (benchmarks/episode_errors.py) ->
-#    results/episode_errors-<run>-last-val-5w5s-10000episodes.json.
+#    results/episode_errors/episode_errors-<run>-last-val-5w5s-10000episodes.json.
 # 3. The same variants (and the LONG_STEPS recipe) trained on train + val (the 1,200
 #    characters), no validation: the runs for the test table, of which only the one
 #    validation picks gets evaluated (python benchmarks/train_cpu_quick.py --skip-train
 #    --keep-record ..., no GPU needed). Tag: cpu-quick-trainval-<steps>steps-<variant
 #    without "512classes-latent1-">-gpu.
 # OUT_DIR receives sweep.tar.gz (the validation runs without checkpoints, their logs,
-# results/mavae_tuning_five_shot.* and the episode_errors JSONs), one
+# results/tuning/mavae_tuning_five_shot.* and the episode_errors JSONs), one
 # trainval-<tag>.tar.gz per train + val run (run directory with last.ckpt, log, training
 # record under runs/five-shot/records), and gpu_five_shot.log; unpack the archives at
 # the repository root (then `python scripts/make_five_shot_table.py` ->
@@ -52,7 +52,7 @@ if [ "$device" = cpu ]; then
   base=runs/five-shot-dryrun; report="$base/mavae_tuning.json"; errors_dir="$base"
   graph=(); on_gpu=""
 else
-  base=runs/five-shot; report=results/mavae_tuning_five_shot.json; errors_dir=results
+  base=runs/five-shot; report=results/tuning/mavae_tuning_five_shot.json; errors_dir=results/episode_errors
   graph=(--cuda-graph); on_gpu="-gpu"
   python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU'; \
 print('GPU:', torch.cuda.get_device_name(0), 'torch', torch.__version__)" | tee -a "$log"
@@ -146,6 +146,6 @@ for run_dir in "$base"/cpu-quick-trainval-*; do
   [ -d "$run_dir" ] || continue
   tag="$(basename "$run_dir")"
   tar -czf "$out/trainval-$tag.tar.gz" --exclude=best.ckpt "$run_dir" "$base/$tag.log" \
-    $(ls "$records"/omniglot-"$tag"-training.json 2>/dev/null || true)
+    $(ls "$records"/omniglot/"$tag"/training.json 2>/dev/null || true)
 done
 ls -la "$out" >>"$log"

@@ -41,7 +41,7 @@
 # "-seedS" to its tag, run directory and archive (the rows "Across training seeds" in
 # results/omniglot.md averages), e.g. `SEEDS="1 2" PRESETS="20way-tuned"`.
 #
-# Training only: each run writes its training record (results/omniglot-<tag>-training
+# Training only: each run writes its training record (results/omniglot/<tag>/training
 # .json, with the GPU's name) and leaves its best checkpoint; OUT_DIR/<run>.tar.gz holds
 # both (the run directory without last.ckpt, its log, the record), to unpack at the
 # repository root (`tar -xzf RUN.tar.gz`) and evaluate anywhere with
@@ -154,7 +154,7 @@ sys.exit(steps >= json.load(open(sys.argv[2]))['budget']['max_steps'])" \
     keep_last=()
   fi
   tar -czf "$out/$name.tar.gz" "${keep_last[@]}" "runs/gpu/$name-$suffix" \
-    "runs/gpu/$name-$suffix.log" "$results_dir/omniglot-$tag-training.json"
+    "runs/gpu/$name-$suffix.log" "$results_dir/omniglot/$tag/training.json"
   echo "done: $name -> $name.tar.gz" >>"$log"
 }
 

@@ -3,7 +3,7 @@
 # the three baselines' <method>-lfw-cpu presets (5 minutes each) one after another, each
 # alone on the machine, then evaluate every checkpoint on the same fixed test episodes
 # (5/20/80-way, 1/5-shot, 1,000 episodes, seed 0) and regenerate results/lfw.md and the
-# README table. Runs go to runs/lfw-<tag>, results to results/lfw-<tag>-*.json.
+# README table. Runs go to runs/lfw-<tag>, results to results/lfw/<tag>/*.json.
 #
 #   bash benchmarks/lfw_cpu.sh [--skip-train]
 set -euo pipefail

@@ -1,6 +1,6 @@
 """Matching Networks' attention temperature, chosen on the validation split.
 
-    python benchmarks/matching_scale.py [--steps 1500] [--json results/matching_scale.json]
+    python benchmarks/matching_scale.py [--steps 1500] [--json results/speed/matching_scale.json]
 
 Trains the `matching-cpu` preset for a fixed number of steps (not minutes, so machine
 load cannot favour one setting) with `matching.cosine_scale` in {1, 10, 30, 60, 100},
@@ -33,7 +33,7 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--runs", default=str(ROOT / "runs"))
-    parser.add_argument("--json", default=str(ROOT / "results" / "matching_scale.json"))
+    parser.add_argument("--json", default=str(ROOT / "results" / "speed" / "matching_scale.json"))
     args = parser.parse_args()
     rows = []
     for name, overrides in VARIANTS.items():

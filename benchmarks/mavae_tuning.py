@@ -1,7 +1,7 @@
 """MA-VAE training variants under a fixed budget, scored on the validation split.
 
     python benchmarks/mavae_tuning.py --minutes 7.5 [--only NAME ...] [--seed S ...]
-        [--json results/mavae_tuning.json]   (also writes the .md beside it)
+        [--json results/tuning/mavae_tuning.json]   (also writes the .md beside it)
     python benchmarks/mavae_tuning.py --steps 2200 --device cuda --parallel 4 \
         --cuda-graph --only NAME ... --seed 0 1
 
@@ -508,7 +508,7 @@ def main() -> int:
     parser.add_argument("--validate-every", type=int, default=None,
                         help="steps between validations and checkpoints (default: the "
                              "preset's 150; fewer validations leave a GPU less idle)")
-    parser.add_argument("--json", default=str(ROOT / "results" / "mavae_tuning.json"))
+    parser.add_argument("--json", default=str(ROOT / "results" / "tuning" / "mavae_tuning.json"))
     parser.add_argument("--print-overrides", metavar="VARIANT", choices=sorted(VARIANTS),
                         help="print the variant's overrides (space-separated key=value) "
                              "and exit, e.g. to train it on train + val for the test table")

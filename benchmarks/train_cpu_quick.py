@@ -19,7 +19,9 @@ Omniglot: 5/20-way 1/5-shot with `--episodes` (1,000), 100- and 400-way with
 `--large-episodes` (1,000: evaluation encodes each test image once, so large episodes
 cost little more than small ones); the online protocol. LFW-a (a preset whose
 data.dataset is "lfw"): 5/20/80-way 1/5-shot with `--episodes`.
-Result files are named `<dataset>-<tag>-<cell>.json`.
+Results go to `results/<dataset>/<tag>/`: `training.json`, one `<N>w<K>s.json` per
+cell and `online-<N>w<K>s.json`; each record carries its identity under "run"
+(`run_identity`), so the tables never read a file's name.
 """
 
 from __future__ import annotations
@@ -62,6 +64,23 @@ def online_cells(cells: str | None) -> list[tuple[int, int]]:
         elif match := re.fullmatch(r"online-(\d+)w(\d+)s", cell):
             found.append((int(match[1]), int(match[2])))
     return found
+
+
+def run_identity(dataset: str, tag: str, training: dict, preset: str | None,
+                 overrides: list[str]) -> dict[str, object]:
+    """What produced a result: kept inside every record of a run (training and each
+    evaluation), so a table reads a row's method, recipe, budget, seed, hardware and code
+    from the record itself and a file can move without changing the tables."""
+    machine = training.get("hardware", {})
+    on_gpu = training.get("device", "cpu").startswith("cuda")
+    return {"dataset": dataset, "tag": tag, "method": training.get("method", "mavae"),
+            "recipe": {"preset": preset, "overrides": overrides},
+            "budget": {"steps": training.get("steps"),
+                       "train_minutes": training.get("train_minutes")},
+            "seed": training.get("config", {}).get("seed"),
+            "hardware": (f"1 GPU ({machine.get('gpu', '?')})" if on_gpu else
+                         f"{machine.get('cores', '?')}-core CPU ({machine.get('cpu', '?')})"),
+            "commit": machine.get("gaussmem")}
 
 
 def training_record(run_dir: Path, tag: str, command: list[str], note: str,
@@ -147,19 +166,20 @@ def main() -> int:
         train_command += ["--set", override]
     if not args.skip_train:
         run(train_command)
-    results = Path(args.results)
     if args.keep_record and not args.skip_train:
         parser.error("--keep-record only goes with --skip-train")
+    dataset = json.loads((run_dir / "config.json").read_text())["data"]["dataset"]
+    results = Path(args.results) / dataset / args.tag
     if args.keep_record:
-        dataset = json.loads((run_dir / "config.json").read_text())["data"]["dataset"]
-        if not (results / f"{dataset}-{args.tag}-training.json").exists():
-            parser.error(f"--keep-record: no {dataset}-{args.tag}-training.json in {results}")
+        if not (results / "training.json").exists():
+            parser.error(f"--keep-record: no training.json in {results}")
+        record = json.loads((results / "training.json").read_text())
     else:
         record = training_record(run_dir, args.tag, train_command, args.note,
                                  args.concurrent_runs)
-        dataset = record["config"]["data"]["dataset"]
-        write_text_atomic(results / f"{dataset}-{args.tag}-training.json",
-                          json.dumps(record, indent=2) + "\n")
+        record["run"] = run_identity(dataset, args.tag, record, args.preset, args.overrides)
+        results.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(results / "training.json", json.dumps(record, indent=2) + "\n")
     if args.skip_eval:
         return 0
     # A run without validation (data.val_subset none: a final fit on train + val) has
@@ -178,23 +198,27 @@ def main() -> int:
         wanted = set(args.cells.split(","))
         cells = [cell for cell in cells if f"{cell[0]}w{cell[1]}s" in wanted]
     for n_way, n_shot, episodes in cells:
-        out = results / f"{dataset}-{args.tag}-{n_way}w{n_shot}s.json"
+        out = results / f"{n_way}w{n_shot}s.json"
         run([*gaussmem, "evaluate", "--checkpoint", str(checkpoint), "--n-way", str(n_way),
              "--n-shot", str(n_shot), "--episodes", str(episodes), "--seed", "0",
              "--split", "test", "--json", str(out), "--no-progress", *threads])
         report = json.loads(out.read_text())
         report["tag"] = args.tag
+        report["run"] = record["run"]
         # The evaluation's own thread count, not this driver's.
         threads_used = report.get("hardware", {}).get("torch_threads")
         report["hardware"] = {**hardware(), "torch_threads": threads_used}
         write_text_atomic(out, json.dumps(report, indent=2, sort_keys=True) + "\n")
     # The online protocol needs classes shown repeatedly: not on mirrored LFW-a.
     for n_way, n_shot in online_cells(args.cells) if dataset == "omniglot" else []:
-        online = results / f"omniglot-{args.tag}-online-{n_way}w{n_shot}s.json"
+        online = results / f"online-{n_way}w{n_shot}s.json"
         run([*gaussmem, "evaluate", "--checkpoint", str(checkpoint), "--protocol", "online",
              "--n-way", str(n_way), "--n-shot", str(n_shot), "--episodes", str(args.episodes),
              "--seed", "0", "--split", "test", "--json", str(online), "--no-progress",
              *threads])
+        report = json.loads(online.read_text())
+        report["run"] = record["run"]
+        write_text_atomic(online, json.dumps(report, indent=2, sort_keys=True) + "\n")
     run([sys.executable, str(ROOT / "scripts" / "make_results_table.py")])
     return 0
 

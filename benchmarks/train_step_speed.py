@@ -1,8 +1,8 @@
 """Training-step and embedding throughput on this machine, per training variant.
 
-    python benchmarks/train_step_speed.py [--steps 10] [--json results/speed-cpu.json]
+    python benchmarks/train_step_speed.py [--steps 10] [--json results/speed/speed-cpu.json]
     python benchmarks/train_step_speed.py --device cuda --classes 80,512,2048 --steps 30 \
-        --json results/speed-gpu.json
+        --json results/speed/speed-gpu.json
 
 Times `gaussmem.train.train_step` on cpu-quick with 256 classes x 2 drawings = 512
 images per step (pinned: the preset itself now trains 512 classes; `--classes` times

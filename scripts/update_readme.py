@@ -1,9 +1,10 @@
-"""Regenerate README's measured tables from the JSON files under results/.
+"""Regenerate the measured tables of README.md and docs/experiments.md from results/.
 
-Figures in the README are never typed: each table sits between
+Figures in those pages are never typed: each table sits between
 `<!-- BEGIN GENERATED: name -->` and `<!-- END GENERATED: name -->` markers and is
 rewritten from the JSON that a benchmark command wrote (which records the hardware, the
-command and the seed). Run after any benchmark:
+command and the seed), or from the markdown `scripts/make_results_table.py` generated
+from such JSON. Run after any benchmark (and after make_results_table.py):
 
     python scripts/update_readme.py
 """
@@ -18,6 +19,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
+#: The pages with generated blocks; each block's markers sit in one of them.
+PAGES = (ROOT / "README.md", ROOT / "docs" / "experiments.md")
 
 
 def _hardware_line(result: dict) -> str:
@@ -106,7 +109,31 @@ def render_omniglot_lake(markdown: str) -> str:
 
 def render_omniglot_speed(markdown: str) -> str:
     """The training-speed section of results/omniglot.md."""
-    return _section(markdown, "Training speed", "#### Whole runs")
+    return _section(markdown, "Training speed", "### Whole runs")
+
+
+def render_headline(markdown: str) -> str:
+    """The headline section of results/README.md (each method's CPU preset, the paper,
+    the longer runs, and whether the rows share a budget), without its heading."""
+    start = markdown.index("## Headline") + len("## Headline")
+    return markdown[start:markdown.index("\n## ", start)].strip()
+
+
+def render_quickstart(record: dict) -> str:
+    """What the quick start's first command reaches: the `cpu-quick` preset's run of
+    results/omniglot/cpu-quick-latent1 (its training record and 5-way 1-shot cell)."""
+    cell = json.loads((RESULTS / "omniglot" / "cpu-quick-latent1" / "5w1s.json").read_text())
+    accuracy = cell["result"]["accuracy"]
+    run = record["run"]
+    last = record["validation"][-1]
+    return (f"Expect, from the `cpu-quick` run in `results/omniglot/cpu-quick-latent1/` "
+            f"({run['budget']['train_minutes']:.0f} minutes, {run['budget']['steps']:,} "
+            f"steps on a {run['hardware']}): a last validation line near "
+            f"`val {record['config']['validation']['n_way']}-way "
+            f"{record['config']['validation']['n_shot']}-shot {last['accuracy']:.2f}%` and "
+            f"a test line near `5-way 1-shot (support-query, test, {accuracy['episodes']} "
+            f"episodes, seed 0): {accuracy['mean']:.2f}% ± {accuracy['ci95']:.2f}`. A "
+            "slower CPU trains fewer steps in the 15 minutes.")
 
 
 def render_step_speed(result: dict) -> str:
@@ -164,25 +191,26 @@ def render_ensemble_views(markdown: str) -> str:
 
 
 RENDERERS: dict[str, tuple[str, Callable[[Any], str]]] = {
-    "data_loading": ("data_loading.json", render_data_loading),
-    "memory_search": ("memory_search.json", render_memory_search),
+    "headline": ("README.md", render_headline),
+    "quickstart": ("omniglot/cpu-quick-latent1/training.json", render_quickstart),
+    "data_loading": ("speed/data_loading.json", render_data_loading),
+    "memory_search": ("speed/memory_search.json", render_memory_search),
     "omniglot_tables": ("omniglot.md", render_omniglot_tables),
     "omniglot_seeds": ("omniglot.md", render_omniglot_seeds),
     "omniglot_lake": ("omniglot.md", render_omniglot_lake),
     "omniglot_ensemble_views": ("ensemble_views.md", render_ensemble_views),
     "lfw_table": ("lfw.md", render_lfw_table),
     "omniglot_speed": ("omniglot.md", render_omniglot_speed),
-    "step_speed_cpu": ("speed-cpu.json", render_step_speed),
-    "step_speed_gpu": ("speed-gpu.json", render_step_speed),
-    "step_speed_gpu_graph": ("speed-gpu-cuda-graph.json", render_step_speed),
-    "step_speed_gpu_graph_small": ("speed-gpu-cuda-graph-80-512.json", render_step_speed),
-    "cpu_contention": ("cpu_contention.json", render_cpu_contention),
+    "step_speed_cpu": ("speed/speed-cpu.json", render_step_speed),
+    "step_speed_gpu": ("speed/speed-gpu.json", render_step_speed),
+    "step_speed_gpu_graph": ("speed/speed-gpu-cuda-graph.json", render_step_speed),
+    "step_speed_gpu_graph_small": ("speed/speed-gpu-cuda-graph-80-512.json", render_step_speed),
+    "cpu_contention": ("speed/cpu_contention.json", render_cpu_contention),
 }
 
 
 def main() -> None:
-    readme_path = ROOT / "README.md"
-    readme = readme_path.read_text()
+    pages = {path: path.read_text() for path in PAGES}
     for name, (file_name, render) in RENDERERS.items():
         source = RESULTS / file_name
         if not source.exists():
@@ -191,10 +219,15 @@ def main() -> None:
                              rf"{name} -->)", re.S)
         text = source.read_text()
         table = render(json.loads(text) if file_name.endswith(".json") else text)
-        readme, count = pattern.subn(lambda m, t=table: f"{m[1]}{t}\n{m[2]}", readme)
-        if count == 0:
-            raise SystemExit(f"README.md has no markers for {name!r}")
-    readme_path.write_text(readme)
+        found = 0
+        for path, page in pages.items():
+            pages[path], count = pattern.subn(lambda m, t=table: f"{m[1]}{t}\n{m[2]}", page)
+            found += count
+        if found == 0:
+            names = ", ".join(str(path.relative_to(ROOT)) for path in PAGES)
+            raise SystemExit(f"no page ({names}) has markers for {name!r}")
+    for path, page in pages.items():
+        path.write_text(page)
 
 
 if __name__ == "__main__":

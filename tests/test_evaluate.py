@@ -321,8 +321,11 @@ def test_cli_trains_on_train_and_val_only_without_validation(
     assert "'trainval' holds 688 of the 688 classes of data.val_subset='val'" in error
     assert not run.exists(), "nothing is written for a refused run"
     assert main([*train, "--set", "data.val_subset=none"]) == 0
-    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert printed["checkpoint"] == str(run / "checkpoints" / "last.ckpt")
+    printed = capsys.readouterr().out
+    assert f"checkpoint: {run / 'checkpoints' / 'last.ckpt'}" in printed
+    assert "no validation" in printed
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["checkpoint"] == str(run / "checkpoints" / "last.ckpt")
     assert not (run / "checkpoints" / "best.ckpt").exists()
     assert all(json.loads(line)["kind"] != "val"
                for line in (run / "metrics.jsonl").read_text().splitlines())

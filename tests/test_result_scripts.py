@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -252,15 +254,15 @@ def test_runs_on_kaisers_split_get_their_own_table_beside_kaisers_figures() -> N
                                    "val_subset": None}}}
     assert tables.training_classes(on_lake) == ("the lake split's train classes "
                                                 "(background alphabets)")
-    def online(n_way: int, scheme: str = "lake") -> dict:
-        return {"dataset": f"omniglot/{scheme}/test", "n_way": n_way, "episodes": 1000,
-                "seed": 0, "result": {"per_shot": {str(shot): {"mean": 90.0 + n_way / 10
-                                                                + shot, "ci95": 0.3}
-                                                   for shot in range(6)}}}
-    streams = {"omniglot-on-lake-online-5w5s.json": online(5),
-               "omniglot-on-lake-online-20w5s.json": online(20),
-               "omniglot-half-online-5w5s.json": online(5),  # no 20-way stream: no row
-               "omniglot-on-vinyals-online-5w5s.json": online(5, "vinyals")}
+    def online(tag: str, n_way: int, scheme: str = "lake") -> dict:
+        return {"dataset": f"omniglot/{scheme}/test", "n_way": n_way, "n_shot": 5,
+                "episodes": 1000, "seed": 0, "run": {"tag": tag},
+                "result": {"per_shot": {str(shot): {"mean": 90.0 + n_way / 10 + shot,
+                                                    "ci95": 0.3} for shot in range(6)}}}
+    reports = [online("on-lake", 5), online("on-lake", 20),
+               online("half", 5),  # no 20-way stream: no row
+               online("on-vinyals", 5, "vinyals")]
+    streams = {f"{r['run']['tag']}, {r['n_way']}-class stream": r for r in reports}
     with_online = tables.render({"on-vinyals": cells("vinyals", 91.0),
                                  "on-lake": cells("lake", 97.0)}, {}, streams)
     start = with_online.index("## Kaiser et al.'s split")
@@ -269,8 +271,8 @@ def test_runs_on_kaisers_split_get_their_own_table_beside_kaisers_figures() -> N
             "93.0 ± 0.3 | 97.0 ± 0.3 |") in lake
     assert "`half`" not in lake and "on-vinyals-online" not in lake
     assert "1,000 streams, seed 0" in lake
-    assert "`omniglot-on-vinyals-online-5w5s.json`" in with_online
-    assert "`omniglot-on-lake-online-5w5s.json`" not in with_online
+    assert "`on-vinyals`: 5-way stream" in with_online
+    assert "`on-lake`: 5-way stream" not in with_online
     readme = load_script("update_readme")
     assert readme.render_omniglot_lake(markdown).startswith("### Kaiser et al.'s split")
     without = tables.render({"on-vinyals": cells("vinyals", 91.0)}, {}, {})
@@ -292,3 +294,76 @@ def test_cpu_contention_table_shows_each_condition_from_the_json() -> None:
     assert "| 2 | 2 | 700 ms | 2,094 ms | 12,346 ms | 41 ms |" in text
     assert "30 per condition" in text and "AMD EPYC, 2 cores" in text
     assert "seed" not in text
+
+
+def test_tables_read_a_runs_identity_from_its_records_not_their_file_names(
+        tmp_path: Path) -> None:
+    import json
+
+    tables = load_script("make_results_table")
+    run = tmp_path / "omniglot" / "renamed-folder"
+    run.mkdir(parents=True)
+    identity = {"dataset": "omniglot", "tag": "my-run", "method": "mavae", "seed": 0}
+    (run / "training.json").write_text(json.dumps({"kind": "training", "run": identity}))
+    cell = {"protocol": "support-query", "n_way": 20, "n_shot": 5, "run": identity}
+    (run / "anything.json").write_text(json.dumps(cell))
+    stream = {"protocol": "online", "n_way": 5, "n_shot": 5, "run": identity}
+    (run / "stream.json").write_text(json.dumps(stream))
+    cells, training, online = tables.load(tmp_path, "omniglot")
+    assert list(training) == ["my-run"]
+    assert cells == {"my-run": {(20, 5): cell}}
+    assert list(online.values()) == [stream]
+    assert tables.load(tmp_path, "lfw") == ({}, {}, {})
+
+
+def headline_record(method: str, minutes: float, hardware: str) -> dict:
+    return {"images_per_second_overall": 1000.0, "concurrent_runs": 0,
+            "run": {"method": method, "recipe": {"preset": f"{method}-cpu"},
+                    "budget": {"train_minutes": minutes, "steps": 100},
+                    "hardware": hardware}}
+
+
+def test_the_headline_says_plainly_whether_its_rows_share_a_budget() -> None:
+    tables = load_script("make_results_table")
+    cpu = "2-core CPU (AMD EPYC)"
+    same = {"a": headline_record("mavae", 15.0, cpu), "b": headline_record("protonet", 15.02, cpu)}
+    assert tables.budget_sentence(("a", "b"), same) == (
+        f"These rows share one budget (MA-VAE, Prototypical Networks: 15 min on a {cpu}).")
+    unequal = {**same, "b": headline_record("protonet", 5.0, cpu)}
+    sentence = tables.budget_sentence(("a", "b"), unequal)
+    assert sentence.startswith("These rows are not at equal budgets (")
+    assert f"Prototypical Networks: 5 min on a {cpu}" in sentence
+    assert f"MA-VAE: 15 min on a {cpu}" in sentence
+
+
+def test_a_headline_row_names_its_preset_run_cells_and_budget() -> None:
+    tables = load_script("make_results_table")
+    cell = {"dataset": "omniglot/vinyals/test",
+            "result": {"accuracy": {"mean": 98.21, "ci95": 0.19, "episodes": 1000}}}
+    training = {"run-a": headline_record("mavae", 15.0, "2-core CPU (AMD EPYC)")}
+    (row,) = tables.headline_rows("omniglot", ("run-a", "missing"), {"run-a": {(5, 1): cell}},
+                                  training, label=", longer run")
+    assert row.startswith("| MA-VAE, longer run | `mavae-cpu` (`run-a`) | 98.2 ± 0.2 | – |")
+    assert row.endswith("| 15 min (100 steps), 2-core CPU (AMD EPYC), 1,000 images/s |")
+
+
+def test_generated_blocks_are_filled_in_whichever_page_holds_their_markers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = load_script("update_readme")
+    pages = (tmp_path / "README.md", tmp_path / "experiments.md")
+    pages[0].write_text("<!-- BEGIN GENERATED: headline -->\nold\n"
+                        "<!-- END GENERATED: headline -->\n")
+    pages[1].write_text("<!-- BEGIN GENERATED: omniglot_seeds -->\n"
+                        "<!-- END GENERATED: omniglot_seeds -->\n")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "README.md").write_text("## Headline\n\nthe table\n\n## Next\n")
+    (tmp_path / "results" / "omniglot.md").write_text(
+        "## Across training seeds\n\nseed rows\n\n## Training speed\n")
+    monkeypatch.setattr(readme, "PAGES", pages)
+    monkeypatch.setattr(readme, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(readme, "ROOT", tmp_path)
+    monkeypatch.setattr(readme, "RENDERERS", {
+        name: readme.RENDERERS[name] for name in ("headline", "omniglot_seeds")})
+    readme.main()
+    assert "\nthe table\n" in pages[0].read_text() and "old" not in pages[0].read_text()
+    assert "### Across training seeds\n\nseed rows\n" in pages[1].read_text()

@@ -100,7 +100,7 @@ class OptimConfig:
     lr: float = 1e-3
     # Adam's (L2) weight decay. 5e-4 on cpu-quick scored above it on validation 20-way
     # 1-shot in training seed 0 and below in seed 1, level on the other tasks
-    # (results/mavae_tuning.md, `512classes-latent1-wd5e-4`), so no preset uses it.
+    # (results/tuning/mavae_tuning.md, `512classes-latent1-wd5e-4`), so no preset uses it.
     weight_decay: float = 0.0
     # Clip the global gradient norm: early on a positive can appear or vanish between
     # steps, which makes the triplet's gradient jump. The MA-VAE's loss is in nats per
@@ -120,13 +120,13 @@ class OptimConfig:
     adam_eps: float = 1e-8
     # Linear warm-up from lr / warmup_steps to lr over the first steps, then the schedule.
     # 0: none. At lr 2e-3 the MA-VAE collapsed within its first 50 steps
-    # (results/mavae_tuning.md); a warm-up is the usual guard for a larger rate.
+    # (results/tuning/mavae_tuning.md); a warm-up is the usual guard for a larger rate.
     warmup_steps: int = 0
     # Exponential moving average of the weights, updated after every step with this decay;
     # 0: none. Validation, best/last checkpoints and the figures then use the average,
     # with BatchNorm statistics recomputed for it (gaussmem.weight_average). At 0.998 on
     # cpu-quick it scored no higher than the trained weights on validation
-    # (results/mavae_tuning.md), so no preset uses it.
+    # (results/tuning/mavae_tuning.md), so no preset uses it.
     ema_decay: float = 0.0
 
 
@@ -152,7 +152,7 @@ class MatchingConfig:
     # temperature). 1.0 is the paper's plain cosine: over [-1, 1] the softmax is so flat
     # that training stalls (84% validation 5-way 1-shot after 1,500 matching-cpu steps);
     # 30 reached 98% in the same steps, 10 96%, 60 and 100 98% (validation split,
-    # results/matching_scale.json). Argmax at test time is unaffected by the scale.
+    # results/speed/matching_scale.json). Argmax at test time is unaffected by the scale.
     cosine_scale: float = 30.0
     # Full context embeddings (bidirectional LSTM over the support set, attention LSTM
     # for the queries with `fce_steps` read steps). Off by default, as in most
@@ -215,7 +215,7 @@ class ValidationConfig:
     # The task that picks `best.ckpt`. 20-way 1-shot over 1,000 episodes: validation
     # 5-way 1-shot over 200 episodes (the default until 2026-11) is saturated near 98%
     # with a 95% CI of +-0.6, so it picked mid-run checkpoints that scored lower than
-    # the last one on every harder validation task (results/checkpoint_selection.json).
+    # the last one on every harder validation task (results/tuning/checkpoint_selection.json).
     n_way: int = 20
     n_shot: int = 1
     n_query: int = 5
@@ -421,20 +421,20 @@ def _validated_recipe(config: TrainConfig) -> TrainConfig:
     # reads z_c more, as section 3.1 intends: on the validation split, z_s alone fell
     # from 48.5% to 24.4% 20-way 1-shot and swapping z_c changed reconstructions 0.0090
     # instead of 0.0033 (results/latent_check_val_style*.json), with validation 20-way
-    # 5-shot 98.54 both and 5-way 1-shot 98.64 vs 98.54 (results/mavae_tuning.md).
+    # 5-shot 98.54 both and 5-way 1-shot 98.64 vs 98.54 (results/tuning/mavae_tuning.md).
     config.model.style_dim = 4
     # Adam at 2e-3 after a 100-step linear warm-up: validation 20-way 1-shot 95.43 vs
     # 95.18 at 1e-3, 20-way 5-shot and 5-way 1-shot level or higher (15 minutes,
-    # results/mavae_tuning.md). Without the warm-up, 2e-3 collapsed in its first steps.
+    # results/tuning/mavae_tuning.md). Without the warm-up, 2e-3 collapsed in its first steps.
     config.optim.lr = 2e-3
     config.optim.warmup_steps = 100
     # c2 = 1 (0.1 by default): on validation 20-way 1-shot after 15 minutes, c2 = 0.1,
     # 0.3, 1, 2, 3 scored 95.43, 95.51, 95.65, 95.41, 95.16 (training seed 0), and 1 led
     # 0.3 again in seed 1; 20-way 5-shot 98.57, 98.63, 98.75, 98.71, 98.71
-    # (results/mavae_tuning.md, `512classes-today-latent*`). A stronger pull of the
+    # (results/tuning/mavae_tuning.md, `512classes-today-latent*`). A stronger pull of the
     # posteriors to the prior is a regularizer, and this recipe needs one: on a GPU its
     # validation 20-way 1-shot peaked at step 2,000 (95.3) and slid to 95.0 by step 6,983
-    # (results/omniglot-cpu-quick-gpu-training.json).
+    # (results/omniglot/cpu-quick-gpu/training.json).
     config.loss = dataclasses.replace(config.loss, latent=1.0)
     return config
 
@@ -447,7 +447,7 @@ def _paper_omniglot(n_way: int, batch_episodes: int, eval_n_way: int) -> TrainCo
     # every 5,000 steps against 3,000; at step 6,000 the defaults scored 95.21): never
     # lower by more than a CI, higher by several on the 80- and 100-class presets, and
     # 1.2-1.4x (GPU) and about 2x (CPU) the images/s
-    # (results/omniglot-*-tuned-*-training.json beside omniglot-5way-cpu, -parallel-cpu,
+    # (results/omniglot/*-tuned-*/training.json beside omniglot-5way-cpu, -parallel-cpu,
     # -20way-gpu, -parallel-20way-gpu).
     return _validated_recipe(_paper(n_way, batch_episodes, eval_n_way))
 
@@ -455,7 +455,7 @@ def _paper_omniglot(n_way: int, batch_episodes: int, eval_n_way: int) -> TrainCo
 def _cpu_quick() -> TrainConfig:
     # 128 classes per step trained better than 32 or 64 (CALIBRATION.md); on validation
     # 20-way 5-shot after 15 minutes, 128: 97.90, 256: 98.24, 512 (32-way x 16): 98.41
-    # (5-way 1-shot 98.22, 98.39, 98.42; results/mavae_tuning.md). More classes share
+    # (5-way 1-shot 98.22, 98.39, 98.42; results/tuning/mavae_tuning.md). More classes share
     # one memory, so the triplet's negatives are harder.
     config = TrainConfig(episodes=EpisodeConfig(n_way=32, batch_episodes=16))
     config.budget = BudgetConfig(max_steps=100_000, max_minutes=15.0)

@@ -2,7 +2,7 @@
 
 Why: the paper's presets take 80-320 classes (160-640 images) per step. On a GPU such a
 step is a few hundred small kernels, and launching them from Python takes longer than
-running them, so the device idles (results/speed-gpu.json). A CUDA graph launches the
+running them, so the device idles (results/speed/speed-gpu.json). A CUDA graph launches the
 whole step -- forward, backward, Adam, the memory's lookups and write -- as one unit.
 
 What a step must be for that, and why gaussmem's MA-VAE step is (docs/memory.md, "On an

@@ -2,7 +2,7 @@
 
 On CPUs with native bfloat16 (AVX512-BF16 or AMX) and on recent GPUs, convolutions in
 bfloat16 run much faster than in float32 (measured: `python
-benchmarks/train_step_speed.py` -> results/speed-cpu.json). Only the networks'
+benchmarks/train_step_speed.py` -> results/speed/speed-cpu.json). Only the networks'
 convolutions and linear layers run in bfloat16; weights, optimizer state, the posterior
 heads (see `GaussianHead`), the memory's divergences and every loss stay float32.
 bfloat16 has float32's exponent range, so no loss scaling is needed. On a CPU without

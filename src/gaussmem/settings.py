@@ -16,6 +16,10 @@ from pathlib import Path
 
 DATA_ENV_VAR = "GAUSSMEM_DATA"
 CACHE_ENV_VAR = "GAUSSMEM_CACHE"
+#: Where `gaussmem data download` fetches Omniglot's two zips (Lake et al.'s release).
+OMNIGLOT_BASE_URL = "https://github.com/brendenlake/omniglot/raw/master/python"
+#: The name of the LFW-a face pack inside `<data dir>/lfw/`.
+LFW_PACK_NAME = "lfwa-faces.npz"
 
 
 def _xdg_dir(env_var: str, fallback: Path) -> Path:

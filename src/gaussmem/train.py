@@ -26,13 +26,12 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 import gaussmem.methods  # noqa: F401  (registers every built-in method and its training)
 from gaussmem.atomic import write_text_atomic
@@ -51,6 +50,13 @@ from gaussmem.evaluate import EvaluationResult, evaluate_support_query
 from gaussmem.methods.registry import training_class
 from gaussmem.methods.training import MethodTraining
 from gaussmem.metrics_log import MetricsLog
+from gaussmem.progress import (
+    format_left,
+    time_left_seconds,
+    train_postfix,
+    training_bar,
+    validation_line,
+)
 from gaussmem.run_dir import check_fresh_run_dir, clear_run, remove_orphans, write_failed
 from gaussmem.seeding import global_rng_state, seed_everything, set_global_rng_state
 
@@ -212,19 +218,19 @@ def validate(trainer: Trainer) -> dict[str, float]:
     return values
 
 
-def _validate_and_checkpoint(trainer: Trainer, log: MetricsLog | None,
-                             do_validate: bool) -> None:
+def _validate_and_checkpoint(trainer: Trainer, log: MetricsLog | None, do_validate: bool,
+                             say: Callable[[str], None]) -> None:
     """Validate (optionally), update best, write last (and best) checkpoints: on rank 0,
-    while any other rank waits for it."""
+    while any other rank waits for it. `say` gets the validation's one readable line."""
     ranks = current()
     if ranks.is_main:
         assert log is not None
-        _validate_and_checkpoint_here(trainer, log, do_validate)
+        _validate_and_checkpoint_here(trainer, log, do_validate, say)
     ranks.barrier()
 
 
-def _validate_and_checkpoint_here(trainer: Trainer, log: MetricsLog, do_validate: bool
-                                  ) -> None:
+def _validate_and_checkpoint_here(trainer: Trainer, log: MetricsLog, do_validate: bool,
+                                  say: Callable[[str], None]) -> None:
     state = trainer.state
     if do_validate and trainer.val_set is not None:
         values = validate(trainer)
@@ -236,6 +242,8 @@ def _validate_and_checkpoint_here(trainer: Trainer, log: MetricsLog, do_validate
         if values["val_accuracy"] > state.best_val_accuracy:
             state.best_val_accuracy, state.best_step = values["val_accuracy"], state.step
             _save(trainer, BEST_CHECKPOINT)
+        say(validation_line(trainer.config.validation, trainer.config.budget, state.step,
+                            values, state.best_val_accuracy, state.best_step))
     _save(trainer, LAST_CHECKPOINT)
 
 
@@ -334,8 +342,9 @@ def _stop_on_signals() -> Iterator[_StopRequest]:
 
 
 def run_loop(trainer: Trainer, log: MetricsLog | None, *, progress: bool = True,
-             stop_at_step: int | None = None) -> None:
-    """Train until the budget (or `stop_at_step`, a test hook that simulates a kill).
+             validation_lines: bool = True, stop_at_step: int | None = None) -> None:
+    """Train until the budget (or `stop_at_step`, a test hook that simulates a kill),
+    showing a progress bar (`progress`) and a line per validation (`validation_lines`).
 
     `log`: the run's metrics on rank 0, None on the other ranks (which log nothing).
     Raises `TrainingInterrupted` after SIGINT or SIGTERM (see the module docstring).
@@ -345,11 +354,11 @@ def run_loop(trainer: Trainer, log: MetricsLog | None, *, progress: bool = True,
     progress = progress and ranks.is_main
     # Images/s counts every rank's images: the global batch's throughput.
     images_per_step = trainer.method.images_per_step * ranks.world_size
-    # Under a wall-clock budget the step total would give a false ETA (hours for a
-    # 15-minute run); the postfix's "left" shows the time that remains instead.
-    total_steps = None if config.budget.max_minutes else config.budget.max_steps
-    bar = tqdm(total=total_steps, initial=state.step, disable=not progress,
-               unit="step", dynamic_ncols=True)
+    bar = training_bar(config.budget, state.step, enabled=progress)
+    # tqdm.write prints above the bar (or plainly, without one).
+    say = bar.write if validation_lines and ranks.is_main else (lambda line: None)
+    # The pace of this session (a resumed run's earlier steps ran elsewhere, maybe).
+    first_step, first_seconds, postfix = state.step, state.elapsed_seconds, {}
     running, window_start, window_images = _RunningMeans(), time.perf_counter(), 0
     trainer.method.model.train()
     with _stop_on_signals() as stop, contextlib.closing(bar):
@@ -359,6 +368,11 @@ def run_loop(trainer: Trainer, log: MetricsLog | None, *, progress: bool = True,
             running.add(train_step(trainer, measure_triplet_grad=log_now))
             state.elapsed_seconds += time.perf_counter() - step_start
             window_images += images_per_step
+            steps_done = state.step - first_step
+            postfix["left"] = format_left(time_left_seconds(
+                config.budget, state.step, state.elapsed_seconds,
+                (state.elapsed_seconds - first_seconds) / steps_done if steps_done else None))
+            bar.set_postfix(postfix, refresh=False)
             bar.update(1)
             if log_now:
                 # The loss terms of the global batch: the mean of the ranks' shares.
@@ -369,13 +383,13 @@ def run_loop(trainer: Trainer, log: MetricsLog | None, *, progress: bool = True,
                 values["lr"] = float(trainer.optimizer.param_groups[0]["lr"])
                 values["minutes"] = state.elapsed_seconds / 60.0
                 log.log("train", state.step, values)
-                bar.set_postfix(_postfix(values, config, trainer.method.postfix_terms),
-                                refresh=False)
+                postfix = {**train_postfix(values, trainer.method.postfix_terms),
+                           "left": postfix["left"]}
                 window_start, window_images = time.perf_counter(), 0
             if state.step % config.validation.every_steps == 0:
-                _validate_and_checkpoint(trainer, log, do_validate=True)
+                _validate_and_checkpoint(trainer, log, do_validate=True, say=say)
             elif state.step % config.checkpoint_every == 0:
-                _validate_and_checkpoint(trainer, log, do_validate=False)
+                _validate_and_checkpoint(trainer, log, do_validate=False, say=say)
         if stop.signal_number is not None:
             # After the step's own checkpoint (if it had one) this writes the same state.
             if ranks.is_main:
@@ -385,17 +399,7 @@ def run_loop(trainer: Trainer, log: MetricsLog | None, *, progress: bool = True,
                                       trainer.run_dir / LAST_CHECKPOINT)
     final_validation = (stop_at_step is None
                         and state.step % config.validation.every_steps != 0)
-    _validate_and_checkpoint(trainer, log, do_validate=final_validation)
-
-
-def _postfix(values: dict[str, float], config: TrainConfig, terms: tuple[str, ...]
-             ) -> dict[str, str]:
-    postfix = {term: f"{values[term]:.3f}" for term in terms if term in values}
-    postfix["img/s"] = f"{values['images_per_second']:.0f}"
-    if config.budget.max_minutes:
-        left = max(0.0, config.budget.max_minutes - values["minutes"])
-        postfix["left"] = f"{left:.1f}min"
-    return postfix
+    _validate_and_checkpoint(trainer, log, do_validate=final_validation, say=say)
 
 
 @dataclass
@@ -415,11 +419,16 @@ class TrainResult:
     device: str = "cpu"
     #: Processes that trained together (torchrun's WORLD_SIZE; 1 for a plain run).
     world_size: int = 1
+    #: The checkpoint to use: the best on validation, else (no validation) the last.
+    checkpoint: Path | None = None
+    #: The figures written at the end (a directory), if the method writes any.
+    figures: Path | None = None
 
 
 def train(config: TrainConfig | None, run_dir: str | Path, train_set: FewShotDataset,
           val_set: FewShotDataset | None, *, resume: bool = False, progress: bool = True,
-          stop_at_step: int | None = None, overwrite: bool = False) -> TrainResult:
+          validation_lines: bool = True, stop_at_step: int | None = None,
+          overwrite: bool = False) -> TrainResult:
     """Train (or resume) a run in `run_dir`; see the module docstring for the loop.
 
     Fresh runs refuse a `run_dir` that already holds a run (pass `resume=True`, or
@@ -465,14 +474,15 @@ def train(config: TrainConfig | None, run_dir: str | Path, train_set: FewShotDat
         log = MetricsLog(run_dir, tensorboard=config.tensorboard,
                          resumed_at=trainer.state.step if resume else None)
         try:
-            run_loop(trainer, log, progress=progress, stop_at_step=stop_at_step)
+            run_loop(trainer, log, progress=progress, validation_lines=validation_lines,
+                     stop_at_step=stop_at_step)
         finally:
             log.close()
         if stop_at_step is None:
             trainer.method.finish(run_dir, val_set)
         result = _result(trainer, ranks)
-        summary = {**{k: v for k, v in result.__dict__.items() if k != "run_dir"},
-                   "run_dir": str(run_dir)}
+        summary = {key: str(value) if isinstance(value, Path) else value
+                   for key, value in result.__dict__.items()}
         write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return result
 
@@ -480,11 +490,15 @@ def train(config: TrainConfig | None, run_dir: str | Path, train_set: FewShotDat
 def _result(trainer: Trainer, ranks: Distributed) -> TrainResult:
     """The run's `TrainResult` (on ranks other than 0, without validation scores)."""
     state = trainer.state
-    return TrainResult(trainer.run_dir, state.step, state.elapsed_seconds,
+    run_dir = trainer.run_dir
+    return TrainResult(run_dir, state.step, state.elapsed_seconds,
                        state.best_val_accuracy, state.best_step, state.minutes_to_97,
                        trainer.config.method,
                        trainer.method.images_per_step * ranks.world_size,
-                       str(trainer.method.device), ranks.world_size)
+                       str(trainer.method.device), ranks.world_size,
+                       run_dir / (BEST_CHECKPOINT if trainer.val_set is not None
+                                  else LAST_CHECKPOINT),
+                       run_dir / "figures" if (run_dir / "figures").is_dir() else None)
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ the running statistics expects (a 15-minute `cpu-quick` run with the averaged st
 validated far below its own trained weights). So, as SWA does with `update_bn`, the
 average gets BatchNorm statistics of its own, from a fixed set of training images,
 before it is used. (On `cpu-quick` the average scored no higher than the trained weights:
-its cosine decay already ends a run at a low learning rate; results/mavae_tuning.md.)
+its cosine decay already ends a run at a low learning rate; results/tuning/mavae_tuning.md.)
 """
 
 from __future__ import annotations

@@ -11,20 +11,14 @@ from pathlib import Path
 from gaussmem.atomic import write_text_atomic
 from gaussmem.commands import DefaultsHelpFormatter, add_data_location_arguments
 from gaussmem.commands.arguments import output_file
-from gaussmem.data.download import OFFICIAL_BASE_URL, download_omniglot
-from gaussmem.data.lfw import (
-    LFW_SUBSETS,
-    lfw_source,
-    load_lfw_faces,
-    pack_faces,
-    paper_split,
-    people_counts,
-)
-from gaussmem.data.lfw_pack import PACK_NAME
-from gaussmem.data.omniglot import OMNIGLOT_FOLDER, load_omniglot, load_omniglot_characters
 from gaussmem.data.omniglot_splits import SCHEME_SUBSETS
 from gaussmem.errors import DataError
-from gaussmem.settings import resolve_cache_dir, resolve_data_dir
+from gaussmem.settings import (
+    LFW_PACK_NAME,
+    OMNIGLOT_BASE_URL,
+    resolve_cache_dir,
+    resolve_data_dir,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "<data dir>/omniglot/, each checked against the official MD5 before it is kept.")
     download.add_argument("dataset", choices=["omniglot"], help="which dataset to fetch")
     add_data_location_arguments(download, cache=False)
-    download.add_argument("--base-url", default=OFFICIAL_BASE_URL, help="where to fetch from")
+    download.add_argument("--base-url", default=OMNIGLOT_BASE_URL, help="where to fetch from")
     download.add_argument("--overwrite", action="store_true",
                           help="fetch again even if a file is already there")
     download.set_defaults(handler=run_download)
@@ -60,15 +54,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write LFW-a's preprocessed faces to a small verifiable pack",
         description="Write the 84x84 faces of everyone with >= 5 photos (what the presets "
         "use; ~40 MB instead of the 97 MB archive) with their checksums to OUT. Put it at "
-        f"<data dir>/lfw/{PACK_NAME} on a machine without the archive: it is used in its "
+        f"<data dir>/lfw/{LFW_PACK_NAME} on a machine without the archive: it is used in its "
         "place, and gives the same arrays.")
     pack.add_argument("--out", required=True, type=output_file,
-                      help=f"file to write (name it {PACK_NAME})")
+                      help=f"file to write (name it {LFW_PACK_NAME})")
     add_data_location_arguments(pack)
     pack.set_defaults(handler=run_pack_lfw)
 
 
 def run_pack_lfw(args: argparse.Namespace) -> int:
+    from gaussmem.data.lfw import pack_faces  # imports torch: not for `--help`
+
     path = pack_faces(args.out, data_dir=resolve_data_dir(args.data_dir),
                       cache_dir=resolve_cache_dir(args.cache_dir))
     print(f"ok  {path} ({path.stat().st_size / 2**20:.1f} MiB)")
@@ -76,6 +72,10 @@ def run_pack_lfw(args: argparse.Namespace) -> int:
 
 
 def run_download(args: argparse.Namespace) -> int:
+    # Imported here: they import tqdm and torch, which `--help` does without.
+    from gaussmem.data.download import download_omniglot
+    from gaussmem.data.omniglot import OMNIGLOT_FOLDER
+
     destination = resolve_data_dir(args.data_dir) / OMNIGLOT_FOLDER
     for path in download_omniglot(destination, args.base_url, overwrite=args.overwrite):
         print(f"ok  {path}")
@@ -83,6 +83,8 @@ def run_download(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    from gaussmem.data.omniglot import load_omniglot_characters  # imports torch
+
     data_dir = resolve_data_dir(args.data_dir)
     cache_dir = resolve_cache_dir(args.cache_dir)
     started = time.perf_counter()
@@ -110,6 +112,8 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def _split_summary(data_dir: Path, cache_dir: Path) -> dict[str, dict]:
+    from gaussmem.data.omniglot import load_omniglot  # imports torch
+
     summary: dict[str, dict] = {}
     for scheme, subsets in SCHEME_SUBSETS.items():
         characters_by_subset = {}
@@ -130,6 +134,14 @@ def _split_summary(data_dir: Path, cache_dir: Path) -> dict[str, dict]:
 
 def _lfw_status(data_dir: Path, cache_dir: Path) -> dict | None:
     """Counts and the paper split's cache for LFW-a, or None when it is absent."""
+    from gaussmem.data.lfw import (  # imports torch: not for `--help`
+        LFW_SUBSETS,
+        lfw_source,
+        load_lfw_faces,
+        paper_split,
+        people_counts,
+    )
+
     try:
         source = lfw_source(data_dir)
     except DataError:

@@ -1,4 +1,5 @@
-"""`gaussmem evaluate`: N-way K-shot accuracy of a checkpoint, mean and 95% CI, as JSON."""
+"""`gaussmem evaluate`: N-way K-shot accuracy of a checkpoint, mean and 95% CI (the
+whole report as JSON with `--json`)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from gaussmem.commands.arguments import (
     positive_int,
     seed,
 )
-from gaussmem.evaluate import DEFAULT_N_QUERY
 from gaussmem.settings import resolve_cache_dir, resolve_data_dir
 
 SPLITS = ("test", "val", "train", "trainval")
@@ -37,15 +37,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--n-shot", type=positive_int, default=1,
                         help="support images per class (online: the largest k reported)")
     parser.add_argument("--n-query", type=positive_int, default=None,
-                        help=f"query images per class (support-query); default {DEFAULT_N_QUERY} "
-                        "on Omniglot, on LFW-a the most every person has room for")
+                        help="query images per class (support-query); default: the "
+                        "dataset's (gaussmem.evaluate.DEFAULT_N_QUERY on Omniglot, on LFW-a "
+                        "the most every person has room for)")
     parser.add_argument("--episodes", type=positive_int, default=1000, help="number of episodes")
     parser.add_argument("--seed", type=seed, default=0, help="seed of the episode sampler")
     parser.add_argument("--split", default="test", choices=SPLITS, help="class subset")
     parser.add_argument("--protocol", default="support-query",
                         choices=("support-query", "online"), help="evaluation protocol")
     parser.add_argument("--json", dest="json_path", type=output_file, default=None,
-                        help="write the result JSON here (atomically)")
+                        help="write the whole report here as JSON (atomically): "
+                        "accuracy, episodes, checkpoint, command, hardware")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="auto",
                         help="where the encoder runs: auto (a CUDA GPU if there is one and "
@@ -87,9 +89,8 @@ def run(args: argparse.Namespace) -> int:
                           "torch": torch.__version__, "gaussmem": code_version()}
     if report["device"].startswith("cuda"):
         report["hardware"]["gpu"] = torch.cuda.get_device_name(torch.device(report["device"]))
-    text = json.dumps(report, indent=2, sort_keys=True) + "\n"
     if args.json_path:
-        write_text_atomic(args.json_path, text)
+        write_text_atomic(args.json_path, json.dumps(report, indent=2, sort_keys=True) + "\n")
     accuracy = report["result"]["accuracy"]
     combination = report.get("combination")
     members = (f", {len(combination['checkpoints'])} checkpoint(s) x "
@@ -97,6 +98,4 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.n_way}-way {args.n_shot}-shot ({args.protocol}, {args.split}, "
           f"{args.episodes} episodes, seed {args.seed}{members}): "
           f"{accuracy['mean']:.2f}% ± {accuracy['ci95']:.2f}")
-    if not args.json_path:
-        sys.stdout.write(text)
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -11,12 +10,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gaussmem.commands import DefaultsHelpFormatter, add_data_location_arguments
-from gaussmem.commands.arguments import output_directory, positive_float, positive_int, seed
-from gaussmem.config import PRESETS, TrainConfig, default_preset, resolve
+from gaussmem.commands.arguments import (
+    output_directory,
+    output_file,
+    positive_float,
+    positive_int,
+    seed,
+)
 from gaussmem.settings import resolve_cache_dir, resolve_data_dir
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the config module imports torch: not for `--help`
+    from gaussmem.config import TrainConfig
     from gaussmem.distributed import Distributed
+    from gaussmem.train import TrainResult
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,9 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--method", default=None,
                         help="registered method: mavae, protonet, matching, kaiser "
                         "(default: the preset's; without --preset, mavae)")
-    parser.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                        help="named experiment (docs/model.md, docs/baselines.md); default: "
-                        "cpu-quick for mavae, <method>-cpu for a baseline")
+    parser.add_argument("--preset", default=None,
+                        help="named experiment (docs/model.md, docs/baselines.md; a typo "
+                        "lists the names); default: cpu-quick for mavae, <method>-cpu for "
+                        "a baseline")
     parser.add_argument("--config", default=None, help="TOML file laid over the preset")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="SECTION.FIELD=VALUE", help="override one field; repeatable")
@@ -51,7 +58,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tensorboard", action="store_true",
                         help="also write TensorBoard events (needs `tensorboard`)")
     add_data_location_arguments(parser)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (the validation lines and summary remain)")
+    parser.add_argument("--json", dest="json_path", type=output_file, default=None,
+                        help="also write the run's summary here (the run directory's "
+                        "summary.json holds it too)")
     parser.set_defaults(handler=run)
 
 
@@ -73,7 +84,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 def _saved_config(run_dir: Path) -> TrainConfig:
     """The config of the run in `run_dir` (for --resume without a new budget)."""
     from gaussmem.checkpoint import load_checkpoint
-    from gaussmem.config import from_dict
+    from gaussmem.config import TrainConfig, from_dict
     from gaussmem.train import LAST_CHECKPOINT
 
     return from_dict(TrainConfig, load_checkpoint(run_dir / LAST_CHECKPOINT)["config"])
@@ -135,6 +146,7 @@ def _warn_if_the_cpu_is_busy(config: TrainConfig) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here so `gaussmem --help` stays fast (no torch import).
+    from gaussmem.config import default_preset, resolve
     from gaussmem.distributed import launched_by_torchrun, process_group
     from gaussmem.methods import method_class, training_class
     from gaussmem.run_dir import check_fresh_run_dir
@@ -174,8 +186,9 @@ def _train(args: argparse.Namespace, config: TrainConfig | None, effective: Trai
            run_dir: Path, ranks: Distributed) -> int:
     """Load the data, train, print where things went (rank 0 prints for every rank)."""
     from gaussmem.allocator import keep_freed_memory
+    from gaussmem.atomic import write_text_atomic
     from gaussmem.data.datasets import load_split
-    from gaussmem.train import BEST_CHECKPOINT, LAST_CHECKPOINT, TrainingInterrupted, train
+    from gaussmem.train import TrainingInterrupted, train
 
     data_dir, cache_dir = resolve_data_dir(args.data_dir), resolve_cache_dir(args.cache_dir)
     # A resumed run reads the data its checkpoint was trained on; rank 0 builds a
@@ -191,7 +204,7 @@ def _train(args: argparse.Namespace, config: TrainConfig | None, effective: Trai
         print(f"gaussmem train: run directory {run_dir}"
               + (f" ({ranks.world_size} processes)" if ranks.world_size > 1 else ""))
         _warn_if_the_cpu_is_busy(effective)
-    keep_freed_memory()  # 1.0-1.2x CPU training throughput (results/allocator_speed.json)
+    keep_freed_memory()  # 1.0-1.2x CPU training throughput (results/speed/allocator_speed.json)
     try:
         result = train(config, run_dir, train_set, val_set, resume=args.resume,
                        progress=not args.no_progress, overwrite=args.overwrite)
@@ -200,13 +213,25 @@ def _train(args: argparse.Namespace, config: TrainConfig | None, effective: Trai
             print(f"gaussmem train: {stop} --run-dir {run_dir}", file=sys.stderr)
         return stop.exit_status
     if ranks.is_main:
-        print(json.dumps({"run_dir": str(run_dir), "method": result.method,
-                          "step": result.step,
-                          "minutes": round(result.elapsed_seconds / 60, 2),
-                          "best_val_accuracy": result.best_val_accuracy,
-                          "best_step": result.best_step,
-                          "minutes_to_97": result.minutes_to_97,
-                          "world_size": result.world_size,
-                          "checkpoint": str(run_dir / (BEST_CHECKPOINT if val_set is not None
-                                                       else LAST_CHECKPOINT))}))
+        print(summary_text(result, effective))
+        if args.json_path:
+            write_text_atomic(args.json_path, (run_dir / "summary.json").read_text())
     return 0
+
+
+def summary_text(result: TrainResult, config: TrainConfig) -> str:
+    """The end of a run for a person: what it reached and where its files are (the
+    numbers for scripts are in the run directory's summary.json)."""
+    validation = config.validation
+    reached = (f"best validation {validation.n_way}-way {validation.n_shot}-shot "
+               f"{result.best_val_accuracy:.2f}% at step {result.best_step:,}"
+               if config.data.val_subset is not None else
+               "no validation (the last checkpoint is the model)")
+    lines = [f"gaussmem train: done, {result.method} {result.step:,} steps in "
+             f"{result.elapsed_seconds / 60:.1f} min on {result.device}; {reached}",
+             f"  checkpoint: {result.checkpoint}"]
+    if result.figures is not None:
+        lines.append(f"  figures:    {result.figures}")
+    lines += [f"  summary:    {result.run_dir / 'summary.json'}",
+              f"  evaluate:   gaussmem evaluate --checkpoint {result.checkpoint}"]
+    return "\n".join(lines)

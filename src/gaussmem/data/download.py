@@ -18,8 +18,7 @@ from tqdm import tqdm
 
 from gaussmem.atomic import atomic_path
 from gaussmem.errors import DataError
-
-OFFICIAL_BASE_URL = "https://github.com/brendenlake/omniglot/raw/master/python"
+from gaussmem.settings import OMNIGLOT_BASE_URL as OFFICIAL_BASE_URL
 
 
 @dataclass(frozen=True)

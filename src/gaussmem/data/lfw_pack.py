@@ -24,8 +24,9 @@ import numpy as np
 
 from gaussmem.atomic import atomic_path
 from gaussmem.errors import DataError
+from gaussmem.settings import LFW_PACK_NAME
 
-PACK_NAME = "lfwa-faces.npz"
+PACK_NAME = LFW_PACK_NAME  # the name the rest of the data package uses
 _FORMAT = 1
 
 
