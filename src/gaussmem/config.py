@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gaussmem.data.augmentation import AugmentConfig
 from gaussmem.device import DeviceError, check_device_name
 from gaussmem.errors import GaussmemError
 from gaussmem.losses import MEMORY_TERMS, SIMILARITY_KINDS, LossWeights
@@ -178,24 +179,6 @@ class KaiserConfig:
     age_noise: float = 8.0
     # Dropout keep probability on the embedding during training (their keep_prob=0.3).
     keep_prob: float = 0.3
-
-
-@dataclass
-class AugmentConfig:
-    """Random affine distortions of the MA-VAE's training images; all 0 (off) by default,
-    as the paper trains on the plain images. Each image gets its own rotation, scale and
-    shift, drawn uniformly within the bounds; uncovered pixels become 0 (the background
-    of Omniglot's strokes-bright images). Validation and evaluation never distort."""
-
-    max_rotation_degrees: float = 0.0
-    # Scale factor drawn from [1 - max_scale, 1 + max_scale].
-    max_scale: float = 0.0
-    # Shift of each axis, as a fraction of the image side (2 / 28 ~ 0.07 is 2 pixels).
-    max_shift: float = 0.0
-
-    @property
-    def enabled(self) -> bool:
-        return any((self.max_rotation_degrees, self.max_scale, self.max_shift))
 
 
 @dataclass

@@ -47,6 +47,7 @@ from gaussmem.data.training_sampler import (
 )
 from gaussmem.distributed import Distributed, current, rank_seed
 from gaussmem.evaluate import EvaluationResult, evaluate_support_query
+from gaussmem.generative import write_run_figures
 from gaussmem.methods.registry import training_class
 from gaussmem.methods.training import MethodTraining
 from gaussmem.metrics_log import MetricsLog
@@ -479,12 +480,24 @@ def train(config: TrainConfig | None, run_dir: str | Path, train_set: FewShotDat
         finally:
             log.close()
         if stop_at_step is None:
-            trainer.method.finish(run_dir, val_set)
+            _write_figures(trainer, val_set)
         result = _result(trainer, ranks)
         summary = {key: str(value) if isinstance(value, Path) else value
                    for key, value in result.__dict__.items()}
         write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return result
+
+
+def _write_figures(trainer: Trainer, val_set: FewShotDataset | None) -> None:
+    """Reconstructions, generations and style transfer of a generative method, from the
+    validation split (never the test split), into the run's `figures/`."""
+    network = trainer.method.generative_model
+    if network is None or val_set is None or not trainer.config.run_figures:
+        return
+    was_training = network.training
+    network.eval()
+    write_run_figures(trainer.run_dir, network, val_set)
+    network.train(was_training)
 
 
 def _result(trainer: Trainer, ranks: Distributed) -> TrainResult:

@@ -9,13 +9,30 @@ pair distorts the whole batch in one call, so the step stays on the device.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gaussmem.config import AugmentConfig
+
+@dataclass
+class AugmentConfig:
+    """Random affine distortions of the MA-VAE's training images; all 0 (off) by default,
+    as the paper trains on the plain images. Each image gets its own rotation, scale and
+    shift, drawn uniformly within the bounds; uncovered pixels become 0 (the background
+    of Omniglot's strokes-bright images). Validation and evaluation never distort."""
+
+    max_rotation_degrees: float = 0.0
+    # Scale factor drawn from [1 - max_scale, 1 + max_scale].
+    max_scale: float = 0.0
+    # Shift of each axis, as a fraction of the image side (2 / 28 ~ 0.07 is 2 pixels).
+    max_shift: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return any((self.max_rotation_degrees, self.max_scale, self.max_shift))
 
 
 class RandomAffine:

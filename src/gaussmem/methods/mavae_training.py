@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import inspect
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -327,14 +326,6 @@ class MAVAETraining(MethodTraining):
     def classifier(self) -> MemoryAugmentedVAE:
         return MemoryAugmentedVAE(self.evaluated_model, channels_last=self.config.channels_last)
 
-    def finish(self, run_dir: Path, val_set: FewShotDataset | None) -> None:
-        """Reconstruction/generation figures from the validation split (issue #7)."""
-        if val_set is None or not self.config.run_figures:
-            return
-        from gaussmem.generative import write_run_figures
-
-        vae = self.evaluated_model
-        was_training = vae.training
-        vae.eval()
-        write_run_figures(run_dir, vae, val_set)
-        vae.train(was_training)
+    @property
+    def generative_model(self) -> GaussianVAE:
+        return self.evaluated_model

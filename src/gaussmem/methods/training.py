@@ -15,7 +15,6 @@ classifier is built from: the moving average where `optim.ema_decay` asks for on
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -157,9 +156,11 @@ class MethodTraining(ABC):
             self.memory.load_state_dict(checkpoint["memory"])
         self.sampler.load_state_dict(checkpoint["sampler"])
 
-    def finish(self, run_dir: Path, val_set: FewShotDataset | None) -> None:
-        """Called once when a run's budget is spent (e.g. to write figures)."""
-        del run_dir, val_set  # nothing to finish by default
+    @property
+    def generative_model(self) -> nn.Module | None:
+        """The network a run's figures draw with (a generative method's VAE); None for a
+        method that only classifies."""
+        return None
 
     def backward_and_step(self, loss: torch.Tensor) -> torch.Tensor:
         """Backpropagate `loss`, clip the global gradient norm, step; returns the norm."""
