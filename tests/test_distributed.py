@@ -218,9 +218,10 @@ def test_torchrun_trains_checkpoints_and_resumes(real_data_dir: Path, real_cache
         done = subprocess.run([*via, *command, *data], env=env, capture_output=True,
                               text=True, timeout=120)
         assert done.returncode == 0, done.stderr[-3000:]
-        printed = [line for line in done.stdout.splitlines() if line.startswith("{")]
-        assert len(printed) == 1, done.stdout  # rank 0 alone reports
-        return json.loads(printed[0])
+        done_lines = [line for line in done.stdout.splitlines()
+                      if line.startswith("gaussmem train: done")]
+        assert len(done_lines) == 1, done.stdout  # rank 0 alone reports
+        return json.loads((run / "summary.json").read_text())
 
     first = gaussmem("train", "--preset", "smoke", "--max-steps", "3", via=launch)
     assert first["world_size"] == 2 and first["step"] == 3
