@@ -172,6 +172,17 @@ class SlotMemory(nn.Module):
         self._noise_generator.manual_seed(self.seed)
         self._keys_changed_(None)
 
+    @torch.no_grad()
+    def clear_slots_(self, slots: torch.Tensor) -> None:
+        """Empty `slots` `(n,)` in place (a gallery forgetting a label); the other slots
+        keep their entries and ages, and emptied slots never match again until written."""
+        slots = torch.as_tensor(slots, dtype=torch.int64, device=self.labels.device)
+        self.labels[slots] = NOT_FOUND
+        self.counts[slots] = 0
+        self.ages[slots] = 0
+        self.valid[slots] = False
+        self._keys_changed_(slots)
+
     # --- hooks for the key type -------------------------------------------------------
     def _lift_query_keys(self, keys: tuple[torch.Tensor, ...]) -> Any:
         """Whatever per-query form `_score_block` consumes."""
