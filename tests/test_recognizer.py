@@ -104,6 +104,19 @@ def test_gallery_grows_past_its_initial_capacity(smoke_checkpoint: Path) -> None
     assert result.label == "l123" and result.similarity == pytest.approx(1.0)
 
 
+def test_append_writes_what_update_writes_for_unseen_labels() -> None:
+    generator = torch.Generator().manual_seed(0)
+    mu, var = torch.randn(6, 3, generator=generator), torch.rand(6, 3, generator=generator) + 0.5
+    updated, appended = GaussianMemory(8, 3, seed=0), GaussianMemory(8, 3, seed=0)
+    for memory in (updated, appended):
+        memory.update_(mu[:2], var[:2], torch.tensor([0, 1]))
+    labels = torch.tensor([2, 3, 2, 4])
+    updated.update_(mu[2:], var[2:], labels)
+    appended.append_(mu[2:], var[2:], labels)
+    for name in ("means", "variances", "labels", "counts", "ages", "valid"):
+        assert torch.equal(getattr(updated, name), getattr(appended, name)), name
+
+
 def test_top_k_lists_distinct_labels() -> None:
     memory = GaussianMemory(16, 2, seed=0)
     # One batch looks up the empty memory, so label 0 gets three entries, the three
@@ -317,10 +330,12 @@ def test_cli_gallery_persists_across_processes(smoke_checkpoint: Path, tmp_path:
 
 
 # --- real data ----------------------------------------------------------------------------
-def _train_real(config_name: str, minutes: float, run: Path, data_dir: Path,
+def _train_real(config_name: str, steps: int, run: Path, data_dir: Path,
                 cache_dir: Path) -> Path:
+    """A preset trained for `steps` steps (not minutes: a loaded machine must not make
+    a weaker model), without validation."""
     config = preset(config_name)
-    config.budget.max_minutes = minutes
+    config.budget.max_steps, config.budget.max_minutes = steps, None
     config.data.val_subset = None
     threads = torch.get_num_threads()
     try:
@@ -334,8 +349,10 @@ def _train_real(config_name: str, minutes: float, run: Path, data_dir: Path,
 
 def omniglot_test_pngs(data_dir: Path, folder: Path, n_classes: int,
                        per_class: int) -> dict[str, list[Path]]:
-    """Release PNGs (black strokes on white, 105x105) of unrotated test characters."""
-    characters = _vinyals_test_characters()[:n_classes]
+    """Release PNGs (black strokes on white, 105x105) of unrotated test characters,
+    spread over the test alphabets."""
+    every = _vinyals_test_characters()
+    characters = every[:: len(every) // n_classes][:n_classes]
     files: dict[str, list[Path]] = {}
     with zipfile.ZipFile(data_dir / "omniglot" / "images_evaluation.zip") as archive:
         members = sorted(name for name in archive.namelist() if name.endswith(".png"))
@@ -360,14 +377,14 @@ def _vinyals_test_characters() -> list[str]:
 def omniglot_checkpoint(tmp_path_factory: pytest.TempPathFactory, real_data_dir: Path,
                         real_cache_dir: Path) -> Path:
     run = tmp_path_factory.mktemp("recognizer-omniglot") / "run"
-    return _train_real("cpu-quick", 0.6, run, real_data_dir, real_cache_dir)
+    return _train_real("cpu-quick", 40, run, real_data_dir, real_cache_dir)
 
 
 @pytest.mark.data
 def test_omniglot_drawings_round_trip_and_unknowns(omniglot_checkpoint: Path,
                                                    real_data_dir: Path,
                                                    tmp_path: Path) -> None:
-    files = omniglot_test_pngs(real_data_dir, tmp_path, n_classes=20, per_class=5)
+    files = omniglot_test_pngs(real_data_dir, tmp_path, n_classes=20, per_class=6)
     known = list(files)[:10]
     strangers = list(files)[10:]
     recognizer = Recognizer.from_checkpoint(omniglot_checkpoint)
@@ -404,7 +421,7 @@ def test_lfw_faces_round_trip(real_data_dir: Path, real_cache_dir: Path,
                               tmp_path: Path) -> None:
     if not (real_data_dir / "lfw").is_dir():
         pytest.skip("LFW-a not in the data directory")
-    checkpoint = _train_real("lfw-cpu", 0.15, tmp_path / "run", real_data_dir, real_cache_dir)
+    checkpoint = _train_real("lfw-cpu", 8, tmp_path / "run", real_data_dir, real_cache_dir)
     from gaussmem.data.lfw import paper_split
 
     people = paper_split("test")[:5]

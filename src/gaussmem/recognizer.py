@@ -214,14 +214,17 @@ class Recognizer:
         """Enroll `images[i]` as an example of `labels[i]`; all of them or none."""
         if len(labels) != len(images):
             raise ValueError(f"{len(labels)} labels for {len(images)} images")
-        for label in set(labels):
-            _check_label(label)
+        _check_labels(labels)
         mu, var = self.encode(images)
         return self.enroll_encoded(labels, mu, var)
 
     def enroll_encoded(self, labels: Sequence[str], mu: torch.Tensor,
                        var: torch.Tensor) -> EnrollReport:
         """`enroll_many` of already encoded posteriors `(n, content_dim)`."""
+        if len(labels) != len(mu) or mu.shape != var.shape:
+            raise ValueError(f"{len(labels)} labels for posteriors of shapes "
+                             f"{tuple(mu.shape)} and {tuple(var.shape)}")
+        _check_labels(labels)
         if not (torch.isfinite(mu).all() and torch.isfinite(var).all()):
             raise GalleryError("the model gave non-finite embeddings; nothing was enrolled")
         new_names = sorted(set(labels) - set(self._label_ids))
@@ -230,8 +233,19 @@ class Recognizer:
         label_ids = torch.tensor([ids[label] for label in labels], dtype=torch.int64)
         entries_before = len(self.memory)
         self._ensure_capacity(len(labels))
-        for round_items in _rounds(label_ids):
-            self.memory.update_(mu[round_items], var[round_items], label_ids[round_items])
+        fresh = label_ids >= self._next_label_id
+        for round_number, round_items in enumerate(_rounds(label_ids)):
+            if round_number == 0:
+                # A label's first example cannot merge anywhere: only the gallery's known
+                # labels need the lookup, after which the new ones are written as they are
+                # (as one `update_` of the round would, without searching for them).
+                known, new = round_items[~fresh[round_items]], round_items[fresh[round_items]]
+                if len(known):
+                    self.memory.update_(mu[known], var[known], label_ids[known])
+                if len(new):
+                    self.memory.append_(mu[new], var[new], label_ids[new])
+            else:
+                self.memory.update_(mu[round_items], var[round_items], label_ids[round_items])
         self._label_ids = ids
         self._names_of = None
         self._next_label_id += len(new_names)
@@ -335,9 +349,10 @@ class Recognizer:
         return calibration
 
 
-def _check_label(label: str) -> None:
-    if not isinstance(label, str) or not label.strip() or not label.isprintable():
-        raise GalleryError(f"label {label!r} must be a non-empty printable string")
+def _check_labels(labels: Sequence[str]) -> None:
+    for label in set(labels):
+        if not isinstance(label, str) or not label.strip() or not label.isprintable():
+            raise GalleryError(f"label {label!r} must be a non-empty printable string")
 
 
 def _rounds(label_ids: torch.Tensor) -> list[torch.Tensor]:
