@@ -4,9 +4,9 @@ enrollment throughput in batches.
     python benchmarks/recognizer_speed.py --checkpoint runs/x/checkpoints/best.ckpt \
         [--entries 100000] [--threads 2] [--json results/recognizer_speed.json]
 
-Gallery: `--entries` entries, each its own label, from the content posteriors of
-Omniglot train+val drawings (encoded once; repeated with a small seeded jitter where
-there are fewer drawings than entries), written with `enroll_encoded`. Recognize: one
+Gallery: `--entries` entries, each its own label, from the content posteriors of the
+Omniglot validation drawings (encoded once; repeated with a small seeded jitter of the
+means to fill the gallery), written with `enroll_encoded`. Recognize: one
 105x105 release PNG file (black on white, as a user has it) through `recognize`
 (decode, polarity detection, resize, encode, exact search, unknown score), timed
 `--runs` times after warm-up; median and percentiles. Enroll: batches of `--batch` PNG
@@ -51,12 +51,11 @@ def release_pngs(folder: Path, count: int) -> list[Path]:
 
 def build_gallery(recognizer: Recognizer, entries: int, seed: int) -> float:
     """Fill the gallery with `entries` one-entry labels; returns the seconds it took."""
-    drawings = [load_omniglot("vinyals", subset) for subset in ("train", "val")]
+    drawings = load_omniglot("vinyals", "val")
     with torch.no_grad():
-        rows = [recognizer.classifier.embed(dataset.sample_tensor(
-            np.arange(dataset.n_classes * dataset.n_samples_per_class)))
-            for dataset in drawings]
-    content = recognizer.classifier.content_posterior(torch.cat(rows))
+        rows = recognizer.classifier.embed(drawings.sample_tensor(
+            np.arange(drawings.n_classes * drawings.n_samples_per_class)))
+    content = recognizer.classifier.content_posterior(rows)
     generator = torch.Generator().manual_seed(seed)
     index = torch.arange(entries) % len(content.mean)
     jitter = 0.05 * torch.randn(entries, content.mean.shape[1], generator=generator)

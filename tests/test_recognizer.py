@@ -331,11 +331,13 @@ def test_cli_gallery_persists_across_processes(smoke_checkpoint: Path, tmp_path:
 
 # --- real data ----------------------------------------------------------------------------
 def _train_real(config_name: str, steps: int, run: Path, data_dir: Path,
-                cache_dir: Path) -> Path:
+                cache_dir: Path, batch_episodes: int | None = None) -> Path:
     """A preset trained for `steps` steps (not minutes: a loaded machine must not make
     a weaker model), without validation."""
     config = preset(config_name)
     config.budget.max_steps, config.budget.max_minutes = steps, None
+    if batch_episodes is not None:
+        config.episodes.batch_episodes = batch_episodes
     config.data.val_subset = None
     threads = torch.get_num_threads()
     try:
@@ -377,7 +379,9 @@ def _vinyals_test_characters() -> list[str]:
 def omniglot_checkpoint(tmp_path_factory: pytest.TempPathFactory, real_data_dir: Path,
                         real_cache_dir: Path) -> Path:
     run = tmp_path_factory.mktemp("recognizer-omniglot") / "run"
-    return _train_real("cpu-quick", 40, run, real_data_dir, real_cache_dir)
+    # cpu-quick with a quarter of its classes per step: ~30 s on an idle 2-core CPU.
+    return _train_real("cpu-quick", 100, run, real_data_dir, real_cache_dir,
+                       batch_episodes=4)
 
 
 @pytest.mark.data
@@ -411,7 +415,7 @@ def test_omniglot_drawings_round_trip_and_unknowns(omniglot_checkpoint: Path,
     held_out = recognizer.recognize([path for label in strangers[5:] for path in files[label]])
     rejected = np.mean([result.label is None for result in held_out])
     accepted_known = np.mean([result.label is not None for result in results])
-    assert rejected >= 0.6 and accepted_known >= 0.2
+    assert rejected >= 0.6 and accepted_known >= 0.3
     recognizer.save(tmp_path / "gallery")
     assert Recognizer.load(tmp_path / "gallery").threshold == calibration.threshold
 
@@ -446,3 +450,11 @@ def test_lfw_faces_round_trip(real_data_dir: Path, real_cache_dir: Path,
     results = recognizer.recognize(resaved)
     assert [result.label for result in results] == people
     assert all(result.similarity > result.top_k[1].similarity for result in results)
+
+
+def test_importing_gaussmem_stays_light() -> None:
+    code = ("import sys, gaussmem; assert 'torch' not in sys.modules; "
+            "assert gaussmem.Recognizer.__name__ == 'Recognizer'")
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(SRC)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
