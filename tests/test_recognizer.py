@@ -458,3 +458,11 @@ def test_importing_gaussmem_stays_light() -> None:
     done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(SRC)},
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_cli_choices_match_the_library() -> None:
+    from gaussmem.commands import recognize as command
+    from gaussmem.preprocess import POLARITIES
+    from gaussmem.unknown import UNKNOWN_SCORES
+
+    assert command._SCORES == UNKNOWN_SCORES and command._POLARITIES == POLARITIES
