@@ -18,7 +18,8 @@ from gaussmem.commands import DefaultsHelpFormatter
 from gaussmem.errors import GaussmemError
 
 # Order here is the order `gaussmem --help` lists the subcommands in.
-COMMAND_MODULES: tuple[str, ...] = ("data", "train", "evaluate", "figures", "checkpoint")
+COMMAND_MODULES: tuple[str, ...] = ("data", "train", "evaluate", "figures", "checkpoint",
+                                    "recognize")
 
 
 def build_parser() -> argparse.ArgumentParser:

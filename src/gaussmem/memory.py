@@ -172,6 +172,17 @@ class SlotMemory(nn.Module):
         self._noise_generator.manual_seed(self.seed)
         self._keys_changed_(None)
 
+    @torch.no_grad()
+    def clear_slots_(self, slots: torch.Tensor) -> None:
+        """Empty `slots` `(n,)` in place (a gallery forgetting a label); the other slots
+        keep their entries and ages, and emptied slots never match again until written."""
+        slots = torch.as_tensor(slots, dtype=torch.int64, device=self.labels.device)
+        self.labels[slots] = NOT_FOUND
+        self.counts[slots] = 0
+        self.ages[slots] = 0
+        self.valid[slots] = False
+        self._keys_changed_(slots)
+
     # --- hooks for the key type -------------------------------------------------------
     def _lift_query_keys(self, keys: tuple[torch.Tensor, ...]) -> Any:
         """Whatever per-query form `_score_block` consumes."""
@@ -606,6 +617,21 @@ class GaussianMemory(SlotMemory):
         hits = (nearest != NOT_FOUND) & (nearest_labels == labels)
         merge_slots = torch.where(hits, nearest, NOT_FOUND)
         creator_of = torch.arange(len(labels), device=labels.device)
+        return self._commit_batch_((mu, var), labels, merge_slots, creator_of)
+
+    @torch.no_grad()
+    def append_(self, mu: torch.Tensor, var: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Write every item as a new entry, without a lookup: what `update_` does to items
+        whose label has no entry (none can merge), minus the search, which dominates a
+        write into a large memory.
+
+        Args: `mu`, `var` `(batch, dim)`; `labels` `(batch,)`.
+        Returns: `(batch,)` the slot each item was written to.
+        """
+        mu, var = self._as_writes(mu, var)
+        labels = self._as_labels(labels, len(mu))
+        creator_of = torch.arange(len(labels), device=labels.device)
+        merge_slots = torch.full_like(creator_of, NOT_FOUND)
         return self._commit_batch_((mu, var), labels, merge_slots, creator_of)
 
     @torch.no_grad()

@@ -1,0 +1,107 @@
+"""Which unknown score should the recognizer ship? AUROC of each on validation classes.
+
+    python benchmarks/unknown_scores.py --checkpoint runs/x/checkpoints/best.ckpt \
+        [--episodes 600] [--seed 0] [--json results/unknown_scores.json]
+
+Open-set episodes of the Omniglot validation split (never the test classes): 10 classes
+drawn per episode, the first 5 known (one drawing each enrolled in an empty gallery with
+`Recognizer.enroll_encoded`), the other 5 unknown; 15 other drawings of each of the 10
+classes are queries. Per episode and score (`gaussmem.unknown`), the AUROC of telling
+known queries from unknown ones; mean and 95% CI over episodes, plus the closed-set
+accuracy on known queries. Each validation image is encoded once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gaussmem.atomic import write_text_atomic
+from gaussmem.checkpoint import file_sha256
+from gaussmem.data.episodes import EpisodeSampler
+from gaussmem.data.omniglot import load_omniglot
+from gaussmem.hardware import command_line, describe_hardware
+from gaussmem.recognizer import Recognizer
+from gaussmem.unknown import UNKNOWN_SCORES
+
+N_KNOWN, N_UNKNOWN, N_SHOT, N_QUERY = 5, 5, 1, 15
+
+
+def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
+    """P(score of a known query > score of an unknown one), ties counting half
+    (Mann-Whitney U over all pairs)."""
+    known, unknown = known[:, None], unknown[None, :]
+    return float(((known > unknown).sum() + 0.5 * (known == unknown).sum())
+                 / (known.size * unknown.size))
+
+
+def mean_ci95(values: list[float]) -> dict[str, float]:
+    array = np.asarray(values, dtype=np.float64)
+    half = 1.96 * array.std(ddof=1) / math.sqrt(len(array)) if len(array) > 1 else math.nan
+    return {"mean": float(array.mean()), "ci95": float(half)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--episodes", type=int, default=600)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default="results/unknown_scores.json")
+    args = parser.parse_args()
+
+    torch.set_num_threads(1)
+    recognizer = Recognizer.from_checkpoint(args.checkpoint)
+    val = load_omniglot("vinyals", "val")
+    with torch.no_grad():
+        pixels = val.sample_tensor(np.arange(val.n_classes * val.n_samples_per_class))
+        content = recognizer.classifier.content_posterior(recognizer.classifier.embed(pixels))
+    mu, var = content.mean, content.var
+    sampler = EpisodeSampler(val, N_KNOWN + N_UNKNOWN, N_SHOT, N_QUERY, seed=args.seed)
+    aurocs: dict[str, list[float]] = {name: [] for name in UNKNOWN_SCORES}
+    accuracies = []
+    for _ in range(args.episodes):
+        ids = sampler.sample_ids()
+        known_support = ids.support_ids[:N_KNOWN * N_SHOT]
+        recognizer.clear()
+        names = [f"class{i}" for i in range(N_KNOWN) for _ in range(N_SHOT)]
+        recognizer.enroll_encoded(names, mu[known_support], var[known_support])
+        query_ids = ids.query_ids
+        is_known = np.arange(len(query_ids)) < N_KNOWN * N_QUERY
+        for name in UNKNOWN_SCORES:
+            results = recognizer.recognize_encoded(mu[query_ids], var[query_ids], k=2,
+                                                   score=name, threshold=-math.inf)
+            scores = np.array([result.score for result in results])
+            aurocs[name].append(auroc(scores[is_known], scores[~is_known]))
+        truth = [f"class{i}" for i in range(N_KNOWN) for _ in range(N_QUERY)]
+        accuracies.append(float(np.mean([result.nearest == label for result, label
+                                         in zip(results, truth, strict=False)])))
+    summary = {name: mean_ci95(values) for name, values in aurocs.items()}
+    best = max(summary, key=lambda name: summary[name]["mean"])
+    document = {
+        "benchmark": "unknown_scores",
+        "protocol": {"split": "omniglot/vinyals/val", "n_known": N_KNOWN,
+                     "n_unknown": N_UNKNOWN, "n_shot": N_SHOT, "n_query": N_QUERY,
+                     "episodes": args.episodes, "seed": args.seed},
+        "checkpoint": {"path": str(args.checkpoint), "sha256": file_sha256(args.checkpoint)},
+        "auroc": summary,
+        "closed_set_accuracy": mean_ci95(accuracies),
+        "best": best,
+        "hardware": describe_hardware(),
+        "command": command_line(),
+    }
+    write_text_atomic(Path(args.json), json.dumps(document, indent=2) + "\n")
+    for name, values in summary.items():
+        print(f"{name:>10}: AUROC {values['mean']:.4f} +- {values['ci95']:.4f}")
+    print(f"best: {best}; closed-set accuracy {document['closed_set_accuracy']['mean']:.4f}; "
+          f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,468 @@
+"""The recognizer: enrollment rule, unknown rejection, gallery files, image inputs, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from conftest import synthetic_set
+from gaussmem.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from gaussmem.config import preset
+from gaussmem.data.datasets import load_split
+from gaussmem.gallery_file import MANIFEST_NAME, MEMORY_NAME, GalleryError
+from gaussmem.gallery_search import ExactSearch, nearest_labels
+from gaussmem.memory import GaussianMemory
+from gaussmem.preprocess import ImageError, ImagePreprocessing, is_dark_on_light, prepare_image
+from gaussmem.recognizer import Recognizer
+from gaussmem.train import train
+from gaussmem.unknown import calibrate_threshold
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+# --- a model trained for seconds on synthetic drawings -----------------------------------
+@pytest.fixture(scope="module")
+def smoke_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    threads = torch.get_num_threads()
+    run = tmp_path_factory.mktemp("recognizer-smoke") / "run"
+    try:
+        train(preset("smoke"), run, synthetic_set(), synthetic_set(), progress=False)
+    finally:  # train() sets the process's threads; the other tests keep theirs
+        torch.set_num_threads(threads)
+    return run / "checkpoints" / "last.ckpt"
+
+
+def drawing_files(folder: Path, n_classes: int = 4, per_class: int = 2) -> dict[str, list[Path]]:
+    """Synthetic drawings saved as dark-on-light 56x56 RGB PNGs, as a user has them."""
+    dataset = synthetic_set(n_classes)
+    files: dict[str, list[Path]] = {}
+    for index in range(n_classes):
+        (folder / f"class{index}").mkdir(parents=True, exist_ok=True)
+        for drawer in range(per_class):
+            image = Image.fromarray(255 - dataset.images[index, drawer]).resize((56, 56))
+            path = folder / f"class{index}" / f"{drawer}.png"
+            image.convert("RGB").save(path)
+            files.setdefault(f"class{index}", []).append(path)
+    return files
+
+
+# --- the memory rule on synthetic Gaussians ----------------------------------------------
+def _recognizer(checkpoint: Path) -> Recognizer:
+    return Recognizer.from_checkpoint(checkpoint)
+
+
+def test_known_label_merges_and_confused_example_gets_its_own_entry(
+        smoke_checkpoint: Path) -> None:
+    recognizer = _recognizer(smoke_checkpoint)
+    dim = recognizer.content_dim
+    ones = torch.ones(1, dim)
+    first = recognizer.enroll_encoded(["a"], torch.zeros(1, dim), ones)
+    assert (first.n_new_entries, first.n_merged) == (1, 0)
+    merged = recognizer.enroll_encoded(["a"], torch.full((1, dim), 0.2), ones)
+    assert (merged.n_new_entries, merged.n_merged) == (1 - 1, 1)
+    slot = int(recognizer.memory.valid.nonzero()[0, 0])
+    # Moment matching of two equal-weight unit Gaussians at 0 and 0.2.
+    assert torch.allclose(recognizer.memory.means[slot], torch.full((dim,), 0.1))
+    assert torch.allclose(recognizer.memory.variances[slot], torch.full((dim,), 1.01))
+    recognizer.enroll_encoded(["b"], torch.full((1, dim), 5.0), ones)
+    confused = recognizer.enroll_encoded(["a"], torch.full((1, dim), 4.9), ones)
+    assert confused.n_new_entries == 1
+    assert recognizer.labels() == {"a": 3, "b": 1}
+    assert len(recognizer.memory) == 3
+
+
+def test_one_batch_merges_a_new_labels_later_examples_into_its_first(
+        smoke_checkpoint: Path) -> None:
+    recognizer = _recognizer(smoke_checkpoint)
+    dim = recognizer.content_dim
+    mu = torch.cat([torch.zeros(2, dim), torch.full((1, dim), 9.0)])
+    report = recognizer.enroll_encoded(["c", "c", "d"], mu, torch.ones(3, dim))
+    assert (report.n_new_entries, report.n_merged) == (2, 1)
+    assert recognizer.labels() == {"c": 2, "d": 1}
+
+
+def test_gallery_grows_past_its_initial_capacity(smoke_checkpoint: Path) -> None:
+    recognizer = _recognizer(smoke_checkpoint)
+    dim = recognizer.content_dim
+    mu = torch.arange(300.0)[:, None].expand(300, dim) * 10
+    recognizer.enroll_encoded([f"l{i}" for i in range(300)], mu, torch.ones(300, dim))
+    assert len(recognizer.memory) == 300 <= recognizer.memory.capacity
+    result = recognizer.recognize_encoded(mu[123:124], torch.ones(1, dim), k=3)[0]
+    assert result.label == "l123" and result.similarity == pytest.approx(1.0)
+
+
+def test_append_writes_what_update_writes_for_unseen_labels() -> None:
+    generator = torch.Generator().manual_seed(0)
+    mu, var = torch.randn(6, 3, generator=generator), torch.rand(6, 3, generator=generator) + 0.5
+    updated, appended = GaussianMemory(8, 3, seed=0), GaussianMemory(8, 3, seed=0)
+    for memory in (updated, appended):
+        memory.update_(mu[:2], var[:2], torch.tensor([0, 1]))
+    labels = torch.tensor([2, 3, 2, 4])
+    updated.update_(mu[2:], var[2:], labels)
+    appended.append_(mu[2:], var[2:], labels)
+    for name in ("means", "variances", "labels", "counts", "ages", "valid"):
+        assert torch.equal(getattr(updated, name), getattr(appended, name)), name
+
+
+def test_top_k_lists_distinct_labels() -> None:
+    memory = GaussianMemory(16, 2, seed=0)
+    # One batch looks up the empty memory, so label 0 gets three entries, the three
+    # nearest to the query; label 1 is the runner-up label.
+    mu = torch.tensor([[0.0, 0.0], [0.1, 0.0], [0.2, 0.0], [3.0, 0.0]])
+    memory.update_(mu, torch.ones(4, 2), torch.tensor([0, 0, 0, 1]))
+    found = nearest_labels(ExactSearch(), memory, torch.zeros(1, 2), torch.ones(1, 2), 2)
+    assert found.labels.tolist() == [[0, 1]]
+    assert found.slots[0, 0] == 0 and found.divergence[0, 0] == 0
+
+
+def test_remove_forgets_a_label(smoke_checkpoint: Path) -> None:
+    recognizer = _recognizer(smoke_checkpoint)
+    dim = recognizer.content_dim
+    recognizer.enroll_encoded(["a", "b"], torch.tensor([[0.0] * dim, [5.0] * dim]),
+                              torch.ones(2, dim))
+    assert recognizer.remove("a") == 1
+    assert recognizer.labels() == {"b": 1}
+    result = recognizer.recognize_encoded(torch.zeros(1, dim), torch.ones(1, dim))[0]
+    assert result.nearest == "b"
+    with pytest.raises(GalleryError, match="'a' is not in the gallery"):
+        recognizer.remove("a")
+
+
+# --- unknown threshold --------------------------------------------------------------------
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(-50, 50), min_size=1, max_size=40), st.floats(0, 0.99))
+def test_calibrated_threshold_keeps_false_accepts_under_target(
+        scores: list[float], target: float) -> None:
+    threshold = calibrate_threshold(np.array(scores), target)
+    accepted = np.mean(np.array(scores) >= threshold)
+    assert accepted <= target + 1e-12
+    # The lowest such threshold: the next float down accepts too many.
+    if threshold > min(scores):
+        assert np.mean(np.array(scores) >= np.nextafter(threshold, -np.inf)) > target
+
+
+def test_threshold_turns_far_queries_into_unknown(smoke_checkpoint: Path) -> None:
+    recognizer = _recognizer(smoke_checkpoint)
+    dim = recognizer.content_dim
+    recognizer.enroll_encoded(["a", "b"], torch.tensor([[0.0] * dim, [3.0] * dim]),
+                              torch.ones(2, dim))
+    near, far = torch.full((1, dim), 0.05), torch.full((1, dim), -6.0)
+    recognizer.threshold = 0.5
+    results = recognizer.recognize_encoded(torch.cat([near, far]), torch.ones(2, dim), k=2)
+    assert results[0].label == "a" and results[1].label is None
+    assert results[1].nearest == "a" and [m.label for m in results[1].top_k] == ["a", "b"]
+    between = torch.full((1, dim), 1.5)  # as near "b" as "a": the margin's doubt
+    for score, doubtful in (("margin", between), ("mahalanobis", far)):
+        scored = recognizer.recognize_encoded(torch.cat([near, doubtful]), torch.ones(2, dim),
+                                              score=score, threshold=-math.inf)
+        assert scored[0].score > scored[1].score
+
+
+# --- images as users have them ------------------------------------------------------------
+def test_polarity_is_detected_and_can_be_forced() -> None:
+    strokes = np.zeros((105, 80), np.uint8)
+    strokes[30:70, 38:44] = 255
+    paper = Image.fromarray(255 - strokes)
+    assert is_dark_on_light(paper) and not is_dark_on_light(Image.fromarray(strokes))
+    settings_ = ImagePreprocessing("strokes", 28)
+    auto = prepare_image(paper, settings_)
+    assert np.array_equal(auto, prepare_image(strokes, settings_))
+    assert np.array_equal(auto, prepare_image(paper, settings_, "invert"))
+    assert auto[0, 0] == 0 and auto.max() > 200  # background 0, strokes bright
+    as_is = prepare_image(paper, settings_, "as-is")
+    assert as_is[0, 0] == 255
+    # Non-square drawings are padded, not stretched: the stroke stays centred and thin.
+    assert auto.shape == (28, 28) and auto[:, :10].max() == 0
+
+
+def test_user_image_formats_agree() -> None:
+    settings_ = ImagePreprocessing("strokes", 28)
+    grey = np.full((60, 60), 255, np.uint8)
+    grey[10:50, 28:33] = 0
+    reference = prepare_image(grey, settings_)
+    rgba = np.zeros((60, 60, 4), np.uint8)  # black strokes on transparent "nothing"
+    rgba[10:50, 28:33, 3] = 255
+    assert np.array_equal(prepare_image(rgba, settings_), reference)
+    assert np.array_equal(prepare_image(grey / 255.0, settings_), reference)
+    assert np.array_equal(prepare_image(np.stack([grey] * 3, 2), settings_), reference)
+    with pytest.raises(ImageError, match="float images"):
+        prepare_image(grey * 2.0, settings_)
+
+
+def test_unreadable_file_enrolls_nothing(smoke_checkpoint: Path, tmp_path: Path) -> None:
+    files = drawing_files(tmp_path / "images")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    recognizer = _recognizer(smoke_checkpoint)
+    recognizer.enroll("class0", files["class0"])
+    before = (recognizer.labels(), recognizer.memory.means.clone())
+    with pytest.raises(ImageError, match="broken.png: not a readable image"):
+        recognizer.enroll_many(["class1", "class1", "class0"],
+                               [files["class1"][0], broken, files["class0"][1]])
+    with pytest.raises(ImageError, match="missing.png: no such image file"):
+        recognizer.enroll("class2", [files["class2"][0], tmp_path / "missing.png"])
+    assert recognizer.labels() == before[0]
+    assert torch.equal(recognizer.memory.means, before[1])
+
+
+def test_non_mavae_checkpoint_is_refused(smoke_checkpoint: Path, tmp_path: Path) -> None:
+    checkpoint = load_checkpoint(smoke_checkpoint)
+    checkpoint["config"]["method"] = "protonet"
+    save_checkpoint(tmp_path / "protonet.ckpt", checkpoint)
+    with pytest.raises(CheckpointError, match="'protonet' checkpoint; the recognizer needs"):
+        Recognizer.from_checkpoint(tmp_path / "protonet.ckpt")
+
+
+# --- galleries on disk --------------------------------------------------------------------
+def test_gallery_round_trip_and_refusals(smoke_checkpoint: Path, tmp_path: Path) -> None:
+    files = drawing_files(tmp_path / "images")
+    recognizer = _recognizer(smoke_checkpoint)
+    for label, paths in files.items():
+        recognizer.enroll(label, paths[:1])
+    recognizer.threshold = 0.25
+    gallery = tmp_path / "gallery"
+    recognizer.save(gallery)
+    loaded = Recognizer.load(gallery)
+    assert loaded.labels() == recognizer.labels() and loaded.threshold == 0.25
+    queries = [paths[1] for paths in files.values()]
+    assert ([r.to_dict() for r in loaded.recognize(queries)]
+            == [r.to_dict() for r in recognizer.recognize(queries)])
+
+    other = tmp_path / "other.ckpt"
+    checkpoint = load_checkpoint(smoke_checkpoint)
+    checkpoint["step"] += 1
+    save_checkpoint(other, checkpoint)
+    with pytest.raises(GalleryError, match="was enrolled with checkpoint SHA-256"):
+        Recognizer.load(gallery, checkpoint=other)
+
+    memory_file = gallery / MEMORY_NAME
+    payload = bytearray(memory_file.read_bytes())
+    payload[-3] ^= 0xFF
+    memory_file.write_bytes(bytes(payload))
+    with pytest.raises(GalleryError, match="does not match the SHA-256"):
+        Recognizer.load(gallery)
+
+    manifest = json.loads((gallery / MANIFEST_NAME).read_text())
+    manifest["version"] = 99
+    (gallery / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(GalleryError, match="gallery version 99 is not supported"):
+        Recognizer.load(gallery)
+    (gallery / MANIFEST_NAME).write_text("{")
+    with pytest.raises(GalleryError, match="not a readable gallery manifest"):
+        Recognizer.load(gallery)
+
+
+def test_failed_save_keeps_the_old_gallery(smoke_checkpoint: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    recognizer = _recognizer(smoke_checkpoint)
+    dim = recognizer.content_dim
+    recognizer.enroll_encoded(["a"], torch.zeros(1, dim), torch.ones(1, dim))
+    gallery = tmp_path / "gallery"
+    recognizer.save(gallery)
+    recognizer.enroll_encoded(["b"], torch.ones(1, dim), torch.ones(1, dim))
+
+    def disk_full(*_: object) -> None:
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(GaussianMemory, "save", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        recognizer.save(gallery)
+    monkeypatch.undo()
+    assert Recognizer.load(gallery).labels() == {"a": 1}
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["gallery"]
+
+
+def test_save_refuses_a_directory_that_is_not_a_gallery(smoke_checkpoint: Path,
+                                                        tmp_path: Path) -> None:
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "holiday.jpg").write_bytes(b"precious")
+    with pytest.raises(GalleryError, match="non-empty directory without gallery.json"):
+        _recognizer(smoke_checkpoint).save(tmp_path / "photos")
+    assert (tmp_path / "photos" / "holiday.jpg").read_bytes() == b"precious"
+
+
+def _gaussmem(*arguments: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "gaussmem", *arguments], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_gallery_persists_across_processes(smoke_checkpoint: Path, tmp_path: Path) -> None:
+    files = drawing_files(tmp_path / "images", n_classes=3, per_class=2)
+    enroll_root = tmp_path / "enroll"
+    for label, paths in files.items():
+        (enroll_root / label).mkdir(parents=True)
+        paths[0].rename(enroll_root / label / "0.png")
+    gallery = tmp_path / "gallery"
+    done = _gaussmem("enroll", "--gallery", str(gallery), "--checkpoint",
+                     str(smoke_checkpoint), "--from-folder", str(enroll_root))
+    assert done.returncode == 0, done.stderr
+    assert "enrolled 3 image(s) of 3 label(s)" in done.stdout
+    enrolled = [enroll_root / label / "0.png" for label in files]
+    done = _gaussmem("recognize", "--gallery", str(gallery), "--json", *map(str, enrolled))
+    assert done.returncode == 0, done.stderr
+    assert [row["label"] for row in json.loads(done.stdout)] == list(files)
+    done = _gaussmem("gallery", "remove", "--gallery", str(gallery), "class1")
+    assert done.returncode == 0, done.stderr
+    done = _gaussmem("gallery", "list", "--gallery", str(gallery), "--json")
+    assert json.loads(done.stdout)["labels"] == {"class0": 1, "class2": 1}
+    broken = tmp_path / "broken.png"
+    broken.write_text("nope")
+    done = _gaussmem("enroll", "--gallery", str(gallery), "--label", "class1",
+                     str(files["class1"][1]), str(broken))
+    assert done.returncode == 2 and "broken.png: not a readable image" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    done = _gaussmem("recognize", "--gallery", str(tmp_path / "nowhere"), str(broken))
+    assert done.returncode == 2 and "is not a gallery" in done.stderr
+
+
+# --- real data ----------------------------------------------------------------------------
+def _train_real(config_name: str, steps: int, run: Path, data_dir: Path,
+                cache_dir: Path, batch_episodes: int | None = None) -> Path:
+    """A preset trained for `steps` steps (not minutes: a loaded machine must not make
+    a weaker model), without validation."""
+    config = preset(config_name)
+    config.budget.max_steps, config.budget.max_minutes = steps, None
+    if batch_episodes is not None:
+        config.episodes.batch_episodes = batch_episodes
+    config.data.val_subset = None
+    threads = torch.get_num_threads()
+    try:
+        train_set = load_split(config.data, config.data.train_subset, data_dir=data_dir,
+                               cache_dir=cache_dir)
+        train(config, run, train_set, None, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return run / "checkpoints" / "last.ckpt"
+
+
+def omniglot_test_pngs(data_dir: Path, folder: Path, n_classes: int,
+                       per_class: int) -> dict[str, list[Path]]:
+    """Release PNGs (black strokes on white, 105x105) of unrotated test characters,
+    spread over the test alphabets."""
+    every = _vinyals_test_characters()
+    characters = every[:: len(every) // n_classes][:n_classes]
+    files: dict[str, list[Path]] = {}
+    with zipfile.ZipFile(data_dir / "omniglot" / "images_evaluation.zip") as archive:
+        members = sorted(name for name in archive.namelist() if name.endswith(".png"))
+        for character in characters:
+            alphabet, number = character.split("/")
+            mine = [m for m in members if m.split("/")[1:3] == [alphabet, number]][:per_class]
+            for index, member in enumerate(mine):
+                path = folder / f"{alphabet}-{number}-{index}.png"
+                path.write_bytes(archive.read(member))
+                files.setdefault(character, []).append(path)
+    return files
+
+
+def _vinyals_test_characters() -> list[str]:
+    from gaussmem.data.omniglot_splits import vinyals_classes
+
+    classes, _ = vinyals_classes("test", None)
+    return sorted({c.character for c in classes if c.rotation == 0})
+
+
+@pytest.fixture(scope="module")
+def omniglot_checkpoint(tmp_path_factory: pytest.TempPathFactory, real_data_dir: Path,
+                        real_cache_dir: Path) -> Path:
+    run = tmp_path_factory.mktemp("recognizer-omniglot") / "run"
+    # cpu-quick with a quarter of its classes per step: ~30 s on an idle 2-core CPU.
+    return _train_real("cpu-quick", 100, run, real_data_dir, real_cache_dir,
+                       batch_episodes=4)
+
+
+@pytest.mark.data
+def test_omniglot_drawings_round_trip_and_unknowns(omniglot_checkpoint: Path,
+                                                   real_data_dir: Path,
+                                                   tmp_path: Path) -> None:
+    files = omniglot_test_pngs(real_data_dir, tmp_path, n_classes=20, per_class=6)
+    known = list(files)[:10]
+    strangers = list(files)[10:]
+    recognizer = Recognizer.from_checkpoint(omniglot_checkpoint)
+    for label in known:
+        recognizer.enroll(label, files[label][:1])
+    enrolled = recognizer.recognize([files[label][0] for label in known])
+    assert [result.label for result in enrolled] == known
+    queries = [(label, path) for label in known for path in files[label][3:]]
+    results = recognizer.recognize([path for _, path in queries])
+    accuracy = np.mean([r.label == label for (label, _), r in zip(queries, results, strict=True)])
+    assert accuracy >= 0.4  # 10-way 1-shot: chance is 0.1
+    recognizer.polarity = "as-is"
+    uninverted = recognizer.recognize([path for _, path in queries])
+    recognizer.polarity = "auto"
+    assert accuracy > np.mean([r.label == label for (label, _), r
+                               in zip(queries, uninverted, strict=True)])
+
+    # Calibrate on held-out drawings and half the strangers; reject the other strangers.
+    calibration = recognizer.calibrate(
+        [path for label in known for path in files[label][1:3]],
+        [label for label in known for _ in range(2)],
+        [path for label in strangers[:5] for path in files[label]], target_far=0.1)
+    assert calibration.false_accept_rate <= 0.1
+    held_out = recognizer.recognize([path for label in strangers[5:] for path in files[label]])
+    rejected = np.mean([result.label is None for result in held_out])
+    accepted_known = np.mean([result.label is not None for result in results])
+    assert rejected >= 0.6 and accepted_known >= 0.3
+    recognizer.save(tmp_path / "gallery")
+    assert Recognizer.load(tmp_path / "gallery").threshold == calibration.threshold
+
+
+@pytest.mark.data
+def test_lfw_faces_round_trip(real_data_dir: Path, real_cache_dir: Path,
+                              tmp_path: Path) -> None:
+    if not (real_data_dir / "lfw").is_dir():
+        pytest.skip("LFW-a not in the data directory")
+    checkpoint = _train_real("lfw-cpu", 8, tmp_path / "run", real_data_dir, real_cache_dir)
+    from gaussmem.data.lfw import paper_split
+
+    people = paper_split("test")[:5]
+    photos: dict[str, list[Path]] = {}
+    with tarfile.open(real_data_dir / "lfw" / "lfwa.tar.gz", "r:gz") as archive:
+        for member in archive:
+            person = member.name.split("/")[1] if member.name.count("/") == 2 else None
+            if member.isfile() and person in people and len(photos.get(person, [])) < 2:
+                path = tmp_path / Path(member.name).name
+                path.write_bytes(archive.extractfile(member).read())
+                photos.setdefault(person, []).append(path)
+    recognizer = Recognizer.from_checkpoint(checkpoint)
+    assert recognizer.preprocessing == ImagePreprocessing("photo", 84)
+    for person in people:
+        recognizer.enroll(person, photos[person][:1])
+    # The same photos as a user might have them: colour PNGs of another size.
+    resaved = []
+    for person in people:
+        path = tmp_path / f"{person}.png"
+        Image.open(photos[person][0]).convert("RGB").resize((300, 300)).save(path)
+        resaved.append(path)
+    results = recognizer.recognize(resaved)
+    assert [result.label for result in results] == people
+    assert all(result.similarity > result.top_k[1].similarity for result in results)
+
+
+def test_importing_gaussmem_stays_light() -> None:
+    code = ("import sys, gaussmem; assert 'torch' not in sys.modules; "
+            "assert gaussmem.Recognizer.__name__ == 'Recognizer'")
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(SRC)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_cli_choices_match_the_library() -> None:
+    from gaussmem.commands import recognize as command
+    from gaussmem.preprocess import POLARITIES
+    from gaussmem.unknown import UNKNOWN_SCORES
+
+    assert command._SCORES == UNKNOWN_SCORES and command._POLARITIES == POLARITIES
