@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS: dict[str, list[str]] = {
     "c1-300": ["loss.triplet=300", "loss.latent=1", "loss.latent_style=none"],
     "c1-1000": ["loss.triplet=1000", "loss.latent=1", "loss.latent_style=none"],
+    "c1-100-style4": ["loss.triplet=100", "loss.latent=1", "loss.latent_style=4"],
     "c1-300-style4": ["loss.triplet=300", "loss.latent=1", "loss.latent_style=4"],
     "c1-1000-style4": ["loss.triplet=1000", "loss.latent=1", "loss.latent_style=4"],
     "c1-3000-style4": ["loss.triplet=3000", "loss.latent=1", "loss.latent_style=4"],

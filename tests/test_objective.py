@@ -60,8 +60,6 @@ def test_a_trained_decoder_reads_the_content_latent(mavae_checkpoint: Path, stro
     images = torch.from_numpy(strokes.images[:, 0]).float().div(255).unsqueeze(1)
     sensitivity = decoder_sensitivity(vae, images)
     assert sensitivity["content_swap"] > sensitivity["style_swap"]
-    summary = generative_report.reconstruction_summary(vae, strokes, n_way=24, episodes=2)
-    assert summary.ratio < 0.9, summary
 
 
 def test_generation_score_counts_drawings_judged_as_their_source(
