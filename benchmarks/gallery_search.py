@@ -50,8 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--queries", type=int, default=200, help="queries per search (200)")
     parser.add_argument("--dim", type=int, default=64, help="Gaussian dimension (64)")
     parser.add_argument("--n-lists", type=int, default=1024, help="IVF lists (1024)")
-    parser.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32],
-                        help="IVF lists scanned per query, one run each (8 16 32)")
+    parser.add_argument("--nprobe", type=int, nargs="+", default=[4, 8, 16, 32],
+                        help="IVF lists scanned per query, one run each (4 8 16 32)")
     parser.add_argument("--candidates", type=int, default=32,
                         help="entries per query re-ranked exactly (32)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs (3)")

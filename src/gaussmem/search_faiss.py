@@ -106,7 +106,7 @@ class LiftedGaussianIndex:
         threads: FAISS OpenMP threads (None: FAISS's default).
 
     `add` keeps float32 copies of the means and variances for the re-ranking:
-    8 * dim bytes per entry beside the index's 4 * (4 * dim + 1 or 2).
+    8 * dim bytes per entry beside the index's 4 * (4 * dim + 1).
     """
 
     def __init__(self, dim: int, *, kind: IndexKind = "flat", n_lists: int | None = None,
