@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--families", type=float, default=1e4, help="family centres (1e4)")
     parser.add_argument("--queries", type=int, default=200, help="queries per search (200)")
     parser.add_argument("--dim", type=int, default=64, help="Gaussian dimension (64)")
-    parser.add_argument("--n-lists", type=int, default=1024, help="IVF lists (1024)")
+    parser.add_argument("--n-lists", type=int, default=2048, help="IVF lists (2048)")
     parser.add_argument("--nprobe", type=int, nargs="+", default=[4, 8, 16, 32],
                         help="IVF lists scanned per query, one run each (4 8 16 32)")
     parser.add_argument("--candidates", type=int, default=32,

@@ -115,3 +115,14 @@ def test_missing_faiss_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setitem(sys.modules, "faiss", None)
     with pytest.raises(GallerySearchError, match=r"gaussmem\[faiss\]"):
         LiftedGaussianIndex(DIM)
+
+
+def test_searches_use_blas_for_small_batches_and_restore_the_setting() -> None:
+    import faiss
+
+    from gaussmem.search_faiss import BLAS_THRESHOLD, blas_for_small_batches
+
+    before = faiss.cvar.distance_compute_blas_threshold
+    with blas_for_small_batches(faiss):
+        assert faiss.cvar.distance_compute_blas_threshold <= BLAS_THRESHOLD
+    assert faiss.cvar.distance_compute_blas_threshold == before

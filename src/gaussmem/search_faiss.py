@@ -29,6 +29,8 @@ built; the library's default search stays the exact torch GEMM of `GaussianMemor
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -44,6 +46,10 @@ NOT_FOUND = -1
 TRAINING_POINTS_PER_LIST = 64
 #: Lloyd steps of the IVF centroids.
 KMEANS_ITERATIONS = 8
+#: Query rows from which exhaustive FAISS searches use BLAS (FAISS's long-time default;
+#: recent faiss-cpu wheels ship 128,000, which sends batches of a few hundred queries
+#: to a far slower scalar loop).
+BLAS_THRESHOLD = 20
 
 
 class GallerySearchError(GaussmemError):
@@ -72,6 +78,18 @@ def import_faiss() -> Any:
 
 #: Rows lifted at a time (in float64, then stored as float32), bounding the temporaries.
 LIFT_CHUNK = 65536
+
+
+@contextmanager
+def blas_for_small_batches(faiss: Any) -> Iterator[None]:
+    """Within the block, exhaustive searches of >= BLAS_THRESHOLD queries use BLAS; the
+    process-wide setting is restored after it."""
+    before = faiss.cvar.distance_compute_blas_threshold
+    faiss.cvar.distance_compute_blas_threshold = min(before, BLAS_THRESHOLD)
+    try:
+        yield
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = before
 
 
 def entry_vectors(means: torch.Tensor, variances: torch.Tensor) -> np.ndarray:
@@ -139,7 +157,8 @@ class LiftedGaussianIndex:
         means, variances, labels = self._checked(means, variances, labels)
         vectors = entry_vectors(means, variances)
         if self.kind == "ivf":
-            self._add_ivf(means, variances, vectors)
+            with blas_for_small_batches(self.faiss):
+                self._add_ivf(means, variances, vectors)
         else:
             self.index.add(vectors)
         self._means.append(means.float())
@@ -162,7 +181,8 @@ class LiftedGaussianIndex:
         vectors = query_vectors(means, variances)
         if self.kind == "ivf":
             self.index.nprobe = self.nprobe
-        _, found = self.index.search(vectors, min(max(k, self.candidates), len(self)))
+        with blas_for_small_batches(self.faiss):
+            _, found = self.index.search(vectors, min(max(k, self.candidates), len(self)))
         return self._reranked(means, variances, torch.from_numpy(found), k)
 
     def _reranked(self, means: torch.Tensor, variances: torch.Tensor, found: torch.Tensor,
