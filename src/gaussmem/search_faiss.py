@@ -234,11 +234,11 @@ class LiftedGaussianIndex:
         Gaussians, so probing ranks lists by the symmetric KL to their centroid.
 
         Centroids: k-means under symmetric KL on a sample of the first add (Lloyd steps:
-        assign each point to its nearest centroid through the quantizer, then replace
-        each centroid by the moment-matched Gaussian of its points; an empty list keeps
-        its centroid). Clustering the lifted vectors by Euclidean distance instead (the
-        usual inner-product-to-L2 reduction) left the nearest entry outside the probed
-        lists for most queries.
+        assign each point to its nearest centroid through the quantizer, then move each
+        centroid to its points, `_centroids`; an empty list keeps its centroid).
+        Clustering the lifted vectors by Euclidean distance instead (the usual
+        inner-product-to-L2 reduction) left the nearest entry outside the probed lists
+        for most queries.
         """
         n_lists = self.n_lists or max(1, int(math.sqrt(len(means))))
         if len(means) < n_lists:
@@ -256,7 +256,7 @@ class LiftedGaussianIndex:
             quantizer = faiss.IndexFlatIP(lifted_points.shape[1])
             quantizer.add(entry_vectors(centroid_mean, centroid_var))
             _, nearest = quantizer.search(lifted_points, 1)
-            centroid_mean, centroid_var = _moment_matched(
+            centroid_mean, centroid_var = _centroids(
                 points_mean, points_var, torch.from_numpy(nearest[:, 0]), centroid_mean,
                 centroid_var)
         quantizer = faiss.IndexFlatIP(lifted_points.shape[1])
@@ -284,17 +284,20 @@ class LiftedGaussianIndex:
         return means, variances, labels
 
 
-def _moment_matched(means: torch.Tensor, variances: torch.Tensor, assignment: torch.Tensor,
-                    centroid_means: torch.Tensor, centroid_variances: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each centroid replaced by the moment-matched Gaussian of the points `(n, dim)`
-    assigned to it (`assignment (n,)`); centroids without points are kept."""
+def _centroids(means: torch.Tensor, variances: torch.Tensor, assignment: torch.Tensor,
+               centroid_means: torch.Tensor, centroid_variances: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each centroid replaced by the mean of the means and the geometric mean of the
+    variances of the points `(n, dim)` assigned to it (`assignment (n,)`); centroids
+    without points are kept. Not the moment-matched Gaussian: its variance grows with
+    the spread of its points, and under symmetric KL such a broad centroid is near
+    everything, so a few lists swallowed most entries."""
     counts = torch.zeros(len(centroid_means), dtype=means.dtype).index_add_(
         0, assignment, torch.ones(len(means), dtype=means.dtype))
     total = counts.clamp_min(1)[:, None]
     mean = torch.zeros_like(centroid_means).index_add_(0, assignment, means) / total
-    spread = variances + (means - mean[assignment]) ** 2  # pooled form: no cancellation
-    variance = torch.zeros_like(centroid_variances).index_add_(0, assignment, spread) / total
+    log_variance = torch.zeros_like(centroid_variances).index_add_(
+        0, assignment, variances.log()) / total
     used = counts[:, None] > 0
     return (torch.where(used, mean, centroid_means),
-            torch.where(used, variance, centroid_variances))
+            torch.where(used, log_variance.exp(), centroid_variances))
