@@ -367,3 +367,21 @@ def test_generated_blocks_are_filled_in_whichever_page_holds_their_markers(
     readme.main()
     assert "\nthe table\n" in pages[0].read_text() and "old" not in pages[0].read_text()
     assert "### Across training seeds\n\nseed rows\n" in pages[1].read_text()
+
+
+def test_open_set_table_prints_the_json_figures_and_names_better_baselines() -> None:
+    script = load_script("open_set", "benchmarks")
+
+    def entry(auroc: float) -> dict:
+        summary = {"mean": auroc, "ci95": 1.25, "episodes": 600}
+        return {"result": {"accuracy": summary, "auroc": summary, "fpr_at_95_tpr": summary}}
+
+    report = {"command": "python benchmarks/open_set.py", "episodes": 600, "seed": 0,
+              "training_note": "4 min each",
+              "settings": [{"dataset": "omniglot", "n_way": 5, "n_unknown": 5, "n_shot": 1,
+                            "n_query": 15, "methods": {"mavae": entry(81.5),
+                                                       "protonet": entry(83.25)},
+                            "baselines_with_auroc_above_mavae": ["protonet"]}]}
+    table = script.markdown(report)
+    assert "| omniglot 5+5, 1-shot, 15 queries | protonet | 83.25 ± 1.25 |" in table
+    assert "- omniglot 1-shot: protonet" in table

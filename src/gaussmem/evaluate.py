@@ -197,11 +197,14 @@ def evaluate_checkpoint(checkpoint_path: Path | Sequence[Path], *, n_way: int, n
                         data_dir: Path | None = None, cache_dir: Path | None = None,
                         dataset: FewShotDataset | None = None, progress: bool = False,
                         device: str = "cpu", shift_pixels: int = 0,
-                        rotation_degrees: float = 0.0) -> dict[str, Any]:
+                        rotation_degrees: float = 0.0,
+                        n_unknown: int | None = None) -> dict[str, Any]:
     """Evaluate a checkpoint; returns the JSON-ready report (everything to reproduce it).
 
     `dataset` replaces loading `split` of the checkpoint's dataset (tests, other data).
     `n_query=None` takes `default_n_query` (15 on Omniglot; what fits on LFW-a).
+    `protocol="open-set"` (gaussmem.open_set) adds `n_unknown` unknown classes per
+    episode (None: `n_way`); the report's `n_unknown` says how many.
     `device` (gaussmem.device): where the encoder runs; "auto" takes a GPU only for
     methods that can embed there. Accuracies do not depend on it beyond float rounding.
     Beyond the paper (support-query only): several checkpoints score together, and
@@ -230,8 +233,8 @@ def evaluate_checkpoint(checkpoint_path: Path | Sequence[Path], *, n_way: int, n
 
         dataset = load_split(config["data"], split, data_dir=data_dir, cache_dir=cache_dir)
     if n_query is None:
-        n_query = default_n_query(dataset, n_shot) if protocol == "support-query" else 0
-    if protocol == "support-query" and n_query < 1:
+        n_query = default_n_query(dataset, n_shot) if protocol != "online" else 0
+    if protocol != "online" and n_query < 1:
         # No query would score nothing and report an accuracy of nan%.
         raise EpisodeError(f"n_shot={n_shot} leaves no query image per class in "
                            f"{dataset.name} ({dataset.n_samples_per_class} samples per class)")
@@ -253,7 +256,7 @@ def evaluate_checkpoint(checkpoint_path: Path | Sequence[Path], *, n_way: int, n
         classifier.encoder_to_(encoder_device)
     except ValueError as error:
         raise DeviceError(f"device {device!r}: {error}") from None
-    bar = _progress_bar(episodes, progress)
+    bar = _progress_bar(episodes, progress, "auroc" if protocol == "open-set" else "acc")
     if protocol == "support-query":
         result = evaluate_support_query(classifier, dataset, n_way=n_way, n_shot=n_shot,
                                         n_query=n_query, episodes=episodes, seed=seed,
@@ -261,6 +264,13 @@ def evaluate_checkpoint(checkpoint_path: Path | Sequence[Path], *, n_way: int, n
     elif protocol == "online":
         result = evaluate_online(classifier, dataset, n_way=n_way, max_shot=n_shot,
                                  episodes=episodes, seed=seed)
+    elif protocol == "open-set":
+        from gaussmem.open_set import evaluate_open_set
+
+        n_unknown = n_way if n_unknown is None else n_unknown
+        result = evaluate_open_set(classifier, dataset, n_way=n_way, n_shot=n_shot,
+                                   n_query=n_query, n_unknown=n_unknown, episodes=episodes,
+                                   seed=seed, progress=bar)
     else:
         raise ValueError(f"unknown protocol {protocol!r}")
     summaries = [_checkpoint_summary(path, checkpoint)
@@ -273,6 +283,8 @@ def evaluate_checkpoint(checkpoint_path: Path | Sequence[Path], *, n_way: int, n
         "episodes": episodes, "n_way": n_way, "n_shot": n_shot, "n_query": n_query,
         "train_config": config,
     }
+    if protocol == "open-set":
+        report["n_unknown"] = n_unknown
     if combined:
         report["combination"] = {
             "checkpoints": summaries, "views": list(views), "shift_pixels": shift_pixels,
@@ -296,7 +308,8 @@ def _checkpoint_summary(path: Path, checkpoint: dict[str, Any]) -> dict[str, Any
             "method": config["method"], "train_minutes": checkpoint["elapsed_seconds"] / 60.0}
 
 
-def _progress_bar(episodes: int, enabled: bool) -> Callable[[int, float], None] | None:
+def _progress_bar(episodes: int, enabled: bool, name: str = "acc"
+                  ) -> Callable[[int, float], None] | None:
     if not enabled:
         return None
     from tqdm import tqdm
@@ -310,7 +323,7 @@ def _progress_bar(episodes: int, enabled: bool) -> Callable[[int, float], None] 
             bars.append(tqdm(total=episodes, unit="episode", dynamic_ncols=True))
         bar = bars[0]
         bar.update(1)
-        bar.set_postfix(acc=f"{100 * running_accuracy:.2f}", refresh=False)
+        bar.set_postfix({name: f"{100 * running_accuracy:.2f}"}, refresh=False)
         if index + 1 == episodes:
             bar.close()
 

@@ -17,6 +17,7 @@ from gaussmem.commands.arguments import (
     positive_int,
     seed,
 )
+from gaussmem.errors import EpisodeError
 from gaussmem.settings import resolve_cache_dir, resolve_data_dir
 
 SPLITS = ("test", "val", "train", "trainval")
@@ -40,11 +41,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="query images per class (support-query); default: the "
                         "dataset's (gaussmem.evaluate.DEFAULT_N_QUERY on Omniglot, on LFW-a "
                         "the most every person has room for)")
-    parser.add_argument("--episodes", type=positive_int, default=1000, help="number of episodes")
+    parser.add_argument("--episodes", type=positive_int, default=None,
+                        help="number of episodes; default 1000 (with --open-set: "
+                        "gaussmem.open_set.DEFAULT_OPEN_SET_EPISODES)")
     parser.add_argument("--seed", type=seed, default=0, help="seed of the episode sampler")
     parser.add_argument("--split", default="test", choices=SPLITS, help="class subset")
     parser.add_argument("--protocol", default="support-query",
-                        choices=("support-query", "online"), help="evaluation protocol")
+                        choices=("support-query", "online", "open-set"),
+                        help="evaluation protocol")
+    parser.add_argument("--open-set", action="store_true",
+                        help="the few-shot open-set protocol (same as --protocol open-set): "
+                        "per episode N known classes with K shots and --n-unknown classes "
+                        "never shown; closed-set accuracy, AUROC and FPR at 95%% TPR of "
+                        "known against unknown queries by each method's unknown score")
+    parser.add_argument("--n-unknown", type=positive_int, default=None,
+                        help="unknown classes per open-set episode (default: --n-way)")
     parser.add_argument("--json", dest="json_path", type=output_file, default=None,
                         help="write the whole report here as JSON (atomically): "
                         "accuracy, episodes, checkpoint, command, hardware")
@@ -72,9 +83,19 @@ def run(args: argparse.Namespace) -> int:
     from gaussmem.atomic import write_text_atomic
     from gaussmem.evaluate import evaluate_checkpoint
     from gaussmem.hardware import code_version
+    from gaussmem.open_set import DEFAULT_OPEN_SET_EPISODES
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.open_set:
+        if args.protocol not in ("support-query", "open-set"):
+            raise EpisodeError(f"--open-set and --protocol {args.protocol} ask for two "
+                               "protocols; give one")
+        args.protocol = "open-set"
+    if args.n_unknown is not None and args.protocol != "open-set":
+        raise EpisodeError("--n-unknown applies to the open-set protocol only (--open-set)")
+    if args.episodes is None:
+        args.episodes = DEFAULT_OPEN_SET_EPISODES if args.protocol == "open-set" else 1000
     keep_freed_memory()
     report = evaluate_checkpoint(
         [Path(path) for path in args.checkpoint], n_way=args.n_way, n_shot=args.n_shot,
@@ -82,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         protocol=args.protocol,
         data_dir=resolve_data_dir(args.data_dir), cache_dir=resolve_cache_dir(args.cache_dir),
         progress=not args.no_progress, device=args.device, shift_pixels=args.shift_pixels,
-        rotation_degrees=args.rotation_degrees)
+        rotation_degrees=args.rotation_degrees, n_unknown=args.n_unknown)
     report["command"] = "gaussmem " + " ".join(sys.argv[1:]) if sys.argv[1:] else None
     report["hardware"] = {"machine": platform.machine(), "processor": platform.processor(),
                           "torch_threads": torch.get_num_threads(),
@@ -98,4 +119,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.n_way}-way {args.n_shot}-shot ({args.protocol}, {args.split}, "
           f"{args.episodes} episodes, seed {args.seed}{members}): "
           f"{accuracy['mean']:.2f}% ± {accuracy['ci95']:.2f}")
+    if args.protocol == "open-set":
+        result = report["result"]
+        print(f"{result['n_unknown']} unknown classes: AUROC {result['auroc']['mean']:.2f}% "
+              f"± {result['auroc']['ci95']:.2f}, FPR at 95% TPR "
+              f"{result['fpr_at_95_tpr']['mean']:.2f}% ± {result['fpr_at_95_tpr']['ci95']:.2f}")
     return 0

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import tokenize
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +32,10 @@ _META_FILE = "meta.json"
 logger = logging.getLogger(__name__)
 #: What `np.load` raises on a damaged .npy: besides OSError and ValueError, a mangled
 #: header dict escapes from Python's parser (SyntaxError, TokenError) and a short file
-#: from its reader (EOFError).
-_UNREADABLE_NPY = (OSError, ValueError, EOFError, SyntaxError, tokenize.TokenError)
+#: from its reader (EOFError), and a file that starts like a zip is read as an .npz
+#: archive (BadZipFile).
+_UNREADABLE_NPY = (OSError, ValueError, EOFError, SyntaxError, tokenize.TokenError,
+                   zipfile.BadZipFile)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ scored on the same episodes through the same code path:
 
     classifier.fit(support_images, support_labels)   # reset, then add the support set
     scores = classifier.predict_scores(query_images)  # (n_query, n_labels)
+    known = classifier.known_scores_from_embeddings(classifier.embed(query_images))
     classifier.add_support(images, labels)           # incremental: the online protocol
 
 Each method is two steps: `embed` maps every image on its own to one flat float vector,
@@ -80,6 +81,20 @@ class FewShotClassifier(nn.Module, ABC):
     def predict_scores_from_embeddings(self, query_embeddings: torch.Tensor) -> torch.Tensor:
         """Scores `(n_query, n_labels)` of `query_embeddings (n_query, d)` (rows of
         `embed`; higher = more likely); unseen labels are -inf."""
+
+    def known_scores_from_embeddings(self, query_embeddings: torch.Tensor) -> torch.Tensor:
+        """How well each of `query_embeddings (n_query, d)` matches what was learnt:
+        `(n_query,)`, higher = more likely one of the known labels (the open-set
+        protocol ranks known against unknown queries by it; `gaussmem.open_set`).
+
+        Default: the best label's score, which is each method's natural similarity to
+        its nearest support entry where scores are unnormalised (MA-VAE: -min SKL;
+        ProtoNet: -min squared distance; Kaiser: max cosine). A method whose scores are
+        normalised over the labels (Matching Nets' log-probabilities) overrides it,
+        since a normalised score says how sure it is among the labels, not whether the
+        query belongs to any of them.
+        """
+        return self.predict_scores_from_embeddings(query_embeddings).amax(dim=1)
 
     def add_support(self, support_images: torch.Tensor, support_labels: torch.Tensor) -> None:
         """Learn from `support_images (n, C, H, W)` with `support_labels (n,)` int64,

@@ -125,6 +125,17 @@ class MatchingNetworkClassifier(FewShotClassifier):
         return matching_log_probs(support, labels, queries, int(labels.max()) + 1,
                                   self.cosine_scale)
 
+    @torch.no_grad()
+    def known_scores_from_embeddings(self, query_embeddings: torch.Tensor) -> torch.Tensor:
+        """`(n_query,)`: the largest cosine similarity to a support item (after full
+        context embeddings), the quantity the attention is a softmax of; -inf without
+        support."""
+        if not self._support:
+            return torch.full((len(query_embeddings),), -torch.inf)
+        support, queries = self.network.contextualize(torch.cat(self._support),
+                                                      query_embeddings)
+        return (F.normalize(queries, dim=1) @ F.normalize(support, dim=1).T).amax(dim=1)
+
     @classmethod
     def from_checkpoint(cls, checkpoint: dict[str, Any]) -> MatchingNetworkClassifier:
         config = from_dict(TrainConfig, checkpoint["config"])

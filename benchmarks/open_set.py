@@ -1,0 +1,164 @@
+"""Few-shot open-set recognition of the MA-VAE and the three baselines on the same episodes.
+
+Trains nothing: give it checkpoints (by default the runs of
+`benchmarks/open_set_train.sh`, runs/os-<dataset>-<method>/checkpoints/best.ckpt). For
+each setting, every method is evaluated with `gaussmem.open_set` on the test split, on
+the same seeded episodes (N known classes with K shots, N unknown classes, the default
+number of queries per class), and scored by its own unknown score
+(`known_scores_from_embeddings`). Writes the JSON (with each checkpoint's identity and
+training budget, the hardware and the command) and a markdown table generated from it.
+
+    python benchmarks/open_set.py                                  # 600 episodes
+    python benchmarks/open_set.py --checkpoint omniglot:mavae=runs/new/checkpoints/best.ckpt
+    python benchmarks/open_set.py --episodes 50 --out /tmp/os.json --markdown /tmp/os.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gaussmem.atomic import write_text_atomic
+from gaussmem.checkpoint import load_checkpoint
+from gaussmem.evaluate import evaluate_checkpoint
+from gaussmem.hardware import command_line, describe_hardware
+from gaussmem.open_set import DEFAULT_OPEN_SET_EPISODES
+from gaussmem.settings import resolve_cache_dir, resolve_data_dir
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+METHODS = ("mavae", "protonet", "matching", "kaiser")
+#: (dataset, known classes = unknown classes, shots) per table row group.
+SETTINGS = (("omniglot", 5, 1), ("omniglot", 5, 5), ("lfw", 5, 1))
+METRICS = (("accuracy", "closed-set acc. %"), ("auroc", "AUROC %"),
+           ("fpr_at_95_tpr", "FPR@95%TPR %"))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", action="append", default=[],
+                        metavar="DATASET:METHOD=PATH",
+                        help="a checkpoint other than runs/os-DATASET-METHOD/checkpoints/"
+                        "best.ckpt; repeatable")
+    parser.add_argument("--datasets", nargs="+", default=["omniglot", "lfw"],
+                        choices=("omniglot", "lfw"), help="settings to run (both)")
+    parser.add_argument("--episodes", type=int, default=DEFAULT_OPEN_SET_EPISODES,
+                        help=f"episodes per setting ({DEFAULT_OPEN_SET_EPISODES})")
+    parser.add_argument("--seed", type=int, default=0, help="episode seed (0)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1)")
+    parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "open_set.json")
+    parser.add_argument("--markdown", type=Path, default=REPO_ROOT / "results" / "open_set.md")
+    return parser.parse_args(argv)
+
+
+def checkpoint_paths(overrides: list[str]) -> dict[tuple[str, str], Path]:
+    """(dataset, method) -> checkpoint: the open_set_train.sh runs, then `overrides`."""
+    paths = {(dataset, method): REPO_ROOT / "runs" / f"os-{dataset}-{method}" /
+             "checkpoints" / "best.ckpt"
+             for dataset in {setting[0] for setting in SETTINGS} for method in METHODS}
+    for item in overrides:
+        key, _, path = item.partition("=")
+        dataset, _, method = key.partition(":")
+        if (dataset, method) not in paths or not path:
+            raise SystemExit(f"--checkpoint {item!r}: expected DATASET:METHOD=PATH with "
+                             f"DATASET in omniglot, lfw and METHOD in {', '.join(METHODS)}")
+        paths[dataset, method] = Path(path)
+    return paths
+
+
+def training_budget(path: Path) -> dict[str, Any]:
+    """What a checkpoint cost to train, from its own config and counters."""
+    checkpoint = load_checkpoint(path)
+    config = checkpoint["config"]
+    return {"method": config["method"], "dataset": config["data"]["dataset"],
+            "max_minutes": config["budget"]["max_minutes"],
+            "train_minutes": round(checkpoint["elapsed_seconds"] / 60.0, 2),
+            "step": checkpoint["step"], "num_threads": config["num_threads"]}
+
+
+def evaluate_setting(paths: dict[tuple[str, str], Path], dataset: str, n_way: int,
+                     n_shot: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Every method's open-set report on one setting's episodes."""
+    methods = {}
+    for method in METHODS:
+        path = paths[dataset, method]
+        if not path.is_file():
+            raise SystemExit(f"no {method} checkpoint for {dataset} at {path}: train one "
+                             "(benchmarks/open_set_train.sh) or pass --checkpoint")
+        report = evaluate_checkpoint(
+            path, n_way=n_way, n_shot=n_shot, episodes=args.episodes, seed=args.seed,
+            protocol="open-set", data_dir=resolve_data_dir(args.data_dir),
+            cache_dir=resolve_cache_dir(args.cache_dir))
+        methods[method] = {"result": report["result"], "checkpoint": report["checkpoint"],
+                           "training": training_budget(path)}
+        print(f"{dataset} {n_way}+{n_way} {n_shot}-shot {method}: AUROC "
+              f"{report['result']['auroc']['mean']:.2f}", flush=True)
+    auroc = {method: entry["result"]["auroc"]["mean"] for method, entry in methods.items()}
+    return {"dataset": dataset, "n_way": n_way, "n_unknown": n_way, "n_shot": n_shot,
+            "n_query": methods["mavae"]["result"]["n_query"], "methods": methods,
+            "baselines_with_auroc_above_mavae": sorted(
+                method for method, value in auroc.items() if value > auroc["mavae"])}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The results table, generated from the JSON report."""
+    lines = [
+        "# Few-shot open-set recognition",
+        "",
+        f"Generated by `{report['command']}` from `results/open_set.json`; test split, "
+        f"{report['episodes']} episodes per setting (seed {report['seed']}), the same "
+        "episodes for every method; mean ± 95% CI over episodes. Each setting has N known "
+        "classes (K shots each) and N unknown classes; AUROC and FPR at 95% TPR rank "
+        "known against unknown queries by each method's unknown score (docs/open_set.md).",
+        "",
+        f"Training: {report['training_note']}",
+        "",
+        "| setting | method | " + " | ".join(title for _, title in METRICS) + " |",
+        "|---|---|" + "---:|" * len(METRICS),
+    ]
+    for setting in report["settings"]:
+        name = (f"{setting['dataset']} {setting['n_way']}+{setting['n_unknown']}, "
+                f"{setting['n_shot']}-shot, {setting['n_query']} queries")
+        for method, entry in setting["methods"].items():
+            cells = [f"{entry['result'][key]['mean']:.2f} ± {entry['result'][key]['ci95']:.2f}"
+                     for key, _ in METRICS]
+            lines.append(f"| {name} | {method} | " + " | ".join(cells) + " |")
+    lines += ["", "Where a baseline's AUROC is above the MA-VAE's:", ""]
+    for setting in report["settings"]:
+        above = setting["baselines_with_auroc_above_mavae"]
+        lines.append(f"- {setting['dataset']} {setting['n_shot']}-shot: "
+                     + (", ".join(above) if above else "none"))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    paths = checkpoint_paths(args.checkpoint)
+    settings = [evaluate_setting(paths, dataset, n_way, n_shot, args)
+                for dataset, n_way, n_shot in SETTINGS if dataset in args.datasets]
+    budgets = sorted({(entry["training"]["dataset"], entry["training"]["max_minutes"])
+                      for setting in settings for entry in setting["methods"].values()})
+    report = {
+        "benchmark": "few-shot open-set recognition (gaussmem.open_set)",
+        "command": command_line(), "seed": args.seed, "episodes": args.episodes,
+        "split": "test", "hardware": describe_hardware(), "torch_threads": args.threads,
+        "training_note": "each method's CPU preset, one thread, wall-clock budget "
+        "(validation excluded) per dataset: " + ", ".join(
+            f"{dataset} {minutes:g} min" for dataset, minutes in budgets)
+        + "; best checkpoint by validation accuracy",
+        "settings": settings,
+    }
+    write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
+    write_text_atomic(args.markdown, markdown(report))
+    print(f"wrote {args.out} and {args.markdown}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
