@@ -52,6 +52,13 @@ VARIANTS: dict[str, list[str]] = {
     # against one nat of reconstruction, and clipped the gradient at 5 x 784.
     "old-balance": ["loss.triplet=784", "loss.latent=11.5", "loss.latent_style=none",
                     "optim.grad_clip=3920"],
+    # exp(-SKL / T): the triplet is invariant to scaling the posteriors' means and
+    # standard deviations together, so T sets how many standard deviations apart it
+    # wants the classes, and with it how much a sample of z_c says about its class.
+    "c1-300-style4-T16": ["loss.triplet=300", "loss.latent=1", "loss.latent_style=4",
+                          "similarity.temperature=16"],
+    "c1-300-style4-T64": ["loss.triplet=300", "loss.latent=1", "loss.latent_style=4",
+                          "similarity.temperature=64"],
     # The reference row: the same network trained as a plain VAE (ELBO only).
     "plain-vae": ["loss.triplet=0", "loss.latent=1", "loss.latent_style=none",
                   "loss.generative_cross=0"],

@@ -128,3 +128,17 @@ def test_evaluate_refuses_a_shot_count_that_leaves_no_query(tmp_path: Path) -> N
     with pytest.raises(EpisodeError, match=r"n_shot=20 leaves no query image per class"):
         evaluate_checkpoint(tmp_path / "run" / LAST_CHECKPOINT, n_way=3, n_shot=20,
                             episodes=2, dataset=dataset)
+
+
+def test_print_config_shows_the_resolved_preset_without_training(
+        tmp_path, capsys) -> None:
+    import json
+
+    from gaussmem.cli import main
+
+    run_dir = tmp_path / "never"
+    assert main(["train", "--preset", "cpu-quick", "--set", "loss.triplet=7",
+                 "--run-dir", str(run_dir), "--print-config"]) == 0
+    config = json.loads(capsys.readouterr().out)
+    assert config["loss"]["triplet"] == 7.0 and config["episodes"]["n_way"] == 32
+    assert not run_dir.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -60,6 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_data_location_arguments(parser)
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar (the validation lines and summary remain)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (preset, --config, --set) as JSON "
+                        "and exit without training")
     parser.add_argument("--json", dest="json_path", type=output_file, default=None,
                         help="also write the run's summary here (the run directory's "
                         "summary.json holds it too)")
@@ -146,7 +150,7 @@ def _warn_if_the_cpu_is_busy(config: TrainConfig) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here so `gaussmem --help` stays fast (no torch import).
-    from gaussmem.config import default_preset, resolve
+    from gaussmem.config import default_preset, resolve, to_dict
     from gaussmem.distributed import launched_by_torchrun, process_group
     from gaussmem.methods import method_class, training_class
     from gaussmem.run_dir import check_fresh_run_dir
@@ -155,6 +159,11 @@ def run(args: argparse.Namespace) -> int:
     if args.method is not None:
         method_class(args.method)  # an unknown name fails here, listing the known ones
     preset_name = args.preset or default_preset(args.method or "mavae")
+    if args.print_config:
+        config = resolve(preset_name, args.config, _overrides(args))
+        method_class(config.method)
+        print(json.dumps(to_dict(config), indent=2))
+        return 0
     if args.resume and not args.run_dir:
         raise TrainingError("--resume needs --run-dir")
     if args.resume and args.overwrite:
