@@ -546,8 +546,11 @@ def evaluation_commands(cells: Cells) -> list[str]:
 #: The README's headline rows: each method's CPU preset (`gaussmem train --preset
 #: <method's CPU preset>`), then longer runs of the paper's presets, labelled as such.
 #: Every other run is in the full tables of results/omniglot.md and results/lfw.md.
-HEADLINE = {"omniglot": ("cpu-quick-latent1", "protonet-cpu5", "matching-cpu5", "kaiser-cpu5"),
-            "lfw": ("mavae-cpu15", "protonet-cpu5", "matching-cpu5", "kaiser-cpu5")}
+HEADLINE = {"omniglot": ("cpu-quick-objective", "protonet-cpu5", "matching-cpu5",
+                         "kaiser-cpu5"),
+            "lfw": ("mavae-cpu20-objective", "protonet-cpu5", "matching-cpu5", "kaiser-cpu5")}
+#: The MA-VAE's CPU preset under the objective before it moved to per-image units.
+HEADLINE_EARLIER = {"omniglot": ("cpu-quick-latent1",), "lfw": ("mavae-cpu15",)}
 HEADLINE_LONGER = {"omniglot": ("20way-tuned-gpu", "parallel-20way-tuned-gpu",
                                 "cpu-quick-lake-2200steps")}
 HEADLINE_CELLS = {"omniglot": [*TABLE1, (100, 1), (400, 1)], "lfw": TABLE3}
@@ -602,9 +605,48 @@ def budget_sentence(tags: tuple[str, ...], training: dict[str, dict]) -> str:
             "not tuned with equal effort: read the gaps between methods with that in mind.")
 
 
-def headline_section(data: dict[str, tuple[Cells, dict[str, dict]]]) -> list[str]:
+def load_generative(results: Path, dataset: str) -> dict[str, dict]:
+    """`gaussmem generative-report` records of `dataset`'s runs by tag
+    (`results/<dataset>/<run>/generative.json`, identified by their "run")."""
+    records = {}
+    for path in sorted((results / dataset).glob("*/generative.json")):
+        data = json.loads(path.read_text())
+        records[data["run"]["tag"]] = data
+    return records
+
+
+def generative_rows(tags: list[str], generative: dict[str, dict]) -> list[str]:
+    """The generative side of the headline's MA-VAE runs, beside their accuracy."""
+    rows = []
+    for tag in tags:
+        if tag not in generative:
+            continue
+        record = generative[tag]
+        reconstruction, swap = record["reconstruction"], record["decoder_sensitivity"]
+        generation = record.get("generation")
+        judged = ("–" if generation is None else
+                  f"{generation['generated']['mean']:.1f} ± {generation['generated']['ci95']:.1f}"
+                  f" (judge on real drawings {generation['real_images']['mean']:.1f}, chance "
+                  f"{generation['chance']:.1f})")
+        rows.append(f"| `{tag}` | {reconstruction['mean_nll']:.1f} / "
+                    f"{reconstruction['mean_image_nll']:.1f} = {reconstruction['ratio']:.3f} | "
+                    f"{swap['content_swap']:.4f} / {swap['style_swap']:.4f} | {judged} |")
+    if not rows:
+        return []
+    return ["", "Generative side of these MA-VAE runs, test split (`gaussmem generative-report`): "
+            "reconstruction NLL per image (nats) against the split's mean image's, 100-way "
+            "episodes; the mean pixel change from swapping z_c vs z_s; the percent of "
+            "drawings generated from one-shot memory entries that an independent "
+            "classifier (the judge) assigns to their source class, 20-way:", "",
+            "| run | reconstruction / mean image = ratio | swap z_c / swap z_s | generations "
+            "judged as their class (%) |", "|---|---|---|---|", *rows]
+
+
+def headline_section(data: dict[str, tuple[Cells, dict[str, dict]]],
+                     generative: dict[str, dict[str, dict]] | None = None) -> list[str]:
     """The README's headline: each method's CPU preset on Omniglot (vinyals test split)
-    and LFW-a, the paper's figures, and the longer runs, each row with its budget."""
+    and LFW-a, the paper's figures, and the longer runs, each row with its budget; and
+    the generative side of the MA-VAE runs where `generative` has their reports."""
     lines = ["## Headline", ""]
     for dataset, title in (("omniglot", "Omniglot, test classes (Tables 1 and 2)"),
                            ("lfw", "LFW-a, test people (Table 3)")):
@@ -612,7 +654,8 @@ def headline_section(data: dict[str, tuple[Cells, dict[str, dict]]]) -> list[str
             continue
         cells, training = data[dataset]
         header = " | ".join(f"{way}-way {shot}-shot" for way, shot in HEADLINE_CELLS[dataset])
-        tags = [*HEADLINE[dataset], *HEADLINE_LONGER.get(dataset, ())]
+        tags = [*HEADLINE[dataset], *HEADLINE_EARLIER.get(dataset, ()),
+                *HEADLINE_LONGER.get(dataset, ())]
         episodes = sorted({cell["result"]["accuracy"]["episodes"] for tag in tags
                            for cell in cells.get(tag, {}).values()})
         counts = " or ".join(f"{count:,}" for count in episodes)
@@ -623,14 +666,19 @@ def headline_section(data: dict[str, tuple[Cells, dict[str, dict]]]) -> list[str
                       "–" if value is None else f"{value:.1f}"
                       for value in HEADLINE_PAPER[dataset]) + " | paper |"]
         lines += headline_rows(dataset, HEADLINE[dataset], cells, training)
+        lines += headline_rows(dataset, HEADLINE_EARLIER.get(dataset, ()), cells, training,
+                               label=", earlier objective (per-pixel means)")
         lines += headline_rows(dataset, HEADLINE_LONGER.get(dataset, ()), cells, training,
                                label=", longer run")
-        lines += ["", budget_sentence(HEADLINE[dataset], training), ""]
+        lines += ["", budget_sentence(HEADLINE[dataset], training)]
+        lines += generative_rows(tags, (generative or {}).get(dataset, {}))
+        lines += [""]
     return lines[:-1]
 
 
 def render_index(data: dict[str, tuple[Cells, dict[str, dict]]], omniglot_md: str,
-                 lfw_md: str | None) -> str:
+                 lfw_md: str | None, generative: dict[str, dict[str, dict]] | None = None
+                 ) -> str:
     """results/README.md: what is where, the headline, then the full tables."""
     def tables(markdown: str) -> str:
         body = markdown.split("\n## Training runs")[0]
@@ -660,7 +708,7 @@ def render_index(data: dict[str, tuple[Cells, dict[str, dict]]], omniglot_md: st
              "| `objective/` | the objective sweep (`experiments/objective_sweep.py`) |", "",
              "The narrative of the runs (why each was made) is in "
              "[docs/experiments.md](../docs/experiments.md).", ""]
-    lines += headline_section(data)
+    lines += headline_section(data, generative)
     lines += ["", "## Omniglot: all runs", "", tables(omniglot_md)]
     if lfw_md is not None:
         lines += ["", "## LFW-a: all runs", "", tables(lfw_md)]
@@ -685,7 +733,9 @@ def main() -> int:
         lfw_md = render_lfw(cells, training)
         write_text_atomic(results / "lfw.md", lfw_md)
         print(f"wrote {results / 'lfw.md'}")
-    write_text_atomic(results / "README.md", render_index(data, omniglot_md, lfw_md))
+    generative = {dataset: load_generative(results, dataset) for dataset in data}
+    write_text_atomic(results / "README.md",
+                      render_index(data, omniglot_md, lfw_md, generative))
     print(f"wrote {results / 'README.md'}")
     return 0
 

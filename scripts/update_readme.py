@@ -121,12 +121,12 @@ def render_headline(markdown: str) -> str:
 
 def render_quickstart(record: dict) -> str:
     """What the quick start's first command reaches: the `cpu-quick` preset's run of
-    results/omniglot/cpu-quick-latent1 (its training record and 5-way 1-shot cell)."""
-    cell = json.loads((RESULTS / "omniglot" / "cpu-quick-latent1" / "5w1s.json").read_text())
+    results/omniglot/cpu-quick-objective (its training record and 5-way 1-shot cell)."""
+    cell = json.loads((RESULTS / "omniglot" / "cpu-quick-objective" / "5w1s.json").read_text())
     accuracy = cell["result"]["accuracy"]
     run = record["run"]
     last = record["validation"][-1]
-    return (f"Expect, from the `cpu-quick` run in `results/omniglot/cpu-quick-latent1/` "
+    return (f"Expect, from the `cpu-quick` run in `results/omniglot/cpu-quick-objective/` "
             f"({run['budget']['train_minutes']:.0f} minutes, {run['budget']['steps']:,} "
             f"steps on a {run['hardware']}): a last validation line near "
             f"`val {record['config']['validation']['n_way']}-way "
@@ -192,7 +192,7 @@ def render_ensemble_views(markdown: str) -> str:
 
 RENDERERS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "headline": ("README.md", render_headline),
-    "quickstart": ("omniglot/cpu-quick-latent1/training.json", render_quickstart),
+    "quickstart": ("omniglot/cpu-quick-objective/training.json", render_quickstart),
     "data_loading": ("speed/data_loading.json", render_data_loading),
     "memory_search": ("speed/memory_search.json", render_memory_search),
     "omniglot_tables": ("omniglot.md", render_omniglot_tables),

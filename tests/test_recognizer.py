@@ -425,7 +425,8 @@ def test_lfw_faces_round_trip(real_data_dir: Path, real_cache_dir: Path,
                               tmp_path: Path) -> None:
     if not (real_data_dir / "lfw").is_dir():
         pytest.skip("LFW-a not in the data directory")
-    checkpoint = _train_real("lfw-cpu", 8, tmp_path / "run", real_data_dir, real_cache_dir)
+    checkpoint = _train_real("lfw-cpu", 8, tmp_path / "run", real_data_dir, real_cache_dir,
+                             batch_episodes=8)
     from gaussmem.data.lfw import paper_split
 
     people = paper_split("test")[:5]
