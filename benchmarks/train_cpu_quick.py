@@ -20,7 +20,8 @@ Omniglot: 5/20-way 1/5-shot with `--episodes` (1,000), 100- and 400-way with
 cost little more than small ones); the online protocol. LFW-a (a preset whose
 data.dataset is "lfw"): 5/20/80-way 1/5-shot with `--episodes`.
 Results go to `results/<dataset>/<tag>/`: `training.json`, one `<N>w<K>s.json` per
-cell and `online-<N>w<K>s.json`; each record carries its identity under "run"
+cell, `online-<N>w<K>s.json` and, with `--judge`, the MA-VAE's `generative.json`
+(`--cells generative` runs that alone); each record carries its identity under "run"
 (`run_identity`), so the tables never read a file's name.
 """
 
@@ -156,6 +157,10 @@ def main() -> int:
                         "online-NwKs for the online protocol over N classes up to K shots, "
                         "online for online-5w5s (default: all eight and online)")
     parser.add_argument("--results", default="results")
+    parser.add_argument("--judge", default=None,
+                        help="an MA-VAE run also gets `gaussmem generative-report` on the test "
+                        "split, its generations judged by this few-shot checkpoint (trained "
+                        "apart from the model): generative.json beside the cells")
     args = parser.parse_args()
 
     gaussmem = [sys.executable, "-m", "gaussmem"]
@@ -219,6 +224,13 @@ def main() -> int:
         report = json.loads(online.read_text())
         report["run"] = record["run"]
         write_text_atomic(online, json.dumps(report, indent=2, sort_keys=True) + "\n")
+    if args.judge and record["run"]["method"] == "mavae":
+        out = results / "generative.json"
+        run([*gaussmem, "generative-report", "--checkpoint", str(checkpoint), "--judge",
+             args.judge, "--split", "test", "--seed", "0", "--json", str(out), *threads])
+        report = json.loads(out.read_text())
+        report.update({"kind": "generative", "tag": args.tag, "run": record["run"]})
+        write_text_atomic(out, json.dumps(report, indent=2, sort_keys=True) + "\n")
     run([sys.executable, str(ROOT / "scripts" / "make_results_table.py")])
     return 0
 
