@@ -5,7 +5,7 @@
 
 The server is `python -m gaussmem serve` on 127.0.0.1 only (one worker, one torch
 thread), over a gallery of `--entries` one-entry labels written with `enroll_encoded`
-(jittered posteriors of synthetic drawings). `--clients` threads, each with its own
+(the posteriors of as many distinct synthetic drawings). `--clients` threads, each with its own
 connection and seeded RNG, send requests back to back until `--seconds` pass or
 `--max-requests` are sent: `--enroll-fraction` of them enroll one PNG under a new
 label, the rest recognize one PNG. Recorded per kind: throughput, p50/p90/p99/max
@@ -13,8 +13,10 @@ latency, errors (anything but 200, connection failures included). Then the serve
 stopped and started again, and its label list is compared with the gallery before the
 run plus every enrollment that was answered 200.
 
-Without `--checkpoint` a `smoke` model is trained for seconds on synthetic drawings
-(the latency is the server's and the search's, not the model's quality). The clients
+Without `--checkpoint` a `smoke` model is trained for seconds on synthetic drawings;
+its posteriors of all drawings nearly coincide, which sends every search down the
+memory's slower exact (float64) path, so give a model trained on real data
+(`gaussmem train --preset cpu-quick`) for representative numbers. The clients
 run on the same machine as the server, and the machine is shared: the load average is
 recorded before and after.
 """
@@ -41,6 +43,7 @@ import torch
 from PIL import Image
 
 from gaussmem.atomic import write_text_atomic
+from gaussmem.checkpoint import file_sha256
 from gaussmem.config import preset
 from gaussmem.data.class_images import ClassImageSet
 from gaussmem.hardware import command_line, describe_hardware
@@ -66,17 +69,18 @@ def smoke_checkpoint(folder: Path, seed: int) -> Path:
 
 
 def build_gallery(checkpoint: Path, directory: Path, entries: int, seed: int) -> None:
-    """`entries` labels of one entry each: posteriors of synthetic drawings, jittered."""
+    """`entries` labels of one entry each: the posteriors of as many distinct drawings
+    (near-copies of one drawing would be an unusual gallery, whose near-ties make every
+    search take the memory's slower exact path)."""
     recognizer = Recognizer.from_checkpoint(checkpoint)
-    drawings = synthetic_drawings(50, 20, seed + 2)
+    drawings = synthetic_drawings(entries, 1, seed + 2)
+    size = recognizer.preprocessing.image_size
     pixels = torch.from_numpy(drawings.images.reshape(-1, 1, 28, 28)).float() / 255
+    if size != 28:
+        pixels = torch.nn.functional.interpolate(pixels, size=(size, size), mode="bilinear")
     content = recognizer.classifier.content_posterior(recognizer.classifier.embed(pixels))
-    mu, var = content.mean, content.var
-    generator = torch.Generator().manual_seed(seed)
-    index = torch.arange(entries) % len(mu)
-    jitter = 0.05 * torch.randn(entries, mu.shape[1], generator=generator)
-    recognizer.enroll_encoded([f"g{i:06d}" for i in range(entries)], mu[index] + jitter,
-                              var[index])
+    recognizer.enroll_encoded([f"g{i:06d}" for i in range(entries)], content.mean,
+                              content.var)
     recognizer.save(directory)
 
 
@@ -239,7 +243,8 @@ def main() -> None:
         "command": command_line(),
         "seed": args.seed,
         "hardware": describe_hardware(),
-        "checkpoint": str(args.checkpoint) if args.checkpoint else "smoke preset, synthetic",
+        "checkpoint": ({"path": str(args.checkpoint), "sha256": file_sha256(args.checkpoint)}
+                       if args.checkpoint else "smoke preset trained on synthetic drawings"),
         "settings": {"entries": args.entries, "clients": args.clients,
                      "seconds": args.seconds, "max_requests": args.max_requests,
                      "enroll_fraction": args.enroll_fraction, "server_torch_threads": 1,

@@ -32,7 +32,7 @@ httpx = pytest.importorskip("httpx", reason="httpx (TestClient) is not installed
 from fastapi.testclient import TestClient  # noqa: E402
 
 from gaussmem.service.app import create_app  # noqa: E402
-from gaussmem.service.served_gallery import ServedGallery  # noqa: E402
+from gaussmem.service.served_gallery import ServedGallery, Upload  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 CHROMIUM = "/usr/bin/chromium"
@@ -249,12 +249,58 @@ def test_a_failed_save_leaves_memory_and_disk_as_they_were(
 
     # On the class: the failed write reloads the gallery into a new Recognizer.
     monkeypatch.setattr(Recognizer, "save", broken_save)
-    assert enroll(client, "beta", 1).status_code == 500
-    assert enroll(client, "alpha", 2).status_code == 500
-    assert client.delete("/api/v1/labels/alpha").status_code == 500
+    for response in (enroll(client, "beta", 1), enroll(client, "alpha", 2),
+                     client.delete("/api/v1/labels/alpha")):
+        assert response.status_code == 503
+        assert "disk full" in response.json()["error"] and "undone" in response.json()["error"]
     # The gallery answered from was reloaded from disk: only the saved enrollment.
     assert gallery.labels() == {"alpha": 2}
     assert Recognizer.load(gallery.directory).labels() == {"alpha": 2}
+
+
+def test_opening_removes_what_an_interrupted_save_left(checkpoint: Path,
+                                                        tmp_path: Path) -> None:
+    ServedGallery.open(tmp_path / "gallery", checkpoint)
+    for leftover in (".gallery.x1.tmp", ".gallery.x2.old"):
+        (tmp_path / leftover).mkdir()
+        (tmp_path / leftover / MANIFEST_NAME).write_text("{}")
+    (tmp_path / ".other.x3.tmp").mkdir()           # not this gallery's
+    ServedGallery.open(tmp_path / "gallery")
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".other.x3.tmp", "gallery"]
+
+
+def test_concurrent_writes_are_all_saved(checkpoint: Path, tmp_path: Path) -> None:
+    gallery = ServedGallery.open(tmp_path / "gallery", checkpoint)
+    saves = []
+    save = Recognizer.save
+
+    def counted_save(self: Recognizer, directory: Path) -> None:
+        saves.append(directory)
+        save(self, directory)
+
+    errors: list[BaseException] = []
+
+    def writer(thread: int) -> None:
+        try:
+            for index in range(4):
+                gallery.enroll(f"t{thread}-{index}",
+                               [Upload("x.png", drawing_png(thread % 4, index))])
+            gallery.remove(f"t{thread}-0")
+        except BaseException as error:  # reported below, in the test's thread
+            errors.append(error)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Recognizer, "save", counted_save)
+        threads = [threading.Thread(target=writer, args=(thread,)) for thread in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
+    expected = {f"t{thread}-{index}": 1 for thread in range(4) for index in range(1, 4)}
+    assert gallery.labels() == expected
+    assert Recognizer.load(gallery.directory).labels() == expected
+    assert 1 <= len(saves) <= 20      # one save may cover several writes
 
 
 def test_a_new_gallery_needs_a_checkpoint(tmp_path: Path) -> None:
@@ -354,9 +400,12 @@ def test_kill_9_during_enrollments_leaves_each_fully_in_or_out(
     process.wait(timeout=10)
     assert process.returncode == -signal.SIGKILL
     assert len(answered) < len(sent), "the server was not killed during the stream"
-    labels = Recognizer.load(gallery).labels()
+    labels = ServedGallery.open(gallery).labels()
     assert set(answered) <= set(labels) <= set(sent)
     assert all(count == 2 for count in labels.values()), labels
+    # Opening it again cleared what the killed save left beside it.
+    assert sorted(path.name for path in gallery.parent.iterdir()
+                  if path.name.startswith(f".{gallery.name}.")) == []
 
 
 # --- a real browser --------------------------------------------------------------------------

@@ -11,7 +11,8 @@
 
 Every error is JSON `{"error": "..."}` naming the problem: 400 bad label or request,
 401 wrong API key, 404 unknown label, 411/413 body without a length or over the limit,
-415 not an image, 422 malformed parameters. A request body is refused from its
+415 not an image, 422 malformed parameters, 503 the gallery could not be saved (the
+write was undone). A request body is refused from its
 Content-Length before it is read, so an oversized upload costs the server nothing.
 """
 
@@ -32,7 +33,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gaussmem import __version__
 from gaussmem.gallery_file import GalleryError
 from gaussmem.preprocess import ImageError
-from gaussmem.service.served_gallery import ServedGallery, UnknownLabelError, Upload
+from gaussmem.service.served_gallery import (
+    SaveFailedError,
+    ServedGallery,
+    UnknownLabelError,
+    Upload,
+)
 from gaussmem.unknown import UNKNOWN_SCORES
 
 #: Default limit on a request body: a handful of photos.
@@ -148,6 +154,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GalleryError)
     def gallery_error(_: Request, error: GalleryError) -> JSONResponse:
         return _error(400, str(error))
+
+    @app.exception_handler(SaveFailedError)
+    def save_failed(_: Request, error: SaveFailedError) -> JSONResponse:
+        return _error(503, str(error))
 
     @app.exception_handler(StarletteHTTPException)
     def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:

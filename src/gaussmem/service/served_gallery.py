@@ -2,14 +2,17 @@
 disk before it is reported done.
 
 Images are decoded and encoded outside any lock (the model is read-only), so requests
-overlap where they can. Two locks: `_write_lock` serialises writes from the change of
-the memory to the end of its save, and `_memory_lock` covers only the moments the
-memory is read or changed, so a recognize waits for a write's few milliseconds of
-memory update, not for its save (while one write saves, no other can change the memory
-it is reading). A write is saved with `Recognizer.save` (a whole new directory swapped
-in) before the caller hears of it (a recognize may see a write while it is being
-saved); if the save fails, the gallery is reloaded from disk, so the memory never keeps
-a write the disk does not.
+overlap where they can. A write (enroll, remove, calibrate) changes the memory, then
+waits until a save that includes it has finished (`Recognizer.save`: a whole new
+directory swapped in) before it is answered. Saves are group commits: writes that
+arrive while a save runs wait, change the memory one after another, and one save
+then covers them all, so a burst of enrollments costs a few saves, not one each.
+Locks: `_memory_lock` covers only the moments the memory is read or changed (a
+recognize never waits for a save), `_change_lock` orders the changes and is held
+through a save so the saved state is whole, `_save_lock` runs one save at a time. If a
+save fails, the gallery is reloaded from disk and every write it covered fails, so the
+memory never keeps a write the disk does not (a recognize may see a write while it is
+being saved).
 
 Each label has a thumbnail: its first enrolled example as the model sees it
 (preprocessed), a PNG in `<gallery>.thumbnails/` beside the gallery (the gallery
@@ -18,21 +21,25 @@ directory itself is replaced whole on every save and holds only gallery files).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
+import shutil
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from PIL import Image, UnidentifiedImageError
 
 from gaussmem.atomic import write_bytes_atomic
+from gaussmem.errors import GaussmemError
 from gaussmem.gallery_file import MANIFEST_NAME, GalleryError
 from gaussmem.preprocess import ImageError, Polarity, prepare_image
 from gaussmem.recognizer import EnrollReport, Recognition, Recognizer, check_labels
 from gaussmem.unknown import Calibration
+
+T = TypeVar("T")
 
 #: Largest decoded image accepted, in pixels: a small compressed file can expand to
 #: gigabytes (a "decompression bomb"), and no model input needs more than this.
@@ -41,6 +48,10 @@ MAX_IMAGE_PIXELS = 4096 * 4096
 
 class UnknownLabelError(GalleryError):
     """A label that is not in the gallery."""
+
+
+class SaveFailedError(GaussmemError):
+    """A write that was undone because the gallery could not be saved."""
 
 
 @dataclass(frozen=True)
@@ -78,8 +89,12 @@ class ServedGallery:
         self.recognizer = recognizer
         self.directory = Path(directory)
         self.thumbnails = self.directory.with_name(self.directory.name + ".thumbnails")
-        self._write_lock = threading.Lock()
         self._memory_lock = threading.Lock()
+        self._change_lock = threading.Lock()
+        self._save_lock = threading.Lock()
+        self._changes = 0         # writes applied to the memory, numbered from 1
+        self._saved = 0           # writes 1.._saved are on disk
+        self._lost = 0            # writes 1.._lost were dropped by a failed save
 
     @classmethod
     def open(cls, directory: Path, checkpoint: Path | None = None,
@@ -87,6 +102,7 @@ class ServedGallery:
         """The gallery in `directory`; a new one over `checkpoint`, saved at once, when
         the directory holds none (so a bad directory is refused before serving)."""
         directory = Path(directory)
+        _remove_interrupted_saves(directory)
         if (directory / MANIFEST_NAME).is_file():
             recognizer = Recognizer.load(directory, checkpoint=checkpoint, polarity=polarity)
         elif checkpoint is None:
@@ -125,26 +141,25 @@ class ServedGallery:
             raise ImageError("no images given")
         images = [decode_upload(upload) for upload in uploads]
         mu, var = self.recognizer.encode(images)
-        with self._write_lock:
-            is_new = label not in self.recognizer
+
+        def change() -> EnrollReport:
+            if label not in self.recognizer:
+                self._write_thumbnail(label, images[0])
             with self._memory_lock:
-                report = self.recognizer.enroll_encoded([label] * len(images), mu, var)
-            with self._rollback_on_error():
-                if is_new:
-                    self._write_thumbnail(label, images[0])
-                self.recognizer.save(self.directory)
-        return report
+                return self.recognizer.enroll_encoded([label] * len(images), mu, var)
+
+        return self._write(change)
 
     def remove(self, label: str) -> int:
         """Forget `label`; returns how many memory entries it had."""
-        with self._write_lock:
-            if label not in self.recognizer:
-                raise UnknownLabelError(f"label {label!r} is not in the gallery")
-            with self._rollback_on_error():
-                with self._memory_lock:
-                    entries = self.recognizer.remove(label)
-                self.recognizer.save(self.directory)
-            self._thumbnail_path(label).unlink(missing_ok=True)
+        def change() -> int:
+            with self._memory_lock:
+                if label not in self.recognizer:
+                    raise UnknownLabelError(f"label {label!r} is not in the gallery")
+                return self.recognizer.remove(label)
+
+        entries = self._write(change)
+        self._thumbnail_path(label).unlink(missing_ok=True)
         return entries
 
     def calibrate(self, known: Sequence[Upload], known_labels: Sequence[str],
@@ -158,24 +173,44 @@ class ServedGallery:
             raise ImageError("calibrate needs at least one known and one unknown image")
         known_images = [decode_upload(upload) for upload in known]
         unknown_images = [decode_upload(upload) for upload in unknown]
-        with self._write_lock:
-            with self._memory_lock:
-                calibration = self.recognizer.calibrate(known_images, known_labels,
-                                                        unknown_images, target_far, score=score)
-            with self._rollback_on_error():
-                self.recognizer.save(self.directory)
-        return calibration
 
-    # --- helpers ----------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _rollback_on_error(self) -> Iterator[None]:
-        """A block whose failure, whatever it is, reloads the gallery from disk, so the
-        memory answered from and the disk never disagree; the error still propagates."""
-        try:
-            yield
-        except BaseException:
-            self._reload()
-            raise
+        def change() -> Calibration:
+            with self._memory_lock:
+                return self.recognizer.calibrate(known_images, known_labels, unknown_images,
+                                                 target_far, score=score)
+
+        return self._write(change)
+
+    def _write(self, change: Callable[[], T]) -> T:
+        """Run `change` (which raises before changing anything, or changes the memory
+        under `_memory_lock`), then return once a save holds it."""
+        with self._change_lock:
+            result = change()
+            self._changes += 1
+            number = self._changes
+        self._save_through(number)
+        return result
+
+    def _save_through(self, number: int) -> None:
+        """Return when write `number` is on disk; raise if a failed save dropped it."""
+        with self._save_lock:
+            if self._saved >= number:
+                return                       # a later writer's save covered it
+            if self._lost >= number:
+                raise SaveFailedError(f"saving {self.directory} failed, so this write was "
+                                      "undone; try again")
+            with self._change_lock:
+                through = self._changes
+                try:
+                    self.recognizer.save(self.directory)
+                except BaseException as error:
+                    self._lost = through
+                    self._reload()
+                    if not isinstance(error, Exception):
+                        raise                # Ctrl-C and exits stay what they are
+                    raise SaveFailedError(f"saving {self.directory} failed ({error}), so "
+                                          "this write was undone; try again") from error
+                self._saved = through
 
     def _reload(self) -> None:
         """Back to the gallery on disk (the last write that was saved whole)."""
@@ -194,3 +229,15 @@ class ServedGallery:
         Image.fromarray(pixels, "L").save(buffer, format="PNG")
         write_bytes_atomic(self._thumbnail_path(label), buffer.getvalue())
 
+
+def _remove_interrupted_saves(directory: Path) -> None:
+    """Delete the staging and stale copies a killed save leaves beside the gallery
+    (`gaussmem.atomic.atomic_directory` names them `.<name>.*.tmp` and `.<name>.*.old`):
+    they are never read, and a server killed often would pile them up. The server owns
+    the gallery, so no other save can be using them."""
+    if not directory.parent.is_dir():
+        return
+    for pattern in (f".{directory.name}.*.tmp", f".{directory.name}.*.old"):
+        for leftover in directory.parent.glob(pattern):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
