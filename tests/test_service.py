@@ -327,6 +327,14 @@ def test_serve_refuses_the_network_without_a_key_and_an_empty_key(tmp_path: Path
     assert not (tmp_path / "g").exists()
 
 
+def test_the_command_defaults_to_the_apps_upload_limit() -> None:
+    from gaussmem.commands import serve
+    from gaussmem.service.app import DEFAULT_MAX_UPLOAD_BYTES
+
+    # The command keeps its own copy so that `gaussmem --help` does not import FastAPI.
+    assert serve._DEFAULT_MAX_UPLOAD_BYTES == DEFAULT_MAX_UPLOAD_BYTES
+
+
 def test_the_cli_stays_free_of_torch_and_fastapi() -> None:
     code = ("import sys, gaussmem.cli; gaussmem.cli.build_parser(); "
             "print(sorted(m for m in ('torch', 'fastapi', 'uvicorn') if m in sys.modules))")
