@@ -19,7 +19,7 @@ from gaussmem.errors import GaussmemError
 
 # Order here is the order `gaussmem --help` lists the subcommands in.
 COMMAND_MODULES: tuple[str, ...] = ("data", "train", "evaluate", "figures", "checkpoint",
-                                    "recognize")
+                                    "recognize", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -188,7 +188,12 @@ class Recognizer:
         valid = self.memory.valid
         counts = torch.zeros(self._next_label_id + 1, dtype=torch.int64)
         counts.index_add_(0, self.memory.labels[valid], self.memory.counts[valid])
-        return {name: int(counts[label_id]) for name, label_id in sorted(self._label_ids.items())}
+        per_label = counts.tolist()  # one conversion, not one tensor read per label
+        return {name: per_label[label_id] for name, label_id in sorted(self._label_ids.items())}
+
+    def __contains__(self, label: object) -> bool:
+        """Whether `label` is enrolled."""
+        return label in self._label_ids
 
     def remove(self, label: str) -> int:
         """Forget `label`; returns how many memory entries it had."""
@@ -214,7 +219,7 @@ class Recognizer:
         """Enroll `images[i]` as an example of `labels[i]`; all of them or none."""
         if len(labels) != len(images):
             raise ValueError(f"{len(labels)} labels for {len(images)} images")
-        _check_labels(labels)
+        check_labels(labels)
         mu, var = self.encode(images)
         return self.enroll_encoded(labels, mu, var)
 
@@ -224,7 +229,7 @@ class Recognizer:
         if len(labels) != len(mu) or mu.shape != var.shape:
             raise ValueError(f"{len(labels)} labels for posteriors of shapes "
                              f"{tuple(mu.shape)} and {tuple(var.shape)}")
-        _check_labels(labels)
+        check_labels(labels)
         if not (torch.isfinite(mu).all() and torch.isfinite(var).all()):
             raise GalleryError("the model gave non-finite embeddings; nothing was enrolled")
         new_names = sorted(set(labels) - set(self._label_ids))
@@ -349,7 +354,9 @@ class Recognizer:
         return calibration
 
 
-def _check_labels(labels: Sequence[str]) -> None:
+def check_labels(labels: Sequence[str]) -> None:
+    """Raise `GalleryError` for a label that is empty, blank or not printable: it could
+    not be shown, typed back or told apart from another."""
     for label in set(labels):
         if not isinstance(label, str) or not label.strip() or not label.isprintable():
             raise GalleryError(f"label {label!r} must be a non-empty printable string")
