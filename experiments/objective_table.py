@@ -49,7 +49,8 @@ def table(records: list[dict[str, Any]], hardware: str) -> str:
         swap = record["decoder_sensitivity"]
         cells = [
             record["variant"], str(record["steps"]), str(record["seed"]),
-            " ".join(f"`{override}`" for override in record["overrides"]),
+            " ".join(f"`{override}`" for override in
+                     [*record.get("base_overrides", []), *record["overrides"]]),
             f"{accuracy['20w1s']['mean']:.2f} ± {accuracy['20w1s']['ci95']:.2f}",
             f"{accuracy['5w1s']['mean']:.2f} ± {accuracy['5w1s']['ci95']:.2f}",
             f"{record['reconstruction']['ratio']:.3f}",

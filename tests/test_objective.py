@@ -4,6 +4,7 @@ content against style, one-shot generations judged by another classifier)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,9 @@ def _train(method_preset: str, strokes, run_dir: Path, steps: int, **sets) -> Pa
     config.validation.every_steps = steps
     config.num_threads = 1
     for section, values in sets.items():
+        if section == "loss":  # frozen: replaced whole
+            config.loss = dataclasses.replace(config.loss, **values)
+            continue
         for name, value in values.items():
             setattr(getattr(config, section), name, value)
     train(config, run_dir, strokes, strokes, progress=False)
@@ -37,9 +41,14 @@ def _train(method_preset: str, strokes, run_dir: Path, steps: int, **sets) -> Pa
 
 @pytest.fixture(scope="module")
 def mavae_checkpoint(strokes, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The smoke network trained with the library's objective on 16 classes a step."""
+    """The smoke network trained with the shipped presets' objective (cpu-quick's loss
+    weights and similarity) on 16 classes a step."""
+    shipped = preset("cpu-quick")
     return _train("smoke", strokes, tmp_path_factory.mktemp("mavae"), 150,
-                  episodes={"n_way": 8, "batch_episodes": 2})
+                  episodes={"n_way": 8, "batch_episodes": 2},
+                  loss={name: getattr(shipped.loss, name)
+                        for name in ("triplet", "latent", "latent_style", "generative")},
+                  similarity={"temperature": shipped.similarity.temperature})
 
 
 @pytest.fixture(scope="module")
