@@ -23,7 +23,8 @@ def _integer(value: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
 
 
-def _finite(value: str) -> float:
+def finite_float(value: str) -> float:
+    """Any finite number (a threshold, a similarity)."""
     try:
         number = float(value)
     except ValueError:
@@ -59,7 +60,7 @@ def seed(value: str) -> int:
 
 def positive_float(value: str) -> float:
     """A finite number > 0 (a duration)."""
-    number = _finite(value)
+    number = finite_float(value)
     if number <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value!r}")
     return number
@@ -67,7 +68,7 @@ def positive_float(value: str) -> float:
 
 def non_negative_float(value: str) -> float:
     """A finite number >= 0 (an angle, 0: none)."""
-    number = _finite(value)
+    number = finite_float(value)
     if number < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value!r}")
     return number

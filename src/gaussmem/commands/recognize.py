@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 from gaussmem.commands import DefaultsHelpFormatter
-from gaussmem.commands.arguments import positive_int
+from gaussmem.commands.arguments import finite_float, positive_int
 
 #: Preprocessing polarity choices (gaussmem.preprocess.POLARITIES; kept here so building
 #: the parser does not import torch).
@@ -67,7 +66,7 @@ def _register_recognize(subparsers: argparse._SubParsersAction) -> None:
     _common(parser, checkpoint_help=_MOVED)
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE", help="images")
     parser.add_argument("--k", type=positive_int, default=3, help="nearest labels to show")
-    parser.add_argument("--threshold", type=_finite_float, default=None,
+    parser.add_argument("--threshold", type=finite_float, default=None,
                         help="accept when the unknown score is at least this (default: the "
                         "gallery's; none: always the nearest label)")
     parser.add_argument("--json", action="store_true", help="print JSON")
@@ -109,18 +108,8 @@ def _register_gallery(subparsers: argparse._SubParsersAction) -> None:
     calibrate.set_defaults(handler=_calibrate)
 
 
-def _finite_float(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not math.isfinite(number):
-        raise argparse.ArgumentTypeError(f"{value!r} is not finite")
-    return number
-
-
 def _rate(value: str) -> float:
-    number = _finite_float(value)
+    number = finite_float(value)
     if not 0 <= number < 1:
         raise argparse.ArgumentTypeError(f"{value!r} is not in [0, 1)")
     return number
