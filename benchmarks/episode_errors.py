@@ -183,7 +183,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split", default="test")
     parser.add_argument("--json", help="where to write the report (default: "
-                        "results/episode_errors/episode_errors-<run>.json)")
+                        "results/episode_errors/<split>/episode_errors-<run>.json)")
     args = parser.parse_args()
     cells = [parse_cell(cell) for cell in args.cells.split(",")]
     checkpoint_path = Path(args.checkpoint)
@@ -206,7 +206,8 @@ def main() -> int:
               + "; other rotations counted right: "
               f"{report['accuracy_if_other_rotation_counted_right']:.2f}", flush=True)
     run_name = checkpoint_path.resolve().parent.parent.name
-    out = Path(args.json or ROOT / "results" / "episode_errors" / f"episode_errors-{run_name}.json")
+    out = Path(args.json or ROOT / "results" / "episode_errors" / args.split
+               / f"episode_errors-{run_name}.json")
     write_text_atomic(out, json.dumps(
         {"command": command_line(),
          "checkpoint": {"path": args.checkpoint, "sha256": file_sha256(checkpoint_path),

@@ -15,7 +15,7 @@
 # 2. As each validation run ends: its last checkpoint (the train + val runs below keep
 #    their last one) on validation 5-way 5-shot x 10,000 episodes
 #    (benchmarks/episode_errors.py) ->
-#    results/episode_errors/episode_errors-<run>-last-val-5w5s-10000episodes.json.
+#    results/episode_errors/val/episode_errors-<run>-last-val-5w5s-10000episodes.json.
 # 3. The same variants (and the LONG_STEPS recipe) trained on train + val (the 1,200
 #    characters), no validation: the runs for the test table, of which only the one
 #    validation picks gets evaluated (python benchmarks/train_cpu_quick.py --skip-train

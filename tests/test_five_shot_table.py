@@ -39,8 +39,8 @@ def test_a_row_shows_its_five_shot_cell_or_says_it_was_not_measured(
     cell = {"accuracy": {"mean": 99.6659, "ci95": 0.0246},
             "error_percent_by_kind": {"other_rotation": 0.0176, "same_alphabet": 0.1467,
                                       "other_alphabet": 0.1699}}
-    (tmp_path / "episode_errors").mkdir()
-    (tmp_path / "episode_errors"
+    (tmp_path / "episode_errors" / "val").mkdir(parents=True)
+    (tmp_path / "episode_errors" / "val"
      / "episode_errors-2200steps-gpu-measured-last-val-5w5s-10000episodes.json"
      ).write_text(json.dumps({"cells": {"5w5s": cell}}))
     lines = table.render({"results": [measured, missing]}).splitlines()
