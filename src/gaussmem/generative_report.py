@@ -66,35 +66,36 @@ class GenerationSummary:
         return asdict(self)
 
 
+def episode_supports(dataset: FewShotDataset, *, n_way: int = 100, episodes: int = 10,
+                     seed: int = 0) -> list[torch.Tensor]:
+    """The support images `(n_way, 1, H, W)` of `episodes` seeded `n_way`-way 1-shot
+    episodes (the episodes `gaussmem evaluate --seed` draws): drawn once, then shared by
+    the reconstruction and content numbers."""
+    sampler = episode_sampler(dataset, min(n_way, dataset.n_classes), 1, 0, seed=seed)
+    return [sampler.sample().support_images for _ in range(episodes)]
+
+
 @torch.no_grad()
-def reconstruction_summary(vae: GaussianVAE, dataset: FewShotDataset, *, n_way: int = 100,
-                           episodes: int = 10, seed: int = 0) -> ReconstructionSummary:
-    """Reconstruction NLL over the support images of `episodes` seeded `n_way`-way
-    1-shot episodes (the episodes `gaussmem evaluate --seed` draws)."""
-    n_way = min(n_way, dataset.n_classes)
-    sampler = episode_sampler(dataset, n_way, 1, 0, seed=seed)
+def reconstruction_summary(vae: GaussianVAE, dataset: FewShotDataset,
+                           supports: list[torch.Tensor]) -> ReconstructionSummary:
+    """Reconstruction NLL over `supports` (`episode_supports`) against `dataset`'s mean
+    image."""
     mean_image = dataset_mean_image(dataset)
-    model_nll, baseline_nll = [], []
-    for _ in range(episodes):
-        images = sampler.sample().support_images
-        model_nll.append(reconstruct(vae, images).nll)
-        baseline_nll.append(mean_image_nll(vae, images, mean_image))
-    return ReconstructionSummary(vae.config.likelihood, n_way, episodes,
+    model_nll = [reconstruct(vae, images).nll for images in supports]
+    baseline_nll = [mean_image_nll(vae, images, mean_image) for images in supports]
+    return ReconstructionSummary(vae.config.likelihood, len(supports[0]), len(supports),
                                  float(torch.cat(model_nll).mean()),
                                  float(torch.cat(baseline_nll).mean()))
 
 
 @torch.no_grad()
-def content_sensitivity(vae: GaussianVAE, dataset: FewShotDataset, *, n_way: int = 100,
-                        episodes: int = 10, seed: int = 0) -> dict[str, float]:
-    """`decoder_sensitivity` averaged over the support images of seeded episodes:
+def content_sensitivity(vae: GaussianVAE, supports: list[torch.Tensor]) -> dict[str, float]:
+    """`decoder_sensitivity` averaged over `supports` (`episode_supports`):
     `{"content_swap", "style_swap"}` (mean |change| of the pixel means)."""
-    n_way = min(n_way, dataset.n_classes)
-    sampler = episode_sampler(dataset, n_way, 1, 0, seed=seed)
     totals = {"content_swap": 0.0, "style_swap": 0.0}
-    for _ in range(episodes):
-        for name, value in decoder_sensitivity(vae, sampler.sample().support_images).items():
-            totals[name] += value / episodes
+    for images in supports:
+        for name, value in decoder_sensitivity(vae, images).items():
+            totals[name] += value / len(supports)
     return totals
 
 

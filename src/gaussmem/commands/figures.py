@@ -260,6 +260,7 @@ def run_generative_report(args: argparse.Namespace) -> int:
     from gaussmem.checkpoint import file_sha256, load_checkpoint
     from gaussmem.generative_report import (
         content_sensitivity,
+        episode_supports,
         generation_accuracy,
         reconstruction_summary,
     )
@@ -268,8 +269,9 @@ def run_generative_report(args: argparse.Namespace) -> int:
     judge = None if args.judge is None else classifier_from_checkpoint(
         load_checkpoint(args.judge))
     vae, checkpoint, dataset = _load(args)
-    recon = reconstruction_summary(vae, dataset, episodes=args.recon_episodes, seed=args.seed)
-    content = content_sensitivity(vae, dataset, episodes=args.recon_episodes, seed=args.seed)
+    supports = episode_supports(dataset, episodes=args.recon_episodes, seed=args.seed)
+    recon = reconstruction_summary(vae, dataset, supports)
+    content = content_sensitivity(vae, supports)
     report = {**_metadata(args, checkpoint, dataset), "reconstruction": recon.to_dict(),
               "decoder_sensitivity": content}
     print(f"reconstruction ({recon.episodes} x {recon.n_way}-way, {args.split}): "
