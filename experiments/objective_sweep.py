@@ -35,9 +35,18 @@ from gaussmem.hardware import command_line, describe_hardware
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: Variant name -> `--set` overrides. c1 = loss.triplet, c2 = loss.latent (z_c's KL),
-#: loss.latent_style = z_s's KL, c3 = loss.generative; all in nats per image.
-VARIANTS: dict[str, list[str]] = {
+#: The network the first objectives were chosen on: the Conv4 trunk's four
+#: blocks and a decoder with BatchNorm (pinned, so a variant keeps its meaning when the
+#: preset's architecture changes).
+FIRST_ARCHITECTURE = ["model.n_blocks=4", "model.decoder_norm=batch"]
+#: Three trunk blocks (a 3x3 map into the heads keeps where the strokes are) and a
+#: GroupNorm decoder (it decodes posterior means at evaluation as it decoded samples in
+#: training).
+TRUNK3_GROUPNORM = ["model.n_blocks=3", "model.decoder_norm=group"]
+
+#: Objective name -> loss `--set` overrides. c1 = loss.triplet, c2 = loss.latent (z_c's
+#: KL), loss.latent_style = z_s's KL, c3 = loss.generative; all in nats per image.
+OBJECTIVES: dict[str, list[str]] = {
     "c1-300": ["loss.triplet=300", "loss.latent=1", "loss.latent_style=none"],
     "c1-1000": ["loss.triplet=1000", "loss.latent=1", "loss.latent_style=none"],
     "c1-100-style4": ["loss.triplet=100", "loss.latent=1", "loss.latent_style=4"],
@@ -62,6 +71,18 @@ VARIANTS: dict[str, list[str]] = {
     # The reference row: the same network trained as a plain VAE (ELBO only).
     "plain-vae": ["loss.triplet=0", "loss.latent=1", "loss.latent_style=none",
                   "loss.generative_cross=0"],
+}
+
+#: Variant name -> `--set` overrides: every objective on the first network, then the
+#: chosen objective on three trunk blocks with the decoder's BatchNorm and with
+#: GroupNorm, and the plain VAE on that network (the reference row).
+VARIANTS: dict[str, list[str]] = {
+    **{name: [*FIRST_ARCHITECTURE, *weights] for name, weights in OBJECTIVES.items()},
+    "c1-300-style4-T16-trunk3": ["model.n_blocks=3", "model.decoder_norm=batch",
+                                 *OBJECTIVES["c1-300-style4-T16"]],
+    "c1-300-style4-T16-trunk3-groupnorm": [*TRUNK3_GROUPNORM,
+                                           *OBJECTIVES["c1-300-style4-T16"]],
+    "plain-vae-trunk3-groupnorm": [*TRUNK3_GROUPNORM, *OBJECTIVES["plain-vae"]],
 }
 
 #: Recognition cells scored on validation: (n_way, n_shot).

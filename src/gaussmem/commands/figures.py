@@ -289,6 +289,7 @@ def run_generative_report(args: argparse.Namespace) -> int:
         print(f"one-shot generation ({args.episodes} x {generation.n_way}-way): "
               f"{generation.generated.mean:.1f}% ± {generation.generated.ci95:.1f} judged "
               f"their source class (real drawings {generation.real_images.mean:.1f}%, "
-              f"chance {generation.chance:.1f}%)")
+              f"reconstructions of the stored examples "
+              f"{generation.reconstructions.mean:.1f}%, chance {generation.chance:.1f}%)")
     _write_json(args.json_path, report)
     return 0
