@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
 
 from episode_errors import parse_cell as parse_nwks  # noqa: E402
+from gaussmem.accuracy import AccuracySummary  # noqa: E402
 from gaussmem.atomic import write_text_atomic  # noqa: E402
 from gaussmem.checkpoint import file_sha256, load_checkpoint  # noqa: E402
 from gaussmem.data.datasets import (  # noqa: E402
@@ -50,7 +51,7 @@ from gaussmem.data.datasets import (  # noqa: E402
 )
 from gaussmem.data.views import PLAIN, SHIFT_NAMES, AffineView, view_maps  # noqa: E402
 from gaussmem.embedding_cache import EmbeddingCache  # noqa: E402
-from gaussmem.evaluate import AccuracySummary, episode_scores  # noqa: E402
+from gaussmem.evaluate import episode_scores  # noqa: E402
 from gaussmem.hardware import command_line, describe_hardware  # noqa: E402
 from gaussmem.methods import classifier_from_checkpoint  # noqa: E402
 from gaussmem.methods.base import FewShotClassifier  # noqa: E402

@@ -26,11 +26,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from gaussmem.accuracy import AccuracySummary  # noqa: E402
 from gaussmem.atomic import write_text_atomic  # noqa: E402
 from gaussmem.checkpoint import file_sha256, load_checkpoint  # noqa: E402
 from gaussmem.data.datasets import episode_sampler, load_split  # noqa: E402
 from gaussmem.embedding_cache import EmbeddingCache  # noqa: E402
-from gaussmem.evaluate import AccuracySummary, episode_predictions  # noqa: E402
+from gaussmem.evaluate import episode_predictions  # noqa: E402
 from gaussmem.gaussian import pairwise_symmetric_kl  # noqa: E402
 from gaussmem.hardware import command_line, describe_hardware  # noqa: E402
 from gaussmem.methods import classifier_from_checkpoint  # noqa: E402

@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from conftest import synthetic_set
+from gaussmem.accuracy import AccuracySummary
 from gaussmem.data.class_images import ClassImageSet
 from gaussmem.data.datasets import episode_sampler
 from gaussmem.embedding_cache import EmbeddingCache
 from gaussmem.errors import EpisodeError
 from gaussmem.evaluate import (
-    AccuracySummary,
     _showing_index,
     evaluate_checkpoint,
     evaluate_online,
