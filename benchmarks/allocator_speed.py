@@ -32,8 +32,8 @@ def child(setting: str, preset_name: str, steps: int) -> float:
     import numpy as np
 
     from gaussmem.allocator import keep_freed_memory
-    from gaussmem.config import preset
     from gaussmem.data.class_images import ClassImageSet
+    from gaussmem.presets import preset
     from gaussmem.train import build_trainer, train_step
 
     if setting == "on" and not keep_freed_memory():

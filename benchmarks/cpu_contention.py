@@ -32,9 +32,9 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from gaussmem.allocator import keep_freed_memory  # noqa: E402
 from gaussmem.atomic import write_text_atomic  # noqa: E402
-from gaussmem.config import resolve  # noqa: E402
 from gaussmem.data.class_images import ClassImageSet  # noqa: E402
 from gaussmem.hardware import describe_hardware  # noqa: E402
+from gaussmem.presets import resolve  # noqa: E402
 from gaussmem.train import build_trainer, train_step  # noqa: E402
 
 MEMORY_CALLS = ("nearest_with_label", "nearest_with_other_label", "update_")

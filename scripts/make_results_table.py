@@ -27,7 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from gaussmem.atomic import write_text_atomic  # noqa: E402
-from gaussmem.config import ConfigError, TrainConfig, from_dict, preset, to_dict  # noqa: E402
+from gaussmem.config import TrainConfig, from_dict, to_dict  # noqa: E402
+from gaussmem.errors import ConfigError  # noqa: E402
+from gaussmem.presets import preset  # noqa: E402
 
 TABLE1 = [(5, 1), (5, 5), (20, 1), (20, 5)]
 TABLE2 = [(100, 1), (100, 5), (400, 1), (400, 5)]

@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 from conftest import synthetic_set
 from gaussmem.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
 from gaussmem.cli import main
-from gaussmem.config import resolve
 from gaussmem.errors import GaussmemError
 from gaussmem.evaluate import evaluate_checkpoint
+from gaussmem.presets import resolve
 from gaussmem.seeding import set_global_rng_state
 from gaussmem.train import LAST_CHECKPOINT, build_trainer, checkpoint_dict, train, train_step
 
@@ -326,7 +326,7 @@ import sys, time
 from pathlib import Path
 import gaussmem.checkpoint as checkpoint
 from conftest import synthetic_set
-from gaussmem.config import resolve
+from gaussmem.presets import resolve
 from gaussmem.train import train
 
 run_dir, ready = Path(sys.argv[1]), Path(sys.argv[2])

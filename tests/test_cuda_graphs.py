@@ -17,7 +17,6 @@ from torch import nn
 
 from conftest import synthetic_set
 from gaussmem.checkpoint import load_checkpoint
-from gaussmem.config import ConfigError, resolve
 from gaussmem.cuda_graphs import (
     CapturedStep,
     capturable_adam,
@@ -25,8 +24,10 @@ from gaussmem.cuda_graphs import (
     portable_optimizer_state,
     set_learning_rate,
 )
+from gaussmem.errors import ConfigError
 from gaussmem.losses import scaled_similarity
 from gaussmem.memory import GaussianMemory
+from gaussmem.presets import resolve
 from gaussmem.train import LAST_CHECKPOINT, TrainingError, build_trainer, train
 
 CUDA = torch.device("cuda")

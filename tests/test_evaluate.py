@@ -238,7 +238,7 @@ def test_registry() -> None:
 
 
 def _smoke_checkpoint(tmp_path: Path, dataset: ClassImageSet) -> Path:
-    from gaussmem.config import preset
+    from gaussmem.presets import preset
     from gaussmem.train import LAST_CHECKPOINT, train
 
     config = preset("smoke")

@@ -109,7 +109,7 @@ def test_gaussmem_train_warns_on_a_busy_cpu_only_when_it_trains_there(
     import torch
 
     from gaussmem.commands.train import _warn_if_the_cpu_is_busy
-    from gaussmem.config import resolve
+    from gaussmem.presets import resolve
 
     monkeypatch.setattr(hardware, "other_running_tasks", lambda: 2.0)
     monkeypatch.setattr("os.cpu_count", lambda: 2)

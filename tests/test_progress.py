@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import synthetic_set
-from gaussmem.config import BudgetConfig, ValidationConfig, preset
+from gaussmem.config import BudgetConfig, ValidationConfig
+from gaussmem.presets import preset
 from gaussmem.progress import format_left, time_left_seconds, validation_line
 from gaussmem.train import train
 

@@ -125,7 +125,8 @@ def test_a_training_record_names_the_trainings_threads_not_its_drivers(tmp_path:
 def preset_record(name: str, steps: int, **changes: object) -> dict:
     """A training record of preset `name` after `steps` steps, with top-level or
     "section.field" settings changed."""
-    from gaussmem.config import preset, to_dict
+    from gaussmem.config import to_dict
+    from gaussmem.presets import preset
 
     config = to_dict(preset(name))
     for key, value in changes.items():

@@ -20,8 +20,8 @@ import gaussmem.train
 from conftest import synthetic_set
 from gaussmem.checkpoint import load_checkpoint
 from gaussmem.cli import main
-from gaussmem.config import resolve
 from gaussmem.metrics_log import MetricsError, MetricsLog, read_metrics
+from gaussmem.presets import resolve
 from gaussmem.run_dir import RunDirectoryError
 from gaussmem.train import LAST_CHECKPOINT, TrainingInterrupted, train
 

@@ -22,8 +22,8 @@ import torch
 from PIL import Image
 
 from conftest import synthetic_set
-from gaussmem.config import preset
 from gaussmem.gallery_file import MANIFEST_NAME
+from gaussmem.presets import preset
 from gaussmem.recognizer import Recognizer
 from gaussmem.train import train
 

@@ -12,9 +12,11 @@ import torch
 
 from conftest import synthetic_set
 from gaussmem.checkpoint import CheckpointError, load_checkpoint
-from gaussmem.config import BudgetConfig, ConfigError, OptimConfig, preset, resolve, to_dict
+from gaussmem.config import BudgetConfig, OptimConfig, to_dict
+from gaussmem.errors import ConfigError
 from gaussmem.evaluate import evaluate_checkpoint
 from gaussmem.metrics_log import read_metrics
+from gaussmem.presets import preset, resolve
 from gaussmem.run_dir import RunDirectoryError
 from gaussmem.train import (
     BEST_CHECKPOINT,
@@ -133,7 +135,7 @@ def test_config_presets_overrides_and_errors(tmp_path: Path) -> None:
         resolve("smoke", overrides=["similarity.kind=cosine"])
     with pytest.raises(ConfigError, match="loss.memory_term must be one of"):
         resolve("smoke", overrides=["loss.memory_term=nca"])
-    with pytest.raises(ConfigError, match="MA-VAE only"):
+    with pytest.raises(ConfigError, match="not implemented for method 'protonet'"):
         resolve("protonet-cpu", overrides=["loss.memory_term=softmax"])
 
 

@@ -9,6 +9,10 @@ class GaussmemError(Exception):
     """Base class: a problem with the user's input, data or environment."""
 
 
+class ConfigError(GaussmemError):
+    """A preset name, config file or override that cannot be applied."""
+
+
 class DataError(GaussmemError):
     """A dataset is missing, incomplete or corrupt."""
 

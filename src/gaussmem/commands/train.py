@@ -150,9 +150,10 @@ def _warn_if_the_cpu_is_busy(config: TrainConfig) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here so `gaussmem --help` stays fast (no torch import).
-    from gaussmem.config import default_preset, resolve, to_dict
+    from gaussmem.config import to_dict
     from gaussmem.distributed import launched_by_torchrun, process_group
     from gaussmem.methods import method_class, training_class
+    from gaussmem.presets import default_preset, resolve
     from gaussmem.run_dir import check_fresh_run_dir
     from gaussmem.train import TrainingError
 
@@ -161,7 +162,6 @@ def run(args: argparse.Namespace) -> int:
     preset_name = args.preset or default_preset(args.method or "mavae")
     if args.print_config:
         config = resolve(preset_name, args.config, _overrides(args))
-        method_class(config.method)
         print(json.dumps(to_dict(config), indent=2))
         return 0
     if args.resume and not args.run_dir:
@@ -182,7 +182,6 @@ def run(args: argparse.Namespace) -> int:
         config = _resume_config(saved, args)
     else:
         config = resolve(preset_name, args.config, _overrides(args))
-        method_class(config.method)
     # What the run will train with: the checkpoint's config where none replaces it.
     effective = config or saved
     # Under torchrun, join the launch's processes (nccl on GPUs, gloo on CPUs).

@@ -53,7 +53,9 @@ from gaussmem.data.training_sampler import (
     images_to_tensor,
 )
 from gaussmem.distributed import current
+from gaussmem.errors import ConfigError
 from gaussmem.losses import (
+    MEMORY_TERMS,
     log_similarity,
     memory_softmax_loss,
     scaled_similarity,
@@ -64,7 +66,7 @@ from gaussmem.methods.mavae import MemoryAugmentedVAE
 from gaussmem.methods.registry import register_training
 from gaussmem.methods.training import MethodTraining
 from gaussmem.models.vae import DiagonalGaussian, GaussianVAE
-from gaussmem.precision import autocast
+from gaussmem.precision import PRECISIONS, autocast
 
 #: DDP's option to skip the broadcast of buffers before each forward: renamed in torch
 #: 2.13 (the old name warns there), absent under the new name before.
@@ -167,6 +169,22 @@ class MAVAETraining(MethodTraining):
     postfix_terms = ("loss", "triplet", "generative_self", "accuracy")
     device_types = ("cpu", "cuda")
     distributed = True
+    memory_terms = MEMORY_TERMS
+    precisions = PRECISIONS
+    augments = True
+    records_cuda_graph = True
+
+    @classmethod
+    def check_config(cls, config: TrainConfig) -> None:
+        """The shared checks, and a CUDA graph only of the step it records: the
+        triplet's, without a weight average."""
+        super().check_config(config)
+        if config.cuda_graph and (config.loss.memory_term != "triplet"
+                                  or config.optim.ema_decay):
+            raise ConfigError("cuda_graph=true records the MA-VAE's triplet step without a "
+                              f"weight average; got loss.memory_term="
+                              f"{config.loss.memory_term!r}, "
+                              f"optim.ema_decay={config.optim.ema_decay}")
 
     def __init__(self, config: TrainConfig, train_set: FewShotDataset) -> None:
         super().__init__(config, train_set)

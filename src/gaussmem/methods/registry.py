@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from gaussmem.config import TrainConfig
 from gaussmem.errors import GaussmemError
 from gaussmem.methods.base import FewShotClassifier
 
@@ -69,3 +70,10 @@ def training_class(name: str) -> type:
         raise UnknownMethodError(f"no training registered for method {name!r}; known: "
                                  f"{sorted(_TRAININGS)}")
     return _TRAININGS[name]
+
+
+def check_method_settings(config: TrainConfig) -> None:
+    """Refuse, before anything runs, a method name no module registered or a setting
+    that `config.method` does not implement (`MethodTraining.check_config`)."""
+    method_class(config.method)
+    training_class(config.method).check_config(config)
