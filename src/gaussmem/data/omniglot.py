@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from gaussmem.data.array_cache import CachedArray, load_or_build
 from gaussmem.data.class_images import ClassImageSet
+from gaussmem.data.datasets import register_dataset
 from gaussmem.data.omniglot_source import (
     COLLECTIONS,
     CharacterFiles,
@@ -113,6 +114,7 @@ def _build(sources: list[CollectionSource], manifest: OmniglotManifest,
     return images, metadata
 
 
+@register_dataset("omniglot", image_kind="strokes")
 def load_omniglot(scheme: str = "vinyals", subset: str = "train", *,
                   data_dir: Path | str | None = None, cache_dir: Path | str | None = None,
                   split_dir: Path | str | None = None,
