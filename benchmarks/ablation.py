@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from gaussmem.atomic import write_text_atomic  # noqa: E402
 from gaussmem.metrics_log import read_metrics  # noqa: E402
+from gaussmem.plumbing.atomic import write_text_atomic  # noqa: E402
 
 #: name -> (overrides, what it tests)
 VARIANTS: dict[str, tuple[list[str], str]] = {

@@ -1,4 +1,4 @@
-"""Training throughput with and without `gaussmem.allocator.keep_freed_memory()`.
+"""Training throughput with and without `gaussmem.plumbing.allocator.keep_freed_memory()`.
 
     python benchmarks/allocator_speed.py [--presets cpu-quick protonet-cpu matching-cpu]
         [--repeats 3] [--steps 150] [--json results/speed/allocator_speed.json]
@@ -23,16 +23,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from gaussmem.atomic import write_text_atomic  # noqa: E402
-from gaussmem.hardware import command_line, describe_hardware  # noqa: E402
+from gaussmem.plumbing.atomic import write_text_atomic  # noqa: E402
+from gaussmem.plumbing.hardware import command_line, describe_hardware  # noqa: E402
 
 
 def child(setting: str, preset_name: str, steps: int) -> float:
     """Images/s of `steps` training steps of `preset_name` in this process."""
     import numpy as np
 
-    from gaussmem.allocator import keep_freed_memory
     from gaussmem.data.class_images import ClassImageSet
+    from gaussmem.plumbing.allocator import keep_freed_memory
     from gaussmem.presets import preset
     from gaussmem.train import build_trainer, train_step
 

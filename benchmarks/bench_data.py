@@ -17,11 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from gaussmem.atomic import write_text_atomic
 from gaussmem.data.episodes import EpisodeSampler
 from gaussmem.data.omniglot import load_omniglot, load_omniglot_characters
-from gaussmem.hardware import command_line, describe_hardware
-from gaussmem.settings import resolve_data_dir
+from gaussmem.plumbing.atomic import write_text_atomic
+from gaussmem.plumbing.hardware import command_line, describe_hardware
+from gaussmem.plumbing.settings import resolve_data_dir
 
 
 def timed(action) -> float:

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import torch
 
-from gaussmem.atomic import write_text_atomic
 from gaussmem.gaussian import symmetric_kl_diag
-from gaussmem.hardware import command_line, describe_hardware
 from gaussmem.memory import GaussianMemory
+from gaussmem.plumbing.atomic import write_text_atomic
+from gaussmem.plumbing.hardware import command_line, describe_hardware
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

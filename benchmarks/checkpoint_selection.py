@@ -21,9 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from gaussmem.atomic import write_text_atomic  # noqa: E402
 from gaussmem.evaluate import evaluate_checkpoint  # noqa: E402
-from gaussmem.hardware import command_line, describe_hardware  # noqa: E402
+from gaussmem.plumbing.atomic import write_text_atomic  # noqa: E402
+from gaussmem.plumbing.hardware import command_line, describe_hardware  # noqa: E402
 
 CELLS = ((20, 1), (20, 5))
 CHECKPOINTS = ("best", "last")

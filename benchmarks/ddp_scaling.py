@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gaussmem.atomic import write_text_atomic
-from gaussmem.hardware import command_line, describe_hardware
 from gaussmem.metrics_log import read_metrics
+from gaussmem.plumbing.atomic import write_text_atomic
+from gaussmem.plumbing.hardware import command_line, describe_hardware
 
 LOG_EVERY = 10
 

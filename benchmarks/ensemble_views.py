@@ -41,7 +41,6 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
 
 from episode_errors import parse_cell as parse_nwks  # noqa: E402
 from gaussmem.accuracy import AccuracySummary  # noqa: E402
-from gaussmem.atomic import write_text_atomic  # noqa: E402
 from gaussmem.checkpoint import file_sha256, load_checkpoint  # noqa: E402
 from gaussmem.data.datasets import (  # noqa: E402
     FewShotDataset,
@@ -52,9 +51,10 @@ from gaussmem.data.datasets import (  # noqa: E402
 from gaussmem.data.views import PLAIN, SHIFT_NAMES, AffineView, view_maps  # noqa: E402
 from gaussmem.embedding_cache import EmbeddingCache  # noqa: E402
 from gaussmem.evaluate import episode_scores  # noqa: E402
-from gaussmem.hardware import command_line, describe_hardware  # noqa: E402
 from gaussmem.methods import classifier_from_checkpoint  # noqa: E402
 from gaussmem.methods.base import FewShotClassifier  # noqa: E402
+from gaussmem.plumbing.atomic import write_text_atomic  # noqa: E402
+from gaussmem.plumbing.hardware import command_line, describe_hardware  # noqa: E402
 
 
 def combinations(runs: list[str], views: list[str]) -> dict[str, list[tuple[str, str]]]:

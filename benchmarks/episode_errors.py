@@ -42,15 +42,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from gaussmem.accuracy import AccuracySummary  # noqa: E402
-from gaussmem.atomic import write_text_atomic  # noqa: E402
 from gaussmem.checkpoint import file_sha256, load_checkpoint  # noqa: E402
 from gaussmem.data.class_images import ClassImageSet  # noqa: E402
 from gaussmem.data.datasets import default_n_query, episode_sampler, load_split  # noqa: E402
 from gaussmem.embedding_cache import EmbeddingCache  # noqa: E402
 from gaussmem.evaluate import episode_predictions  # noqa: E402
-from gaussmem.hardware import command_line, describe_hardware  # noqa: E402
 from gaussmem.methods import classifier_from_checkpoint  # noqa: E402
 from gaussmem.methods.base import FewShotClassifier  # noqa: E402
+from gaussmem.plumbing.atomic import write_text_atomic  # noqa: E402
+from gaussmem.plumbing.hardware import command_line, describe_hardware  # noqa: E402
 
 #: Stroke pixels are bright (255); half way separates stroke from background.
 STROKE_THRESHOLD = 128

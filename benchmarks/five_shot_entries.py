@@ -27,15 +27,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from gaussmem.accuracy import AccuracySummary  # noqa: E402
-from gaussmem.atomic import write_text_atomic  # noqa: E402
 from gaussmem.checkpoint import file_sha256, load_checkpoint  # noqa: E402
 from gaussmem.data.datasets import episode_sampler, load_split  # noqa: E402
 from gaussmem.embedding_cache import EmbeddingCache  # noqa: E402
 from gaussmem.evaluate import episode_predictions  # noqa: E402
 from gaussmem.gaussian import pairwise_symmetric_kl  # noqa: E402
-from gaussmem.hardware import command_line, describe_hardware  # noqa: E402
 from gaussmem.methods import classifier_from_checkpoint  # noqa: E402
 from gaussmem.methods.mavae import MemoryAugmentedVAE  # noqa: E402
+from gaussmem.plumbing.atomic import write_text_atomic  # noqa: E402
+from gaussmem.plumbing.hardware import command_line, describe_hardware  # noqa: E402
 
 
 def best_label(scores: torch.Tensor, labels: torch.Tensor, n_way: int) -> torch.Tensor:

@@ -32,9 +32,9 @@ from typing import Any
 
 import torch
 
-from gaussmem.atomic import write_text_atomic
-from gaussmem.hardware import command_line, describe_hardware
 from gaussmem.memory import GaussianMemory
+from gaussmem.plumbing.atomic import write_text_atomic
+from gaussmem.plumbing.hardware import command_line, describe_hardware
 from gaussmem.search_faiss import LiftedGaussianIndex
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

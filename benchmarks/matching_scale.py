@@ -20,9 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from gaussmem.atomic import write_text_atomic  # noqa: E402
-from gaussmem.hardware import command_line, describe_hardware  # noqa: E402
 from gaussmem.metrics_log import read_metrics  # noqa: E402
+from gaussmem.plumbing.atomic import write_text_atomic  # noqa: E402
+from gaussmem.plumbing.hardware import command_line, describe_hardware  # noqa: E402
 
 VARIANTS = {f"scale{s}": [f"matching.cosine_scale={s}"] for s in (1, 10, 30, 60, 100)}
 VARIANTS["scale30-fce"] = ["matching.cosine_scale=30", "matching.fce=true"]

@@ -37,8 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from gaussmem.atomic import write_text_atomic  # noqa: E402
-from gaussmem.hardware import command_line, describe_hardware  # noqa: E402
+from gaussmem.plumbing.atomic import write_text_atomic  # noqa: E402
+from gaussmem.plumbing.hardware import command_line, describe_hardware  # noqa: E402
 
 # How best.ckpt is picked: validation 5-way 1-shot over 200 episodes (the default until
 # the select20w1s rows) or 20-way 1-shot over 1,000 (today's default).

@@ -22,12 +22,12 @@ from typing import Any
 
 import torch
 
-from gaussmem.atomic import write_text_atomic
 from gaussmem.checkpoint import load_checkpoint
 from gaussmem.evaluate import evaluate_checkpoint
-from gaussmem.hardware import command_line, describe_hardware
 from gaussmem.open_set import DEFAULT_OPEN_SET_EPISODES
-from gaussmem.settings import resolve_cache_dir, resolve_data_dir
+from gaussmem.plumbing.atomic import write_text_atomic
+from gaussmem.plumbing.hardware import command_line, describe_hardware
+from gaussmem.plumbing.settings import resolve_cache_dir, resolve_data_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("mavae", "protonet", "matching", "kaiser")

@@ -42,10 +42,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from gaussmem.atomic import write_text_atomic
 from gaussmem.checkpoint import file_sha256
 from gaussmem.data.class_images import ClassImageSet
-from gaussmem.hardware import command_line, describe_hardware
+from gaussmem.plumbing.atomic import write_text_atomic
+from gaussmem.plumbing.hardware import command_line, describe_hardware
 from gaussmem.presets import preset
 from gaussmem.recognizer import Recognizer
 from gaussmem.train import train

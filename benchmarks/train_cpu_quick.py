@@ -37,16 +37,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from gaussmem.atomic import write_text_atomic  # noqa: E402
-from gaussmem.hardware import describe_hardware  # noqa: E402
 from gaussmem.metrics_log import read_metrics  # noqa: E402
-
-
-def hardware() -> dict[str, object]:
-    """What machine ran this (gaussmem.hardware), with `cores` as older records name it."""
-    description = describe_hardware()
-    return {**description, "cores": description["cpu_cores"],
-            "gpu": description.get("gpu")}
+from gaussmem.plumbing.atomic import write_text_atomic  # noqa: E402
+from gaussmem.plumbing.hardware import describe_hardware  # noqa: E402
 
 
 def run(command: list[str]) -> None:
@@ -80,7 +73,8 @@ def run_identity(dataset: str, tag: str, training: dict, preset: str | None,
                        "train_minutes": training.get("train_minutes")},
             "seed": training.get("config", {}).get("seed"),
             "hardware": (f"1 GPU ({machine.get('gpu', '?')})" if on_gpu else
-                         f"{machine.get('cores', '?')}-core CPU ({machine.get('cpu', '?')})"),
+                         f"{machine.get('cpu_cores', machine.get('cores', '?'))}-core CPU "
+                         f"({machine.get('cpu', '?')})"),
             "commit": machine.get("gaussmem")}
 
 
@@ -99,7 +93,7 @@ def training_record(run_dir: Path, tag: str, command: list[str], note: str,
     # Overall rate = all images / all training seconds (what a budget buys); the median
     # of the logging windows shows the rate when the machine was not busy elsewhere.
     windows = sorted(r["images_per_second"] for r in train)
-    machine = hardware()
+    machine = describe_hardware()
     return {
         "tag": tag, "kind": "training", "command": " ".join(command), "run_dir": str(run_dir),
         "method": config.get("method", "mavae"), "config": config, "note": note,
@@ -212,7 +206,7 @@ def main() -> int:
         report["run"] = record["run"]
         # The evaluation's own thread count, not this driver's.
         threads_used = report.get("hardware", {}).get("torch_threads")
-        report["hardware"] = {**hardware(), "torch_threads": threads_used}
+        report["hardware"] = {**describe_hardware(), "torch_threads": threads_used}
         write_text_atomic(out, json.dumps(report, indent=2, sort_keys=True) + "\n")
     # The online protocol needs classes shown repeatedly: not on mirrored LFW-a.
     for n_way, n_shot in online_cells(args.cells) if dataset == "omniglot" else []:

@@ -33,12 +33,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from gaussmem.allocator import keep_freed_memory  # noqa: E402
-from gaussmem.atomic import write_text_atomic  # noqa: E402
-from gaussmem.cuda_graphs import WARMUP_STEPS  # noqa: E402
 from gaussmem.data.class_images import ClassImageSet  # noqa: E402
-from gaussmem.hardware import describe_hardware  # noqa: E402
 from gaussmem.methods.mavae import MemoryAugmentedVAE  # noqa: E402
+from gaussmem.plumbing.allocator import keep_freed_memory  # noqa: E402
+from gaussmem.plumbing.atomic import write_text_atomic  # noqa: E402
+from gaussmem.plumbing.cuda_graphs import WARMUP_STEPS  # noqa: E402
+from gaussmem.plumbing.hardware import describe_hardware  # noqa: E402
 from gaussmem.presets import resolve  # noqa: E402
 from gaussmem.train import Trainer, build_trainer, train_step  # noqa: E402
 

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gaussmem.atomic import write_text_atomic
 from gaussmem.checkpoint import file_sha256
 from gaussmem.data.episodes import EpisodeSampler
 from gaussmem.data.omniglot import load_omniglot
-from gaussmem.hardware import command_line, describe_hardware
+from gaussmem.plumbing.atomic import write_text_atomic
+from gaussmem.plumbing.hardware import command_line, describe_hardware
 from gaussmem.recognizer import Recognizer
 from gaussmem.unknown import UNKNOWN_SCORES
 

@@ -30,8 +30,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gaussmem.atomic import write_text_atomic
-from gaussmem.hardware import command_line, describe_hardware
+from gaussmem.plumbing.atomic import write_text_atomic
+from gaussmem.plumbing.hardware import command_line, describe_hardware
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "scripts")]
 
 from make_results_table import PAPER_TABLE1, PAPER_TABLE2  # noqa: E402
 
-from gaussmem.atomic import write_text_atomic  # noqa: E402
+from gaussmem.plumbing.atomic import write_text_atomic  # noqa: E402
 
 RESULTS = ROOT / "results"
 SPLIT_ORDER = {"val": 0, "test": 1}

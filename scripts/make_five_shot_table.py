@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
 
-from gaussmem.atomic import write_text_atomic  # noqa: E402
+from gaussmem.plumbing.atomic import write_text_atomic  # noqa: E402
 from mavae_tuning import Budget, row_budget  # noqa: E402
 from mavae_tuning import run_name as mavae_tuning_run_name  # noqa: E402
 

@@ -11,8 +11,7 @@ import torch
 from conftest import synthetic_set
 from gaussmem.config import AugmentConfig
 from gaussmem.data.augmentation import RandomAffine, distort
-from gaussmem.data.training_sampler import TrainingError
-from gaussmem.errors import ConfigError
+from gaussmem.errors import ConfigError, TrainingError
 from gaussmem.methods.mavae_training import MAVAETraining
 from gaussmem.presets import resolve
 

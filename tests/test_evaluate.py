@@ -231,7 +231,7 @@ def test_mavae_memory_grows_for_large_way() -> None:
 def test_registry() -> None:
     assert "mavae" in available_methods()
     assert method_class("mavae") is MemoryAugmentedVAE
-    from gaussmem.methods.registry import UnknownMethodError
+    from gaussmem.errors import UnknownMethodError
 
     with pytest.raises(UnknownMethodError, match="mavae"):
         method_class("protonet-typo")

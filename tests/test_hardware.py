@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from gaussmem import __version__, hardware
-from gaussmem.hardware import busy_cpu_warning, code_version, describe_hardware
+from gaussmem import __version__
+from gaussmem.plumbing import hardware
+from gaussmem.plumbing.hardware import busy_cpu_warning, code_version, describe_hardware
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 

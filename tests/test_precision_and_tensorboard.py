@@ -16,7 +16,7 @@ from gaussmem.methods.mavae_training import forward_losses
 from gaussmem.metrics_log import MetricsLog, read_metrics
 from gaussmem.models.encoders import GaussianHead
 from gaussmem.models.vae import GaussianVAE
-from gaussmem.precision import autocast
+from gaussmem.plumbing.precision import autocast
 from gaussmem.presets import preset, resolve
 from gaussmem.train import LAST_CHECKPOINT, train
 

@@ -11,13 +11,12 @@ import pytest
 import torch
 
 from conftest import synthetic_set
-from gaussmem.checkpoint import CheckpointError, load_checkpoint
+from gaussmem.checkpoint import load_checkpoint
 from gaussmem.config import BudgetConfig, OptimConfig, to_dict
-from gaussmem.errors import ConfigError
+from gaussmem.errors import CheckpointError, ConfigError, RunDirectoryError
 from gaussmem.evaluate import evaluate_checkpoint
 from gaussmem.metrics_log import read_metrics
 from gaussmem.presets import preset, resolve
-from gaussmem.run_dir import RunDirectoryError
 from gaussmem.train import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from gaussmem.data.augmentation import AugmentConfig
-from gaussmem.device import DeviceError, check_device_name
-from gaussmem.errors import ConfigError
+from gaussmem.errors import ConfigError, DeviceError
 from gaussmem.losses import MEMORY_TERMS, SIMILARITY_KINDS, LossWeights
 from gaussmem.models.vae import VAEConfig
-from gaussmem.precision import PRECISIONS
+from gaussmem.plumbing.device import check_device_name
+from gaussmem.plumbing.precision import PRECISIONS
 
 
 @dataclass
@@ -240,15 +240,15 @@ class TrainConfig:
     eval_n_way: int = 5
     # channels_last was 1.5-2x faster for the conv trunk on CPU in calibration.
     channels_last: bool = True
-    # "bfloat16": the MA-VAE's networks run under bfloat16 autocast (gaussmem.precision);
+    # "bfloat16": the MA-VAE's networks run under bfloat16 autocast (gaussmem.plumbing.precision);
     # heads, memory and losses stay float32. Evaluation always embeds in float32.
     precision: str = "float32"
     # "auto": the first CUDA GPU if torch sees one, else the CPU; or "cpu", "cuda",
-    # "cuda:N" (gaussmem.device). The MA-VAE trains on either; the baselines on the CPU
+    # "cuda:N" (gaussmem.plumbing.device). The MA-VAE trains on either; the baselines on the CPU
     # (with "auto" they take the CPU even where a GPU exists).
     device: str = "auto"
     # MA-VAE on a CUDA GPU: record the training step once as a CUDA graph and replay it
-    # (gaussmem.cuda_graphs): small steps, such as the paper's presets' 80-320 classes,
+    # (gaussmem.plumbing.cuda_graphs): small steps, such as the paper's presets' 80-320 classes,
     # are bound by kernel launches there. Off by default: the MA-VAE with the triplet
     # term and no weight average only, and it drops the triplet gradient-norm diagnostic
     # (a second backward pass the recorded step does not make).
@@ -303,7 +303,7 @@ class TrainConfig:
                               f"needs a second drawing), got {self.episodes.images_per_class}")
 
 
-#: Seeds feed NumPy's legacy global RNG (gaussmem.seeding), which takes 32 bits.
+#: Seeds feed NumPy's legacy global RNG (gaussmem.plumbing.seeding), which takes 32 bits.
 MAX_SEED = 2**32 - 1
 
 #: Counts, sizes and periods, with the least value each can take. A step budget or a

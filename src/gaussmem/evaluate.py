@@ -41,13 +41,13 @@ from gaussmem.data.datasets import (
 from gaussmem.data.episodes import EpisodeSampleIds
 from gaussmem.data.grouped_images import GroupedImageSet
 from gaussmem.data.views import PLAIN, view_maps
-from gaussmem.device import DeviceError, resolve_device
 from gaussmem.embedding_cache import EmbeddingCache
-from gaussmem.errors import EpisodeError
+from gaussmem.errors import DeviceError, EpisodeError
 from gaussmem.methods import classifier_from_checkpoint
 from gaussmem.methods.base import FewShotClassifier
 from gaussmem.methods.combined import ScoreSum
 from gaussmem.open_set import evaluate_open_set
+from gaussmem.plumbing.device import resolve_device
 
 #: Queries per class in support-query episodes (Vinyals/Snell use 15 on Omniglot).
 DEFAULT_N_QUERY = 15
@@ -196,7 +196,7 @@ def evaluate_checkpoint(checkpoint_path: Path | Sequence[Path], *, n_way: int, n
     `n_query=None` takes `default_n_query` (15 on Omniglot; what fits on LFW-a).
     `protocol="open-set"` (gaussmem.open_set) adds `n_unknown` unknown classes per
     episode (None: `n_way`); the report's `n_unknown` says how many.
-    `device` (gaussmem.device): where the encoder runs; "auto" takes a GPU only for
+    `device` (gaussmem.plumbing.device): where the encoder runs; "auto" takes a GPU only for
     methods that can embed there. Accuracies do not depend on it beyond float rounding.
     Beyond the paper (support-query only): several checkpoints score together, and
     `shift_pixels` / `rotation_degrees` add fixed test-time views of every image

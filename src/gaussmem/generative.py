@@ -33,28 +33,24 @@ import torch
 from PIL import Image
 
 from gaussmem.accuracy import AccuracySummary
-from gaussmem.atomic import write_bytes_atomic, write_text_atomic
 from gaussmem.checkpoint import load_checkpoint
 from gaussmem.data.datasets import FewShotDataset, episode_sampler
 from gaussmem.data.datasets import load_split as load_dataset_split
-from gaussmem.device import module_device
-from gaussmem.errors import GaussmemError
+from gaussmem.errors import GenerativeError
 from gaussmem.gaussian import pairwise_symmetric_kl
 from gaussmem.losses import vae_reconstruction_nll
 from gaussmem.memory import GaussianMemory
 from gaussmem.methods import classifier_from_checkpoint
 from gaussmem.methods.mavae import MemoryAugmentedVAE
 from gaussmem.models.vae import DiagonalGaussian, GaussianVAE
+from gaussmem.plumbing.atomic import write_bytes_atomic, write_text_atomic
+from gaussmem.plumbing.device import module_device
 
 #: Figure file names inside `run_dir/figures/` (see `write_run_figures`).
 RECONSTRUCTION_PNG = "reconstruction.png"
 GENERATION_PNG = "generation.png"
 STYLE_TRANSFER_PNG = "style_transfer.png"
 FIGURES_JSON = "figures.json"
-
-
-class GenerativeError(GaussmemError):
-    """A checkpoint or request the generative tools cannot serve."""
 
 
 # --- image grids ----------------------------------------------------------------------

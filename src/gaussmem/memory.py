@@ -38,7 +38,6 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from gaussmem.atomic import write_bytes_atomic
 from gaussmem.errors import MemoryFileError
 from gaussmem.gaussian import (
     LiftedGaussians,
@@ -50,6 +49,7 @@ from gaussmem.gaussian import (
     symmetric_kl_diag,
 )
 from gaussmem.memory_file import FILE_FORMAT, SLOT_TENSORS, read_memory_file
+from gaussmem.plumbing.atomic import write_bytes_atomic
 
 #: Slot and label returned where nothing was found; also the label of an empty slot.
 NOT_FOUND = -1

@@ -27,7 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from gaussmem.data.class_images import pixels_to_tensor
 from gaussmem.data.datasets import available_datasets, dataset_entry
-from gaussmem.errors import GaussmemError
+from gaussmem.errors import ImageError
 
 ImageInput = str | os.PathLike[str] | Image.Image | np.ndarray
 Polarity = Literal["auto", "as-is", "invert"]
@@ -36,10 +36,6 @@ POLARITIES: tuple[str, ...] = ("auto", "as-is", "invert")
 KINDS: tuple[str, ...] = ("strokes", "photo")
 #: Width in pixels of the border whose median decides a drawing's background.
 _BORDER = 2
-
-
-class ImageError(GaussmemError):
-    """An image that cannot be read or turned into a model input."""
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from gaussmem.checkpoint import CheckpointError, file_sha256, load_checkpoint
-from gaussmem.gallery_file import GalleryError, GalleryManifest, read_gallery, write_gallery
+from gaussmem.checkpoint import file_sha256, load_checkpoint
+from gaussmem.errors import CheckpointError, GalleryError
+from gaussmem.gallery_file import GalleryManifest, read_gallery, write_gallery
 from gaussmem.gallery_search import EntrySearch, ExactSearch, LabelCandidates, nearest_labels
 from gaussmem.memory import NOT_FOUND, GaussianMemory
 from gaussmem.methods.mavae import MemoryAugmentedVAE

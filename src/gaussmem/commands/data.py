@@ -8,11 +8,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from gaussmem.atomic import write_text_atomic
 from gaussmem.commands import DefaultsHelpFormatter, add_data_location_arguments
 from gaussmem.commands.arguments import output_file
 from gaussmem.errors import DataError
-from gaussmem.settings import (
+from gaussmem.plumbing.atomic import write_text_atomic
+from gaussmem.plumbing.settings import (
     LFW_PACK_NAME,
     OMNIGLOT_BASE_URL,
     resolve_cache_dir,

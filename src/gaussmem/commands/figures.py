@@ -132,7 +132,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Any]:
     import torch
 
     from gaussmem.generative import load_split, vae_from_checkpoint
-    from gaussmem.settings import resolve_cache_dir, resolve_data_dir
+    from gaussmem.plumbing.settings import resolve_cache_dir, resolve_data_dir
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -145,7 +145,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Any]:
 def _metadata(args: argparse.Namespace, checkpoint: dict[str, Any], dataset: Any
               ) -> dict[str, Any]:
     from gaussmem.checkpoint import file_sha256
-    from gaussmem.hardware import command_line, describe_hardware
+    from gaussmem.plumbing.hardware import command_line, describe_hardware
 
     return {
         "checkpoint": {"path": str(Path(args.checkpoint).resolve()),
@@ -158,7 +158,7 @@ def _metadata(args: argparse.Namespace, checkpoint: dict[str, Any], dataset: Any
 
 
 def _write_json(path: str | None, report: dict[str, Any]) -> None:
-    from gaussmem.atomic import write_text_atomic
+    from gaussmem.plumbing.atomic import write_text_atomic
 
     text = json.dumps(report, indent=2) + "\n"
     if path:

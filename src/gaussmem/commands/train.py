@@ -18,7 +18,7 @@ from gaussmem.commands.arguments import (
     positive_int,
     seed,
 )
-from gaussmem.settings import resolve_cache_dir, resolve_data_dir
+from gaussmem.plumbing.settings import resolve_cache_dir, resolve_data_dir
 
 if TYPE_CHECKING:  # the config module imports torch: not for `--help`
     from gaussmem.config import TrainConfig
@@ -135,8 +135,8 @@ def _warn_if_the_cpu_is_busy(config: TrainConfig) -> None:
     """Training on the CPU beside other work: say how many threads would suit it."""
     import torch
 
-    from gaussmem.hardware import busy_cpu_warning, other_running_tasks
     from gaussmem.methods import training_class
+    from gaussmem.plumbing.hardware import busy_cpu_warning, other_running_tasks
 
     if training_class(config.method).training_device(config).type != "cpu":
         return
@@ -193,9 +193,9 @@ def run(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, config: TrainConfig | None, effective: TrainConfig,
            run_dir: Path, ranks: Distributed) -> int:
     """Load the data, train, print where things went (rank 0 prints for every rank)."""
-    from gaussmem.allocator import keep_freed_memory
-    from gaussmem.atomic import write_text_atomic
     from gaussmem.data.datasets import load_split
+    from gaussmem.plumbing.allocator import keep_freed_memory
+    from gaussmem.plumbing.atomic import write_text_atomic
     from gaussmem.train import TrainingInterrupted, train
 
     data_dir, cache_dir = resolve_data_dir(args.data_dir), resolve_cache_dir(args.cache_dir)

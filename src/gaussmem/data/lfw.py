@@ -33,7 +33,7 @@ from gaussmem.data.datasets import register_dataset
 from gaussmem.data.grouped_images import GroupedImageSet
 from gaussmem.data.lfw_pack import PACK_NAME, read_face_pack, read_face_pack_meta, write_face_pack
 from gaussmem.errors import DataError
-from gaussmem.settings import resolve_cache_dir, resolve_data_dir
+from gaussmem.plumbing.settings import resolve_cache_dir, resolve_data_dir
 
 LFW_FOLDER = "lfw"
 LFW_A_TOTALS = {"people": 5749, "images": 13233}

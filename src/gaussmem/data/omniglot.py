@@ -34,7 +34,7 @@ from gaussmem.data.omniglot_splits import (
     vinyals_classes,
 )
 from gaussmem.errors import DataError
-from gaussmem.settings import resolve_cache_dir, resolve_data_dir
+from gaussmem.plumbing.settings import resolve_cache_dir, resolve_data_dir
 
 OMNIGLOT_FOLDER = "omniglot"
 

@@ -44,16 +44,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from gaussmem.config import TrainConfig
-from gaussmem.cuda_graphs import CapturedStep
 from gaussmem.data.augmentation import RandomAffine, distort
 from gaussmem.data.datasets import FewShotDataset
-from gaussmem.data.training_sampler import (
-    TrainingClassSampler,
-    TrainingError,
-    images_to_tensor,
-)
+from gaussmem.data.training_sampler import TrainingClassSampler, images_to_tensor
 from gaussmem.distributed import current
-from gaussmem.errors import ConfigError
+from gaussmem.errors import ConfigError, TrainingError
 from gaussmem.losses import (
     MEMORY_TERMS,
     log_similarity,
@@ -66,7 +61,8 @@ from gaussmem.methods.mavae import MemoryAugmentedVAE
 from gaussmem.methods.registry import register_training
 from gaussmem.methods.training import MethodTraining
 from gaussmem.models.vae import DiagonalGaussian, GaussianVAE
-from gaussmem.precision import PRECISIONS, autocast
+from gaussmem.plumbing.cuda_graphs import CapturedStep
+from gaussmem.plumbing.precision import PRECISIONS, autocast
 
 #: DDP's option to skip the broadcast of buffers before each forward: renamed in torch
 #: 2.13 (the old name warns there), absent under the new name before.
@@ -294,7 +290,7 @@ class MAVAETraining(MethodTraining):
     def device_step(self, images: torch.Tensor, labels: torch.Tensor, measure: bool = False
                     ) -> dict[str, torch.Tensor]:
         """Steps 2-5 of the module docstring: device work only, no host syncs, so that
-        `cuda_graph` can record it (gaussmem.cuda_graphs)."""
+        `cuda_graph` can record it (gaussmem.plumbing.cuda_graphs)."""
         terms, content = forward_losses(self.model, self.memory, images, labels,
                                         self.sampler.n_classes, self.config,
                                         autocast_cache=self.captured_step is None,

@@ -6,14 +6,10 @@ from collections.abc import Callable
 from typing import Any
 
 from gaussmem.config import TrainConfig
-from gaussmem.errors import GaussmemError
+from gaussmem.errors import UnknownMethodError
 from gaussmem.methods.base import FewShotClassifier
 
 _METHODS: dict[str, type[FewShotClassifier]] = {}
-
-
-class UnknownMethodError(GaussmemError):
-    """A method name that no module registered."""
 
 
 def register_method(name: str) -> Callable[[type[FewShotClassifier]], type[FewShotClassifier]]:

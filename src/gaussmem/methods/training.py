@@ -22,12 +22,16 @@ import torch
 from torch import nn
 
 from gaussmem.config import TrainConfig
-from gaussmem.cuda_graphs import capturable_adam, make_capturable_, portable_optimizer_state
 from gaussmem.data.datasets import FewShotDataset
-from gaussmem.data.training_sampler import TrainingError, images_to_tensor
-from gaussmem.device import module_device, resolve_device
-from gaussmem.errors import ConfigError
+from gaussmem.data.training_sampler import images_to_tensor
+from gaussmem.errors import ConfigError, TrainingError
 from gaussmem.methods.base import FewShotClassifier
+from gaussmem.plumbing.cuda_graphs import (
+    capturable_adam,
+    make_capturable_,
+    portable_optimizer_state,
+)
+from gaussmem.plumbing.device import module_device, resolve_device
 from gaussmem.weight_average import WeightAverage
 
 #: Training classes (two drawings each) a weight average's BatchNorm statistics come from.
