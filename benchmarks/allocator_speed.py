@@ -20,11 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from gaussmem.plumbing.atomic import write_text_atomic
+from gaussmem.plumbing.hardware import command_line, describe_hardware
 
-from gaussmem.plumbing.atomic import write_text_atomic  # noqa: E402
-from gaussmem.plumbing.hardware import command_line, describe_hardware  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def child(setting: str, preset_name: str, steps: int) -> float:

@@ -30,17 +30,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from gaussmem.data.class_images import ClassImageSet
+from gaussmem.methods.mavae import MemoryAugmentedVAE
+from gaussmem.plumbing.allocator import keep_freed_memory
+from gaussmem.plumbing.atomic import write_text_atomic
+from gaussmem.plumbing.cuda_graphs import WARMUP_STEPS
+from gaussmem.plumbing.hardware import describe_hardware
+from gaussmem.presets import resolve
+from gaussmem.train import Trainer, build_trainer, train_step
 
-from gaussmem.data.class_images import ClassImageSet  # noqa: E402
-from gaussmem.methods.mavae import MemoryAugmentedVAE  # noqa: E402
-from gaussmem.plumbing.allocator import keep_freed_memory  # noqa: E402
-from gaussmem.plumbing.atomic import write_text_atomic  # noqa: E402
-from gaussmem.plumbing.cuda_graphs import WARMUP_STEPS  # noqa: E402
-from gaussmem.plumbing.hardware import describe_hardware  # noqa: E402
-from gaussmem.presets import resolve  # noqa: E402
-from gaussmem.train import Trainer, build_trainer, train_step  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def summary(values: list[float]) -> dict[str, float]:

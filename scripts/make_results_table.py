@@ -4,7 +4,7 @@ results/lfw.md (every run in detail) from the result JSON files in results/.
     python scripts/make_results_table.py [--results results]
 
 Reads every run's records under `results/<dataset>/<run>/` (written by
-benchmarks/train_cpu_quick.py: a training record and one `gaussmem evaluate` report per
+experiments/train_cpu_quick.py: a training record and one `gaussmem evaluate` report per
 cell, each with the run's identity under "run"), and lays them out as
 the paper's tables, grouped by method (the figure its paper reports, then our runs of
 it, each cell mean ± 95% CI with its episode count, and each row's budget and
@@ -19,17 +19,15 @@ import argparse
 import functools
 import json
 import statistics
-import sys
 from collections import defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from gaussmem.config import TrainConfig, from_dict, to_dict
+from gaussmem.errors import ConfigError
+from gaussmem.plumbing.atomic import write_text_atomic
+from gaussmem.presets import preset
 
-from gaussmem.config import TrainConfig, from_dict, to_dict  # noqa: E402
-from gaussmem.errors import ConfigError  # noqa: E402
-from gaussmem.plumbing.atomic import write_text_atomic  # noqa: E402
-from gaussmem.presets import preset  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 TABLE1 = [(5, 1), (5, 5), (20, 1), (20, 5)]
 TABLE2 = [(100, 1), (100, 5), (400, 1), (400, 5)]

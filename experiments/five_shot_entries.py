@@ -1,6 +1,6 @@
 """Diagnostic: how a trained MA-VAE's 5-shot accuracy depends on the class entry.
 
-    python benchmarks/five_shot_entries.py --checkpoint runs/cpu-quick-s3/checkpoints/best.ckpt
+    python experiments/five_shot_entries.py --checkpoint runs/cpu-quick-s3/checkpoints/best.ckpt
         [--n-way 20] [--n-shot 5] [--episodes 500] [--json results/tuning/five_shot_entries.json]
 
 On the validation split (never the test split), the same seeded episodes are scored
@@ -17,25 +17,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from gaussmem.accuracy import AccuracySummary
+from gaussmem.checkpoint import file_sha256, load_checkpoint
+from gaussmem.data.datasets import episode_sampler, load_split
+from gaussmem.embedding_cache import EmbeddingCache
+from gaussmem.evaluate import episode_predictions
+from gaussmem.gaussian import pairwise_symmetric_kl
+from gaussmem.methods import classifier_from_checkpoint
+from gaussmem.methods.mavae import MemoryAugmentedVAE
+from gaussmem.plumbing.atomic import write_text_atomic
+from gaussmem.plumbing.hardware import command_line, describe_hardware
 
-from gaussmem.accuracy import AccuracySummary  # noqa: E402
-from gaussmem.checkpoint import file_sha256, load_checkpoint  # noqa: E402
-from gaussmem.data.datasets import episode_sampler, load_split  # noqa: E402
-from gaussmem.embedding_cache import EmbeddingCache  # noqa: E402
-from gaussmem.evaluate import episode_predictions  # noqa: E402
-from gaussmem.gaussian import pairwise_symmetric_kl  # noqa: E402
-from gaussmem.methods import classifier_from_checkpoint  # noqa: E402
-from gaussmem.methods.mavae import MemoryAugmentedVAE  # noqa: E402
-from gaussmem.plumbing.atomic import write_text_atomic  # noqa: E402
-from gaussmem.plumbing.hardware import command_line, describe_hardware  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def best_label(scores: torch.Tensor, labels: torch.Tensor, n_way: int) -> torch.Tensor:

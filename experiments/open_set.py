@@ -1,16 +1,16 @@
 """Few-shot open-set recognition of the MA-VAE and the three baselines on the same episodes.
 
 Trains nothing: give it checkpoints (by default the runs of
-`benchmarks/open_set_train.sh`, runs/os-<dataset>-<method>/checkpoints/best.ckpt). For
+`experiments/open_set_train.sh`, runs/os-<dataset>-<method>/checkpoints/best.ckpt). For
 each setting, every method is evaluated with `gaussmem.open_set` on the test split, on
 the same seeded episodes (N known classes with K shots, N unknown classes, the default
 number of queries per class), and scored by its own unknown score
 (`known_scores_from_embeddings`). Writes the JSON (with each checkpoint's identity and
 training budget, the hardware and the command) and a markdown table generated from it.
 
-    python benchmarks/open_set.py                                  # 600 episodes
-    python benchmarks/open_set.py --checkpoint omniglot:mavae=runs/new/checkpoints/best.ckpt
-    python benchmarks/open_set.py --episodes 50 --out /tmp/os.json --markdown /tmp/os.md
+    python experiments/open_set.py                                  # 600 episodes
+    python experiments/open_set.py --checkpoint omniglot:mavae=runs/new/checkpoints/best.ckpt
+    python experiments/open_set.py --episodes 50 --out /tmp/os.json --markdown /tmp/os.md
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def evaluate_setting(paths: dict[tuple[str, str], Path], dataset: str, n_way: in
         path = paths[dataset, method]
         if not path.is_file():
             raise SystemExit(f"no {method} checkpoint for {dataset} at {path}: train one "
-                             "(benchmarks/open_set_train.sh) or pass --checkpoint")
+                             "(experiments/open_set_train.sh) or pass --checkpoint")
         report = evaluate_checkpoint(
             path, n_way=n_way, n_shot=n_shot, episodes=args.episodes, seed=args.seed,
             protocol="open-set", data_dir=resolve_data_dir(args.data_dir),

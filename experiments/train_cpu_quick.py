@@ -5,11 +5,11 @@ the exact command that produced it, then writes a training record (throughput, m
 to 97% validation 5-way 1-shot, validation accuracy per minute, hardware) and
 regenerates results/omniglot.md.
 
-    python benchmarks/train_cpu_quick.py --run-dir runs/cpu-quick-seed0 --tag cpu-quick
-    python benchmarks/train_cpu_quick.py --preset protonet-cpu --run-dir runs/protonet-cpu5 \
+    python experiments/train_cpu_quick.py --run-dir runs/cpu-quick-seed0 --tag cpu-quick
+    python experiments/train_cpu_quick.py --preset protonet-cpu --run-dir runs/protonet-cpu5 \
         --tag protonet-cpu5
 
-    python benchmarks/train_cpu_quick.py --preset lfw-cpu --run-dir runs/lfw-mavae-cpu15 \
+    python experiments/train_cpu_quick.py --preset lfw-cpu --run-dir runs/lfw-mavae-cpu15 \
         --tag mavae-cpu15
 
 Evaluations, all on the test split with seed 0, of the checkpoint training selected on
@@ -34,12 +34,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from gaussmem.metrics_log import read_metrics
+from gaussmem.plumbing.atomic import write_text_atomic
+from gaussmem.plumbing.hardware import describe_hardware
 
-from gaussmem.metrics_log import read_metrics  # noqa: E402
-from gaussmem.plumbing.atomic import write_text_atomic  # noqa: E402
-from gaussmem.plumbing.hardware import describe_hardware  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(command: list[str]) -> None:

@@ -1,6 +1,6 @@
 """Diagnostic: which classes a trained model confuses in Omniglot support-query episodes.
 
-    python benchmarks/episode_errors.py --checkpoint runs/RUN/checkpoints/last.ckpt
+    python experiments/episode_errors.py --checkpoint runs/RUN/checkpoints/last.ckpt
         [--cells 5w5s,5w1s,20w1s,20w5s] [--episodes 1000] [--seed 0] [--split test]
         [--json OUT]
 
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -38,19 +37,18 @@ from typing import Any
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from gaussmem.accuracy import AccuracySummary
+from gaussmem.checkpoint import file_sha256, load_checkpoint
+from gaussmem.data.class_images import ClassImageSet
+from gaussmem.data.datasets import default_n_query, episode_sampler, load_split
+from gaussmem.embedding_cache import EmbeddingCache
+from gaussmem.evaluate import episode_predictions
+from gaussmem.methods import classifier_from_checkpoint
+from gaussmem.methods.base import FewShotClassifier
+from gaussmem.plumbing.atomic import write_text_atomic
+from gaussmem.plumbing.hardware import command_line, describe_hardware
 
-from gaussmem.accuracy import AccuracySummary  # noqa: E402
-from gaussmem.checkpoint import file_sha256, load_checkpoint  # noqa: E402
-from gaussmem.data.class_images import ClassImageSet  # noqa: E402
-from gaussmem.data.datasets import default_n_query, episode_sampler, load_split  # noqa: E402
-from gaussmem.embedding_cache import EmbeddingCache  # noqa: E402
-from gaussmem.evaluate import episode_predictions  # noqa: E402
-from gaussmem.methods import classifier_from_checkpoint  # noqa: E402
-from gaussmem.methods.base import FewShotClassifier  # noqa: E402
-from gaussmem.plumbing.atomic import write_text_atomic  # noqa: E402
-from gaussmem.plumbing.hardware import command_line, describe_hardware  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 #: Stroke pixels are bright (255); half way separates stroke from background.
 STROKE_THRESHOLD = 128

@@ -1,6 +1,6 @@
 """Which unknown score should the recognizer ship? AUROC of each on validation classes.
 
-    python benchmarks/unknown_scores.py --checkpoint runs/x/checkpoints/best.ckpt \
+    python experiments/unknown_scores.py --checkpoint runs/x/checkpoints/best.ckpt \
         [--episodes 600] [--seed 0] [--json results/unknown_scores.json]
 
 Open-set episodes of the Omniglot validation split (never the test classes): 10 classes
