@@ -54,7 +54,7 @@ class EpisodeConfig:
     the memory with them (triplet), takes one optimizer step, then writes them with the
     paper's update rule. Clearing per episode is Kaiser et al.'s episodic setting: one
     memory kept over all 4,800 training classes sees a class only every few hundred
-    steps, its entry is stale by then and the triplet has no positive (CALIBRATION.md).
+    steps, its entry is stale by then and the triplet has no positive.
     """
 
     n_way: int = 5
@@ -149,10 +149,9 @@ class MatchingConfig:
     hidden_channels: int = 64
     n_blocks: int = 4
     # Multiplies the cosine similarities before the attention softmax (an inverse
-    # temperature). 1.0 is the paper's plain cosine: over [-1, 1] the softmax is so flat
-    # that training stalls (84% validation 5-way 1-shot after 1,500 matching-cpu steps);
-    # 30 reached 98% in the same steps, 10 96%, 60 and 100 98% (validation split,
-    # results/speed/matching_scale.json). Argmax at test time is unaffected by the scale.
+    # temperature): with the paper's plain cosine the softmax over [-1, 1] is so flat that
+    # training stalls (validation split: results/speed/matching_scale.json). Argmax at
+    # test time is unaffected by the scale.
     cosine_scale: float = 30.0
     # Full context embeddings (bidirectional LSTM over the support set, attention LSTM
     # for the queries with `fce_steps` read steps). Off by default, as in most
@@ -194,10 +193,9 @@ class ValidationConfig:
     checkpoint, another times "minutes to 97%" (the speed figure of issue #4)."""
 
     every_steps: int = 500
-    # The task that picks `best.ckpt`. 20-way 1-shot over 1,000 episodes: validation
-    # 5-way 1-shot over 200 episodes (the default until 2026-11) is saturated near 98%
-    # with a 95% CI of +-0.6, so it picked mid-run checkpoints that scored lower than
-    # the last one on every harder validation task (results/tuning/checkpoint_selection.json).
+    # The task that picks `best.ckpt`: a harder task than 5-way 1-shot, which saturates
+    # and picked mid-run checkpoints that scored lower than the last one on every harder
+    # validation task (results/tuning/checkpoint_selection.json).
     n_way: int = 20
     n_shot: int = 1
     n_query: int = 5

@@ -37,24 +37,18 @@ def _validated_recipe(config: TrainConfig) -> TrainConfig:
     """The MA-VAE's model and optimizer settings chosen on the validation split, for
     `cpu-quick` and the paper's Omniglot presets (the library defaults stay as they
     were calibrated, so an explicit config means what it meant)."""
-    # Measured on the 2-core AMD EPYC (native bfloat16): bfloat16 autocast and a
-    # 32-channel decoder train ~1.9x the images/s of float32 with 64 channels
-    # (benchmarks/train_step_speed.py) and gave validation 20-way 5-shot 97.90 vs 97.78
-    # and 5-way 1-shot 98.22 vs 98.11 after 15 minutes at 128 classes (same file). The
-    # decoder only shapes the latents through the generative loss; 32 channels still
-    # reconstruct better than the split's mean image. Without native bfloat16, set
-    # precision=float32.
+    # bfloat16 networks and a 32-channel decoder train more images per second on a CPU
+    # with native bfloat16 and scored no lower on validation (results/speed/speed-cpu.json,
+    # results/tuning/mavae_tuning.md): the decoder only shapes the latents through the
+    # generative loss. Without native bfloat16, set precision=float32.
     config.precision = "bfloat16"
     config.model.decoder_hidden_channels = 32
-    # A 4-d style (16 by default) leaves less room for the class in z_s, so the decoder
-    # reads z_c more, as section 3.1 intends: on the validation split, z_s alone fell
-    # from 48.5% to 24.4% 20-way 1-shot and swapping z_c changed reconstructions 0.0090
-    # instead of 0.0033 (results/latent_check_val_style*.json), with validation 20-way
-    # 5-shot 98.54 both and 5-way 1-shot 98.64 vs 98.54 (results/tuning/mavae_tuning.md).
+    # A 4-d style leaves less room for the class in z_s, so the decoder reads z_c more,
+    # as section 3.1 intends (results/diagnostics/latent_check_val_style*.json,
+    # results/tuning/mavae_tuning.md).
     config.model.style_dim = 4
-    # Adam at 2e-3 after a 100-step linear warm-up: validation 20-way 1-shot 95.43 vs
-    # 95.18 at 1e-3, 20-way 5-shot and 5-way 1-shot level or higher (15 minutes,
-    # results/tuning/mavae_tuning.md). Without the warm-up, 2e-3 collapsed in its first steps.
+    # Adam at 2e-3 scored above 1e-3 on validation; without the warm-up it collapsed in
+    # its first steps (results/tuning/mavae_tuning.md).
     config.optim.lr = 2e-3
     config.optim.warmup_steps = 100
     # The objective in nats per image, chosen on validation (results/objective/sweep.md):
@@ -68,27 +62,19 @@ def _validated_recipe(config: TrainConfig) -> TrainConfig:
 
 
 def _paper_omniglot(n_way: int, batch_episodes: int, eval_n_way: int) -> TrainConfig:
-    # The paper gives no model or optimizer settings. Over whole 30,000-step budgets,
-    # best validation 20-way 1-shot with the validated recipe against the library
-    # defaults: omniglot-5way 94.63 vs 93.78, omniglot-parallel 94.99 vs 94.17,
-    # omniglot-20way 95.19 vs 95.19, omniglot-parallel-20way 95.10 vs 95.31 (validated
-    # every 5,000 steps against 3,000; at step 6,000 the defaults scored 95.21): never
-    # lower by more than a CI, higher by several on the 80- and 100-class presets, and
-    # 1.2-1.4x (GPU) and about 2x (CPU) the images/s
-    # (results/omniglot/*-tuned-*/training.json beside omniglot-5way-cpu, -parallel-cpu,
-    # -20way-gpu, -parallel-20way-gpu).
+    # The paper gives no model or optimizer settings; over whole budgets the validated
+    # recipe was never lower than the library defaults by more than a CI on validation
+    # and trained faster (results/omniglot/*-tuned-*/training.json beside the untuned runs).
     return _validated_recipe(_paper(n_way, batch_episodes, eval_n_way))
 
 
 def _cpu_quick() -> TrainConfig:
-    # 128 classes per step trained better than 32 or 64 (CALIBRATION.md); on validation
-    # 20-way 5-shot after 15 minutes, 128: 97.90, 256: 98.24, 512 (32-way x 16): 98.41
-    # (5-way 1-shot 98.22, 98.39, 98.42; results/tuning/mavae_tuning.md). More classes share
-    # one memory, so the triplet's negatives are harder.
+    # 512 classes per step (32-way x 16): more classes share one memory, so the triplet's
+    # negatives are harder; it scored highest of the sizes tried (results/tuning/mavae_tuning.md).
     config = TrainConfig(episodes=EpisodeConfig(n_way=32, batch_episodes=16))
     config.budget = BudgetConfig(max_steps=100_000, max_minutes=15.0)
-    # Validation (200 episodes, ~10 s, not counted in the budget) every ~2-3 minutes on
-    # the shared 2-core CPU, fine enough to time "minutes to 97% 5-way 1-shot".
+    # Validation (not counted in the budget) every few minutes on a 2-core CPU, fine
+    # enough to time "minutes to 97% 5-way 1-shot".
     config.validation.every_steps = 150
     config.checkpoint_every = 150
     return _validated_recipe(config)
@@ -162,12 +148,11 @@ def _kaiser(batch_episodes: int, lr: float, max_minutes: float | None) -> TrainC
 
 
 def _kaiser_cpu() -> TrainConfig:
-    # Their encoder costs ~7x Conv4's FLOPs per image: on the 2-core CPU it trained at
-    # ~500 images/s and would take ~30 minutes just to evaluate the eight cells, so the
-    # CPU run uses the Conv4 trunk (+ linear -> 128-d keys) and lr 1e-3 (theirs: 1e-4,
-    # for 100k-step GPU runs). Their dropout (keep 0.3) on the keys is off: in a 45 s,
-    # 1-thread check it held the training top-1 accuracy at 5% after 1,350 steps, against
-    # 60% after 900 steps without it. Memory, loss, update and episodes are theirs.
+    # Their encoder costs several times Conv4's FLOPs per image, too slow for a CPU
+    # budget, so the CPU run uses the Conv4 trunk (+ linear -> 128-d keys) and lr 1e-3
+    # (theirs: 1e-4, for 100k-step GPU runs). Their dropout on the keys is off: in a
+    # short CPU run it kept training accuracy near chance. Memory, loss, update and
+    # episodes are theirs.
     config = _kaiser(32, 1e-3, 5.0)
     config.kaiser.encoder = "conv4"
     config.kaiser.keep_prob = 1.0

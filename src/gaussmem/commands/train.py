@@ -212,7 +212,7 @@ def _train(args: argparse.Namespace, config: TrainConfig | None, effective: Trai
         print(f"gaussmem train: run directory {run_dir}"
               + (f" ({ranks.world_size} processes)" if ranks.world_size > 1 else ""))
         _warn_if_the_cpu_is_busy(effective)
-    keep_freed_memory()  # 1.0-1.2x CPU training throughput (results/speed/allocator_speed.json)
+    keep_freed_memory()  # faster CPU steps (results/speed/allocator_speed.json)
     try:
         result = train(config, run_dir, train_set, val_set, resume=args.resume,
                        progress=not args.no_progress, overwrite=args.overwrite)

@@ -23,9 +23,8 @@ from gaussmem.methods.registry import register_method
 from gaussmem.models.vae import DiagonalGaussian, GaussianVAE
 from gaussmem.plumbing.device import module_device
 
-#: Images per encoder call at evaluation: bounds activation memory for 400-way episodes;
-#: small batches were also faster on CPU in calibration (~7,000 images/s at 64 vs ~3,000
-#: at 256).
+#: Images per encoder call at evaluation: bounds activation memory for 400-way episodes,
+#: and small batches were also faster on a CPU.
 DEFAULT_EMBED_BATCH = 128
 
 

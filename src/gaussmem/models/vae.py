@@ -60,10 +60,9 @@ class VAEConfig:
     # 16-d style: enough for stroke width/slant/position; small so that class identity
     # cannot hide in z_s (the cross-reconstruction loss pushes it into z_c).
     style_dim: int = 16
-    # Heads start close to (not at) the prior: 0.1 x the default init. Measured on
-    # cpu-quick, 120 steps, validation 5-way 1-shot (results/ablation-init.md): 0.01 put
-    # every posterior so near N(0, I) that all pairs had exp(-SKL) ~ 1 and the triplet sat
-    # on a saddle (60%); 1.0 started at SKL ~ 5-30 (76%); 0.1 trained fastest (92%).
+    # Heads start close to (not at) the prior: at the prior every pair has exp(-SKL) ~ 1
+    # and the triplet sits on a saddle; at the default init posteriors start far apart
+    # (results/tuning/ablation.md).
     head_init_scale: float = 0.1
     decoder_hidden_channels: int = 64
     # p(x | z): "bernoulli" on the decoder's logits (near-binary strokes) or "gaussian"
