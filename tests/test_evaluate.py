@@ -297,8 +297,10 @@ def test_cli_train_then_evaluate_twice(real_data_dir: Path, real_cache_dir: Path
                        check=True)
         report = json.loads(out.read_text())
         report["result"].pop("seconds")
-        # The command line names its own --json path; everything else must match.
+        # The command line names its own --json path, and the hardware record the
+        # machine's load at that moment; everything else must match.
         assert str(out) in report.pop("command")
+        assert report["hardware"].pop("load_average")
         outputs.append(report)
     assert outputs[0] == outputs[1]
     assert outputs[0]["split"] == "val" and outputs[0]["episodes"] == 3
