@@ -13,15 +13,14 @@ Reports the median images/s per setting and the ratio on/off.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from gaussmem.plumbing.atomic import write_text_atomic
-from gaussmem.plumbing.hardware import command_line, describe_hardware
+from gaussmem.plumbing.hardware import describe_hardware
+from gaussmem.plumbing.script_record import provenance, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,9 +79,9 @@ def main() -> int:
                      "ratio_on_to_off": medians["on"] / medians["off"]})
         print(f"{name}: off {medians['off']:.0f} img/s, on {medians['on']:.0f} img/s, "
               f"x{rows[-1]['ratio_on_to_off']:.2f}")
-    report = {"command": command_line(), "steps": args.steps, "repeats": args.repeats,
-              "seed": 0, "hardware": hardware, "results": rows}
-    write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
+    report = {**provenance(hardware), "steps": args.steps, "repeats": args.repeats,
+              "seed": 0, "results": rows}
+    write_json(args.json, report)
     return 0
 
 

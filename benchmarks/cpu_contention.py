@@ -15,7 +15,6 @@ when other tasks are running on the CPU as it starts.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -29,8 +28,7 @@ import torch
 
 from gaussmem.data.class_images import ClassImageSet
 from gaussmem.plumbing.allocator import keep_freed_memory
-from gaussmem.plumbing.atomic import write_text_atomic
-from gaussmem.plumbing.hardware import describe_hardware
+from gaussmem.plumbing.script_record import provenance, write_json
 from gaussmem.presets import resolve
 from gaussmem.train import build_trainer, train_step
 
@@ -101,8 +99,7 @@ def main() -> int:
     dataset = ClassImageSet(rng.integers(0, 256, (600, 20, 28, 28), dtype=np.uint8),
                             [str(i) for i in range(600)], "random")
     keep_freed_memory()  # as `gaussmem train` does
-    report: dict[str, Any] = {"command": " ".join(["python", *sys.argv]),
-                              "hardware": describe_hardware(), "cores": cores,
+    report: dict[str, Any] = {**provenance(), "cores": cores,
                               "steps": args.steps, "conditions": []}
     for competing in (False, True):
         competitor = (subprocess.Popen([sys.executable, "-c", competitor_code(cores)])
@@ -124,7 +121,7 @@ def main() -> int:
                 competitor.kill()
                 competitor.wait()
     if args.json:
-        write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
+        write_json(args.json, report)
     return 0
 
 

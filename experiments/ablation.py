@@ -23,6 +23,7 @@ from pathlib import Path
 
 from gaussmem.metrics_log import read_metrics
 from gaussmem.plumbing.atomic import write_text_atomic
+from gaussmem.plumbing.script_record import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,7 +110,7 @@ def main() -> int:
         command = run_variant(name, overrides, args.steps, run_root)
         rows.append(collect(name, run_root / name, command, purpose))
     out = ROOT / "results" / "tuning"
-    write_text_atomic(out / "ablation.json", json.dumps(rows, indent=2) + "\n")
+    write_json(out / "ablation.json", rows)
     write_text_atomic(out / "ablation.md", render(rows))
     return 0
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from gaussmem.evaluate import evaluate_checkpoint
 from gaussmem.plumbing.atomic import write_text_atomic
-from gaussmem.plumbing.hardware import command_line, describe_hardware
+from gaussmem.plumbing.script_record import provenance, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,11 +79,10 @@ def main() -> int:
     for run_dir in args.run_dirs:
         if not (run_dir / "summary.json").exists():
             parser.error(f"{run_dir} is not a finished run (no summary.json)")
-    report = {"command": command_line(), "split": "val", "episodes": 1000, "seed": 0,
-              "hardware": describe_hardware(),
+    report = {**provenance(), "split": "val", "episodes": 1000, "seed": 0,
               "results": [score_run(run_dir) for run_dir in args.run_dirs]}
     path = Path(args.json)
-    write_text_atomic(path, json.dumps(report, indent=2) + "\n")
+    write_json(path, report)
     write_text_atomic(path.with_suffix(".md"), render(report))
     return 0
 

@@ -49,8 +49,7 @@ from gaussmem.embedding_cache import EmbeddingCache
 from gaussmem.evaluate import episode_scores
 from gaussmem.methods import classifier_from_checkpoint
 from gaussmem.methods.base import FewShotClassifier
-from gaussmem.plumbing.atomic import write_text_atomic
-from gaussmem.plumbing.hardware import command_line, describe_hardware
+from gaussmem.plumbing.script_record import provenance, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -193,14 +192,14 @@ def main() -> int:
                 gain = row["gain_over_plain"]
                 line += f" (gain {gain['mean']:+.3f} ± {gain['ci95']:.3f})"
             print(line, flush=True)
-    write_text_atomic(args.json, json.dumps({
-        "command": command_line(), "split": args.split, "dataset": dataset.name,
+    write_json(args.json, {
+        **provenance(), "split": args.split, "dataset": dataset.name,
         "seed": args.seed,
         "checkpoints": {name: {"path": str(path), "sha256": file_sha256(path),
                                "step": checkpoint["step"]}
                         for name, (path, checkpoint) in checkpoints.items()},
         "views": {view: theta.tolist() for view, theta in maps.items()},
-        "hardware": describe_hardware(), "cells": reports}, indent=2) + "\n")
+        "cells": reports})
     print(f"wrote {args.json}")
     return 0
 

@@ -29,7 +29,6 @@ al.'s split (no rotations) does not have, and how much is the embedding.
 from __future__ import annotations
 
 import argparse
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -45,8 +44,7 @@ from gaussmem.embedding_cache import EmbeddingCache
 from gaussmem.evaluate import episode_predictions
 from gaussmem.methods import classifier_from_checkpoint
 from gaussmem.methods.base import FewShotClassifier
-from gaussmem.plumbing.atomic import write_text_atomic
-from gaussmem.plumbing.hardware import command_line, describe_hardware
+from gaussmem.plumbing.script_record import provenance, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -207,12 +205,11 @@ def main() -> int:
     run_name = checkpoint_path.resolve().parent.parent.name
     out = Path(args.json or ROOT / "results" / "episode_errors" / args.split
                / f"episode_errors-{run_name}.json")
-    write_text_atomic(out, json.dumps(
-        {"command": command_line(),
+    write_json(out, {
+        **provenance(),
          "checkpoint": {"path": args.checkpoint, "sha256": file_sha256(checkpoint_path),
                         "step": checkpoint["step"]},
-         "split": args.split, "hardware": describe_hardware(), "cells": reports},
-        indent=2) + "\n")
+         "split": args.split, "cells": reports})
     print(f"wrote {out}")
     return 0
 

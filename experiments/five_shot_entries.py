@@ -16,7 +16,6 @@ what costs the 5-shot cells, which tells where to look next.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +29,7 @@ from gaussmem.evaluate import episode_predictions
 from gaussmem.gaussian import pairwise_symmetric_kl
 from gaussmem.methods import classifier_from_checkpoint
 from gaussmem.methods.mavae import MemoryAugmentedVAE
-from gaussmem.plumbing.atomic import write_text_atomic
-from gaussmem.plumbing.hardware import command_line, describe_hardware
+from gaussmem.plumbing.script_record import provenance, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,13 +82,13 @@ def main() -> int:
                for name, values in accuracy.items()}
     for name, summary in results.items():
         print(f"{name}: {summary['mean']:.2f} ± {summary['ci95']:.2f}")
-    report = {"command": command_line(),
+    report = {**provenance(),
               "checkpoint": {"path": args.checkpoint,
                              "sha256": file_sha256(Path(args.checkpoint))},
               "split": "val", "dataset": dataset.name, "n_way": args.n_way,
               "n_shot": args.n_shot, "n_query": args.n_query, "episodes": args.episodes,
-              "seed": args.seed, "hardware": describe_hardware(), "results": results}
-    write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
+              "seed": args.seed, "results": results}
+    write_json(args.json, report)
     return 0
 
 

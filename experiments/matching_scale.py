@@ -18,8 +18,7 @@ import sys
 from pathlib import Path
 
 from gaussmem.metrics_log import read_metrics
-from gaussmem.plumbing.atomic import write_text_atomic
-from gaussmem.plumbing.hardware import command_line, describe_hardware
+from gaussmem.plumbing.script_record import provenance, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,10 +53,10 @@ def main() -> int:
                      "best_val_accuracy": summary["best_val_accuracy"],
                      "validation": validation, "train_command": " ".join(command[1:])})
         print(f"{name}: best validation 5-way 1-shot {summary['best_val_accuracy']:.2f}%")
-    report = {"command": command_line(), "preset": "matching-cpu", "seed": 0,
+    report = {**provenance(), "preset": "matching-cpu", "seed": 0,
               "measure": "validation 5-way 1-shot accuracy (%), 200 fixed episodes, seed 1234",
-              "hardware": describe_hardware(), "results": rows}
-    write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
+              "results": rows}
+    write_json(args.json, report)
     return 0
 
 

@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gaussmem.plumbing.atomic import write_text_atomic
-from gaussmem.plumbing.hardware import command_line, describe_hardware
+from gaussmem.plumbing.hardware import describe_hardware
+from gaussmem.plumbing.script_record import merge_by_identity, provenance, read_json, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -352,8 +353,7 @@ def train_all(jobs: list[tuple[Path, list[str]]], parallel: int,
         run_dir.mkdir(parents=True, exist_ok=True)
         # A resumed run trained its earlier steps beside as many others as it did then.
         shared = max(others, concurrent_runs(run_dir)) if interrupted else others
-        write_text_atomic(run_dir / "sharing.json",
-                          json.dumps({"concurrent_runs": shared}) + "\n")
+        write_json(run_dir / "sharing.json", {"concurrent_runs": shared}, indent=None)
         with open(f"{run_dir}.log", "a" if interrupted else "w") as log:
             code = subprocess.run(command, cwd=ROOT, stdout=log,
                                   stderr=subprocess.STDOUT).returncode
@@ -377,8 +377,8 @@ def train_all(jobs: list[tuple[Path, list[str]]], parallel: int,
 def concurrent_runs(run_dir: Path) -> int:
     """Other trainings that shared the run's device (0 for runs from before they were
     noted: those trained alone)."""
-    sharing = run_dir / "sharing.json"
-    return json.loads(sharing.read_text())["concurrent_runs"] if sharing.exists() else 0
+    sharing = read_json(run_dir / "sharing.json")
+    return sharing["concurrent_runs"] if sharing else 0
 
 
 def evaluate_cell(run_dir: Path, n_way: int, n_shot: int, device: str,
@@ -405,13 +405,13 @@ def selection_task(overrides: list[str]) -> str:
     return f"{values['validation.n_way']}w1s x {values['validation.episodes']}"
 
 
-def read_rows(path: Path) -> dict[tuple[float, int, str, int, str], dict]:
-    """The report's rows by `row_key` (none if it does not exist yet)."""
-    report = json.loads(path.read_text()) if path.exists() else {"results": []}
+def read_rows(path: Path) -> list[dict]:
+    """The report's rows (none if it does not exist yet)."""
+    report = read_json(path) or {"results": []}
     # Rows from before the CPU was kept per row were all measured on the report's CPU.
     for row in report["results"]:
         row.setdefault("cpu", report["hardware"]["cpu"])
-    return {row_key(row): row for row in report["results"]}
+    return report["results"]
 
 
 @contextmanager
@@ -566,15 +566,13 @@ def main() -> int:
                 f"{w}w{s}s {row[f'val_{w}w{s}s']['mean']:.2f}" for w, s in CELLS),
                 flush=True)
             with locked_directory(path.parent):
-                rows = read_rows(path)
-                rows[row_key(row)] = row
-                report = {"command": command_line(), "preset": "cpu-quick",
+                rows = merge_by_identity(read_rows(path), row, row_key)
+                report = {**provenance(hardware), "preset": "cpu-quick",
                           "measure": "validation split accuracy (%), 1,000 episodes, seed "
                                      "0, 15 queries per class, best checkpoint by the "
                                      "validation task in its overrides",
-                          "hardware": hardware,
-                          "results": sorted(rows.values(), key=row_key)}
-                write_text_atomic(path, json.dumps(report, indent=2) + "\n")
+                          "results": sorted(rows, key=row_key)}
+                write_json(path, report)
                 write_text_atomic(path.with_suffix(".md"), render(report))
 
     train_all([(run_dir, job[-1]) for run_dir, job in jobs.items()], args.parallel, record,

@@ -16,7 +16,6 @@ training budget, the hardware and the command) and a markdown table generated fr
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from gaussmem.checkpoint import load_checkpoint
 from gaussmem.evaluate import evaluate_checkpoint
 from gaussmem.open_set import DEFAULT_OPEN_SET_EPISODES
 from gaussmem.plumbing.atomic import write_text_atomic
-from gaussmem.plumbing.hardware import command_line, describe_hardware
+from gaussmem.plumbing.script_record import provenance, write_json
 from gaussmem.plumbing.settings import resolve_cache_dir, resolve_data_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -146,15 +145,15 @@ def main(argv: list[str] | None = None) -> int:
                       for setting in settings for entry in setting["methods"].values()})
     report = {
         "benchmark": "few-shot open-set recognition (gaussmem.open_set)",
-        "command": command_line(), "seed": args.seed, "episodes": args.episodes,
-        "split": "test", "hardware": describe_hardware(), "torch_threads": args.threads,
+        **provenance(), "seed": args.seed, "episodes": args.episodes,
+        "split": "test", "torch_threads": args.threads,
         "training_note": "each method's CPU preset, one thread, wall-clock budget "
         "(validation excluded) per dataset: " + ", ".join(
             f"{dataset} {minutes:g} min" for dataset, minutes in budgets)
         + "; best checkpoint by validation accuracy",
         "settings": settings,
     }
-    write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
+    write_json(args.out, report)
     write_text_atomic(args.markdown, markdown(report))
     print(f"wrote {args.out} and {args.markdown}")
     return 0

@@ -35,8 +35,8 @@ import sys
 from pathlib import Path
 
 from gaussmem.metrics_log import read_metrics
-from gaussmem.plumbing.atomic import write_text_atomic
 from gaussmem.plumbing.hardware import describe_hardware
+from gaussmem.plumbing.script_record import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -177,7 +177,7 @@ def main() -> int:
                                  args.concurrent_runs)
         record["run"] = run_identity(dataset, args.tag, record, args.preset, args.overrides)
         results.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(results / "training.json", json.dumps(record, indent=2) + "\n")
+        write_json(results / "training.json", record)
     if args.skip_eval:
         return 0
     # A run without validation (data.val_subset none: a final fit on train + val) has
@@ -206,7 +206,7 @@ def main() -> int:
         # The evaluation's own thread count, not this driver's.
         threads_used = report.get("hardware", {}).get("torch_threads")
         report["hardware"] = {**describe_hardware(), "torch_threads": threads_used}
-        write_text_atomic(out, json.dumps(report, indent=2, sort_keys=True) + "\n")
+        write_json(out, report, sort_keys=True)
     # The online protocol needs classes shown repeatedly: not on mirrored LFW-a.
     for n_way, n_shot in online_cells(args.cells) if dataset == "omniglot" else []:
         online = results / f"online-{n_way}w{n_shot}s.json"
@@ -216,14 +216,14 @@ def main() -> int:
              *threads])
         report = json.loads(online.read_text())
         report["run"] = record["run"]
-        write_text_atomic(online, json.dumps(report, indent=2, sort_keys=True) + "\n")
+        write_json(online, report, sort_keys=True)
     if args.judge and record["run"]["method"] == "mavae":
         out = results / "generative.json"
         run([*gaussmem, "generative-report", "--checkpoint", str(checkpoint), "--judge",
              args.judge, "--split", "test", "--seed", "0", "--json", str(out), *threads])
         report = json.loads(out.read_text())
         report.update({"kind": "generative", "tag": args.tag, "run": record["run"]})
-        write_text_atomic(out, json.dumps(report, indent=2, sort_keys=True) + "\n")
+        write_json(out, report, sort_keys=True)
     run([sys.executable, str(ROOT / "scripts" / "make_results_table.py")])
     return 0
 

@@ -14,9 +14,7 @@ accuracy on known queries. Each validation image is encoded once.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,8 +22,7 @@ import torch
 from gaussmem.checkpoint import file_sha256
 from gaussmem.data.episodes import EpisodeSampler
 from gaussmem.data.omniglot import load_omniglot
-from gaussmem.plumbing.atomic import write_text_atomic
-from gaussmem.plumbing.hardware import command_line, describe_hardware
+from gaussmem.plumbing.script_record import provenance, write_json
 from gaussmem.recognizer import Recognizer
 from gaussmem.unknown import UNKNOWN_SCORES
 
@@ -92,10 +89,9 @@ def main() -> int:
         "auroc": summary,
         "closed_set_accuracy": mean_ci95(accuracies),
         "best": best,
-        "hardware": describe_hardware(),
-        "command": command_line(),
+        **provenance(),
     }
-    write_text_atomic(Path(args.json), json.dumps(document, indent=2) + "\n")
+    write_json(args.json, document)
     for name, values in summary.items():
         print(f"{name:>10}: AUROC {values['mean']:.4f} +- {values['ci95']:.4f}")
     print(f"best: {best}; closed-set accuracy {document['closed_set_accuracy']['mean']:.4f}; "

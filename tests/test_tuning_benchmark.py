@@ -133,15 +133,15 @@ def test_the_report_lock_keeps_a_second_process_out_until_released(tmp_path: Pat
     assert subprocess.run(try_lock, capture_output=True).returncode == 0
 
 
-def test_rows_are_read_back_by_key_and_a_missing_report_has_none(tmp_path: Path) -> None:
+def test_rows_are_read_back_with_the_reports_cpu_and_a_missing_report_has_none(
+        tmp_path: Path) -> None:
     tuning = load_script("mavae_tuning", "experiments")
-    assert tuning.read_rows(tmp_path / "none.json") == {}
+    assert tuning.read_rows(tmp_path / "none.json") == []
     row = {"variant": "v", "minutes": None, "max_steps": 2200, "seed": 1,
            "device": "NVIDIA H100 80GB HBM3"}
     report = tmp_path / "report.json"
     report.write_text(json.dumps({"hardware": {"cpu": "AMD EPYC"}, "results": [row]}))
-    assert tuning.read_rows(report) == {
-        (0.0, 2200, "v", 1, "NVIDIA H100 80GB HBM3"): {**row, "cpu": "AMD EPYC"}}
+    assert tuning.read_rows(report) == [{**row, "cpu": "AMD EPYC"}]
 
 
 def test_a_variants_overrides_are_printed_for_other_scripts_to_train_it() -> None:
