@@ -95,12 +95,12 @@ class SimilarityConfig:
 
 @dataclass
 class OptimConfig:
-    """Adam with cosine decay: 1e-3 trained and 3e-3 diverged in calibration."""
+    """Adam with cosine decay at Adam's customary rate; the presets' validated rate and
+    warm-up are in gaussmem.presets (results/tuning/mavae_tuning.md)."""
 
     lr: float = 1e-3
-    # Adam's (L2) weight decay. 5e-4 on cpu-quick scored above it on validation 20-way
-    # 1-shot in training seed 0 and below in seed 1, level on the other tasks
-    # (results/tuning/mavae_tuning.md, `512classes-latent1-wd5e-4`), so no preset uses it.
+    # Adam's (L2) weight decay; off in every preset: no consistent gain on validation
+    # across seeds (results/tuning/mavae_tuning.md, `512classes-latent1-wd5e-4`).
     weight_decay: float = 0.0
     # Clip the global gradient norm: early on a positive can appear or vanish between
     # steps, which makes the triplet's gradient jump. The MA-VAE's loss is in nats per
@@ -118,15 +118,13 @@ class OptimConfig:
     decay_factor: float = 0.5
     # Adam's epsilon; Kaiser et al.'s code uses 1e-4, PyTorch's default is 1e-8.
     adam_eps: float = 1e-8
-    # Linear warm-up from lr / warmup_steps to lr over the first steps, then the schedule.
-    # 0: none. At lr 2e-3 the MA-VAE collapsed within its first 50 steps
-    # (results/tuning/mavae_tuning.md); a warm-up is the usual guard for a larger rate.
+    # Linear warm-up from lr / warmup_steps to lr over the first steps, then the schedule;
+    # 0: none. It guards a larger rate against an early collapse (results/tuning/mavae_tuning.md).
     warmup_steps: int = 0
     # Exponential moving average of the weights, updated after every step with this decay;
     # 0: none. Validation, best/last checkpoints and the figures then use the average,
-    # with BatchNorm statistics recomputed for it (gaussmem.weight_average). At 0.998 on
-    # cpu-quick it scored no higher than the trained weights on validation
-    # (results/tuning/mavae_tuning.md), so no preset uses it.
+    # with BatchNorm statistics recomputed for it (gaussmem.weight_average). No preset uses
+    # it: it did not beat the trained weights on validation (results/tuning/mavae_tuning.md).
     ema_decay: float = 0.0
 
 
@@ -236,7 +234,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # Evaluation shape the preset is meant for (recorded; `gaussmem evaluate` decides).
     eval_n_way: int = 5
-    # channels_last was 1.5-2x faster for the conv trunk on CPU in calibration.
+    # channels_last: the conv trunk's faster layout on CPU (results/speed/speed-cpu.json).
     channels_last: bool = True
     # "bfloat16": the MA-VAE's networks run under bfloat16 autocast (gaussmem.plumbing.precision);
     # heads, memory and losses stay float32. Evaluation always embeds in float32.

@@ -2,8 +2,9 @@
 
 `load_omniglot("vinyals", "train")` returns a `ClassImageSet` of 28x28 uint8 images,
 strokes = 255, one class per (character, rotation). The first call reads and verifies
-the release (about 4 s on 2 CPU cores) and writes a cache of all 1,623 characters keyed
-by the release's content and the preprocessing; later calls memory-map that cache.
+the release (timed in results/speed/data_loading.json) and writes a cache of all 1,623
+characters keyed by the release's content and the preprocessing; later calls
+memory-map that cache.
 """
 
 from __future__ import annotations

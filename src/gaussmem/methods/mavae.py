@@ -23,8 +23,8 @@ from gaussmem.methods.registry import register_method
 from gaussmem.models.vae import DiagonalGaussian, GaussianVAE
 from gaussmem.plumbing.device import module_device
 
-#: Images per encoder call at evaluation: bounds activation memory for 400-way episodes,
-#: and small batches were also faster on a CPU.
+#: Images per encoder call at evaluation: bounds activation memory for 400-way episodes
+#: and suits a CPU (results/speed/speed-cpu.json, "embedding").
 DEFAULT_EMBED_BATCH = 128
 
 

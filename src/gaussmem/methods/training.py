@@ -220,7 +220,7 @@ def embed_in_batches(encoder: nn.Module, images: torch.Tensor, batch_size: int,
                      channels_last: bool) -> torch.Tensor:
     """`encoder` over `images (n, C, H, W)` in batches: `(n, d)` float32 on the CPU,
     wherever the encoder runs (the episode logic runs on the CPU). Small batches bound
-    activation memory for 400-way episodes and were faster on CPU (calibration)."""
+    activation memory for 400-way episodes and suit a CPU (results/speed/speed-cpu.json)."""
     device = module_device(encoder)
     outputs = []
     for batch in images.split(batch_size):

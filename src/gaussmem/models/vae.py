@@ -48,12 +48,11 @@ class VAEConfig:
 
     in_channels: int = 1
     image_size: int = 28
-    # Conv4 with 64 channels: the trunk of every Omniglot few-shot baseline. 80 channels
-    # tied on the validation split after 15 CPU minutes of cpu-quick, with fewer steps
-    # (results/tuning/mavae_tuning.md).
+    # Conv4 with 64 channels: the trunk of every Omniglot few-shot baseline, so methods
+    # compare like for like; wider did not help on validation (results/tuning/mavae_tuning.md).
     hidden_channels: int = 64
-    # Four blocks: a 64-d feature. Three (a 3x3x64 = 576-d map into the heads) tied four
-    # on validation after 15 CPU minutes of cpu-quick (results/tuning/mavae_tuning.md).
+    # Four blocks: Conv4's 64-d feature; three did not help on validation
+    # (results/tuning/mavae_tuning.md).
     n_blocks: int = 4
     # 64-d content: as wide as the Conv4 feature, so the embedding is not a bottleneck.
     content_dim: int = 64

@@ -123,10 +123,8 @@ def busy_cpu_warning(other_tasks: float, cores: int, threads: int) -> str | None
     cores than there are, else None.
 
     PyTorch splits each CPU operation over its threads and waits for the slowest, so a
-    thread whose core another process holds stalls every operation: on 2 cores beside a
-    2-thread job, a 2-thread training step was several times slower on average than a
-    1-thread one, with single steps taking tens of seconds
-    (benchmarks/cpu_contention.py -> results/speed/cpu_contention.json).
+    thread whose core another process holds stalls every operation
+    (results/speed/cpu_contention.json).
 
     `cores` must count the same CPUs as `other_tasks`: in a container /proc/loadavg is
     usually the host's, so pass every CPU the system reports, not the container's share,
