@@ -30,8 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gaussmem.atomic import write_text_atomic
-from gaussmem.hardware import command_line, describe_hardware
+from gaussmem.plumbing.script_record import merge_by_identity, provenance, read_json, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,6 +131,13 @@ def score_variant(run_dir: Path, checkpoint: Path, judge: Path) -> dict[str, Any
     return scores
 
 
+def identity(record: dict[str, Any]) -> tuple[object, ...]:
+    """What makes a record: a rerun of the same variant, base, steps and seed replaces it
+    (records from before base overrides existed had none)."""
+    return (record["variant"], record["preset"], tuple(record.get("base_overrides", [])),
+            record["steps"], record["seed"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--judge", required=True, type=Path,
@@ -146,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path,
                         default=ROOT / "results" / "objective" / "sweep.json")
     args = parser.parse_args(argv)
-    records = json.loads(args.json.read_text())["records"] if args.json.is_file() else []
+    records = (read_json(args.json) or {"records": []})["records"]
     for name in args.only or list(VARIANTS):
         shape = "".join(f"-{override}" for override in args.base_set)
         run_dir = args.runs / (f"{args.preset}{shape}-{args.steps}steps-{name}"
@@ -156,14 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         record = {"variant": name, "preset": args.preset, "base_overrides": args.base_set,
                   "overrides": VARIANTS[name], "steps": args.steps, "seed": args.seed,
                   "split": "val", **score_variant(run_dir, checkpoint, args.judge)}
-        identity = (name, args.preset, args.base_set, args.steps, args.seed)
-        records = [old for old in records
-                   if (old["variant"], old["preset"], old.get("base_overrides", []),
-                       old["steps"], old["seed"]) != identity] + [record]
-        write_text_atomic(args.json, json.dumps(
-            {"experiment": "objective_sweep", "command": command_line(),
-             "hardware": describe_hardware(), "judge": str(args.judge),
-             "records": records}, indent=2) + "\n")
+        records = merge_by_identity(records, record, identity)
+        write_json(args.json, {"experiment": "objective_sweep", **provenance(),
+                               "judge": str(args.judge), "records": records})
     return 0
 
 

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gaussmem.atomic import write_text_atomic
+from gaussmem.plumbing.atomic import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,9 +12,9 @@ import torch
 
 from gaussmem import generative_report
 from gaussmem.checkpoint import load_checkpoint
-from gaussmem.config import preset
 from gaussmem.generative import Generation, decoder_sensitivity
 from gaussmem.methods import classifier_from_checkpoint
+from gaussmem.presets import preset
 from gaussmem.train import LAST_CHECKPOINT, train
 from test_generative import synthetic_classes
 

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from gaussmem.accuracy import AccuracySummary
 from gaussmem.data.datasets import FewShotDataset, episode_sampler
-from gaussmem.evaluate import AccuracySummary
 from gaussmem.generative import (
     dataset_mean_image,
     decoder_sensitivity,

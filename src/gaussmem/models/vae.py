@@ -48,22 +48,20 @@ class VAEConfig:
 
     in_channels: int = 1
     image_size: int = 28
-    # Conv4 with 64 channels: the trunk of every Omniglot few-shot baseline. 80 channels
-    # tied on the validation split after 15 CPU minutes of cpu-quick, with fewer steps
-    # (results/tuning/mavae_tuning.md).
+    # Conv4 with 64 channels: the trunk of every Omniglot few-shot baseline, so methods
+    # compare like for like; wider did not help on validation (results/tuning/mavae_tuning.md).
     hidden_channels: int = 64
-    # Four blocks: a 64-d feature. Three (a 3x3x64 = 576-d map into the heads) tied four
-    # on validation after 15 CPU minutes of cpu-quick (results/tuning/mavae_tuning.md).
+    # Four blocks: Conv4's 64-d feature; three did not help on validation
+    # (results/tuning/mavae_tuning.md).
     n_blocks: int = 4
     # 64-d content: as wide as the Conv4 feature, so the embedding is not a bottleneck.
     content_dim: int = 64
     # 16-d style: enough for stroke width/slant/position; small so that class identity
     # cannot hide in z_s (the cross-reconstruction loss pushes it into z_c).
     style_dim: int = 16
-    # Heads start close to (not at) the prior: 0.1 x the default init. Measured on
-    # cpu-quick, 120 steps, validation 5-way 1-shot (results/ablation-init.md): 0.01 put
-    # every posterior so near N(0, I) that all pairs had exp(-SKL) ~ 1 and the triplet sat
-    # on a saddle (60%); 1.0 started at SKL ~ 5-30 (76%); 0.1 trained fastest (92%).
+    # Heads start close to (not at) the prior: at the prior every pair has exp(-SKL) ~ 1
+    # and the triplet sits on a saddle; at the default init posteriors start far apart
+    # (results/tuning/ablation.md).
     head_init_scale: float = 0.1
     decoder_hidden_channels: int = 64
     # 3x3 convolutions per decoder resolution below the output (0: transposed convs only,
