@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
 #: Normalisations the decoder offers: "batch" (older checkpoints), "group", or None.
 DECODER_NORMS = ("batch", "group", None)
 
