@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from make_results_table import QUICKSTART_RUN
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
 #: The pages with generated blocks; each block's markers sit in one of them.
@@ -120,13 +122,13 @@ def render_headline(markdown: str) -> str:
 
 
 def render_quickstart(record: dict) -> str:
-    """What the quick start's first command reaches: the `cpu-quick` preset's run of
-    results/omniglot/cpu-quick-objective (its training record and 5-way 1-shot cell)."""
-    cell = json.loads((RESULTS / "omniglot" / "cpu-quick-objective" / "5w1s.json").read_text())
-    accuracy = cell["result"]["accuracy"]
+    """What the quick start's first command reaches: the `cpu-quick` preset's run
+    `QUICKSTART_RUN` (its training record, 5-way 1-shot cell and generative report)."""
+    run_results = RESULTS / "omniglot" / QUICKSTART_RUN
+    accuracy = json.loads((run_results / "5w1s.json").read_text())["result"]["accuracy"]
     run = record["run"]
     last = record["validation"][-1]
-    return (f"Expect, from the `cpu-quick` run in `results/omniglot/cpu-quick-objective/` "
+    text = (f"Expect, from the `cpu-quick` run in `results/omniglot/{QUICKSTART_RUN}/` "
             f"({run['budget']['train_minutes']:.0f} minutes, {run['budget']['steps']:,} "
             f"steps on a {run['hardware']}): a last validation line near "
             f"`val {record['config']['validation']['n_way']}-way "
@@ -134,6 +136,20 @@ def render_quickstart(record: dict) -> str:
             f"a test line near `5-way 1-shot (support-query, test, {accuracy['episodes']} "
             f"episodes, seed 0): {accuracy['mean']:.2f}% ± {accuracy['ci95']:.2f}`. A "
             "slower CPU trains fewer steps in the 15 minutes.")
+    generative_path = run_results / "generative.json"
+    if generative_path.is_file():
+        report = json.loads(generative_path.read_text())
+        reconstruction, swap = report["reconstruction"], report["decoder_sensitivity"]
+        text += (f" Its reconstructions (test, 100-way) have {reconstruction['ratio']:.2f}x "
+                 f"the NLL of the split's mean image; swapping z_c changes them by "
+                 f"{swap['content_swap']:.3f}, swapping z_s by {swap['style_swap']:.3f}")
+        generation = report.get("generation")
+        if generation:
+            text += (f"; {generation['generated']['mean']:.0f}% of one-shot generations "
+                     f"are judged as their class (chance {generation['chance']:.0f}%, "
+                     f"real drawings {generation['real_images']['mean']:.0f}%)")
+        text += "."
+    return text
 
 
 def render_step_speed(result: dict) -> str:
@@ -192,7 +208,7 @@ def render_ensemble_views(markdown: str) -> str:
 
 RENDERERS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "headline": ("README.md", render_headline),
-    "quickstart": ("omniglot/cpu-quick-objective/training.json", render_quickstart),
+    "quickstart": (f"omniglot/{QUICKSTART_RUN}/training.json", render_quickstart),
     "data_loading": ("speed/data_loading.json", render_data_loading),
     "memory_search": ("speed/memory_search.json", render_memory_search),
     "omniglot_tables": ("omniglot.md", render_omniglot_tables),

@@ -390,3 +390,37 @@ def test_open_set_table_prints_the_json_figures_and_names_better_baselines() -> 
     table = script.markdown(report)
     assert "| omniglot 5+5, 1-shot, 15 queries | protonet | 83.25 ± 1.25 |" in table
     assert "- omniglot 1-shot: protonet" in table
+
+
+def headline_run(method: str, preset: str, minutes: float, accuracy: float
+                 ) -> tuple[dict, dict]:
+    """A training record and its Omniglot headline cells, all at `accuracy`."""
+    record = {"run": {"method": method, "recipe": {"preset": preset},
+                      "budget": {"train_minutes": minutes, "steps": 100},
+                      "hardware": "2-core CPU (test)"},
+              "images_per_second_overall": 1000.0}
+    cells = {key: {"result": {"accuracy": {"mean": accuracy, "ci95": 0.1, "episodes": 1000}}}
+             for key in [(5, 1), (5, 5), (20, 1), (20, 5), (100, 1), (400, 1)]}
+    return record, cells
+
+
+def test_the_headline_holds_one_budget_and_the_longer_runs_go_beyond_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    tables = load_script("make_results_table")
+    monkeypatch.setattr(tables, "HEADLINE", {"omniglot": ("mavae-5", "protonet-5")})
+    monkeypatch.setattr(tables, "BEYOND_HEADLINE",
+                        {"omniglot": ((", the quick start's 15 minutes", ("mavae-15",)),)})
+    runs = {"mavae-5": headline_run("mavae", "cpu-quick", 5.0, 97.0),
+            "protonet-5": headline_run("protonet", "protonet-cpu", 5.0, 96.0),
+            "mavae-15": headline_run("mavae", "cpu-quick", 15.0, 98.0)}
+    data = {"omniglot": ({tag: cells for tag, (_, cells) in runs.items()},
+                         {tag: record for tag, (record, _) in runs.items()})}
+
+    headline = "\n".join(tables.headline_section(data))
+    beyond = "\n".join(tables.beyond_headline_section(data))
+
+    assert "`mavae-5`" in headline and "`protonet-5`" in headline
+    assert "`mavae-15`" not in headline
+    assert "These rows share one budget" in headline
+    assert "| MA-VAE, the quick start's 15 minutes | `cpu-quick` (`mavae-15`) |" in beyond
+    assert "`mavae-5`" not in beyond
