@@ -654,21 +654,6 @@ class GaussianMemory(SlotMemory):
         return self._commit_batch_((mu, var), labels, merge_slots, creator_of)
 
     @torch.no_grad()
-    def append_(self, mu: torch.Tensor, var: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Write every item as a new entry, without a lookup: what `update_` does to items
-        whose label has no entry (none can merge), minus the search, which dominates a
-        write into a large memory.
-
-        Args: `mu`, `var` `(batch, dim)`; `labels` `(batch,)`.
-        Returns: `(batch,)` the slot each item was written to.
-        """
-        mu, var = self._as_writes(mu, var)
-        labels = self._as_labels(labels, len(mu))
-        creator_of = torch.arange(len(labels), device=labels.device)
-        merge_slots = torch.full_like(creator_of, NOT_FOUND)
-        return self._commit_batch_((mu, var), labels, merge_slots, creator_of)
-
-    @torch.no_grad()
     def write_support_(
         self, mu: torch.Tensor, var: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
