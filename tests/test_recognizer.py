@@ -123,9 +123,10 @@ def test_in_order_batch_equals_one_item_at_a_time(seed: int, candidates: int,
     """The batched enrollment against the rule applied image by image: same slots and
     the same buffers bit for bit. The batch mixes new and known labels, repeats, examples
     of a new label that land near another label's entry created earlier in the same
-    batch (confused: an entry of their own), and (with one candidate per item) items
-    whose candidates the batch already changed."""
+    batch (confused: an entry of their own), and (with one candidate per item, in
+    passes of seven) items whose candidates the batch already changed."""
     monkeypatch.setattr(memory_in_order, "_CANDIDATES", candidates)
+    monkeypatch.setattr(memory_in_order, "_CHUNK", 7 if candidates == 1 else 1024)
     generator = torch.Generator().manual_seed(seed)
     dim = 6
     centres = 3 * torch.randn(5, dim, generator=generator)

@@ -9,12 +9,13 @@ entry may be the one its predecessor in the batch just created or moved.
 keys bit for bit, labels, counts, ages and slots), while the expensive part, the search
 over every entry, runs once for the whole batch:
 
-1. One certified search finds each item's `_CANDIDATES` nearest entries before the batch
+1. One certified search finds each item's nearest entry before the batch
    (items of a label the memory does not hold yet skip it when they are the label's
    first: they create an entry whatever their nearest).
-2. A loop in batch order takes, for each item, the nearest of (a) its first candidate
-   that no earlier item of the batch changed and (b) the entries the batch changed so
-   far, by the exact float64 divergence the search itself ranks by, then merges into it
+2. A loop in batch order takes, for each item, the nearest of (a) that entry, or where
+   an earlier item of the batch changed it, the nearest unchanged entry by brute force,
+   and (b) the entries the batch changed so far, by the exact float64 divergence the
+   search itself ranks by, then merges into it
    (same label) or creates an entry in the lowest empty slot, on a small copy of the
    changed rows, with the memory's own merge.
 3. The changed rows, counts and ages are written back at once.
@@ -31,10 +32,14 @@ import torch
 from gaussmem.gaussian import clamp_variance, merge_running_, symmetric_kl_diag
 from gaussmem.memory import NOT_FOUND, GaussianMemory
 
-#: Nearest entries per item found before the batch; an item whose every candidate was
-#: changed by earlier items of the batch (rare: a batch of many close examples of one
-#: label) is compared with every unchanged entry instead.
-_CANDIDATES = 8
+#: Nearest entries per item found before the batch, certified exact; an item whose every
+#: candidate was changed by earlier items of the batch (a label's second example in one
+#: batch) is compared with every unchanged entry instead. One: certifying the first few
+#: made the search re-run in float64 whenever near-duplicate entries crowd the gallery.
+_CANDIDATES = 1
+#: Items per pass: each item is compared with every entry its pass changed before it,
+#: which grows with the square of the pass; passes in sequence keep the rule's order.
+_CHUNK = 1024
 
 
 @torch.no_grad()
@@ -47,6 +52,11 @@ def update_in_order_(memory: GaussianMemory, mu: torch.Tensor, var: torch.Tensor
     """
     mu, var = memory._as_writes(mu, var)
     labels = memory._as_labels(labels, len(mu))
+    if len(labels) > _CHUNK:
+        return torch.cat([update_in_order_(memory, mu[start:start + _CHUNK],
+                                           var[start:start + _CHUNK],
+                                           labels[start:start + _CHUNK])
+                          for start in range(0, len(labels), _CHUNK)])
     n_items = len(labels)
     empty_slots = (~memory.valid).nonzero()[:, 0]
     if n_items > len(empty_slots):
@@ -56,14 +66,20 @@ def update_in_order_(memory: GaussianMemory, mu: torch.Tensor, var: torch.Tensor
     batch = _ChangedRows(memory, n_items)
     item_mu, item_var = mu.double(), var.double()
     label_list = labels.tolist()
+    # Labels with an entry: an item of any other label creates one, whatever its nearest.
+    held = set(torch.unique(memory.labels[memory.valid]).tolist())
     targets = []
     for item in range(n_items):
-        slot = _nearest_slot(memory, batch, candidates, divergences, item_mu, item_var, item)
+        slot = NOT_FOUND
+        if label_list[item] in held:
+            slot = _nearest_slot(memory, batch, candidates, divergences, item_mu, item_var,
+                                 item)
         if slot != NOT_FOUND and batch.label_of(slot) == label_list[item]:
             batch.merge(slot, mu[item], var[item])
         else:
             slot = int(empty_slots[batch.n_created])
             batch.create(slot, mu[item], var[item], label_list[item])
+            held.add(label_list[item])
         batch.touch(slot, item)
         targets.append(slot)
     batch.write_back()
