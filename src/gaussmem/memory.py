@@ -59,13 +59,6 @@ DEFAULT_MAX_BLOCK_ELEMENTS = 2**26
 #: Fewest queries per block before entries are split instead: each query block re-reads
 #: every entry's key, so tiny query blocks turn the GEMM into a memory-bound scan.
 _MIN_QUERY_BLOCK = 256
-#: Score-block elements on the CPU (4 MiB of float32): a block that stays in cache between
-#: the GEMM that writes it and the selection that reads it. A (200, 1e6) search in blocks
-#: of a few hundred MiB ran the GEMM at half its in-cache speed, streaming every score
-#: through memory twice.
-_CPU_BLOCK_ELEMENTS = 2**20
-#: Fewest slots per CPU block, so a large query block still gets GEMM-sized slot blocks.
-_MIN_CPU_SLOT_BLOCK = 1024
 #: Columns per group in `_smallest`'s two-stage selection.
 _SELECTION_GROUP = 32
 
@@ -240,9 +233,6 @@ class SlotMemory(nn.Module):
         query_rows = min(n_queries, max(1, budget // max(1, n_slots)))
         query_rows = max(query_rows, min(n_queries, _MIN_QUERY_BLOCK, budget))
         slot_rows = min(n_slots, max(1, budget // max(1, query_rows)))
-        if self.valid.device.type == "cpu":
-            cache_rows = max(_MIN_CPU_SLOT_BLOCK, _CPU_BLOCK_ELEMENTS // max(1, query_rows))
-            slot_rows = min(slot_rows, cache_rows)
         return max(1, query_rows), max(1, slot_rows)
 
     def _occupied_extent(self) -> int:
