@@ -1,4 +1,4 @@
-"""Training throughput with and without `gaussmem.allocator.keep_freed_memory()`.
+"""Training throughput with and without `gaussmem.plumbing.allocator.keep_freed_memory()`.
 
     python benchmarks/allocator_speed.py [--presets cpu-quick protonet-cpu matching-cpu]
         [--repeats 3] [--steps 150] [--json results/speed/allocator_speed.json]
@@ -13,27 +13,25 @@ Reports the median images/s per setting and the ratio on/off.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from gaussmem.plumbing.hardware import describe_hardware
+from gaussmem.plumbing.script_record import provenance, write_json
 
-from gaussmem.atomic import write_text_atomic  # noqa: E402
-from gaussmem.hardware import command_line, describe_hardware  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def child(setting: str, preset_name: str, steps: int) -> float:
     """Images/s of `steps` training steps of `preset_name` in this process."""
     import numpy as np
 
-    from gaussmem.allocator import keep_freed_memory
-    from gaussmem.config import preset
     from gaussmem.data.class_images import ClassImageSet
+    from gaussmem.plumbing.allocator import keep_freed_memory
+    from gaussmem.presets import preset
     from gaussmem.train import build_trainer, train_step
 
     if setting == "on" and not keep_freed_memory():
@@ -81,9 +79,9 @@ def main() -> int:
                      "ratio_on_to_off": medians["on"] / medians["off"]})
         print(f"{name}: off {medians['off']:.0f} img/s, on {medians['on']:.0f} img/s, "
               f"x{rows[-1]['ratio_on_to_off']:.2f}")
-    report = {"command": command_line(), "steps": args.steps, "repeats": args.repeats,
-              "seed": 0, "hardware": hardware, "results": rows}
-    write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
+    report = {**provenance(hardware), "steps": args.steps, "repeats": args.repeats,
+              "seed": 0, "results": rows}
+    write_json(args.json, report)
     return 0
 
 

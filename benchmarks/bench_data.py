@@ -17,11 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from gaussmem.atomic import write_text_atomic
 from gaussmem.data.episodes import EpisodeSampler
 from gaussmem.data.omniglot import load_omniglot, load_omniglot_characters
-from gaussmem.hardware import command_line, describe_hardware
-from gaussmem.settings import resolve_data_dir
+from gaussmem.plumbing.script_record import provenance, write_json
+from gaussmem.plumbing.settings import resolve_data_dir
 
 
 def timed(action) -> float:
@@ -62,8 +61,7 @@ def main() -> None:
 
     sampling = [timed(sample_all) for _ in range(args.repeats)]
     result = {
-        "command": command_line(),
-        "hardware": describe_hardware(),
+        **provenance(),
         "seed": args.seed,
         "repeats": args.repeats,
         "cold_cache_build_s": round(cold_seconds, 3),
@@ -75,7 +73,7 @@ def main() -> None:
                      "per_episode_median_ms": round(1e3 * statistics.median(sampling)
                                                     / args.episodes, 4)},
     }
-    write_text_atomic(args.out, json.dumps(result, indent=1) + "\n")
+    write_json(args.out, result, indent=1)
     print(json.dumps(result, indent=1))
 
 

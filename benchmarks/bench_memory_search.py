@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import statistics
 import sys
@@ -29,10 +28,10 @@ from pathlib import Path
 
 import torch
 
-from gaussmem.atomic import write_text_atomic
 from gaussmem.gaussian import symmetric_kl_diag
-from gaussmem.hardware import command_line, describe_hardware
 from gaussmem.memory import GaussianMemory
+from gaussmem.plumbing.hardware import describe_hardware
+from gaussmem.plumbing.script_record import provenance, write_json
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -269,20 +268,19 @@ def main(argv: list[str] | None = None) -> None:
     info["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     report = {
         "benchmark": "exact top-1 symmetric-KL search, GaussianMemory",
-        "command": command_line(),
+        **provenance(info),
         "seed": args.seed,
         "queries": args.queries,
         "dim": args.dim,
         "repeats": args.repeats,
         "statistic": "median seconds over repeats after one warm-up",
         "gflops_definition": "2 * queries * 4 * dim * entries / seconds (naive: equivalent)",
-        "hardware": info,
         "results": results,
         "not_run": [
             {"entries": 1e7, "device": "GPU", "reason": "no GPU was available in this session"}
         ],
     }
-    write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
+    write_json(args.out, report)
     print(markdown_table(results))
 
 

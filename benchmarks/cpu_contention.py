@@ -15,7 +15,6 @@ when other tasks are running on the CPU as it starts.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -27,15 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from gaussmem.data.class_images import ClassImageSet
+from gaussmem.plumbing.allocator import keep_freed_memory
+from gaussmem.plumbing.script_record import provenance, write_json
+from gaussmem.presets import resolve
+from gaussmem.train import build_trainer, train_step
 
-from gaussmem.allocator import keep_freed_memory  # noqa: E402
-from gaussmem.atomic import write_text_atomic  # noqa: E402
-from gaussmem.config import resolve  # noqa: E402
-from gaussmem.data.class_images import ClassImageSet  # noqa: E402
-from gaussmem.hardware import describe_hardware  # noqa: E402
-from gaussmem.train import build_trainer, train_step  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 MEMORY_CALLS = ("nearest_with_label", "nearest_with_other_label", "update_")
 
@@ -102,8 +99,7 @@ def main() -> int:
     dataset = ClassImageSet(rng.integers(0, 256, (600, 20, 28, 28), dtype=np.uint8),
                             [str(i) for i in range(600)], "random")
     keep_freed_memory()  # as `gaussmem train` does
-    report: dict[str, Any] = {"command": " ".join(["python", *sys.argv]),
-                              "hardware": describe_hardware(), "cores": cores,
+    report: dict[str, Any] = {**provenance(), "cores": cores,
                               "steps": args.steps, "conditions": []}
     for competing in (False, True):
         competitor = (subprocess.Popen([sys.executable, "-c", competitor_code(cores)])
@@ -125,7 +121,7 @@ def main() -> int:
                 competitor.kill()
                 competitor.wait()
     if args.json:
-        write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
+        write_json(args.json, report)
     return 0
 
 

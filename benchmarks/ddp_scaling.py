@@ -29,9 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gaussmem.atomic import write_text_atomic
-from gaussmem.hardware import command_line, describe_hardware
 from gaussmem.metrics_log import read_metrics
+from gaussmem.plumbing.script_record import provenance, write_json
 
 LOG_EVERY = 10
 
@@ -91,8 +90,7 @@ def main() -> None:
     single, parallel = runs
     speedup = parallel["images_per_second_median"] / single["images_per_second_median"]
     report = {
-        "benchmark": "ddp_scaling", "command": command_line(), "seed": args.seed,
-        "hardware": describe_hardware(), "preset": "cpu-quick",
+        "benchmark": "ddp_scaling", **provenance(), "seed": args.seed, "preset": "cpu-quick",
         "global_batch": {"classes_per_step": args.n_way * args.global_episodes,
                          "drawings_per_class": 2, "steps": args.steps},
         "threads_per_process": 1, "runs": runs, "speedup": speedup, "target_speedup": 1.8,
@@ -102,7 +100,7 @@ def main() -> None:
                  "(images/s per GPU with and without DDP, time to 97%) were not taken: "
                  "no GPU was available.",
     }
-    write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
+    write_json(args.json, report)
     print(json.dumps({"speedup": round(speedup, 3),
                       "val_accuracy": [run["val_accuracy"] for run in runs],
                       "val_ci95": [run["val_ci95"] for run in runs]}))

@@ -35,9 +35,8 @@ from typing import Any
 
 import torch
 
-from gaussmem.atomic import write_text_atomic
-from gaussmem.hardware import command_line, describe_hardware
 from gaussmem.memory import GaussianMemory
+from gaussmem.plumbing.script_record import provenance, write_json
 from gaussmem.search_faiss import LiftedGaussianIndex
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -172,17 +171,16 @@ def main(argv: list[str] | None = None) -> int:
     ivf = time_ivf(args, *gallery, *queries, truth, exact_s)
     report: dict[str, Any] = {
         "benchmark": "gallery search by symmetric KL: FAISS over the lift vs exact torch",
-        "command": command_line(), "seed": args.seed, "entries": entries,
+        **provenance(), "seed": args.seed, "entries": entries,
         "families": int(args.families), "dim": args.dim, "queries": args.queries,
         "repeats": args.repeats, "threads": args.threads, "candidates": args.candidates,
         "statistic": "median seconds over repeats after one warm-up", "targets": TARGETS,
-        "hardware": describe_hardware(),
         "load_average_1min_at_start": load_at_start,
         "load_average_1min_at_end": os.getloadavg()[0],
         "exact": {"median_s": exact_s, "queries_per_s": args.queries / exact_s},
         "flat_ip": flat, "ivf": ivf,
     }
-    write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
+    write_json(args.out, report)
     print(f"wrote {args.out}")
     return 0
 

@@ -31,10 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gaussmem.atomic import write_text_atomic
 from gaussmem.checkpoint import file_sha256
 from gaussmem.data.omniglot import load_omniglot, omniglot_dir
-from gaussmem.hardware import command_line, describe_hardware
+from gaussmem.plumbing.script_record import provenance, write_json
 from gaussmem.recognizer import Recognizer
 
 
@@ -100,10 +99,9 @@ def main() -> int:
         "seed": args.seed,
         "load_average_1min_at_start": load_at_start,
         "load_average_1min_at_end": os.getloadavg()[0],
-        "hardware": describe_hardware(),
-        "command": command_line(),
+        **provenance(),
     }
-    write_text_atomic(Path(args.json), json.dumps(document, indent=2) + "\n")
+    write_json(args.json, document)
     print(json.dumps(timings, indent=2))
     return 0
 

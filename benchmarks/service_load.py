@@ -42,11 +42,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from gaussmem.atomic import write_text_atomic
 from gaussmem.checkpoint import file_sha256
-from gaussmem.config import preset
 from gaussmem.data.class_images import ClassImageSet
-from gaussmem.hardware import command_line, describe_hardware
+from gaussmem.plumbing.script_record import provenance, write_json
+from gaussmem.presets import preset
 from gaussmem.recognizer import Recognizer
 from gaussmem.train import train
 
@@ -240,9 +239,8 @@ def main() -> None:
     expected = before | set(tally.enrolled)
     result = {
         "benchmark": "service_load",
-        "command": command_line(),
+        **provenance(),
         "seed": args.seed,
-        "hardware": describe_hardware(),
         "checkpoint": ({"path": str(args.checkpoint), "sha256": file_sha256(args.checkpoint)}
                        if args.checkpoint else "smoke preset trained on synthetic drawings"),
         "settings": {"entries": args.entries, "clients": args.clients,
@@ -260,7 +258,7 @@ def main() -> None:
             "missing": sorted(expected - set(after))[:10],
             "unexpected": sorted(set(after) - expected)[:10]},
     }
-    write_text_atomic(args.json, json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
     print(json.dumps({key: result[key] for key in ("recognize", "enroll", "after_restart")},
                      indent=2))
     print(f"wrote {args.json}")

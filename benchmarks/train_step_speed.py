@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -30,17 +29,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from gaussmem.data.class_images import ClassImageSet
+from gaussmem.methods.mavae import MemoryAugmentedVAE
+from gaussmem.plumbing.allocator import keep_freed_memory
+from gaussmem.plumbing.cuda_graphs import WARMUP_STEPS
+from gaussmem.plumbing.script_record import provenance, write_json
+from gaussmem.presets import resolve
+from gaussmem.train import Trainer, build_trainer, train_step
 
-from gaussmem.allocator import keep_freed_memory  # noqa: E402
-from gaussmem.atomic import write_text_atomic  # noqa: E402
-from gaussmem.config import resolve  # noqa: E402
-from gaussmem.cuda_graphs import WARMUP_STEPS  # noqa: E402
-from gaussmem.data.class_images import ClassImageSet  # noqa: E402
-from gaussmem.hardware import describe_hardware  # noqa: E402
-from gaussmem.methods.mavae import MemoryAugmentedVAE  # noqa: E402
-from gaussmem.train import Trainer, build_trainer, train_step  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -167,7 +164,7 @@ def main() -> int:
     dataset = ClassImageSet(rng.integers(0, 256, (n_classes, 20, 28, 28), dtype=np.uint8),
                             [str(i) for i in range(n_classes)], "random")
     keep_freed_memory()  # as `gaussmem train` does
-    report = {"command": " ".join(["python", *sys.argv]), "hardware": describe_hardware(),
+    report = {**provenance(),
               "warmup_steps": WARMUP_STEPS + 2,
               "training": [*(time_training(name, overrides, args.steps, dataset,
                                            device=args.device, classes=size)
@@ -178,10 +175,9 @@ def main() -> int:
                              for size in sizes)],
               "embedding": [time_embedding(size, dataset, args.device)
                             for size in (64, 128, 256, 512)]}
-    text = json.dumps(report, indent=2)
-    print(text)
+    print(json.dumps(report, indent=2))
     if args.json:
-        write_text_atomic(args.json, text + "\n")
+        write_json(args.json, report)
     return 0
 
 

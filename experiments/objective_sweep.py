@@ -30,14 +30,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gaussmem.atomic import write_text_atomic
-from gaussmem.hardware import command_line, describe_hardware
+from gaussmem.plumbing.script_record import merge_by_identity, provenance, read_json, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: Variant name -> `--set` overrides. c1 = loss.triplet, c2 = loss.latent (z_c's KL),
-#: loss.latent_style = z_s's KL, c3 = loss.generative; all in nats per image.
-VARIANTS: dict[str, list[str]] = {
+#: The network the first objectives were chosen on: the Conv4 trunk's four
+#: blocks and a decoder with BatchNorm (pinned, so a variant keeps its meaning when the
+#: preset's architecture changes).
+FIRST_ARCHITECTURE = ["model.n_blocks=4", "model.decoder_norm=batch"]
+#: Three trunk blocks (a 3x3 map into the heads keeps where the strokes are) and a
+#: GroupNorm decoder (it decodes posterior means at evaluation as it decoded samples in
+#: training).
+TRUNK3_GROUPNORM = ["model.n_blocks=3", "model.decoder_norm=group"]
+
+#: Objective name -> loss `--set` overrides. c1 = loss.triplet, c2 = loss.latent (z_c's
+#: KL), loss.latent_style = z_s's KL, c3 = loss.generative; all in nats per image.
+OBJECTIVES: dict[str, list[str]] = {
     "c1-300": ["loss.triplet=300", "loss.latent=1", "loss.latent_style=none"],
     "c1-1000": ["loss.triplet=1000", "loss.latent=1", "loss.latent_style=none"],
     "c1-100-style4": ["loss.triplet=100", "loss.latent=1", "loss.latent_style=4"],
@@ -62,6 +70,18 @@ VARIANTS: dict[str, list[str]] = {
     # The reference row: the same network trained as a plain VAE (ELBO only).
     "plain-vae": ["loss.triplet=0", "loss.latent=1", "loss.latent_style=none",
                   "loss.generative_cross=0"],
+}
+
+#: Variant name -> `--set` overrides: every objective on the first network, then the
+#: chosen objective on three trunk blocks with the decoder's BatchNorm and with
+#: GroupNorm, and the plain VAE on that network (the reference row).
+VARIANTS: dict[str, list[str]] = {
+    **{name: [*FIRST_ARCHITECTURE, *weights] for name, weights in OBJECTIVES.items()},
+    "c1-300-style4-T16-trunk3": ["model.n_blocks=3", "model.decoder_norm=batch",
+                                 *OBJECTIVES["c1-300-style4-T16"]],
+    "c1-300-style4-T16-trunk3-groupnorm": [*TRUNK3_GROUPNORM,
+                                           *OBJECTIVES["c1-300-style4-T16"]],
+    "plain-vae-trunk3-groupnorm": [*TRUNK3_GROUPNORM, *OBJECTIVES["plain-vae"]],
 }
 
 #: Recognition cells scored on validation: (n_way, n_shot).
@@ -111,6 +131,13 @@ def score_variant(run_dir: Path, checkpoint: Path, judge: Path) -> dict[str, Any
     return scores
 
 
+def identity(record: dict[str, Any]) -> tuple[object, ...]:
+    """What makes a record: a rerun of the same variant, base, steps and seed replaces it
+    (records from before base overrides existed had none)."""
+    return (record["variant"], record["preset"], tuple(record.get("base_overrides", [])),
+            record["steps"], record["seed"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--judge", required=True, type=Path,
@@ -125,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path,
                         default=ROOT / "results" / "objective" / "sweep.json")
     args = parser.parse_args(argv)
-    records = json.loads(args.json.read_text())["records"] if args.json.is_file() else []
+    records = (read_json(args.json) or {"records": []})["records"]
     for name in args.only or list(VARIANTS):
         shape = "".join(f"-{override}" for override in args.base_set)
         run_dir = args.runs / (f"{args.preset}{shape}-{args.steps}steps-{name}"
@@ -135,14 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         record = {"variant": name, "preset": args.preset, "base_overrides": args.base_set,
                   "overrides": VARIANTS[name], "steps": args.steps, "seed": args.seed,
                   "split": "val", **score_variant(run_dir, checkpoint, args.judge)}
-        identity = (name, args.preset, args.base_set, args.steps, args.seed)
-        records = [old for old in records
-                   if (old["variant"], old["preset"], old.get("base_overrides", []),
-                       old["steps"], old["seed"]) != identity] + [record]
-        write_text_atomic(args.json, json.dumps(
-            {"experiment": "objective_sweep", "command": command_line(),
-             "hardware": describe_hardware(), "judge": str(args.judge),
-             "records": records}, indent=2) + "\n")
+        records = merge_by_identity(records, record, identity)
+        write_json(args.json, {"experiment": "objective_sweep", **provenance(),
+                               "judge": str(args.judge), "records": records})
     return 0
 
 

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gaussmem.atomic import write_text_atomic
+from gaussmem.plumbing.atomic import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,17 +35,19 @@ def table(records: list[dict[str, Any]], hardware: str) -> str:
         "|pixel change| when z_c (content) or z_s (style) is taken from another image. "
         "Generation: percent of drawings sampled from a one-shot memory entry that the "
         "judge assigns to their source class, 20-way (chance 5%), with the judge's "
-        "accuracy on real drawings.",
+        "accuracy on real drawings and on the reconstructions of the stored examples "
+        "(generations can be no crisper than those; - where not measured).",
         "",
         "| variant | steps | seed | overrides | 20w1s | 5w1s | recon ratio | swap z_c | "
-        "swap z_s | generation | judge on real |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "swap z_s | generation | judge on real | judge on reconstructions |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for record in records:
         accuracy = record["accuracy"]
         generation = record.get("generation") or {}
         generated = generation.get("generated", {})
         real = generation.get("real_images", {})
+        reconstructed = generation.get("reconstructions", {})
         swap = record["decoder_sensitivity"]
         cells = [
             record["variant"], str(record["steps"]), str(record["seed"]),
@@ -57,6 +59,7 @@ def table(records: list[dict[str, Any]], hardware: str) -> str:
             f"{swap['content_swap']:.4f}", f"{swap['style_swap']:.4f}",
             f"{generated['mean']:.1f} ± {generated['ci95']:.1f}" if generated else "-",
             f"{real['mean']:.1f}" if real else "-",
+            f"{reconstructed['mean']:.1f}" if reconstructed else "-",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gaussmem.atomic import write_text_atomic
 from gaussmem.data.lfw import PAPER_TEST_PEOPLE, people_counts, split_people
+from gaussmem.plumbing.atomic import write_text_atomic
 
 OUT = Path(__file__).resolve().parent.parent / "src" / "gaussmem" / "data" / "splits" / "lfw"
 

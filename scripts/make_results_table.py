@@ -4,7 +4,7 @@ results/lfw.md (every run in detail) from the result JSON files in results/.
     python scripts/make_results_table.py [--results results]
 
 Reads every run's records under `results/<dataset>/<run>/` (written by
-benchmarks/train_cpu_quick.py: a training record and one `gaussmem evaluate` report per
+experiments/train_cpu_quick.py: a training record and one `gaussmem evaluate` report per
 cell, each with the run's identity under "run"), and lays them out as
 the paper's tables, grouped by method (the figure its paper reports, then our runs of
 it, each cell mean ± 95% CI with its episode count, and each row's budget and
@@ -19,15 +19,15 @@ import argparse
 import functools
 import json
 import statistics
-import sys
 from collections import defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from gaussmem.config import TrainConfig, from_dict, to_dict
+from gaussmem.errors import ConfigError
+from gaussmem.plumbing.atomic import write_text_atomic
+from gaussmem.presets import preset
 
-from gaussmem.atomic import write_text_atomic  # noqa: E402
-from gaussmem.config import ConfigError, TrainConfig, from_dict, preset, to_dict  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 TABLE1 = [(5, 1), (5, 5), (20, 1), (20, 5)]
 TABLE2 = [(100, 1), (100, 5), (400, 1), (400, 5)]
@@ -159,6 +159,11 @@ def our_row(tag: str, cells: dict[tuple[int, int], dict], layout: list[tuple[int
             + f" | {budget(tag, cells, training)} |")
 
 
+def cpu_cores(hardware: dict) -> object:
+    """The record's CPU cores (`cores` in records written before the one hardware schema)."""
+    return hardware.get("cpu_cores", hardware.get("cores", "?"))
+
+
 def budget(tag: str, cells: dict[tuple[int, int], dict], training: dict | None) -> str:
     any_cell = next(iter(cells.values()))
     # The training record names the training threads; a cell's, its evaluation's.
@@ -166,7 +171,7 @@ def budget(tag: str, cells: dict[tuple[int, int], dict], training: dict | None) 
     if (training or {}).get("device", "cpu").startswith("cuda"):
         device = f"1 GPU ({hardware.get('gpu', '?')})"
     else:
-        device = (f"{hardware.get('cores', '?')}-core CPU ({hardware.get('cpu', '?')}), "
+        device = (f"{cpu_cores(hardware)}-core CPU ({hardware.get('cpu', '?')}), "
                   f"{counted(hardware.get('torch_threads', '?'), 'training thread')}")
     minutes = any_cell["checkpoint"]["train_minutes"]
     step = any_cell["checkpoint"]["step"]
@@ -483,7 +488,7 @@ def speed_section(training: dict[str, dict]) -> list[str]:
         if record.get("device", "cpu").startswith("cuda"):
             device = f"GPU ({hardware.get('gpu', '?')})"
         else:
-            device = f"{hardware.get('cores', '?')}-core CPU ({hardware.get('cpu', '?')})"
+            device = f"{cpu_cores(hardware)}-core CPU ({hardware.get('cpu', '?')})"
         lines.append(f"| `{tag}` | {device} | {episodes['n_way'] * episodes['batch_episodes']} "
                      f"| {record['images_per_second_overall']:,.0f} "
                      f"| {counted(record.get('concurrent_runs', 0), 'other run')} "

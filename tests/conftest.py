@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 
 from gaussmem.data.class_images import ClassImageSet
 from gaussmem.data.omniglot_source import OmniglotManifest
-from gaussmem.settings import CACHE_ENV_VAR, DATA_ENV_VAR
+from gaussmem.plumbing.settings import CACHE_ENV_VAR, DATA_ENV_VAR
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from conftest import synthetic_set
-from gaussmem.config import AugmentConfig, ConfigError, resolve
+from gaussmem.config import AugmentConfig
 from gaussmem.data.augmentation import RandomAffine, distort
-from gaussmem.data.training_sampler import TrainingError
+from gaussmem.errors import ConfigError, TrainingError
 from gaussmem.methods.mavae_training import MAVAETraining
+from gaussmem.presets import resolve
 
 
 def _blob_images(n: int = 3, side: int = 28) -> torch.Tensor:
@@ -122,6 +123,6 @@ def test_bad_bounds_are_refused(override: str, message: str) -> None:
 
 
 def test_baselines_refuse_distortions() -> None:
-    with pytest.raises(ConfigError, match="MA-VAE only"):
+    with pytest.raises(ConfigError, match="augment.* is not implemented for method"):
         resolve("protonet-cpu", overrides=["augment.max_shift=0.1"])
     assert math.isclose(resolve("smoke").augment.max_shift, 0.0)

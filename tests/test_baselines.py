@@ -17,7 +17,6 @@ import torch.nn.functional as F
 
 from conftest import synthetic_set
 from gaussmem.checkpoint import load_checkpoint
-from gaussmem.config import preset, resolve
 from gaussmem.data.training_sampler import StreamSampler
 from gaussmem.evaluate import evaluate_checkpoint, evaluate_online, evaluate_support_query
 from gaussmem.methods import available_methods, method_class, training_class
@@ -26,6 +25,7 @@ from gaussmem.methods.matching import MatchingNetwork, MatchingNetworkClassifier
 from gaussmem.methods.protonet import PrototypicalNetwork, prototypical_loss
 from gaussmem.metrics_log import read_metrics
 from gaussmem.models.encoders import Conv4Backbone
+from gaussmem.presets import preset, resolve
 from gaussmem.train import LAST_CHECKPOINT, build_trainer, train, train_step
 
 BASELINES = ("protonet", "matching", "kaiser")

@@ -23,12 +23,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import synthetic_set
-from gaussmem.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
+from gaussmem.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from gaussmem.cli import main
-from gaussmem.config import resolve
-from gaussmem.errors import GaussmemError
+from gaussmem.errors import CheckpointError, GaussmemError
 from gaussmem.evaluate import evaluate_checkpoint
-from gaussmem.seeding import set_global_rng_state
+from gaussmem.plumbing.seeding import set_global_rng_state
+from gaussmem.presets import resolve
 from gaussmem.train import LAST_CHECKPOINT, build_trainer, checkpoint_dict, train, train_step
 
 SOURCE = Path(__file__).resolve().parents[1] / "src"
@@ -252,7 +252,7 @@ def small_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     optimizer = torch.optim.Adam(model.parameters())
     model(torch.ones(1, 3)).sum().backward()
     optimizer.step()
-    from gaussmem.seeding import global_rng_state
+    from gaussmem.plumbing.seeding import global_rng_state
 
     sampler = np.random.Generator(np.random.PCG64(5)).bit_generator.state
     path = tmp_path_factory.mktemp("small") / "small.ckpt"
@@ -326,7 +326,7 @@ import sys, time
 from pathlib import Path
 import gaussmem.checkpoint as checkpoint
 from conftest import synthetic_set
-from gaussmem.config import resolve
+from gaussmem.presets import resolve
 from gaussmem.train import train
 
 run_dir, ready = Path(sys.argv[1]), Path(sys.argv[2])

@@ -117,9 +117,9 @@ def test_evaluate_refuses_a_shot_count_that_leaves_no_query(tmp_path: Path) -> N
     """With --n-query left to its default, 20 shots of Omniglot's 20 drawings left no
     query: the evaluation ran and reported nan%."""
     from conftest import synthetic_set
-    from gaussmem.config import preset
     from gaussmem.errors import EpisodeError
     from gaussmem.evaluate import evaluate_checkpoint
+    from gaussmem.presets import preset
     from gaussmem.train import LAST_CHECKPOINT, train
 
     dataset = synthetic_set()

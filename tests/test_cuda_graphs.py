@@ -17,16 +17,17 @@ from torch import nn
 
 from conftest import synthetic_set
 from gaussmem.checkpoint import load_checkpoint
-from gaussmem.config import ConfigError, resolve
-from gaussmem.cuda_graphs import (
+from gaussmem.errors import ConfigError
+from gaussmem.losses import scaled_similarity
+from gaussmem.memory import GaussianMemory
+from gaussmem.plumbing.cuda_graphs import (
     CapturedStep,
     capturable_adam,
     make_capturable_,
     portable_optimizer_state,
     set_learning_rate,
 )
-from gaussmem.losses import scaled_similarity
-from gaussmem.memory import GaussianMemory
+from gaussmem.presets import resolve
 from gaussmem.train import LAST_CHECKPOINT, TrainingError, build_trainer, train
 
 CUDA = torch.device("cuda")

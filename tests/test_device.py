@@ -11,10 +11,11 @@ import gaussmem.evaluate as evaluate_module
 import gaussmem.methods.training as training_module
 from conftest import synthetic_set
 from gaussmem.checkpoint import load_checkpoint
-from gaussmem.config import ConfigError, resolve
-from gaussmem.device import DeviceError, check_device_name, resolve_device
+from gaussmem.errors import ConfigError, DeviceError
 from gaussmem.evaluate import evaluate_checkpoint
 from gaussmem.memory import GaussianMemory
+from gaussmem.plumbing.device import check_device_name, resolve_device
+from gaussmem.presets import resolve
 from gaussmem.train import LAST_CHECKPOINT, TrainingError, build_trainer, train
 
 CUDA = torch.device("cuda")

@@ -20,11 +20,11 @@ from safetensors.torch import load_file, save_file
 
 from conftest import synthetic_set
 from gaussmem.checkpoint import load_checkpoint
-from gaussmem.config import preset
 from gaussmem.distributed import Distributed, rank_seed
 from gaussmem.methods.mavae_training import MAVAETraining, forward_losses
 from gaussmem.metrics_log import read_metrics
 from gaussmem.models.vae import GaussianVAE
+from gaussmem.presets import preset
 from gaussmem.train import TrainingClassSampler, TrainingError, build_trainer, train_step
 
 WORLD_SIZE = 2

@@ -1,6 +1,6 @@
 """Test-time views (gaussmem.data.views), members scoring together
 (gaussmem.methods.combined, `gaussmem evaluate --checkpoint A B --shift-pixels ...`) and
-the diagnostic that compares them (benchmarks/ensemble_views.py)."""
+the diagnostic that compares them (experiments/ensemble_views.py)."""
 
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def test_view_sizes_are_checked() -> None:
 
 
 def test_combinations_name_their_members() -> None:
-    views = load_script("ensemble_views", "benchmarks")
+    views = load_script("ensemble_views", "experiments")
     both = views.combinations(["a", "b"], ["plain", "right1px", "rotate+10deg"])
     assert both["plain/a"] == [("a", "plain")]
     assert both["views/a"] == [("a", "plain"), ("a", "right1px"), ("a", "rotate+10deg")]
@@ -124,7 +124,7 @@ def test_combinations_name_their_members() -> None:
 
 
 def test_plain_matches_the_evaluation_and_a_copy_adds_nothing() -> None:
-    views = load_script("ensemble_views", "benchmarks")
+    views = load_script("ensemble_views", "experiments")
     dataset = noisy_set()
     shape = {"n_way": 5, "n_shot": 1, "episodes": 40, "seed": 2}
     classifier = NearestMean()
@@ -143,7 +143,7 @@ def test_plain_matches_the_evaluation_and_a_copy_adds_nothing() -> None:
 
 
 def test_run_names_and_bad_input() -> None:
-    views = load_script("ensemble_views", "benchmarks")
+    views = load_script("ensemble_views", "experiments")
     assert views.run_name(Path("runs/x/checkpoints/last.ckpt")) == "x"
     assert views.run_name(Path("runs/x/checkpoints/best.ckpt")) == "x-best"
     assert views.parse_cell("20w5s", 1000) == (20, 5, 1000)
@@ -157,7 +157,7 @@ def test_score_sum_scores_what_the_diagnostic_scores() -> None:
     """A `ScoreSum` of one classifier over three views, through the evaluation harness,
     equals the diagnostic's `views/<run>` on the same episodes; each member keeps its own
     state, so one object cannot serve two members."""
-    views = load_script("ensemble_views", "benchmarks")
+    views = load_script("ensemble_views", "experiments")
     dataset = noisy_set()
     maps = view_maps((28, 28), 1, 10.0)
     chosen = ["plain", "right1px", "rotate+10deg"]
@@ -212,7 +212,7 @@ def test_table_puts_validation_first_and_the_readme_shows_only_test() -> None:
     def report(split: str, plain: float, viewed: float) -> dict:
         def summary(mean: float) -> dict:
             return {"mean": mean, "ci95": 0.02, "episodes": 10000}
-        return {"command": f"python benchmarks/ensemble_views.py --split {split}",
+        return {"command": f"python experiments/ensemble_views.py --split {split}",
                 "split": split, "dataset": f"omniglot/vinyals/{split}", "seed": 0,
                 "checkpoints": {"run-a": {}}, "views": {"plain": [], "rotate+30deg": [],
                                                         "rotate-30deg": []},

@@ -1,4 +1,4 @@
-"""benchmarks/episode_errors.py: confusions sorted by kind, on a set where the only
+"""experiments/episode_errors.py: confusions sorted by kind, on a set where the only
 possible errors are between two rotations of a symmetric character."""
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def rotation_classes() -> ClassImageSet:
 
 
 def test_names_and_kinds() -> None:
-    errors = load_script("episode_errors", "benchmarks")
+    errors = load_script("episode_errors", "experiments")
     assert errors.character_and_rotation("Latin/character01/rot090") == (
         "Latin/character01", "rot090")
     assert errors.confusion_kind("A/character01/rot000", "A/character01/rot180") == (
@@ -57,7 +57,7 @@ def test_names_and_kinds() -> None:
 
 
 def test_self_overlap_is_one_for_a_symmetric_rotation_and_low_otherwise() -> None:
-    errors = load_script("episode_errors", "benchmarks")
+    errors = load_script("episode_errors", "experiments")
     dataset = rotation_classes()
     assert errors.rotation_self_overlap(dataset, 0, 2) == pytest.approx(1.0)
     assert errors.rotation_self_overlap(dataset, 0, 1) < 0.2
@@ -65,7 +65,7 @@ def test_self_overlap_is_one_for_a_symmetric_rotation_and_low_otherwise() -> Non
 
 
 def test_report_counts_only_rotation_confusions_and_matches_the_evaluation() -> None:
-    errors = load_script("episode_errors", "benchmarks")
+    errors = load_script("episode_errors", "experiments")
     dataset = rotation_classes()
     shape = {"n_way": 4, "n_shot": 1, "episodes": 60, "seed": 3}
     report = errors.confusion_report(PixelLookup(), dataset, **shape)

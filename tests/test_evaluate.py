@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from conftest import synthetic_set
+from gaussmem.accuracy import AccuracySummary
 from gaussmem.data.class_images import ClassImageSet
 from gaussmem.data.datasets import episode_sampler
 from gaussmem.embedding_cache import EmbeddingCache
 from gaussmem.errors import EpisodeError
 from gaussmem.evaluate import (
-    AccuracySummary,
     _showing_index,
     evaluate_checkpoint,
     evaluate_online,
@@ -231,14 +231,14 @@ def test_mavae_memory_grows_for_large_way() -> None:
 def test_registry() -> None:
     assert "mavae" in available_methods()
     assert method_class("mavae") is MemoryAugmentedVAE
-    from gaussmem.methods.registry import UnknownMethodError
+    from gaussmem.errors import UnknownMethodError
 
     with pytest.raises(UnknownMethodError, match="mavae"):
         method_class("protonet-typo")
 
 
 def _smoke_checkpoint(tmp_path: Path, dataset: ClassImageSet) -> Path:
-    from gaussmem.config import preset
+    from gaussmem.presets import preset
     from gaussmem.train import LAST_CHECKPOINT, train
 
     config = preset("smoke")
@@ -297,8 +297,10 @@ def test_cli_train_then_evaluate_twice(real_data_dir: Path, real_cache_dir: Path
                        check=True)
         report = json.loads(out.read_text())
         report["result"].pop("seconds")
-        # The command line names its own --json path; everything else must match.
+        # The command line names its own --json path, and the hardware record the
+        # machine's load at that moment; everything else must match.
         assert str(out) in report.pop("command")
+        assert report["hardware"].pop("load_average")
         outputs.append(report)
     assert outputs[0] == outputs[1]
     assert outputs[0]["split"] == "val" and outputs[0]["episodes"] == 3

@@ -1,4 +1,4 @@
-"""scripts/make_five_shot_table.py: each sweep row joined with its run's 10,000-episode
+"""experiments/make_five_shot_table.py: each sweep row joined with its run's 10,000-episode
 validation 5-way 5-shot file, found by the run directory's name."""
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ def sweep_row(variant: str, seed: int, device: str | None) -> dict:
 
 
 def test_run_names_match_the_tuning_benchmarks_run_directories() -> None:
-    table = load_script("make_five_shot_table")
-    tuning = load_script("mavae_tuning", "benchmarks")
+    table = load_script("make_five_shot_table", "experiments")
+    tuning = load_script("mavae_tuning", "experiments")
     budget = tuning.Budget(steps=2200)
     gpu = sweep_row("512classes-latent1-hidden128", 1, "NVIDIA H100 80GB HBM3")
     assert table.run_name(gpu) == (f"{budget.directory_prefix()}-gpu-"
@@ -32,7 +32,7 @@ def test_run_names_match_the_tuning_benchmarks_run_directories() -> None:
 
 def test_a_row_shows_its_five_shot_cell_or_says_it_was_not_measured(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    table = load_script("make_five_shot_table")
+    table = load_script("make_five_shot_table", "experiments")
     monkeypatch.setattr(table, "RESULTS", tmp_path)
     measured = sweep_row("measured", 0, "NVIDIA H100 80GB HBM3")
     missing = sweep_row("missing", 0, "NVIDIA H100 80GB HBM3")

@@ -14,10 +14,11 @@ from PIL import Image, ImageDraw
 from gaussmem import generative
 from gaussmem.checkpoint import save_checkpoint
 from gaussmem.cli import main
-from gaussmem.config import preset, to_dict
+from gaussmem.config import to_dict
 from gaussmem.data.class_images import ClassImageSet
 from gaussmem.losses import bernoulli_nll, latent_kl
 from gaussmem.models.vae import GaussianVAE
+from gaussmem.presets import preset
 
 IMAGE_SIZE = 28
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from gaussmem import __version__, hardware
-from gaussmem.hardware import busy_cpu_warning, code_version, describe_hardware
+from gaussmem import __version__
+from gaussmem.plumbing import hardware
+from gaussmem.plumbing.hardware import busy_cpu_warning, code_version, describe_hardware
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 
@@ -109,7 +110,7 @@ def test_gaussmem_train_warns_on_a_busy_cpu_only_when_it_trains_there(
     import torch
 
     from gaussmem.commands.train import _warn_if_the_cpu_is_busy
-    from gaussmem.config import resolve
+    from gaussmem.presets import resolve
 
     monkeypatch.setattr(hardware, "other_running_tasks", lambda: 2.0)
     monkeypatch.setattr("os.cpu_count", lambda: 2)

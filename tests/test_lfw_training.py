@@ -10,7 +10,6 @@ import pytest
 
 from conftest import synthetic_set
 from gaussmem.checkpoint import load_checkpoint
-from gaussmem.config import preset
 from gaussmem.data.datasets import default_n_query, episode_sampler, load_split
 from gaussmem.data.episodes import EpisodeSampler
 from gaussmem.data.grouped_images import GroupedEpisodeSampler, GroupedImageSet
@@ -19,6 +18,7 @@ from gaussmem.data.training_sampler import StreamSampler, TrainingClassSampler
 from gaussmem.errors import EpisodeError
 from gaussmem.evaluate import evaluate_checkpoint, evaluate_online
 from gaussmem.methods import classifier_from_checkpoint
+from gaussmem.presets import preset
 from gaussmem.train import LAST_CHECKPOINT, TrainingError, train
 
 METHODS = ("mavae", "protonet", "matching", "kaiser")

@@ -100,3 +100,46 @@ def test_decoder_output_size() -> None:
     assert decoder(torch.zeros(2, 5)).shape == (2, 1, 28, 28)
     with pytest.raises(ValueError, match="divisible"):
         DeconvDecoder(latent_dim=5, image_size=30)
+
+
+@pytest.mark.parametrize("norm", ["batch", "group", None])
+@pytest.mark.parametrize("refine_layers", [0, 2])
+def test_decoder_norms_and_refine_layers(norm: str | None, refine_layers: int) -> None:
+    decoder = DeconvDecoder(latent_dim=5, hidden_channels=8, norm=norm,
+                            refine_layers=refine_layers)
+    assert decoder(torch.randn(3, 5)).shape == (3, 1, 28, 28)
+    convs = [m for m in decoder.deconv if isinstance(m, torch.nn.Conv2d)]
+    # One set of refining convolutions at 7x7 and one at 14x14.
+    assert len(convs) == 2 * refine_layers
+    norms = [m for m in decoder.deconv if isinstance(m, (torch.nn.BatchNorm2d,
+                                                         torch.nn.GroupNorm))]
+    expected = {"batch": torch.nn.BatchNorm2d, "group": torch.nn.GroupNorm}.get(norm)
+    assert all(isinstance(m, expected) for m in norms) if expected else norms == []
+    assert len(norms) == (1 + refine_layers * 2 if expected else 0)
+
+
+def test_group_norm_decoder_decodes_the_same_in_training_and_evaluation() -> None:
+    """Posterior means (small spread) decoded after training on samples (large spread):
+    BatchNorm's running statistics rescale them at evaluation, GroupNorm does not."""
+    torch.manual_seed(0)
+    codes = 0.1 * torch.randn(16, 5)
+    for norm, same in (("group", True), ("batch", False)):
+        decoder = DeconvDecoder(latent_dim=5, hidden_channels=8, norm=norm, refine_layers=1)
+        decoder.train()
+        for _ in range(20):
+            decoder(torch.randn(64, 5))  # BatchNorm's running statistics, on samples
+        with torch.no_grad():
+            training = decoder(codes)
+            decoder.eval()
+            evaluation = decoder(codes)
+        assert torch.allclose(training, evaluation, atol=1e-5) is same
+
+
+def test_decoder_norm_is_checked() -> None:
+    with pytest.raises(ValueError, match="decoder_norm"):
+        tiny_config(decoder_norm="layer")
+    with pytest.raises(ValueError, match="decoder_refine_layers"):
+        tiny_config(decoder_refine_layers=-1)
+    # Older checkpoints' configs name neither: their decoder (BatchNorm, no refining
+    # convolutions) is what the defaults build.
+    assert GaussianVAE(tiny_config()).decoder.deconv[1].__class__ is torch.nn.BatchNorm2d

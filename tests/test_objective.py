@@ -12,9 +12,9 @@ import torch
 
 from gaussmem import generative_report
 from gaussmem.checkpoint import load_checkpoint
-from gaussmem.config import preset
 from gaussmem.generative import Generation, decoder_sensitivity
 from gaussmem.methods import classifier_from_checkpoint
+from gaussmem.presets import preset
 from gaussmem.train import LAST_CHECKPOINT, train
 from test_generative import synthetic_classes
 
@@ -75,7 +75,7 @@ def test_generation_score_counts_drawings_judged_as_their_source(
         mavae_checkpoint: Path, strokes, judge, monkeypatch: pytest.MonkeyPatch) -> None:
     """Wiring check with a stand-in generator: drawings that are the stored examples
     themselves are all judged right; drawings of the next class are all judged wrong."""
-    from gaussmem.generative import vae_from_checkpoint
+    from gaussmem.generative import Reconstruction, vae_from_checkpoint
 
     vae, _ = vae_from_checkpoint(mavae_checkpoint)
 
@@ -96,6 +96,12 @@ def test_generation_score_counts_drawings_judged_as_their_source(
     assert other.generated.mean == 0.0
     # The judge's ceiling on real drawings does not depend on the generator.
     assert other.real_images.mean == same.real_images.mean > 100 / 6
+    # Perfect reconstructions (the stored examples themselves) are all judged right.
+    monkeypatch.setattr(generative_report, "reconstruct",
+                        lambda vae, images: Reconstruction(images, torch.zeros(len(images))))
+    exact = generative_report.generation_accuracy(vae, judge, strokes, n_way=6, episodes=4,
+                                                  samples_per_class=2)
+    assert exact.reconstructions.mean == 100.0
 
 
 def test_generative_report_command(mavae_checkpoint: Path, strokes, tmp_path: Path,

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from conftest import synthetic_set
-from gaussmem.config import BudgetConfig, ValidationConfig, preset
+from gaussmem.config import BudgetConfig, ValidationConfig
+from gaussmem.presets import preset
 from gaussmem.progress import format_left, time_left_seconds, validation_line
 from gaussmem.train import train
 
@@ -72,6 +74,20 @@ def test_the_train_command_ends_with_a_readable_summary(tmp_path: Path) -> None:
     assert f"checkpoint: {tmp_path / 'run' / 'checkpoints' / 'best.ckpt'}" in text
     assert f"summary:    {tmp_path / 'run' / 'summary.json'}" in text
     assert not text.lstrip().startswith("{")
+    assert "figures:" not in text  # the smoke preset writes none
+    figures = tmp_path / "run" / "figures"
+    assert f"figures:    {figures}" in summary_text(replace(result, figures=figures), config)
+
+
+def test_the_bar_shows_step_n_of_the_budget_and_the_time_left(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dataset = synthetic_set()
+    config = preset("smoke")
+    train(config, tmp_path / "run", dataset, dataset, validation_lines=False)
+    bar = capsys.readouterr().err
+    steps = config.budget.max_steps
+    assert f"step 0/{steps} [" in bar and f"step {steps}/{steps} [" in bar
+    assert "left=00:00]" in bar
 
 
 def test_help_does_not_import_torch() -> None:
@@ -82,6 +98,10 @@ def test_help_does_not_import_torch() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "[]"
+    # The entry point a person types, every import it makes listed by -X importtime.
+    imports = subprocess.run([sys.executable, "-X", "importtime", "-m", "gaussmem", "--help"],
+                             capture_output=True, text=True, check=True).stderr
+    assert "gaussmem.cli" in imports and "torch" not in imports
 
 
 def test_evaluate_prints_its_headline_and_writes_json_only_when_asked(

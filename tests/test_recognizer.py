@@ -21,14 +21,15 @@ from PIL import Image
 
 from conftest import synthetic_set
 from gaussmem import memory_in_order
-from gaussmem.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from gaussmem.config import preset
+from gaussmem.checkpoint import load_checkpoint, save_checkpoint
 from gaussmem.data.datasets import load_split
-from gaussmem.gallery_file import MANIFEST_NAME, MEMORY_NAME, GalleryError
+from gaussmem.errors import CheckpointError, GalleryError, ImageError
+from gaussmem.gallery_file import MANIFEST_NAME, MEMORY_NAME
 from gaussmem.gallery_search import ExactSearch, nearest_labels
 from gaussmem.memory import GaussianMemory
 from gaussmem.memory_in_order import update_in_order_
-from gaussmem.preprocess import ImageError, ImagePreprocessing, is_dark_on_light, prepare_image
+from gaussmem.preprocess import ImagePreprocessing, is_dark_on_light, prepare_image
+from gaussmem.presets import preset
 from gaussmem.recognizer import Recognizer
 from gaussmem.train import train
 from gaussmem.unknown import calibrate_threshold

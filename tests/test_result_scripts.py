@@ -14,6 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_script(name: str, folder: str = "scripts") -> ModuleType:
+    """`folder/name.py` as a module, importing its sibling scripts as running it would
+    (Python puts a script's own folder first on its path)."""
+    if str(ROOT / folder) not in sys.path:
+        sys.path.insert(0, str(ROOT / folder))
     spec = importlib.util.spec_from_file_location(name, ROOT / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -107,7 +111,7 @@ def test_a_training_record_names_the_trainings_threads_not_its_drivers(tmp_path:
                                                                       ) -> None:
     import json
 
-    benchmark = load_script("train_cpu_quick", folder="benchmarks")
+    benchmark = load_script("train_cpu_quick", folder="experiments")
     (tmp_path / "config.json").write_text(json.dumps(
         {"num_threads": 1, "episodes": {"n_way": 5, "batch_episodes": 16,
                                         "images_per_class": 2}}))
@@ -125,7 +129,8 @@ def test_a_training_record_names_the_trainings_threads_not_its_drivers(tmp_path:
 def preset_record(name: str, steps: int, **changes: object) -> dict:
     """A training record of preset `name` after `steps` steps, with top-level or
     "section.field" settings changed."""
-    from gaussmem.config import preset, to_dict
+    from gaussmem.config import to_dict
+    from gaussmem.presets import preset
 
     config = to_dict(preset(name))
     for key, value in changes.items():
@@ -370,13 +375,13 @@ def test_generated_blocks_are_filled_in_whichever_page_holds_their_markers(
 
 
 def test_open_set_table_prints_the_json_figures_and_names_better_baselines() -> None:
-    script = load_script("open_set", "benchmarks")
+    script = load_script("open_set", "experiments")
 
     def entry(auroc: float) -> dict:
         summary = {"mean": auroc, "ci95": 1.25, "episodes": 600}
         return {"result": {"accuracy": summary, "auroc": summary, "fpr_at_95_tpr": summary}}
 
-    report = {"command": "python benchmarks/open_set.py", "episodes": 600, "seed": 0,
+    report = {"command": "python experiments/open_set.py", "episodes": 600, "seed": 0,
               "training_note": "4 min each",
               "settings": [{"dataset": "omniglot", "n_way": 5, "n_unknown": 5, "n_shot": 1,
                             "n_query": 15, "methods": {"mavae": entry(81.5),

@@ -20,9 +20,9 @@ import gaussmem.train
 from conftest import synthetic_set
 from gaussmem.checkpoint import load_checkpoint
 from gaussmem.cli import main
-from gaussmem.config import resolve
-from gaussmem.metrics_log import MetricsError, MetricsLog, read_metrics
-from gaussmem.run_dir import RunDirectoryError
+from gaussmem.errors import MetricsError, RunDirectoryError
+from gaussmem.metrics_log import MetricsLog, read_metrics
+from gaussmem.presets import resolve
 from gaussmem.train import LAST_CHECKPOINT, TrainingInterrupted, train
 
 BUDGET = ["budget.max_steps=8", "log_every=1"]

@@ -12,13 +12,8 @@ from gaussmem.gaussian import symmetric_kl_diag
 
 pytest.importorskip("faiss")
 
-from gaussmem.search_faiss import (
-    NOT_FOUND,
-    GallerySearchError,
-    LiftedGaussianIndex,
-    entry_vectors,
-    query_vectors,
-)
+from gaussmem.errors import GallerySearchError
+from gaussmem.search_faiss import NOT_FOUND, LiftedGaussianIndex, entry_vectors, query_vectors
 
 DIM = 8
 

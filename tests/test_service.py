@@ -22,8 +22,8 @@ import torch
 from PIL import Image
 
 from conftest import synthetic_set
-from gaussmem.config import preset
 from gaussmem.gallery_file import MANIFEST_NAME
+from gaussmem.presets import preset
 from gaussmem.recognizer import Recognizer
 from gaussmem.train import train
 
@@ -304,7 +304,7 @@ def test_concurrent_writes_are_all_saved(checkpoint: Path, tmp_path: Path) -> No
 
 
 def test_a_new_gallery_needs_a_checkpoint(tmp_path: Path) -> None:
-    from gaussmem.gallery_file import GalleryError
+    from gaussmem.errors import GalleryError
 
     with pytest.raises(GalleryError, match="--checkpoint"):
         ServedGallery.open(tmp_path / "new")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gaussmem.atomic import atomic_directory, atomic_path, write_text_atomic
-from gaussmem.settings import resolve_cache_dir, resolve_data_dir
+from gaussmem.plumbing.atomic import atomic_directory, atomic_path, write_text_atomic
+from gaussmem.plumbing.settings import resolve_cache_dir, resolve_data_dir
 
 
 def test_flag_beats_environment_beats_default(tmp_path: Path,
@@ -51,7 +51,7 @@ def test_atomic_directory_replaces_a_stale_one(tmp_path: Path) -> None:
 def test_keep_freed_memory_applies_on_glibc_and_is_repeatable() -> None:
     import platform
 
-    from gaussmem.allocator import keep_freed_memory
+    from gaussmem.plumbing.allocator import keep_freed_memory
 
     glibc = platform.libc_ver()[0] == "glibc"
     assert keep_freed_memory() is glibc

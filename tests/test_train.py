@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from conftest import synthetic_set
-from gaussmem.checkpoint import CheckpointError, load_checkpoint
-from gaussmem.config import BudgetConfig, ConfigError, OptimConfig, preset, resolve, to_dict
+from gaussmem.checkpoint import load_checkpoint
+from gaussmem.config import BudgetConfig, OptimConfig, to_dict
+from gaussmem.errors import CheckpointError, ConfigError, RunDirectoryError
 from gaussmem.evaluate import evaluate_checkpoint
 from gaussmem.metrics_log import read_metrics
-from gaussmem.run_dir import RunDirectoryError
+from gaussmem.presets import preset, resolve
 from gaussmem.train import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
@@ -133,7 +134,7 @@ def test_config_presets_overrides_and_errors(tmp_path: Path) -> None:
         resolve("smoke", overrides=["similarity.kind=cosine"])
     with pytest.raises(ConfigError, match="loss.memory_term must be one of"):
         resolve("smoke", overrides=["loss.memory_term=nca"])
-    with pytest.raises(ConfigError, match="MA-VAE only"):
+    with pytest.raises(ConfigError, match="not implemented for method 'protonet'"):
         resolve("protonet-cpu", overrides=["loss.memory_term=softmax"])
 
 

@@ -1,4 +1,4 @@
-"""benchmarks/mavae_tuning.py: budgets, side-by-side trainings and the rows it renders,
+"""experiments/mavae_tuning.py: budgets, side-by-side trainings and the rows it renders,
 without training anything (its trainings are stood in for by tiny processes)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from test_result_scripts import load_script
 
 
 def test_budget_is_minutes_of_wall_clock_or_steps_without_one() -> None:
-    tuning = load_script("mavae_tuning", "benchmarks")
+    tuning = load_script("mavae_tuning", "experiments")
     assert tuning.Budget(minutes=15.0).train_arguments() == ["--max-minutes", "15"]
     assert tuning.Budget(steps=2200).train_arguments() == [
         "--max-steps", "2200", "--set", "budget.max_minutes=none"]
@@ -37,7 +37,7 @@ def finishing(run_dir: Path, code: int = 0) -> list[str]:
 
 def test_train_all_runs_side_by_side_notes_the_sharing_and_skips_finished_runs(
         tmp_path: Path) -> None:
-    tuning = load_script("mavae_tuning", "benchmarks")
+    tuning = load_script("mavae_tuning", "experiments")
     runs = [tmp_path / name for name in ("a", "b", "c")]
     (runs[2]).mkdir()
     (runs[2] / "summary.json").write_text("{}")  # finished earlier: not retrained
@@ -53,7 +53,7 @@ def test_train_all_runs_side_by_side_notes_the_sharing_and_skips_finished_runs(
 
 def test_a_failed_training_lets_the_others_finish_and_names_its_log(
         tmp_path: Path) -> None:
-    tuning = load_script("mavae_tuning", "benchmarks")
+    tuning = load_script("mavae_tuning", "experiments")
     broken, fine = tmp_path / "broken", tmp_path / "fine"
     recorded: list[Path] = []
     with pytest.raises(SystemExit, match=r"broken\.log \(3\)"):
@@ -63,7 +63,7 @@ def test_a_failed_training_lets_the_others_finish_and_names_its_log(
 
 
 def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
-    tuning = load_script("mavae_tuning", "benchmarks")
+    tuning = load_script("mavae_tuning", "experiments")
     interrupted, fresh = tmp_path / "interrupted", tmp_path / "fresh"
     (interrupted / "checkpoints").mkdir(parents=True)
     (interrupted / "checkpoints" / "last.ckpt").write_bytes(b"")
@@ -84,7 +84,7 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> 
 
 
 def test_validation_interval_sets_checkpoints_too() -> None:
-    tuning = load_script("mavae_tuning", "benchmarks")
+    tuning = load_script("mavae_tuning", "experiments")
     command = tuning.train_command(Path("runs/x"), [], tuning.Budget(steps=5), seed=0,
                                    device="cpu", threads=None, cuda_graph=False,
                                    validate_every=275)
@@ -93,7 +93,7 @@ def test_validation_interval_sets_checkpoints_too() -> None:
 
 
 def test_rows_of_step_budgets_on_a_gpu_sit_beside_minute_budgets_on_a_cpu() -> None:
-    tuning = load_script("mavae_tuning", "benchmarks")
+    tuning = load_script("mavae_tuning", "experiments")
     def row(minutes: float | None, steps: int | None, device: str | None,
             concurrent: int) -> dict:
         return {"variant": "v", "minutes": minutes, "max_steps": steps, "seed": 0,
@@ -117,14 +117,14 @@ def test_rows_of_step_budgets_on_a_gpu_sit_beside_minute_budgets_on_a_cpu() -> N
 
 
 def test_trainings_outside_the_benchmark_count_in_each_runs_sharing(tmp_path: Path) -> None:
-    tuning = load_script("mavae_tuning", "benchmarks")
+    tuning = load_script("mavae_tuning", "experiments")
     runs = [tmp_path / "a", tmp_path / "b"]
     tuning.train_all([(run, finishing(run)) for run in runs], parallel=2, other_trainings=7)
     assert [tuning.concurrent_runs(run) for run in runs] == [8, 8]
 
 
 def test_the_report_lock_keeps_a_second_process_out_until_released(tmp_path: Path) -> None:
-    tuning = load_script("mavae_tuning", "benchmarks")
+    tuning = load_script("mavae_tuning", "experiments")
     try_lock = [sys.executable, "-c",
                 "import fcntl, os, sys; descriptor = os.open(sys.argv[1], os.O_RDONLY); "
                 "fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)", str(tmp_path)]
@@ -133,21 +133,21 @@ def test_the_report_lock_keeps_a_second_process_out_until_released(tmp_path: Pat
     assert subprocess.run(try_lock, capture_output=True).returncode == 0
 
 
-def test_rows_are_read_back_by_key_and_a_missing_report_has_none(tmp_path: Path) -> None:
-    tuning = load_script("mavae_tuning", "benchmarks")
-    assert tuning.read_rows(tmp_path / "none.json") == {}
+def test_rows_are_read_back_with_the_reports_cpu_and_a_missing_report_has_none(
+        tmp_path: Path) -> None:
+    tuning = load_script("mavae_tuning", "experiments")
+    assert tuning.read_rows(tmp_path / "none.json") == []
     row = {"variant": "v", "minutes": None, "max_steps": 2200, "seed": 1,
            "device": "NVIDIA H100 80GB HBM3"}
     report = tmp_path / "report.json"
     report.write_text(json.dumps({"hardware": {"cpu": "AMD EPYC"}, "results": [row]}))
-    assert tuning.read_rows(report) == {
-        (0.0, 2200, "v", 1, "NVIDIA H100 80GB HBM3"): {**row, "cpu": "AMD EPYC"}}
+    assert tuning.read_rows(report) == [{**row, "cpu": "AMD EPYC"}]
 
 
 def test_a_variants_overrides_are_printed_for_other_scripts_to_train_it() -> None:
-    tuning = load_script("mavae_tuning", "benchmarks")
+    tuning = load_script("mavae_tuning", "experiments")
     name = "512classes-latent1-hidden128-10steps"
-    printed = subprocess.run([sys.executable, "benchmarks/mavae_tuning.py",
+    printed = subprocess.run([sys.executable, "experiments/mavae_tuning.py",
                               "--print-overrides", name], capture_output=True, text=True,
                              check=True, cwd=Path(__file__).resolve().parents[1]).stdout
     assert printed.split() == tuning.VARIANTS[name][0]

@@ -36,8 +36,8 @@ import numpy as np
 import safetensors.torch
 import torch
 
-from gaussmem.atomic import write_bytes_atomic
-from gaussmem.errors import GaussmemError
+from gaussmem.errors import CheckpointError
+from gaussmem.plumbing.atomic import write_bytes_atomic
 
 FORMAT = "gaussmem-checkpoint"
 VERSION = 2
@@ -54,10 +54,6 @@ TENSOR_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.f
 ARRAY_DTYPES = frozenset({"bool", "uint8", "uint32", "uint64", "int32", "int64",
                           "float32", "float64"})
 _TAGS = frozenset({"__tensor__", "__tuple__", "__items__", "__ndarray__"})
-
-
-class CheckpointError(GaussmemError):
-    """A checkpoint that is missing, unreadable, unsafe or not a gaussmem checkpoint."""
 
 
 def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:

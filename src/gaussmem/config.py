@@ -1,9 +1,12 @@
-"""Typed training configuration, the named presets of the paper's experiments, overrides.
+"""Typed training configuration: the schema, its method-independent checks, overrides.
 
-A run is fully described by one `TrainConfig`: defaults live here in code, a preset picks
-the paper's experiment, a TOML file and `--set section.field=value` overrides adjust it,
-and the resolved result is written to `config.json` in the run directory and inside every
-checkpoint. Every default that the paper does not fix says where it comes from.
+A run is fully described by one `TrainConfig`: defaults live here in code, a preset
+(gaussmem.presets) picks the paper's experiment, a TOML file and `--set
+section.field=value` overrides adjust it, and the resolved result is written to
+`config.json` in the run directory and inside every checkpoint. Every default that the
+paper does not fix says where it comes from. What only some methods implement (bfloat16,
+distortions, CUDA graphs, other memory terms) each method checks itself
+(`MethodTraining.check_config`).
 """
 
 from __future__ import annotations
@@ -12,21 +15,17 @@ import dataclasses
 import math
 import tomllib
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gaussmem.data.augmentation import AugmentConfig
-from gaussmem.device import DeviceError, check_device_name
-from gaussmem.errors import GaussmemError
+from gaussmem.errors import ConfigError, DeviceError
 from gaussmem.losses import MEMORY_TERMS, SIMILARITY_KINDS, LossWeights
 from gaussmem.models.vae import VAEConfig
-from gaussmem.precision import PRECISIONS
-
-
-class ConfigError(GaussmemError):
-    """A preset name, config file or override that cannot be applied."""
+from gaussmem.plumbing.device import check_device_name
+from gaussmem.plumbing.precision import PRECISIONS
 
 
 @dataclass
@@ -55,7 +54,7 @@ class EpisodeConfig:
     the memory with them (triplet), takes one optimizer step, then writes them with the
     paper's update rule. Clearing per episode is Kaiser et al.'s episodic setting: one
     memory kept over all 4,800 training classes sees a class only every few hundred
-    steps, its entry is stale by then and the triplet has no positive (CALIBRATION.md).
+    steps, its entry is stale by then and the triplet has no positive.
     """
 
     n_way: int = 5
@@ -96,12 +95,12 @@ class SimilarityConfig:
 
 @dataclass
 class OptimConfig:
-    """Adam with cosine decay: 1e-3 trained and 3e-3 diverged in calibration."""
+    """Adam with cosine decay at Adam's customary rate; the presets' validated rate and
+    warm-up are in gaussmem.presets (results/tuning/mavae_tuning.md)."""
 
     lr: float = 1e-3
-    # Adam's (L2) weight decay. 5e-4 on cpu-quick scored above it on validation 20-way
-    # 1-shot in training seed 0 and below in seed 1, level on the other tasks
-    # (results/tuning/mavae_tuning.md, `512classes-latent1-wd5e-4`), so no preset uses it.
+    # Adam's (L2) weight decay; off in every preset: no consistent gain on validation
+    # across seeds (results/tuning/mavae_tuning.md, `512classes-latent1-wd5e-4`).
     weight_decay: float = 0.0
     # Clip the global gradient norm: early on a positive can appear or vanish between
     # steps, which makes the triplet's gradient jump. The MA-VAE's loss is in nats per
@@ -119,15 +118,13 @@ class OptimConfig:
     decay_factor: float = 0.5
     # Adam's epsilon; Kaiser et al.'s code uses 1e-4, PyTorch's default is 1e-8.
     adam_eps: float = 1e-8
-    # Linear warm-up from lr / warmup_steps to lr over the first steps, then the schedule.
-    # 0: none. At lr 2e-3 the MA-VAE collapsed within its first 50 steps
-    # (results/tuning/mavae_tuning.md); a warm-up is the usual guard for a larger rate.
+    # Linear warm-up from lr / warmup_steps to lr over the first steps, then the schedule;
+    # 0: none. It guards a larger rate against an early collapse (results/tuning/mavae_tuning.md).
     warmup_steps: int = 0
     # Exponential moving average of the weights, updated after every step with this decay;
     # 0: none. Validation, best/last checkpoints and the figures then use the average,
-    # with BatchNorm statistics recomputed for it (gaussmem.weight_average). At 0.998 on
-    # cpu-quick it scored no higher than the trained weights on validation
-    # (results/tuning/mavae_tuning.md), so no preset uses it.
+    # with BatchNorm statistics recomputed for it (gaussmem.weight_average). No preset uses
+    # it: it did not beat the trained weights on validation (results/tuning/mavae_tuning.md).
     ema_decay: float = 0.0
 
 
@@ -150,10 +147,9 @@ class MatchingConfig:
     hidden_channels: int = 64
     n_blocks: int = 4
     # Multiplies the cosine similarities before the attention softmax (an inverse
-    # temperature). 1.0 is the paper's plain cosine: over [-1, 1] the softmax is so flat
-    # that training stalls (84% validation 5-way 1-shot after 1,500 matching-cpu steps);
-    # 30 reached 98% in the same steps, 10 96%, 60 and 100 98% (validation split,
-    # results/speed/matching_scale.json). Argmax at test time is unaffected by the scale.
+    # temperature): with the paper's plain cosine the softmax over [-1, 1] is so flat that
+    # training stalls (validation split: results/speed/matching_scale.json). Argmax at
+    # test time is unaffected by the scale.
     cosine_scale: float = 30.0
     # Full context embeddings (bidirectional LSTM over the support set, attention LSTM
     # for the queries with `fce_steps` read steps). Off by default, as in most
@@ -195,10 +191,9 @@ class ValidationConfig:
     checkpoint, another times "minutes to 97%" (the speed figure of issue #4)."""
 
     every_steps: int = 500
-    # The task that picks `best.ckpt`. 20-way 1-shot over 1,000 episodes: validation
-    # 5-way 1-shot over 200 episodes (the default until 2026-11) is saturated near 98%
-    # with a 95% CI of +-0.6, so it picked mid-run checkpoints that scored lower than
-    # the last one on every harder validation task (results/tuning/checkpoint_selection.json).
+    # The task that picks `best.ckpt`: a harder task than 5-way 1-shot, which saturates
+    # and picked mid-run checkpoints that scored lower than the last one on every harder
+    # validation task (results/tuning/checkpoint_selection.json).
     n_way: int = 20
     n_shot: int = 1
     n_query: int = 5
@@ -239,17 +234,17 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # Evaluation shape the preset is meant for (recorded; `gaussmem evaluate` decides).
     eval_n_way: int = 5
-    # channels_last was 1.5-2x faster for the conv trunk on CPU in calibration.
+    # channels_last: the conv trunk's faster layout on CPU (results/speed/speed-cpu.json).
     channels_last: bool = True
-    # "bfloat16": the MA-VAE's networks run under bfloat16 autocast (gaussmem.precision);
+    # "bfloat16": the MA-VAE's networks run under bfloat16 autocast (gaussmem.plumbing.precision);
     # heads, memory and losses stay float32. Evaluation always embeds in float32.
     precision: str = "float32"
     # "auto": the first CUDA GPU if torch sees one, else the CPU; or "cpu", "cuda",
-    # "cuda:N" (gaussmem.device). The MA-VAE trains on either; the baselines on the CPU
+    # "cuda:N" (gaussmem.plumbing.device). The MA-VAE trains on either; the baselines on the CPU
     # (with "auto" they take the CPU even where a GPU exists).
     device: str = "auto"
     # MA-VAE on a CUDA GPU: record the training step once as a CUDA graph and replay it
-    # (gaussmem.cuda_graphs): small steps, such as the paper's presets' 80-320 classes,
+    # (gaussmem.plumbing.cuda_graphs): small steps, such as the paper's presets' 80-320 classes,
     # are bound by kernel launches there. Off by default: the MA-VAE with the triplet
     # term and no weight average only, and it drops the triplet gradient-norm diagnostic
     # (a second backward pass the recorded step does not make).
@@ -270,28 +265,16 @@ class TrainConfig:
         if self.loss.memory_term not in MEMORY_TERMS:
             raise ConfigError(f"loss.memory_term must be one of {MEMORY_TERMS}, "
                               f"got {self.loss.memory_term!r}")
-        if self.loss.memory_term != "triplet" and self.method != "mavae":
-            raise ConfigError(f"loss.memory_term={self.loss.memory_term!r} is implemented for "
-                              f"the MA-VAE only; method {self.method!r} has its own loss")
         if "test" in (self.data.train_subset, self.data.val_subset):
             raise ConfigError("training and model selection never use the test split; got "
                               f"data.train_subset={self.data.train_subset!r}, "
                               f"data.val_subset={self.data.val_subset!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.precision != "float32" and self.method != "mavae":
-            raise ConfigError(f"precision={self.precision!r} is implemented for the MA-VAE "
-                              f"only; method {self.method!r} trains in float32")
         try:
             check_device_name(self.device)
         except DeviceError as error:
             raise ConfigError(str(error)) from None
-        if self.cuda_graph and (self.method != "mavae" or self.loss.memory_term != "triplet"
-                                or self.optim.ema_decay):
-            raise ConfigError("cuda_graph=true records the MA-VAE's triplet step without a "
-                              f"weight average; got method={self.method!r}, "
-                              f"loss.memory_term={self.loss.memory_term!r}, "
-                              f"optim.ema_decay={self.optim.ema_decay}")
         if self.optim.warmup_steps < 0:
             raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.optim.warmup_steps}")
         if not 0 <= self.optim.ema_decay < 1:
@@ -311,15 +294,12 @@ class TrainConfig:
         if augment.max_scale >= 1:
             raise ConfigError(f"augment.max_scale must be < 1 (a scale factor of at least "
                               f"1 - max_scale > 0), got {augment.max_scale}")
-        if augment.enabled and self.method != "mavae":
-            raise ConfigError(f"augment.* is implemented for the MA-VAE only; method "
-                              f"{self.method!r} trains on the plain images")
         if self.episodes.images_per_class < 2:
             raise ConfigError("episodes.images_per_class must be >= 2 (cross-reconstruction "
                               f"needs a second drawing), got {self.episodes.images_per_class}")
 
 
-#: Seeds feed NumPy's legacy global RNG (gaussmem.seeding), which takes 32 bits.
+#: Seeds feed NumPy's legacy global RNG (gaussmem.plumbing.seeding), which takes 32 bits.
 MAX_SEED = 2**32 - 1
 
 #: Counts, sizes and periods, with the least value each can take. A step budget or a
@@ -378,253 +358,6 @@ def _check_numbers(config: TrainConfig) -> None:
                           f"{config.optim.final_lr_fraction}")
     if config.optim.weight_decay < 0:
         raise ConfigError(f"optim.weight_decay must be >= 0, got {config.optim.weight_decay}")
-
-
-def _paper(n_way: int, batch_episodes: int, eval_n_way: int) -> TrainConfig:
-    config = TrainConfig(episodes=EpisodeConfig(n_way=n_way, batch_episodes=batch_episodes),
-                         eval_n_way=eval_n_way)
-    config.budget.max_steps = 30000
-    return config
-
-
-def _validated_recipe(config: TrainConfig) -> TrainConfig:
-    """The MA-VAE's model and optimizer settings chosen on the validation split, for
-    `cpu-quick` and the paper's Omniglot presets (the library defaults stay as they
-    were calibrated, so an explicit config means what it meant)."""
-    # Measured on the 2-core AMD EPYC (native bfloat16): bfloat16 autocast and a
-    # 32-channel decoder train ~1.9x the images/s of float32 with 64 channels
-    # (benchmarks/train_step_speed.py) and gave validation 20-way 5-shot 97.90 vs 97.78
-    # and 5-way 1-shot 98.22 vs 98.11 after 15 minutes at 128 classes (same file). The
-    # decoder only shapes the latents through the generative loss; 32 channels still
-    # reconstruct better than the split's mean image. Without native bfloat16, set
-    # precision=float32.
-    config.precision = "bfloat16"
-    config.model.decoder_hidden_channels = 32
-    # A 4-d style (16 by default) leaves less room for the class in z_s, so the decoder
-    # reads z_c more, as section 3.1 intends: on the validation split, z_s alone fell
-    # from 48.5% to 24.4% 20-way 1-shot and swapping z_c changed reconstructions 0.0090
-    # instead of 0.0033 (results/latent_check_val_style*.json), with validation 20-way
-    # 5-shot 98.54 both and 5-way 1-shot 98.64 vs 98.54 (results/tuning/mavae_tuning.md).
-    config.model.style_dim = 4
-    # Adam at 2e-3 after a 100-step linear warm-up: validation 20-way 1-shot 95.43 vs
-    # 95.18 at 1e-3, 20-way 5-shot and 5-way 1-shot level or higher (15 minutes,
-    # results/tuning/mavae_tuning.md). Without the warm-up, 2e-3 collapsed in its first steps.
-    config.optim.lr = 2e-3
-    config.optim.warmup_steps = 100
-    # The objective in nats per image, chosen on validation (results/objective/sweep.md):
-    # at exp(-SKL) the triplet is satisfied by posteriors a nat or two apart, wide and
-    # overlapping, so a sample of z_c says little about its class and the decoder reads
-    # z_s instead. exp(-SKL / 16) asks for classes several times further apart in units
-    # of their spread, and a costly z_s (four times the KL) leaves the class to z_c.
-    config.loss = LossWeights(triplet=300.0, latent=1.0, latent_style=4.0, generative=1.0)
-    config.similarity.temperature = 16.0
-    return config
-
-
-def _paper_omniglot(n_way: int, batch_episodes: int, eval_n_way: int) -> TrainConfig:
-    # The paper gives no model or optimizer settings. Over whole 30,000-step budgets,
-    # best validation 20-way 1-shot with the validated recipe against the library
-    # defaults: omniglot-5way 94.63 vs 93.78, omniglot-parallel 94.99 vs 94.17,
-    # omniglot-20way 95.19 vs 95.19, omniglot-parallel-20way 95.10 vs 95.31 (validated
-    # every 5,000 steps against 3,000; at step 6,000 the defaults scored 95.21): never
-    # lower by more than a CI, higher by several on the 80- and 100-class presets, and
-    # 1.2-1.4x (GPU) and about 2x (CPU) the images/s
-    # (results/omniglot/*-tuned-*/training.json beside omniglot-5way-cpu, -parallel-cpu,
-    # -20way-gpu, -parallel-20way-gpu).
-    return _validated_recipe(_paper(n_way, batch_episodes, eval_n_way))
-
-
-def _cpu_quick() -> TrainConfig:
-    # 128 classes per step trained better than 32 or 64 (CALIBRATION.md); on validation
-    # 20-way 5-shot after 15 minutes, 128: 97.90, 256: 98.24, 512 (32-way x 16): 98.41
-    # (5-way 1-shot 98.22, 98.39, 98.42; results/tuning/mavae_tuning.md). More classes share
-    # one memory, so the triplet's negatives are harder.
-    config = TrainConfig(episodes=EpisodeConfig(n_way=32, batch_episodes=16))
-    config.budget = BudgetConfig(max_steps=100_000, max_minutes=15.0)
-    # Validation (200 episodes, ~10 s, not counted in the budget) every ~2-3 minutes on
-    # the shared 2-core CPU, fine enough to time "minutes to 97% 5-way 1-shot".
-    config.validation.every_steps = 150
-    config.checkpoint_every = 150
-    return _validated_recipe(config)
-
-
-def _smoke() -> TrainConfig:
-    # Seconds on a CPU: for tests and for checking an installation end to end.
-    config = TrainConfig(episodes=EpisodeConfig(n_way=4, batch_episodes=2,
-                                                steps_per_episode=2))
-    config.model.hidden_channels = 16
-    config.model.content_dim = 8
-    config.model.style_dim = 4
-    config.model.decoder_hidden_channels = 16
-    config.budget = BudgetConfig(max_steps=6)
-    config.validation = ValidationConfig(every_steps=3, n_way=3, n_shot=1, n_query=2,
-                                         episodes=4, time_to_97_n_way=3,
-                                         time_to_97_episodes=4)
-    config.log_every = 2
-    config.checkpoint_every = 3
-    config.run_figures = False
-    config.protonet.hidden_channels = 16
-    config.matching.hidden_channels = 16
-    config.kaiser.key_dim = 16
-    config.kaiser.choose_k = 8
-    return config
-
-
-def _protonet(n_way: int, n_shot: int, n_query: int) -> TrainConfig:
-    """Snell et al.'s Omniglot setup: one n_way-way episode per step, Adam 1e-3 halved
-    every 2000 episodes; validation every 500 episodes (as for the MA-VAE)."""
-    config = TrainConfig(method="protonet", episodes=EpisodeConfig(
-        n_way=n_way, batch_episodes=1, steps_per_episode=1, n_shot=n_shot,
-        images_per_class=n_shot + n_query))
-    config.optim = OptimConfig(lr=1e-3, schedule="step", decay_every=2000, decay_factor=0.5,
-                               grad_clip=1e6)
-    config.budget.max_steps = 20000
-    return config
-
-
-def _baseline_cpu(method: str, n_way: int, n_shot: int, n_query: int) -> TrainConfig:
-    """A wall-clock-bounded CPU run: cosine decay over the budget instead of halving
-    every 2000 episodes (a 5-15 minute CPU run sees only a few thousand)."""
-    config = _protonet(n_way, n_shot, n_query)
-    config.method = method
-    config.optim.schedule = "cosine"
-    config.budget = BudgetConfig(max_steps=1_000_000, max_minutes=5.0)
-    config.validation.every_steps = 500
-    return config
-
-
-def _matching(n_way: int, n_shot: int, n_query: int) -> TrainConfig:
-    config = _protonet(n_way, n_shot, n_query)
-    config.method = "matching"
-    return config
-
-
-def _kaiser(batch_episodes: int, lr: float, max_minutes: float | None) -> TrainConfig:
-    """Kaiser et al.'s training: `batch_episodes` parallel 5-way episodes share one
-    8192-slot memory, each shows every class 6 times (length 30) one image per episode
-    per step, memory cleared per episode; Adam (eps 1e-4), global-norm clip 5."""
-    config = TrainConfig(method="kaiser", episodes=EpisodeConfig(
-        n_way=5, batch_episodes=batch_episodes, steps_per_episode=30, images_per_class=6,
-        memory_capacity=8192))
-    config.optim = OptimConfig(lr=lr, schedule="constant" if max_minutes is None
-                               else "cosine", grad_clip=5.0, adam_eps=1e-4)
-    config.budget = BudgetConfig(max_steps=100_000 if max_minutes is None else 1_000_000,
-                                 max_minutes=max_minutes)
-    config.validation.every_steps = 1000
-    config.checkpoint_every = 1000
-    return config
-
-
-def _kaiser_cpu() -> TrainConfig:
-    # Their encoder costs ~7x Conv4's FLOPs per image: on the 2-core CPU it trained at
-    # ~500 images/s and would take ~30 minutes just to evaluate the eight cells, so the
-    # CPU run uses the Conv4 trunk (+ linear -> 128-d keys) and lr 1e-3 (theirs: 1e-4,
-    # for 100k-step GPU runs). Their dropout (keep 0.3) on the keys is off: in a 45 s,
-    # 1-thread check it held the training top-1 accuracy at 5% after 1,350 steps, against
-    # 60% after 900 steps without it. Memory, loss, update and episodes are theirs.
-    config = _kaiser(32, 1e-3, 5.0)
-    config.kaiser.encoder = "conv4"
-    config.kaiser.keep_prob = 1.0
-    return config
-
-
-#: Photos of the least-photographed person of LFW-a's paper split (fit and val).
-LFW_FEWEST_PHOTOS = 5
-
-
-def _on_lfw(config: TrainConfig) -> TrainConfig:
-    """`config` moved to LFW-a (Table 3): 84x84 faces, the committed paper split's 300
-    `fit` people for training and its 43 `val` people for model selection (the 80 test
-    people are never seen; gaussmem.data.lfw). A person has as few as 5 photos, so a
-    step draws at most 5 distinct photos of a class (each mirrored at random), and an
-    MA-VAE episode, whose photos are all distinct, lasts as many steps as 5 photos
-    allow after its memory support. Grey photographs get the Gaussian likelihood."""
-    config.data.dataset, config.data.scheme = "lfw", "paper"
-    config.data.train_subset, config.data.val_subset = "fit", "val"
-    config.model.image_size = 84
-    episodes = config.episodes
-    episodes.images_per_class = min(episodes.images_per_class, LFW_FEWEST_PHOTOS)
-    episodes.n_shot = min(episodes.n_shot, episodes.images_per_class - 1)
-    if config.method == "mavae":
-        episodes.steps_per_episode = max(
-            1, (LFW_FEWEST_PHOTOS - episodes.memory_support) // episodes.images_per_class)
-        config.model.likelihood = "gaussian"
-    return config
-
-
-def _lfw_paper() -> TrainConfig:
-    # Section 4.2: 5-way episodes, batch 16, as on Omniglot; tested 5/20/80-way.
-    return _on_lfw(_paper(5, 16, 5))
-
-
-def _lfw_cpu() -> TrainConfig:
-    # 240 of the 300 fit people a step (48 parallel 5-way episodes): every step is a
-    # 240-way problem, so the triplet's negatives are as hard as the split allows, as
-    # cpu-quick's 512 classes are on Omniglot. The model and loss are cpu-quick's
-    # (bfloat16 networks, a 32-channel decoder), with the Gaussian likelihood of faces
-    # and c1 scaled by the image's area (84x84 against 28x28): a face's reconstruction
-    # sums nine times the pixels, and the triplet keeps its share of the gradient.
-    config = _on_lfw(_validated_recipe(_paper(5, 48, 5)))
-    config.loss = dataclasses.replace(config.loss, triplet=9 * config.loss.triplet)
-    config.budget = BudgetConfig(max_steps=100_000, max_minutes=20.0)
-    config.validation.every_steps = 50
-    config.checkpoint_every = 50
-    return config
-
-
-def _baseline_lfw_cpu(method: str) -> TrainConfig:
-    # 20-way episodes of 1 support + 4 query photos (people have as few as 5 photos).
-    config = _kaiser_cpu() if method == "kaiser" else _baseline_cpu(method, 20, 1, 4)
-    config.validation.every_steps = 150
-    return _on_lfw(config)
-
-
-#: Preset name -> constructor. One per experiment of the paper, plus CPU/test sizes.
-PRESETS: dict[str, Callable[[], TrainConfig]] = {
-    # Table 1, n_train = n_test: 5-way episodes, batch 16 (80 classes share the memory).
-    "omniglot-5way": lambda: _paper_omniglot(5, 16, 5),
-    # Table 1, 20-way, batch 16.
-    "omniglot-20way": lambda: _paper_omniglot(20, 16, 20),
-    # Table 1, n_train < n_test: trained 5-way with batch 16, tested 20-way.
-    "omniglot-5way-to-20way": lambda: _paper_omniglot(5, 16, 20),
-    # Table 2: 5-way tasks with batch 20 (tested 100-way) ...
-    "omniglot-parallel": lambda: _paper_omniglot(5, 20, 100),
-    # ... and 20-way tasks with batch 20 (tested 400-way).
-    "omniglot-parallel-20way": lambda: _paper_omniglot(20, 20, 400),
-    "cpu-quick": _cpu_quick,
-    "smoke": _smoke,
-    # Baselines (issue #5). Paper setups (need a GPU for their full budgets) ...
-    "protonet": lambda: _protonet(60, 5, 5),
-    "matching": lambda: _matching(60, 5, 5),
-    "kaiser": lambda: _kaiser(16, 1e-4, None),
-    # ... and wall-clock-bounded CPU runs (5 minutes; --max-minutes changes it).
-    "protonet-cpu": lambda: _baseline_cpu("protonet", 20, 5, 5),
-    "matching-cpu": lambda: _baseline_cpu("matching", 20, 1, 5),
-    "kaiser-cpu": _kaiser_cpu,
-    # LFW-a (Table 3, issue #6): the paper's preset and 15-/5-minute CPU runs.
-    "lfw-5way": _lfw_paper,
-    "lfw-cpu": _lfw_cpu,
-    "protonet-lfw-cpu": lambda: _baseline_lfw_cpu("protonet"),
-    "matching-lfw-cpu": lambda: _baseline_lfw_cpu("matching"),
-    "kaiser-lfw-cpu": lambda: _baseline_lfw_cpu("kaiser"),
-}
-
-
-def default_preset(method: str) -> str:
-    """The preset `gaussmem train --method NAME` uses without `--preset`: the method's
-    wall-clock-bounded CPU run ("cpu-quick" for the MA-VAE, "<method>-cpu" otherwise)."""
-    name = "cpu-quick" if method == "mavae" else f"{method}-cpu"
-    if name not in PRESETS:
-        raise ConfigError(f"no CPU preset for method {method!r}; pass --preset "
-                          f"(known: {sorted(PRESETS)})")
-    return name
-
-
-def preset(name: str) -> TrainConfig:
-    """The named preset's config; raises `ConfigError` listing the names on a typo."""
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
-    return PRESETS[name]()
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -695,15 +428,11 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
     return nested
 
 
-def resolve(preset_name: str | None = None, config_file: str | Path | None = None,
-            overrides: Iterable[str] = ()) -> TrainConfig:
-    """Preset, then TOML file, then `--set` overrides, in that order of precedence."""
-    config = preset(preset_name) if preset_name else TrainConfig()
-    if config_file is not None:
-        path = Path(config_file)
-        try:
-            values = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as error:
-            raise ConfigError(f"cannot read config file {path}: {error}") from error
-        config = merge(config, values)
-    return merge(config, parse_overrides(overrides))
+def merge_file(config: TrainConfig, config_file: str | Path) -> TrainConfig:
+    """`config` with the TOML file `config_file` laid over it."""
+    path = Path(config_file)
+    try:
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"cannot read config file {path}: {error}") from error
+    return merge(config, values)

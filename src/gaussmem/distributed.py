@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from gaussmem.errors import GaussmemError
+from gaussmem.errors import DistributedError
 
 #: torchrun's description of a process; all of them must be set to join a group.
 LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -28,11 +28,6 @@ LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER
 #: How long a rank waits at a collective for the others: rank 0 validates and writes
 #: checkpoints while the others wait, so this bounds a validation, not a step.
 COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)
-
-
-class DistributedError(GaussmemError):
-    """A launch that cannot run as asked (incomplete torchrun environment, a method or
-    setting without multi-process support)."""
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,7 @@ An evaluation draws hundreds to thousands of episodes from one split, and the sa
 images come back in many of them (Omniglot's 33,840 test drawings, 400-way episodes).
 In eval mode a classifier's `embed` is a deterministic function of one image, so an
 image's row can be computed the first time an episode needs it and reused afterwards;
-the encoder, not the episode logic, is what costs (~350 images/s on 84x84 LFW-a on a
-2-core CPU).
+the encoder, not the episode logic, is what costs.
 """
 
 from __future__ import annotations

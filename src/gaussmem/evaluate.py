@@ -20,7 +20,6 @@ embedding-level calls. `cache_embeddings=False` encodes every episode afresh.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,37 +28,29 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from gaussmem.data.datasets import FewShotDataset, default_n_query, episode_sampler
+from gaussmem.accuracy import AccuracySummary
+from gaussmem.checkpoint import file_sha256, load_checkpoint
+from gaussmem.data.datasets import (
+    FewShotDataset,
+    default_n_query,
+    episode_sampler,
+    load_split,
+)
 from gaussmem.data.episodes import EpisodeSampleIds
 from gaussmem.data.grouped_images import GroupedImageSet
 from gaussmem.data.views import PLAIN, view_maps
-from gaussmem.device import DeviceError, resolve_device
 from gaussmem.embedding_cache import EmbeddingCache
-from gaussmem.errors import EpisodeError
+from gaussmem.errors import DeviceError, EpisodeError
 from gaussmem.methods import classifier_from_checkpoint
 from gaussmem.methods.base import FewShotClassifier
 from gaussmem.methods.combined import ScoreSum
+from gaussmem.open_set import evaluate_open_set
+from gaussmem.plumbing.device import resolve_device
 
 #: Queries per class in support-query episodes (Vinyals/Snell use 15 on Omniglot).
 DEFAULT_N_QUERY = 15
-
-
-@dataclass
-class AccuracySummary:
-    """Mean accuracy in percent and the half-width of its 95% confidence interval."""
-
-    mean: float
-    ci95: float
-    episodes: int
-
-    @classmethod
-    def from_values(cls, values: np.ndarray) -> AccuracySummary:
-        values = np.asarray(values, dtype=np.float64) * 100.0
-        if len(values) == 0:
-            return cls(float("nan"), float("nan"), 0)
-        std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-        return cls(float(values.mean()), 1.96 * std / math.sqrt(len(values)), len(values))
 
 
 @dataclass
@@ -205,15 +196,13 @@ def evaluate_checkpoint(checkpoint_path: Path | Sequence[Path], *, n_way: int, n
     `n_query=None` takes `default_n_query` (15 on Omniglot; what fits on LFW-a).
     `protocol="open-set"` (gaussmem.open_set) adds `n_unknown` unknown classes per
     episode (None: `n_way`); the report's `n_unknown` says how many.
-    `device` (gaussmem.device): where the encoder runs; "auto" takes a GPU only for
+    `device` (gaussmem.plumbing.device): where the encoder runs; "auto" takes a GPU only for
     methods that can embed there. Accuracies do not depend on it beyond float rounding.
     Beyond the paper (support-query only): several checkpoints score together, and
     `shift_pixels` / `rotation_degrees` add fixed test-time views of every image
     (`gaussmem.methods.combined`); the report's `combination` names the members, and
     `checkpoint` is then the first checkpoint.
     """
-    from gaussmem.checkpoint import load_checkpoint
-
     paths = ([Path(checkpoint_path)] if isinstance(checkpoint_path, str | Path)
              else [Path(path) for path in checkpoint_path])
     if not paths:
@@ -229,8 +218,6 @@ def evaluate_checkpoint(checkpoint_path: Path | Sequence[Path], *, n_way: int, n
             raise EpisodeError(f"{path} was trained on other data settings than {paths[0]}; "
                                "checkpoints that score together need one dataset")
     if dataset is None:
-        from gaussmem.data.datasets import load_split
-
         dataset = load_split(config["data"], split, data_dir=data_dir, cache_dir=cache_dir)
     if n_query is None:
         n_query = default_n_query(dataset, n_shot) if protocol != "online" else 0
@@ -265,8 +252,6 @@ def evaluate_checkpoint(checkpoint_path: Path | Sequence[Path], *, n_way: int, n
         result = evaluate_online(classifier, dataset, n_way=n_way, max_shot=n_shot,
                                  episodes=episodes, seed=seed)
     elif protocol == "open-set":
-        from gaussmem.open_set import evaluate_open_set
-
         n_unknown = n_way if n_unknown is None else n_unknown
         result = evaluate_open_set(classifier, dataset, n_way=n_way, n_shot=n_shot,
                                    n_query=n_query, n_unknown=n_unknown, episodes=episodes,
@@ -301,8 +286,6 @@ def combined_classifier(checkpoints: Sequence[dict[str, Any]],
 
 
 def _checkpoint_summary(path: Path, checkpoint: dict[str, Any]) -> dict[str, Any]:
-    from gaussmem.checkpoint import file_sha256
-
     config = checkpoint["config"]
     return {"path": str(path), "sha256": file_sha256(path), "step": checkpoint["step"],
             "method": config["method"], "train_minutes": checkpoint["elapsed_seconds"] / 60.0}
@@ -312,8 +295,6 @@ def _progress_bar(episodes: int, enabled: bool, name: str = "acc"
                   ) -> Callable[[int, float], None] | None:
     if not enabled:
         return None
-    from tqdm import tqdm
-
     bars: list[tqdm] = []
 
     def update(index: int, running_accuracy: float) -> None:

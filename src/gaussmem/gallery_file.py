@@ -6,7 +6,7 @@
                                     the memory file's SHA-256
     <gallery>/memory.safetensors    the `GaussianMemory` (gaussmem.memory_file checks it)
 
-The directory is written whole and swapped into place (`gaussmem.atomic`), so a reader
+The directory is written whole and swapped into place (`gaussmem.plumbing.atomic`), so a reader
 sees the old gallery or the new one, never a manifest of one and the memory of the
 other; the memory's hash in the manifest catches files mixed by hand. Nothing read here
 runs code: JSON and safetensors only, every field checked before use.
@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gaussmem.atomic import atomic_directory
 from gaussmem.checkpoint import file_sha256
-from gaussmem.errors import GaussmemError, MemoryFileError
+from gaussmem.errors import GalleryError, MemoryFileError
 from gaussmem.memory import GaussianMemory
+from gaussmem.plumbing.atomic import atomic_directory
 from gaussmem.preprocess import KINDS
 from gaussmem.unknown import UNKNOWN_SCORES
 
@@ -31,10 +31,6 @@ GALLERY_FORMAT = "gaussmem-gallery"
 GALLERY_VERSION = 1
 MANIFEST_NAME = "gallery.json"
 MEMORY_NAME = "memory.safetensors"
-
-
-class GalleryError(GaussmemError):
-    """A gallery directory that is missing, corrupt, or does not fit its checkpoint."""
 
 
 @dataclass

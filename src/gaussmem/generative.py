@@ -32,25 +32,25 @@ import numpy as np
 import torch
 from PIL import Image
 
-from gaussmem.atomic import write_bytes_atomic, write_text_atomic
+from gaussmem.accuracy import AccuracySummary
+from gaussmem.checkpoint import load_checkpoint
 from gaussmem.data.datasets import FewShotDataset, episode_sampler
-from gaussmem.device import module_device
-from gaussmem.errors import GaussmemError
-from gaussmem.evaluate import AccuracySummary
+from gaussmem.data.datasets import load_split as load_dataset_split
+from gaussmem.errors import GenerativeError
 from gaussmem.gaussian import pairwise_symmetric_kl
 from gaussmem.losses import vae_reconstruction_nll
 from gaussmem.memory import GaussianMemory
+from gaussmem.methods import classifier_from_checkpoint
+from gaussmem.methods.mavae import MemoryAugmentedVAE
 from gaussmem.models.vae import DiagonalGaussian, GaussianVAE
+from gaussmem.plumbing.atomic import write_bytes_atomic, write_text_atomic
+from gaussmem.plumbing.device import module_device
 
 #: Figure file names inside `run_dir/figures/` (see `write_run_figures`).
 RECONSTRUCTION_PNG = "reconstruction.png"
 GENERATION_PNG = "generation.png"
 STYLE_TRANSFER_PNG = "style_transfer.png"
 FIGURES_JSON = "figures.json"
-
-
-class GenerativeError(GaussmemError):
-    """A checkpoint or request the generative tools cannot serve."""
 
 
 # --- image grids ----------------------------------------------------------------------
@@ -397,10 +397,6 @@ def vae_from_checkpoint(checkpoint_path: str | Path) -> tuple[GaussianVAE, dict[
     """The trained `GaussianVAE` of an MA-VAE checkpoint (eval mode, CPU) and the
     checkpoint dict. `CheckpointError` for a missing/corrupt file, `GenerativeError` for
     a checkpoint of a method without a VAE."""
-    from gaussmem.checkpoint import load_checkpoint
-    from gaussmem.methods import classifier_from_checkpoint
-    from gaussmem.methods.mavae import MemoryAugmentedVAE
-
     checkpoint = load_checkpoint(checkpoint_path)
     method = checkpoint.get("config", {}).get("method")
     if method != MemoryAugmentedVAE.method_name:
@@ -414,8 +410,6 @@ def vae_from_checkpoint(checkpoint_path: str | Path) -> tuple[GaussianVAE, dict[
 def load_split(checkpoint: dict[str, Any], split: str, data_dir: Path | None,
                cache_dir: Path | None) -> FewShotDataset:
     """The `split` class subset of the dataset the checkpoint was trained on."""
-    from gaussmem.data.datasets import load_split as load_dataset_split
-
     return load_dataset_split(checkpoint["config"]["data"], split, data_dir=data_dir,
                               cache_dir=cache_dir)
 

@@ -11,6 +11,9 @@
   from the prior), and an independently trained few-shot classifier (the judge), given
   the stored examples as its support, says which class each drawing is. The judge's
   accuracy on real drawings of the same classes is its ceiling; chance is 1 / n_way.
+  Its accuracy on the reconstructions of the stored examples themselves separates the
+  two ways to fail: drawings of the wrong class, or drawings too blurred for a judge
+  that only ever saw crisp strokes (then the reconstructions fail too).
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from gaussmem.accuracy import AccuracySummary
 from gaussmem.data.datasets import FewShotDataset, episode_sampler
-from gaussmem.evaluate import AccuracySummary
 from gaussmem.generative import (
     dataset_mean_image,
     decoder_sensitivity,
@@ -60,6 +63,7 @@ class GenerationSummary:
     samples_per_class: int
     generated: AccuracySummary
     real_images: AccuracySummary
+    reconstructions: AccuracySummary
     chance: float
 
     def to_dict(self) -> dict[str, Any]:
@@ -105,12 +109,13 @@ def generation_accuracy(vae: GaussianVAE, judge: FewShotClassifier, dataset: Few
                         n_query: int = 5, seed: int = 0) -> GenerationSummary:
     """One-shot generation judged by `judge` (eval mode, CPU) over seeded `n_way`-way
     1-shot episodes: per episode, the judge's support is the stored examples, its
-    queries the drawings generated from their memory entries and, for its ceiling, the
-    episode's real query drawings."""
+    queries the drawings generated from their memory entries and, for its ceilings, the
+    episode's real query drawings and the reconstructions of the stored examples."""
     n_way = min(n_way, dataset.n_classes)
     sampler = episode_sampler(dataset, n_way, 1, n_query, seed=seed)
     judge.eval()
-    generated, real = np.zeros(episodes), np.zeros(episodes)
+    generated, real, reconstructed = (np.zeros(episodes), np.zeros(episodes),
+                                      np.zeros(episodes))
     for index in range(episodes):
         episode = sampler.sample()
         generation = generate_from_memory(vae, episode.support_images, episode.support_labels,
@@ -121,5 +126,9 @@ def generation_accuracy(vae: GaussianVAE, judge: FewShotClassifier, dataset: Few
         generated[index] = (predicted == source).double().mean()
         real[index] = (judge.predict(episode.query_images) == episode.query_labels
                        ).double().mean()
+        reconstructions = reconstruct(vae, episode.support_images).images
+        reconstructed[index] = (judge.predict(reconstructions) == episode.support_labels
+                                ).double().mean()
     return GenerationSummary(n_way, samples_per_class, AccuracySummary.from_values(generated),
-                             AccuracySummary.from_values(real), 100.0 / n_way)
+                             AccuracySummary.from_values(real),
+                             AccuracySummary.from_values(reconstructed), 100.0 / n_way)

@@ -16,11 +16,11 @@ import torch
 from gaussmem.checkpoint import (
     FORMAT,
     LEGACY_VERSION,
-    CheckpointError,
     is_legacy_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
+from gaussmem.errors import CheckpointError
 
 
 def convert_legacy_checkpoint(old_path: str | Path, new_path: str | Path, *,

@@ -38,7 +38,6 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from gaussmem.atomic import write_bytes_atomic
 from gaussmem.errors import MemoryFileError
 from gaussmem.gaussian import (
     LiftedGaussians,
@@ -50,6 +49,7 @@ from gaussmem.gaussian import (
     symmetric_kl_diag,
 )
 from gaussmem.memory_file import FILE_FORMAT, SLOT_TENSORS, read_memory_file
+from gaussmem.plumbing.atomic import write_bytes_atomic
 
 #: Slot and label returned where nothing was found; also the label of an empty slot.
 NOT_FOUND = -1
@@ -276,8 +276,8 @@ class SlotMemory(nn.Module):
             return found
         width = self._candidate_width(k)
         query_step, slot_step = self._block_shape(n_queries, n_slots)
-        # Reusing one score buffer saves a fresh, page-faulting allocation per block (a
-        # fresh 1000 x 1e5 float32 output cost ~25% of the GEMM's time on our CPU).
+        # One score buffer for every block: a fresh output per block page-faults, which on
+        # a CPU costs a visible share of the GEMM's own time.
         scratch = None
         for query_start in range(0, n_queries, query_step):
             query_rows = slice(query_start, min(query_start + query_step, n_queries))

@@ -13,8 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from gaussmem.atomic import write_text_atomic
-from gaussmem.errors import GaussmemError
+from gaussmem.errors import GaussmemError, MetricsError
+from gaussmem.plumbing.atomic import write_text_atomic
 
 
 class MetricsLog:
@@ -61,10 +61,6 @@ class MetricsLog:
         self._handle.close()
         if self._writer is not None:
             self._writer.close()
-
-
-class MetricsError(GaussmemError):
-    """A `metrics.jsonl` with a damaged record before its last line."""
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from gaussmem.accuracy import AccuracySummary
 from gaussmem.data.datasets import FewShotDataset, episode_sampler
 from gaussmem.data.episodes import EpisodeSampleIds
 from gaussmem.embedding_cache import EmbeddingCache
 from gaussmem.errors import EpisodeError
-from gaussmem.evaluate import AccuracySummary
 from gaussmem.methods.base import FewShotClassifier
 
 #: Episodes of the open-set protocol when none are asked for (as in the few-shot

@@ -26,7 +26,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from gaussmem.data.class_images import pixels_to_tensor
-from gaussmem.errors import GaussmemError
+from gaussmem.data.datasets import available_datasets, dataset_entry
+from gaussmem.errors import ImageError
 
 ImageInput = str | os.PathLike[str] | Image.Image | np.ndarray
 Polarity = Literal["auto", "as-is", "invert"]
@@ -35,10 +36,6 @@ POLARITIES: tuple[str, ...] = ("auto", "as-is", "invert")
 KINDS: tuple[str, ...] = ("strokes", "photo")
 #: Width in pixels of the border whose median decides a drawing's background.
 _BORDER = 2
-
-
-class ImageError(GaussmemError):
-    """An image that cannot be read or turned into a model input."""
 
 
 @dataclass(frozen=True)
@@ -60,10 +57,9 @@ class ImagePreprocessing:
         """The preprocessing of a checkpoint's resolved config (`checkpoint["config"]`):
         Omniglot trains on strokes-bright drawings, LFW-a on grey photographs."""
         dataset = config["data"]["dataset"]
-        kinds = {"omniglot": "strokes", "lfw": "photo"}
-        if dataset not in kinds:
+        if dataset not in available_datasets():
             raise ImageError(f"no image preprocessing is known for dataset {dataset!r}")
-        return cls(kinds[dataset], int(config["model"]["image_size"]))
+        return cls(dataset_entry(dataset).image_kind, int(config["model"]["image_size"]))
 
 
 def load_images(images: Iterable[ImageInput], preprocessing: ImagePreprocessing,

@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from gaussmem.checkpoint import CheckpointError, file_sha256, load_checkpoint
-from gaussmem.gallery_file import GalleryError, GalleryManifest, read_gallery, write_gallery
+from gaussmem.checkpoint import file_sha256, load_checkpoint
+from gaussmem.errors import CheckpointError, GalleryError
+from gaussmem.gallery_file import GalleryManifest, read_gallery, write_gallery
 from gaussmem.gallery_search import EntrySearch, ExactSearch, LabelCandidates, nearest_labels
 from gaussmem.memory import NOT_FOUND, GaussianMemory
 from gaussmem.memory_in_order import update_in_order_
@@ -41,7 +42,7 @@ from gaussmem.unknown import (
 )
 
 #: The unknown score a new gallery uses: the best of the three on validation classes
-#: (benchmarks/unknown_scores.py, results/unknown_scores.json).
+#: (experiments/unknown_scores.py, results/unknown_scores.json).
 DEFAULT_UNKNOWN_SCORE = "similarity"
 #: Slots of a new gallery; it doubles whenever an enrollment needs more.
 _INITIAL_CAPACITY = 64

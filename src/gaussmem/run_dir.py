@@ -5,7 +5,7 @@ A run directory holds one run: its `config.json`, `metrics.jsonl`, checkpoints a
 the end of training writes. A fresh run in a directory that already holds one would
 append to its metrics (steps logged twice) and overwrite its checkpoints, so it is
 refused unless the user asks for the old run to be cleared. Interrupted atomic writes
-(gaussmem.atomic) leave `.NAME.*.tmp` orphans, removed when a run starts or resumes.
+(gaussmem.plumbing.atomic) leave `.NAME.*.tmp` orphans, removed when a run starts or resumes.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from gaussmem.errors import GaussmemError
+from gaussmem.errors import RunDirectoryError
 
 #: What a run writes into its directory; other files (notes a script keeps beside a
 #: run, say) are neither a sign of a run nor removed by `clear_run`.
@@ -23,10 +23,6 @@ RUN_ENTRIES = ("config.json", "metrics.jsonl", "summary.json", "checkpoints", "f
 
 #: Sub-directories whose atomic writes can leave orphans, besides the run directory.
 _ATOMIC_SUBDIRS = ("checkpoints", "figures")
-
-
-class RunDirectoryError(GaussmemError):
-    """A run directory that cannot be used as asked, or a write into it that failed."""
 
 
 def run_entries(run_dir: Path) -> list[Path]:

@@ -36,7 +36,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import torch
 
-from gaussmem.errors import GaussmemError
+from gaussmem.errors import GallerySearchError
 from gaussmem.gaussian import lift_entries, lift_queries, symmetric_kl_diag
 
 IndexKind = Literal["flat", "ivf"]
@@ -50,10 +50,6 @@ KMEANS_ITERATIONS = 8
 #: recent faiss-cpu wheels ship 128,000, which sends batches of a few hundred queries
 #: to a far slower scalar loop).
 BLAS_THRESHOLD = 20
-
-
-class GallerySearchError(GaussmemError):
-    """FAISS is missing, or an index was asked for something it cannot do."""
 
 
 class GallerySearchResult(NamedTuple):

@@ -34,23 +34,20 @@ from typing import Any
 import torch
 
 import gaussmem.methods  # noqa: F401  (registers every built-in method and its training)
-from gaussmem.atomic import write_text_atomic
 from gaussmem.checkpoint import load_checkpoint, save_checkpoint
 from gaussmem.config import TrainConfig, from_dict, to_dict
-from gaussmem.cuda_graphs import set_learning_rate
 from gaussmem.data.datasets import FewShotDataset
-from gaussmem.data.training_sampler import (
-    StreamSampler,
-    TrainingClassSampler,
-    TrainingError,
-    images_to_tensor,
-)
+from gaussmem.data.training_sampler import StreamSampler, TrainingClassSampler, images_to_tensor
 from gaussmem.distributed import Distributed, current, rank_seed
+from gaussmem.errors import TrainingError
 from gaussmem.evaluate import EvaluationResult, evaluate_support_query
 from gaussmem.generative import write_run_figures
 from gaussmem.methods.registry import training_class
 from gaussmem.methods.training import MethodTraining
 from gaussmem.metrics_log import MetricsLog
+from gaussmem.plumbing.atomic import write_text_atomic
+from gaussmem.plumbing.cuda_graphs import set_learning_rate
+from gaussmem.plumbing.seeding import global_rng_state, seed_everything, set_global_rng_state
 from gaussmem.progress import (
     format_left,
     time_left_seconds,
@@ -59,7 +56,6 @@ from gaussmem.progress import (
     validation_line,
 )
 from gaussmem.run_dir import check_fresh_run_dir, clear_run, remove_orphans, write_failed
-from gaussmem.seeding import global_rng_state, seed_everything, set_global_rng_state
 
 LAST_CHECKPOINT = "checkpoints/last.ckpt"
 BEST_CHECKPOINT = "checkpoints/best.ckpt"

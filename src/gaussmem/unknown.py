@@ -1,7 +1,7 @@
 """Unknown scores: how sure a recognizer is that a query shows someone in its gallery.
 
 Every score is "higher = more likely known"; a query is accepted when its score is at
-least the threshold. Three are offered (`benchmarks/unknown_scores.py` compares them on
+least the threshold. Three are offered (`experiments/unknown_scores.py` compares them on
 validation classes, `results/unknown_scores.json`):
 
 - "similarity": exp(-SKL) to the nearest label's nearest entry (the paper's eq. 1);

@@ -4,11 +4,10 @@ Late in a run the trained weights wander between checkpoints that score within a
 each other; validating an average of them (`torch.optim.swa_utils.AveragedModel`) is the
 usual cure. For a network with BatchNorm the weights alone are not enough: an average of
 weights from different steps scales its activations differently from what the average of
-the running statistics expects (a 15-minute `cpu-quick` run with the averaged statistics
-validated far below its own trained weights). So, as SWA does with `update_bn`, the
-average gets BatchNorm statistics of its own, from a fixed set of training images,
-before it is used. (On `cpu-quick` the average scored no higher than the trained weights:
-its cosine decay already ends a run at a low learning rate; results/tuning/mavae_tuning.md.)
+the running statistics expects. So, as SWA does with `update_bn`, the average gets
+BatchNorm statistics of its own, from a fixed set of training images, before it is used.
+No preset averages: the cosine decay already ends a run at a low learning rate
+(results/tuning/mavae_tuning.md).
 """
 
 from __future__ import annotations

@@ -2,7 +2,12 @@
 
 import argparse
 
-from gaussmem.settings import CACHE_ENV_VAR, DATA_ENV_VAR, default_cache_dir, default_data_dir
+from gaussmem.plumbing.settings import (
+    CACHE_ENV_VAR,
+    DATA_ENV_VAR,
+    default_cache_dir,
+    default_data_dir,
+)
 
 
 def add_data_location_arguments(parser: argparse.ArgumentParser, *, cache: bool = True) -> None:

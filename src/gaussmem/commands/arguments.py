@@ -12,7 +12,7 @@ import math
 import os
 from pathlib import Path
 
-#: Seeds feed NumPy's legacy global RNG (gaussmem.seeding), which takes 32 bits.
+#: Seeds feed NumPy's legacy global RNG (gaussmem.plumbing.seeding), which takes 32 bits.
 MAX_SEED = 2**32 - 1
 
 

@@ -8,12 +8,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from gaussmem.atomic import write_text_atomic
 from gaussmem.commands import DefaultsHelpFormatter, add_data_location_arguments
 from gaussmem.commands.arguments import output_file
-from gaussmem.data.omniglot_splits import SCHEME_SUBSETS
 from gaussmem.errors import DataError
-from gaussmem.settings import (
+from gaussmem.plumbing.atomic import write_text_atomic
+from gaussmem.plumbing.settings import (
     LFW_PACK_NAME,
     OMNIGLOT_BASE_URL,
     resolve_cache_dir,
@@ -113,6 +112,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 def _split_summary(data_dir: Path, cache_dir: Path) -> dict[str, dict]:
     from gaussmem.data.omniglot import load_omniglot  # imports torch
+    from gaussmem.data.omniglot_splits import SCHEME_SUBSETS
 
     summary: dict[str, dict] = {}
     for scheme, subsets in SCHEME_SUBSETS.items():

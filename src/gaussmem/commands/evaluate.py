@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from gaussmem.commands.arguments import (
     seed,
 )
 from gaussmem.errors import EpisodeError
-from gaussmem.settings import resolve_cache_dir, resolve_data_dir
+from gaussmem.plumbing.settings import resolve_cache_dir, resolve_data_dir
 
 SPLITS = ("test", "val", "train", "trainval")
 
@@ -79,11 +78,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from gaussmem.allocator import keep_freed_memory
-    from gaussmem.atomic import write_text_atomic
     from gaussmem.evaluate import evaluate_checkpoint
-    from gaussmem.hardware import code_version
     from gaussmem.open_set import DEFAULT_OPEN_SET_EPISODES
+    from gaussmem.plumbing.allocator import keep_freed_memory
+    from gaussmem.plumbing.atomic import write_text_atomic
+    from gaussmem.plumbing.hardware import describe_hardware
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -105,11 +104,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress, device=args.device, shift_pixels=args.shift_pixels,
         rotation_degrees=args.rotation_degrees, n_unknown=args.n_unknown)
     report["command"] = "gaussmem " + " ".join(sys.argv[1:]) if sys.argv[1:] else None
-    report["hardware"] = {"machine": platform.machine(), "processor": platform.processor(),
-                          "torch_threads": torch.get_num_threads(),
-                          "torch": torch.__version__, "gaussmem": code_version()}
-    if report["device"].startswith("cuda"):
-        report["hardware"]["gpu"] = torch.cuda.get_device_name(torch.device(report["device"]))
+    report["hardware"] = describe_hardware(report["device"])
     if args.json_path:
         write_text_atomic(args.json_path, json.dumps(report, indent=2, sort_keys=True) + "\n")
     accuracy = report["result"]["accuracy"]

@@ -132,7 +132,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Any]:
     import torch
 
     from gaussmem.generative import load_split, vae_from_checkpoint
-    from gaussmem.settings import resolve_cache_dir, resolve_data_dir
+    from gaussmem.plumbing.settings import resolve_cache_dir, resolve_data_dir
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -145,7 +145,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Any]:
 def _metadata(args: argparse.Namespace, checkpoint: dict[str, Any], dataset: Any
               ) -> dict[str, Any]:
     from gaussmem.checkpoint import file_sha256
-    from gaussmem.hardware import command_line, describe_hardware
+    from gaussmem.plumbing.script_record import provenance
 
     return {
         "checkpoint": {"path": str(Path(args.checkpoint).resolve()),
@@ -153,16 +153,15 @@ def _metadata(args: argparse.Namespace, checkpoint: dict[str, Any], dataset: Any
                        "method": checkpoint["config"]["method"],
                        "train_minutes": checkpoint["elapsed_seconds"] / 60.0},
         "dataset": dataset.name, "split": args.split, "seed": args.seed,
-        "command": command_line(), "hardware": describe_hardware(),
+        **provenance(),
     }
 
 
 def _write_json(path: str | None, report: dict[str, Any]) -> None:
-    from gaussmem.atomic import write_text_atomic
+    from gaussmem.plumbing.script_record import write_json
 
-    text = json.dumps(report, indent=2) + "\n"
     if path:
-        write_text_atomic(path, text)
+        write_json(path, report)
 
 
 def run_reconstruct(args: argparse.Namespace) -> int:
@@ -289,6 +288,7 @@ def run_generative_report(args: argparse.Namespace) -> int:
         print(f"one-shot generation ({args.episodes} x {generation.n_way}-way): "
               f"{generation.generated.mean:.1f}% ± {generation.generated.ci95:.1f} judged "
               f"their source class (real drawings {generation.real_images.mean:.1f}%, "
-              f"chance {generation.chance:.1f}%)")
+              f"reconstructions of the stored examples "
+              f"{generation.reconstructions.mean:.1f}%, chance {generation.chance:.1f}%)")
     _write_json(args.json_path, report)
     return 0

@@ -117,7 +117,8 @@ def _rate(value: str) -> float:
 
 # --- handlers -------------------------------------------------------------------------
 def _open(args: argparse.Namespace, *, create: bool = False) -> Any:
-    from gaussmem.gallery_file import MANIFEST_NAME, GalleryError
+    from gaussmem.errors import GalleryError
+    from gaussmem.gallery_file import MANIFEST_NAME
     from gaussmem.recognizer import Recognizer
 
     if create and not (args.gallery / MANIFEST_NAME).is_file():
@@ -129,7 +130,7 @@ def _open(args: argparse.Namespace, *, create: bool = False) -> Any:
 
 
 def _enroll(args: argparse.Namespace) -> int:
-    from gaussmem.gallery_file import GalleryError
+    from gaussmem.errors import GalleryError
 
     if args.from_folder is not None:
         if args.files:
@@ -227,7 +228,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 def labelled_folder(root: Path) -> list[tuple[str, Path]]:
     """`(label, image path)` for every file of every subfolder of `root` (the label is
     the subfolder's name), sorted; hidden entries are skipped."""
-    from gaussmem.gallery_file import GalleryError
+    from gaussmem.errors import GalleryError
 
     if not root.is_dir():
         raise GalleryError(f"{root} is not a directory")
@@ -242,7 +243,7 @@ def labelled_folder(root: Path) -> list[tuple[str, Path]]:
 
 def folder_images(root: Path) -> list[Path]:
     """Every non-hidden file under `root`, sorted."""
-    from gaussmem.gallery_file import GalleryError
+    from gaussmem.errors import GalleryError
 
     if not root.is_dir():
         raise GalleryError(f"{root} is not a directory")

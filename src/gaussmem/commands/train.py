@@ -18,7 +18,7 @@ from gaussmem.commands.arguments import (
     positive_int,
     seed,
 )
-from gaussmem.settings import resolve_cache_dir, resolve_data_dir
+from gaussmem.plumbing.settings import resolve_cache_dir, resolve_data_dir
 
 if TYPE_CHECKING:  # the config module imports torch: not for `--help`
     from gaussmem.config import TrainConfig
@@ -135,8 +135,8 @@ def _warn_if_the_cpu_is_busy(config: TrainConfig) -> None:
     """Training on the CPU beside other work: say how many threads would suit it."""
     import torch
 
-    from gaussmem.hardware import busy_cpu_warning, other_running_tasks
     from gaussmem.methods import training_class
+    from gaussmem.plumbing.hardware import busy_cpu_warning, other_running_tasks
 
     if training_class(config.method).training_device(config).type != "cpu":
         return
@@ -150,9 +150,10 @@ def _warn_if_the_cpu_is_busy(config: TrainConfig) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here so `gaussmem --help` stays fast (no torch import).
-    from gaussmem.config import default_preset, resolve, to_dict
+    from gaussmem.config import to_dict
     from gaussmem.distributed import launched_by_torchrun, process_group
     from gaussmem.methods import method_class, training_class
+    from gaussmem.presets import default_preset, resolve
     from gaussmem.run_dir import check_fresh_run_dir
     from gaussmem.train import TrainingError
 
@@ -161,7 +162,6 @@ def run(args: argparse.Namespace) -> int:
     preset_name = args.preset or default_preset(args.method or "mavae")
     if args.print_config:
         config = resolve(preset_name, args.config, _overrides(args))
-        method_class(config.method)
         print(json.dumps(to_dict(config), indent=2))
         return 0
     if args.resume and not args.run_dir:
@@ -182,7 +182,6 @@ def run(args: argparse.Namespace) -> int:
         config = _resume_config(saved, args)
     else:
         config = resolve(preset_name, args.config, _overrides(args))
-        method_class(config.method)
     # What the run will train with: the checkpoint's config where none replaces it.
     effective = config or saved
     # Under torchrun, join the launch's processes (nccl on GPUs, gloo on CPUs).
@@ -194,9 +193,9 @@ def run(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, config: TrainConfig | None, effective: TrainConfig,
            run_dir: Path, ranks: Distributed) -> int:
     """Load the data, train, print where things went (rank 0 prints for every rank)."""
-    from gaussmem.allocator import keep_freed_memory
-    from gaussmem.atomic import write_text_atomic
     from gaussmem.data.datasets import load_split
+    from gaussmem.plumbing.allocator import keep_freed_memory
+    from gaussmem.plumbing.atomic import write_text_atomic
     from gaussmem.train import TrainingInterrupted, train
 
     data_dir, cache_dir = resolve_data_dir(args.data_dir), resolve_cache_dir(args.cache_dir)
@@ -213,7 +212,7 @@ def _train(args: argparse.Namespace, config: TrainConfig | None, effective: Trai
         print(f"gaussmem train: run directory {run_dir}"
               + (f" ({ranks.world_size} processes)" if ranks.world_size > 1 else ""))
         _warn_if_the_cpu_is_busy(effective)
-    keep_freed_memory()  # 1.0-1.2x CPU training throughput (results/speed/allocator_speed.json)
+    keep_freed_memory()  # faster CPU steps (results/speed/allocator_speed.json)
     try:
         result = train(config, run_dir, train_set, val_set, resume=args.resume,
                        progress=not args.no_progress, overwrite=args.overwrite)

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from gaussmem.atomic import atomic_directory
 from gaussmem.errors import CacheError
+from gaussmem.plumbing.atomic import atomic_directory
 
 CACHE_FORMAT = 1
 _ARRAY_FILE = "images.npy"

@@ -7,11 +7,16 @@ photo and its mirror must stay on one side of an episode). Both offer the same f
 members: `name`, `n_classes`, `image_shape`, `n_samples`, `sample_tensor(ids)`,
 `draw_distinct(classes, count, rng)`, `fewest_distinct_per_class`, `pixel_mean()`.
 `episode_sampler` picks the sampler that keeps each one's episodes honest.
+
+Datasets are registered by name (`register_dataset`, beside each loader), so a new
+dataset is a module of its own and one import line in `gaussmem/data/__init__.py`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,34 +28,57 @@ from gaussmem.errors import DataError
 FewShotDataset = ClassImageSet | GroupedImageSet
 EpisodeSource = EpisodeSampler | GroupedEpisodeSampler
 
-DATASETS = ("omniglot", "lfw")
 #: Queries per class where every class has room for them (Vinyals/Snell on Omniglot).
 OMNIGLOT_N_QUERY = 15
+
+#: `load(scheme, subset, *, data_dir, cache_dir)`: one class subset of a split scheme.
+SplitLoader = Callable[..., FewShotDataset]
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """What the rest of the library needs to know about a registered dataset."""
+
+    load: SplitLoader
+    #: How a recognizer prepares a user's image like the training images
+    #: (gaussmem.preprocess): "strokes" (bright strokes on black) or "photo" (grey).
+    image_kind: str
+
+
+_DATASETS: dict[str, DatasetEntry] = {}
+
+
+def register_dataset(name: str, *, image_kind: str) -> Callable[[SplitLoader], SplitLoader]:
+    """Function decorator: the split loader of the dataset `data.dataset = name`, as
+    `register_method` makes a classifier available by name."""
+
+    def decorate(load: SplitLoader) -> SplitLoader:
+        if name in _DATASETS and _DATASETS[name].load is not load:
+            raise ValueError(f"dataset {name!r} is already registered to {_DATASETS[name].load}")
+        _DATASETS[name] = DatasetEntry(load, image_kind)
+        return load
+
+    return decorate
+
+
+def available_datasets() -> list[str]:
+    return sorted(_DATASETS)
+
+
+def dataset_entry(name: str) -> DatasetEntry:
+    """The entry registered as `name`; `DataError` lists the known names."""
+    if name not in _DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose from {available_datasets()}")
+    return _DATASETS[name]
 
 
 def load_split(data: Any, subset: str, *, data_dir: Path | None = None,
                cache_dir: Path | None = None) -> FewShotDataset:
-    """Subset `subset` of the dataset a `DataConfig` (or its dict form) names.
-
-    Omniglot: `data.scheme` ("vinyals", "lake") and subsets train/val/test/trainval.
-    LFW-a: the committed `paper` split, subsets train/test and fit/val (see
-    gaussmem.data.lfw).
-    """
+    """Subset `subset` of the dataset a `DataConfig` (or its dict form) names, split by
+    its `scheme` (gaussmem.data.omniglot, gaussmem.data.lfw)."""
     values = data if isinstance(data, dict) else vars(data)
-    dataset, scheme = values["dataset"], values["scheme"]
-    if dataset == "omniglot":
-        from gaussmem.data.omniglot import load_omniglot
-
-        return load_omniglot(scheme, subset, data_dir=data_dir, cache_dir=cache_dir)
-    if dataset == "lfw":
-        from gaussmem.data.lfw import load_lfw
-
-        if scheme not in ("paper", "generated"):
-            raise DataError(f"LFW-a splits are 'paper' and 'generated', not data.scheme="
-                            f"{scheme!r}; start from an LFW preset (lfw-5way, lfw-cpu, "
-                            "<method>-lfw-cpu), which sets it")
-        return load_lfw(subset, split=scheme, data_dir=data_dir, cache_dir=cache_dir)
-    raise DataError(f"unknown dataset {dataset!r}; choose from {DATASETS}")
+    return dataset_entry(values["dataset"]).load(values["scheme"], subset,
+                                                 data_dir=data_dir, cache_dir=cache_dir)
 
 
 def episode_sampler(dataset: FewShotDataset, n_way: int, n_shot: int, n_query: int, *,

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from gaussmem.atomic import atomic_path
 from gaussmem.errors import DataError
-from gaussmem.settings import OMNIGLOT_BASE_URL as OFFICIAL_BASE_URL
+from gaussmem.plumbing.atomic import atomic_path
+from gaussmem.plumbing.settings import OMNIGLOT_BASE_URL as OFFICIAL_BASE_URL
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,11 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from gaussmem.data.array_cache import CachedArray, load_or_build
+from gaussmem.data.datasets import register_dataset
 from gaussmem.data.grouped_images import GroupedImageSet
 from gaussmem.data.lfw_pack import PACK_NAME, read_face_pack, read_face_pack_meta, write_face_pack
 from gaussmem.errors import DataError
-from gaussmem.settings import resolve_cache_dir, resolve_data_dir
+from gaussmem.plumbing.settings import resolve_cache_dir, resolve_data_dir
 
 LFW_FOLDER = "lfw"
 LFW_A_TOTALS = {"people": 5749, "images": 13233}
@@ -300,3 +301,14 @@ def _select_people(cached: CachedArray, chosen: list[str], name: str,
     return GroupedImageSet(images=np.asarray(cached.array[rows]),
                            class_offsets=np.concatenate([[0], np.cumsum(chosen_counts)]),
                            class_names=list(chosen), name=name, mirror=mirror)
+
+
+@register_dataset("lfw", image_kind="photo")
+def load_lfw_split(scheme: str, subset: str, *, data_dir: Path | str | None = None,
+                   cache_dir: Path | str | None = None) -> GroupedImageSet:
+    """`load_lfw` as `data.scheme` and `data.train_subset`/`val_subset` name it."""
+    if scheme not in ("paper", "generated"):
+        raise DataError(f"LFW-a splits are 'paper' and 'generated', not data.scheme="
+                        f"{scheme!r}; start from an LFW preset (lfw-5way, lfw-cpu, "
+                        "<method>-lfw-cpu), which sets it")
+    return load_lfw(subset, split=scheme, data_dir=data_dir, cache_dir=cache_dir)

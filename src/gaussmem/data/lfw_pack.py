@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from gaussmem.atomic import atomic_path
 from gaussmem.errors import DataError
-from gaussmem.settings import LFW_PACK_NAME
+from gaussmem.plumbing.atomic import atomic_path
+from gaussmem.plumbing.settings import LFW_PACK_NAME
 
 PACK_NAME = LFW_PACK_NAME  # the name the rest of the data package uses
 _FORMAT = 1

@@ -2,8 +2,9 @@
 
 `load_omniglot("vinyals", "train")` returns a `ClassImageSet` of 28x28 uint8 images,
 strokes = 255, one class per (character, rotation). The first call reads and verifies
-the release (about 4 s on 2 CPU cores) and writes a cache of all 1,623 characters keyed
-by the release's content and the preprocessing; later calls memory-map that cache.
+the release (timed in results/speed/data_loading.json) and writes a cache of all 1,623
+characters keyed by the release's content and the preprocessing; later calls
+memory-map that cache.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from tqdm import tqdm
 
 from gaussmem.data.array_cache import CachedArray, load_or_build
 from gaussmem.data.class_images import ClassImageSet
+from gaussmem.data.datasets import register_dataset
 from gaussmem.data.omniglot_source import (
     COLLECTIONS,
     CharacterFiles,
@@ -33,7 +35,7 @@ from gaussmem.data.omniglot_splits import (
     vinyals_classes,
 )
 from gaussmem.errors import DataError
-from gaussmem.settings import resolve_cache_dir, resolve_data_dir
+from gaussmem.plumbing.settings import resolve_cache_dir, resolve_data_dir
 
 OMNIGLOT_FOLDER = "omniglot"
 
@@ -113,6 +115,7 @@ def _build(sources: list[CollectionSource], manifest: OmniglotManifest,
     return images, metadata
 
 
+@register_dataset("omniglot", image_kind="strokes")
 def load_omniglot(scheme: str = "vinyals", subset: str = "train", *,
                   data_dir: Path | str | None = None, cache_dir: Path | str | None = None,
                   split_dir: Path | str | None = None,

@@ -15,11 +15,7 @@ import numpy as np
 import torch
 
 from gaussmem.data.datasets import FewShotDataset
-from gaussmem.errors import GaussmemError
-
-
-class TrainingError(GaussmemError):
-    """A run directory, resume request or training shape that cannot be used."""
+from gaussmem.errors import TrainingError
 
 
 def images_to_tensor(images: np.ndarray, channels_last: bool,

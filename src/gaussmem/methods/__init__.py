@@ -18,6 +18,7 @@ from gaussmem.methods import protonet as _protonet  # noqa: F401
 from gaussmem.methods.base import FewShotClassifier
 from gaussmem.methods.registry import (
     available_methods,
+    check_method_settings,
     classifier_from_checkpoint,
     method_class,
     register_method,
@@ -28,6 +29,7 @@ from gaussmem.methods.registry import (
 __all__ = [
     "FewShotClassifier",
     "available_methods",
+    "check_method_settings",
     "classifier_from_checkpoint",
     "method_class",
     "register_method",

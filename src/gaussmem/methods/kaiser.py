@@ -30,7 +30,8 @@ from torch import nn
 
 from gaussmem.config import KaiserConfig, TrainConfig, from_dict
 from gaussmem.data.datasets import FewShotDataset
-from gaussmem.data.training_sampler import StreamSampler, TrainingError, images_to_tensor
+from gaussmem.data.training_sampler import StreamSampler, images_to_tensor
+from gaussmem.errors import TrainingError
 from gaussmem.memory import NOT_FOUND, SlotMemory, put_rows_
 from gaussmem.methods.base import FewShotClassifier
 from gaussmem.methods.protonet import DEFAULT_EMBED_BATCH

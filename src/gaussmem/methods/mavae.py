@@ -16,16 +16,15 @@ from typing import Any
 import torch
 
 from gaussmem.config import TrainConfig, from_dict
-from gaussmem.device import module_device
 from gaussmem.gaussian import pairwise_symmetric_kl
 from gaussmem.memory import NOT_FOUND, GaussianMemory
 from gaussmem.methods.base import FewShotClassifier
 from gaussmem.methods.registry import register_method
 from gaussmem.models.vae import DiagonalGaussian, GaussianVAE
+from gaussmem.plumbing.device import module_device
 
-#: Images per encoder call at evaluation: bounds activation memory for 400-way episodes;
-#: small batches were also faster on CPU in calibration (~7,000 images/s at 64 vs ~3,000
-#: at 256).
+#: Images per encoder call at evaluation: bounds activation memory for 400-way episodes
+#: and suits a CPU (results/speed/speed-cpu.json, "embedding").
 DEFAULT_EMBED_BATCH = 128
 
 

@@ -44,16 +44,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from gaussmem.config import TrainConfig
-from gaussmem.cuda_graphs import CapturedStep
 from gaussmem.data.augmentation import RandomAffine, distort
 from gaussmem.data.datasets import FewShotDataset
-from gaussmem.data.training_sampler import (
-    TrainingClassSampler,
-    TrainingError,
-    images_to_tensor,
-)
+from gaussmem.data.training_sampler import TrainingClassSampler, images_to_tensor
 from gaussmem.distributed import current
+from gaussmem.errors import ConfigError, TrainingError
 from gaussmem.losses import (
+    MEMORY_TERMS,
     log_similarity,
     memory_softmax_loss,
     scaled_similarity,
@@ -64,7 +61,8 @@ from gaussmem.methods.mavae import MemoryAugmentedVAE
 from gaussmem.methods.registry import register_training
 from gaussmem.methods.training import MethodTraining
 from gaussmem.models.vae import DiagonalGaussian, GaussianVAE
-from gaussmem.precision import autocast
+from gaussmem.plumbing.cuda_graphs import CapturedStep
+from gaussmem.plumbing.precision import PRECISIONS, autocast
 
 #: DDP's option to skip the broadcast of buffers before each forward: renamed in torch
 #: 2.13 (the old name warns there), absent under the new name before.
@@ -167,6 +165,22 @@ class MAVAETraining(MethodTraining):
     postfix_terms = ("loss", "triplet", "generative_self", "accuracy")
     device_types = ("cpu", "cuda")
     distributed = True
+    memory_terms = MEMORY_TERMS
+    precisions = PRECISIONS
+    augments = True
+    records_cuda_graph = True
+
+    @classmethod
+    def check_config(cls, config: TrainConfig) -> None:
+        """The shared checks, and a CUDA graph only of the step it records: the
+        triplet's, without a weight average."""
+        super().check_config(config)
+        if config.cuda_graph and (config.loss.memory_term != "triplet"
+                                  or config.optim.ema_decay):
+            raise ConfigError("cuda_graph=true records the MA-VAE's triplet step without a "
+                              f"weight average; got loss.memory_term="
+                              f"{config.loss.memory_term!r}, "
+                              f"optim.ema_decay={config.optim.ema_decay}")
 
     def __init__(self, config: TrainConfig, train_set: FewShotDataset) -> None:
         super().__init__(config, train_set)
@@ -276,7 +290,7 @@ class MAVAETraining(MethodTraining):
     def device_step(self, images: torch.Tensor, labels: torch.Tensor, measure: bool = False
                     ) -> dict[str, torch.Tensor]:
         """Steps 2-5 of the module docstring: device work only, no host syncs, so that
-        `cuda_graph` can record it (gaussmem.cuda_graphs)."""
+        `cuda_graph` can record it (gaussmem.plumbing.cuda_graphs)."""
         terms, content = forward_losses(self.model, self.memory, images, labels,
                                         self.sampler.n_classes, self.config,
                                         autocast_cache=self.captured_step is None,

@@ -5,14 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from gaussmem.errors import GaussmemError
+from gaussmem.config import TrainConfig
+from gaussmem.errors import UnknownMethodError
 from gaussmem.methods.base import FewShotClassifier
 
 _METHODS: dict[str, type[FewShotClassifier]] = {}
-
-
-class UnknownMethodError(GaussmemError):
-    """A method name that no module registered."""
 
 
 def register_method(name: str) -> Callable[[type[FewShotClassifier]], type[FewShotClassifier]]:
@@ -69,3 +66,10 @@ def training_class(name: str) -> type:
         raise UnknownMethodError(f"no training registered for method {name!r}; known: "
                                  f"{sorted(_TRAININGS)}")
     return _TRAININGS[name]
+
+
+def check_method_settings(config: TrainConfig) -> None:
+    """Refuse, before anything runs, a method name no module registered or a setting
+    that `config.method` does not implement (`MethodTraining.check_config`)."""
+    method_class(config.method)
+    training_class(config.method).check_config(config)

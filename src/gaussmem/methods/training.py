@@ -22,11 +22,16 @@ import torch
 from torch import nn
 
 from gaussmem.config import TrainConfig
-from gaussmem.cuda_graphs import capturable_adam, make_capturable_, portable_optimizer_state
 from gaussmem.data.datasets import FewShotDataset
-from gaussmem.data.training_sampler import TrainingError, images_to_tensor
-from gaussmem.device import module_device, resolve_device
+from gaussmem.data.training_sampler import images_to_tensor
+from gaussmem.errors import ConfigError, TrainingError
 from gaussmem.methods.base import FewShotClassifier
+from gaussmem.plumbing.cuda_graphs import (
+    capturable_adam,
+    make_capturable_,
+    portable_optimizer_state,
+)
+from gaussmem.plumbing.device import module_device, resolve_device
 from gaussmem.weight_average import WeightAverage
 
 #: Training classes (two drawings each) a weight average's BatchNorm statistics come from.
@@ -53,6 +58,12 @@ class MethodTraining(ABC):
     device_types: tuple[str, ...] = ("cpu",)
     #: Whether the method trains under torchrun (DDP, gaussmem.distributed).
     distributed: bool = False
+    #: Settings of the shared config that only some methods implement; a method that
+    #: implements more says so here, and `check_config` refuses the rest.
+    memory_terms: tuple[str, ...] = ("triplet",)
+    precisions: tuple[str, ...] = ("float32",)
+    augments: bool = False
+    records_cuda_graph: bool = False
 
     def __init__(self, config: TrainConfig, train_set: FewShotDataset) -> None:
         side = config.model.image_size
@@ -61,6 +72,7 @@ class MethodTraining(ABC):
                                 f"{train_set.image_shape[1]} images but the config's networks "
                                 f"take {side}x{side} (model.image_size); use a preset for "
                                 "this dataset or --set model.image_size=...")
+        self.check_config(config)
         self.config = config
         self.train_set = train_set
         self.device = self.training_device(config)
@@ -68,6 +80,26 @@ class MethodTraining(ABC):
             raise TrainingError(f"cuda_graph=true records the step as a CUDA graph, but the "
                                 f"run trains on {self.device} (device={config.device!r}); "
                                 "use a CUDA device or cuda_graph=false")
+
+    @classmethod
+    def check_config(cls, config: TrainConfig) -> None:
+        """`ConfigError` for a setting of `config` this method does not implement.
+
+        Run when a config is resolved (gaussmem.presets.resolve) and again when training
+        starts, so that a config merged on resume is checked too."""
+        method = config.method
+        if config.loss.memory_term not in cls.memory_terms:
+            raise ConfigError(f"loss.memory_term={config.loss.memory_term!r} is not "
+                              f"implemented for method {method!r}, which has its own loss")
+        if config.precision not in cls.precisions:
+            raise ConfigError(f"precision={config.precision!r} is not implemented for "
+                              f"method {method!r}, which trains in {cls.precisions[0]}")
+        if config.augment.enabled and not cls.augments:
+            raise ConfigError(f"augment.* is not implemented for method {method!r}, which "
+                              "trains on the plain images")
+        if config.cuda_graph and not cls.records_cuda_graph:
+            raise ConfigError(f"cuda_graph=true is not implemented for method={method!r}; "
+                              "only the MA-VAE's step is recorded")
 
     @classmethod
     def training_device(cls, config: TrainConfig) -> torch.device:
@@ -188,7 +220,7 @@ def embed_in_batches(encoder: nn.Module, images: torch.Tensor, batch_size: int,
                      channels_last: bool) -> torch.Tensor:
     """`encoder` over `images (n, C, H, W)` in batches: `(n, d)` float32 on the CPU,
     wherever the encoder runs (the episode logic runs on the CPU). Small batches bound
-    activation memory for 400-way episodes and were faster on CPU (calibration)."""
+    activation memory for 400-way episodes and suit a CPU (results/speed/speed-cpu.json)."""
     device = module_device(encoder)
     outputs = []
     for batch in images.split(batch_size):

@@ -82,7 +82,7 @@ class GaussianHead(nn.Module):
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Always float32, also under mixed-precision autocast: the memory compares
         # posteriors by divergences of their means and log-variances, and bfloat16's
-        # 8-bit mantissa would blur those comparisons (gaussmem.precision).
+        # 8-bit mantissa would blur those comparisons (gaussmem.plumbing.precision).
         with torch.autocast(device_type=features.device.type, enabled=False):
             features = features.float()
             # Clamping the log-variance keeps exp() finite and the KL terms bounded; the

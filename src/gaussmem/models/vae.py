@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from gaussmem.models.decoders import DeconvDecoder
+from gaussmem.models.decoders import DECODER_NORMS, DeconvDecoder
 from gaussmem.models.encoders import Conv4Backbone, GaussianHead
 
 
@@ -48,24 +48,28 @@ class VAEConfig:
 
     in_channels: int = 1
     image_size: int = 28
-    # Conv4 with 64 channels: the trunk of every Omniglot few-shot baseline. 80 channels
-    # tied on the validation split after 15 CPU minutes of cpu-quick, with fewer steps
-    # (results/tuning/mavae_tuning.md).
+    # Conv4 with 64 channels: the trunk of every Omniglot few-shot baseline, so methods
+    # compare like for like; wider did not help on validation (results/tuning/mavae_tuning.md).
     hidden_channels: int = 64
-    # Four blocks: a 64-d feature. Three (a 3x3x64 = 576-d map into the heads) tied four
-    # on validation after 15 CPU minutes of cpu-quick (results/tuning/mavae_tuning.md).
+    # Four blocks: Conv4's 64-d feature; three did not help on validation
+    # (results/tuning/mavae_tuning.md).
     n_blocks: int = 4
     # 64-d content: as wide as the Conv4 feature, so the embedding is not a bottleneck.
     content_dim: int = 64
     # 16-d style: enough for stroke width/slant/position; small so that class identity
     # cannot hide in z_s (the cross-reconstruction loss pushes it into z_c).
     style_dim: int = 16
-    # Heads start close to (not at) the prior: 0.1 x the default init. Measured on
-    # cpu-quick, 120 steps, validation 5-way 1-shot (results/ablation-init.md): 0.01 put
-    # every posterior so near N(0, I) that all pairs had exp(-SKL) ~ 1 and the triplet sat
-    # on a saddle (60%); 1.0 started at SKL ~ 5-30 (76%); 0.1 trained fastest (92%).
+    # Heads start close to (not at) the prior: at the prior every pair has exp(-SKL) ~ 1
+    # and the triplet sits on a saddle; at the default init posteriors start far apart
+    # (results/tuning/ablation.md).
     head_init_scale: float = 0.1
     decoder_hidden_channels: int = 64
+    # 3x3 convolutions per decoder resolution below the output (0: transposed convs only,
+    # the architecture older checkpoints were trained with).
+    decoder_refine_layers: int = 0
+    # The decoder's normalisation: "batch" (older checkpoints), "group" or None; see
+    # `decoders.norm_layer`.
+    decoder_norm: str | None = "batch"
     # p(x | z): "bernoulli" on the decoder's logits (near-binary strokes) or "gaussian"
     # with mean sigmoid(logits) and one learned standard deviation (grey photographs).
     likelihood: str = "bernoulli"
@@ -78,6 +82,12 @@ class VAEConfig:
                      "content_dim", "style_dim", "decoder_hidden_channels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"VAEConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.decoder_norm not in DECODER_NORMS:
+            raise ValueError(f"VAEConfig.decoder_norm must be one of {DECODER_NORMS}, "
+                             f"got {self.decoder_norm!r}")
+        if self.decoder_refine_layers < 0:
+            raise ValueError(f"VAEConfig.decoder_refine_layers must be >= 0, "
+                             f"got {self.decoder_refine_layers}")
 
 
 class GaussianVAE(nn.Module):
@@ -98,7 +108,9 @@ class GaussianVAE(nn.Module):
         n_upsamples = 2 if config.image_size % 4 == 0 else 0
         self.decoder = DeconvDecoder(config.content_dim + config.style_dim,
                                      config.in_channels, config.decoder_hidden_channels,
-                                     config.image_size, n_upsamples)
+                                     config.image_size, n_upsamples,
+                                     config.decoder_refine_layers,
+                                     config.decoder_norm)
         # The Gaussian likelihood's log standard deviation, learned with the rest; it
         # starts at sigma = 0.1 of the [0, 1] pixel range.
         self.log_scale = (nn.Parameter(torch.tensor(math.log(0.1)))

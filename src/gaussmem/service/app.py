@@ -31,8 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gaussmem import __version__
-from gaussmem.gallery_file import GalleryError
-from gaussmem.preprocess import ImageError
+from gaussmem.errors import GalleryError, ImageError
 from gaussmem.service.served_gallery import (
     SaveFailedError,
     ServedGallery,

@@ -32,10 +32,10 @@ from typing import TypeVar
 
 from PIL import Image, UnidentifiedImageError
 
-from gaussmem.atomic import write_bytes_atomic
-from gaussmem.errors import GaussmemError
-from gaussmem.gallery_file import MANIFEST_NAME, GalleryError
-from gaussmem.preprocess import ImageError, Polarity, prepare_image
+from gaussmem.errors import GalleryError, GaussmemError, ImageError
+from gaussmem.gallery_file import MANIFEST_NAME
+from gaussmem.plumbing.atomic import write_bytes_atomic
+from gaussmem.preprocess import Polarity, prepare_image
 from gaussmem.recognizer import EnrollReport, Recognition, Recognizer, check_labels
 from gaussmem.unknown import Calibration
 
@@ -232,7 +232,7 @@ class ServedGallery:
 
 def _remove_interrupted_saves(directory: Path) -> None:
     """Delete the staging and stale copies a killed save leaves beside the gallery
-    (`gaussmem.atomic.atomic_directory` names them `.<name>.*.tmp` and `.<name>.*.old`):
+    (`gaussmem.plumbing.atomic.atomic_directory` names them `.<name>.*.tmp` and `.<name>.*.old`):
     they are never read, and a server killed often would pile them up. The server owns
     the gallery, so no other save can be using them."""
     if not directory.parent.is_dir():

@@ -1,6 +1,6 @@
 """Diagnostic: do several scorers together beat one trained model on support-query episodes?
 
-    python benchmarks/ensemble_views.py --checkpoints A.ckpt [B.ckpt ...]
+    python experiments/ensemble_views.py --checkpoints A.ckpt [B.ckpt ...]
         [--shift-pixels 1] [--rotation-degrees 0] [--cells 5w5s:10000,20w1s]
         [--episodes 1000]
         [--seed 0] [--split val] --json OUT
@@ -30,30 +30,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from episode_errors import parse_cell as parse_nwks
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
-
-from episode_errors import parse_cell as parse_nwks  # noqa: E402
-from gaussmem.atomic import write_text_atomic  # noqa: E402
-from gaussmem.checkpoint import file_sha256, load_checkpoint  # noqa: E402
-from gaussmem.data.datasets import (  # noqa: E402
+from gaussmem.accuracy import AccuracySummary
+from gaussmem.checkpoint import file_sha256, load_checkpoint
+from gaussmem.data.datasets import (
     FewShotDataset,
     default_n_query,
     episode_sampler,
     load_split,
 )
-from gaussmem.data.views import PLAIN, SHIFT_NAMES, AffineView, view_maps  # noqa: E402
-from gaussmem.embedding_cache import EmbeddingCache  # noqa: E402
-from gaussmem.evaluate import AccuracySummary, episode_scores  # noqa: E402
-from gaussmem.hardware import command_line, describe_hardware  # noqa: E402
-from gaussmem.methods import classifier_from_checkpoint  # noqa: E402
-from gaussmem.methods.base import FewShotClassifier  # noqa: E402
+from gaussmem.data.views import PLAIN, SHIFT_NAMES, AffineView, view_maps
+from gaussmem.embedding_cache import EmbeddingCache
+from gaussmem.evaluate import episode_scores
+from gaussmem.methods import classifier_from_checkpoint
+from gaussmem.methods.base import FewShotClassifier
+from gaussmem.plumbing.script_record import provenance, write_json
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def combinations(runs: list[str], views: list[str]) -> dict[str, list[tuple[str, str]]]:
@@ -194,14 +192,14 @@ def main() -> int:
                 gain = row["gain_over_plain"]
                 line += f" (gain {gain['mean']:+.3f} ± {gain['ci95']:.3f})"
             print(line, flush=True)
-    write_text_atomic(args.json, json.dumps({
-        "command": command_line(), "split": args.split, "dataset": dataset.name,
+    write_json(args.json, {
+        **provenance(), "split": args.split, "dataset": dataset.name,
         "seed": args.seed,
         "checkpoints": {name: {"path": str(path), "sha256": file_sha256(path),
                                "step": checkpoint["step"]}
                         for name, (path, checkpoint) in checkpoints.items()},
         "views": {view: theta.tolist() for view, theta in maps.items()},
-        "hardware": describe_hardware(), "cells": reports}, indent=2) + "\n")
+        "cells": reports})
     print(f"wrote {args.json}")
     return 0
 

@@ -1,6 +1,6 @@
 """Diagnostic: which classes a trained model confuses in Omniglot support-query episodes.
 
-    python benchmarks/episode_errors.py --checkpoint runs/RUN/checkpoints/last.ckpt
+    python experiments/episode_errors.py --checkpoint runs/RUN/checkpoints/last.ckpt
         [--cells 5w5s,5w1s,20w1s,20w5s] [--episodes 1000] [--seed 0] [--split test]
         [--json OUT]
 
@@ -29,8 +29,6 @@ al.'s split (no rotations) does not have, and how much is the embedding.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -38,18 +36,17 @@ from typing import Any
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from gaussmem.accuracy import AccuracySummary
+from gaussmem.checkpoint import file_sha256, load_checkpoint
+from gaussmem.data.class_images import ClassImageSet
+from gaussmem.data.datasets import default_n_query, episode_sampler, load_split
+from gaussmem.embedding_cache import EmbeddingCache
+from gaussmem.evaluate import episode_predictions
+from gaussmem.methods import classifier_from_checkpoint
+from gaussmem.methods.base import FewShotClassifier
+from gaussmem.plumbing.script_record import provenance, write_json
 
-from gaussmem.atomic import write_text_atomic  # noqa: E402
-from gaussmem.checkpoint import file_sha256, load_checkpoint  # noqa: E402
-from gaussmem.data.class_images import ClassImageSet  # noqa: E402
-from gaussmem.data.datasets import default_n_query, episode_sampler, load_split  # noqa: E402
-from gaussmem.embedding_cache import EmbeddingCache  # noqa: E402
-from gaussmem.evaluate import AccuracySummary, episode_predictions  # noqa: E402
-from gaussmem.hardware import command_line, describe_hardware  # noqa: E402
-from gaussmem.methods import classifier_from_checkpoint  # noqa: E402
-from gaussmem.methods.base import FewShotClassifier  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 #: Stroke pixels are bright (255); half way separates stroke from background.
 STROKE_THRESHOLD = 128
@@ -208,12 +205,11 @@ def main() -> int:
     run_name = checkpoint_path.resolve().parent.parent.name
     out = Path(args.json or ROOT / "results" / "episode_errors" / args.split
                / f"episode_errors-{run_name}.json")
-    write_text_atomic(out, json.dumps(
-        {"command": command_line(),
+    write_json(out, {
+        **provenance(),
          "checkpoint": {"path": args.checkpoint, "sha256": file_sha256(checkpoint_path),
                         "step": checkpoint["step"]},
-         "split": args.split, "hardware": describe_hardware(), "cells": reports},
-        indent=2) + "\n")
+         "split": args.split, "cells": reports})
     print(f"wrote {out}")
     return 0
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Checkpoints for benchmarks/open_set.py: the MA-VAE and the three baselines, each with its
+# Checkpoints for experiments/open_set.py: the MA-VAE and the three baselines, each with its
 # CPU preset and the same wall-clock budget (validation excluded), one after another with
 # one thread, on Omniglot and on LFW-a. Runs go to runs/os-<dataset>-<method>; checkpoints
 # are not committed.
 #
-#   bash benchmarks/open_set_train.sh [OMNIGLOT_MINUTES [LFW_MINUTES]]   # default 4 3
+#   bash experiments/open_set_train.sh [OMNIGLOT_MINUTES [LFW_MINUTES]]   # default 4 3
 set -euo pipefail
 cd "$(dirname "$0")/.."
 omniglot_minutes=${1:-4}

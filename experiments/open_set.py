@@ -1,33 +1,32 @@
 """Few-shot open-set recognition of the MA-VAE and the three baselines on the same episodes.
 
 Trains nothing: give it checkpoints (by default the runs of
-`benchmarks/open_set_train.sh`, runs/os-<dataset>-<method>/checkpoints/best.ckpt). For
+`experiments/open_set_train.sh`, runs/os-<dataset>-<method>/checkpoints/best.ckpt). For
 each setting, every method is evaluated with `gaussmem.open_set` on the test split, on
 the same seeded episodes (N known classes with K shots, N unknown classes, the default
 number of queries per class), and scored by its own unknown score
 (`known_scores_from_embeddings`). Writes the JSON (with each checkpoint's identity and
 training budget, the hardware and the command) and a markdown table generated from it.
 
-    python benchmarks/open_set.py                                  # 600 episodes
-    python benchmarks/open_set.py --checkpoint omniglot:mavae=runs/new/checkpoints/best.ckpt
-    python benchmarks/open_set.py --episodes 50 --out /tmp/os.json --markdown /tmp/os.md
+    python experiments/open_set.py                                  # 600 episodes
+    python experiments/open_set.py --checkpoint omniglot:mavae=runs/new/checkpoints/best.ckpt
+    python experiments/open_set.py --episodes 50 --out /tmp/os.json --markdown /tmp/os.md
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from gaussmem.atomic import write_text_atomic
 from gaussmem.checkpoint import load_checkpoint
 from gaussmem.evaluate import evaluate_checkpoint
-from gaussmem.hardware import command_line, describe_hardware
 from gaussmem.open_set import DEFAULT_OPEN_SET_EPISODES
-from gaussmem.settings import resolve_cache_dir, resolve_data_dir
+from gaussmem.plumbing.atomic import write_text_atomic
+from gaussmem.plumbing.script_record import provenance, write_json
+from gaussmem.plumbing.settings import resolve_cache_dir, resolve_data_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("mavae", "protonet", "matching", "kaiser")
@@ -89,7 +88,7 @@ def evaluate_setting(paths: dict[tuple[str, str], Path], dataset: str, n_way: in
         path = paths[dataset, method]
         if not path.is_file():
             raise SystemExit(f"no {method} checkpoint for {dataset} at {path}: train one "
-                             "(benchmarks/open_set_train.sh) or pass --checkpoint")
+                             "(experiments/open_set_train.sh) or pass --checkpoint")
         report = evaluate_checkpoint(
             path, n_way=n_way, n_shot=n_shot, episodes=args.episodes, seed=args.seed,
             protocol="open-set", data_dir=resolve_data_dir(args.data_dir),
@@ -146,15 +145,15 @@ def main(argv: list[str] | None = None) -> int:
                       for setting in settings for entry in setting["methods"].values()})
     report = {
         "benchmark": "few-shot open-set recognition (gaussmem.open_set)",
-        "command": command_line(), "seed": args.seed, "episodes": args.episodes,
-        "split": "test", "hardware": describe_hardware(), "torch_threads": args.threads,
+        **provenance(), "seed": args.seed, "episodes": args.episodes,
+        "split": "test", "torch_threads": args.threads,
         "training_note": "each method's CPU preset, one thread, wall-clock budget "
         "(validation excluded) per dataset: " + ", ".join(
             f"{dataset} {minutes:g} min" for dataset, minutes in budgets)
         + "; best checkpoint by validation accuracy",
         "settings": settings,
     }
-    write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
+    write_json(args.out, report)
     write_text_atomic(args.markdown, markdown(report))
     print(f"wrote {args.out} and {args.markdown}")
     return 0

@@ -24,7 +24,7 @@ import torch
 from gaussmem import __version__
 
 #: The package's source folder: `<checkout>/src/gaussmem` in a git checkout.
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 
 def _cpuinfo_field(name: str) -> str | None:
@@ -44,7 +44,7 @@ def _cpu_model() -> str:
 
 def _cpu_bfloat16_flags() -> list[str]:
     """The CPU's native bfloat16 instruction sets (empty if none or unknown): bfloat16
-    training is fast only with them (gaussmem.precision)."""
+    training is fast only with them (gaussmem.plumbing.precision)."""
     flags = (_cpuinfo_field("flags") or "").split()
     return sorted(flag for flag in flags if flag in ("avx512_bf16", "amx_bf16"))
 
@@ -71,8 +71,13 @@ def code_version(package_dir: Path = PACKAGE_DIR) -> str:
     return f"{__version__}+g{commit}{'.dirty' if dirty else ''}"
 
 
-def describe_hardware() -> dict[str, Any]:
-    """CPU model and cores, accelerator (if any), and library and gaussmem versions."""
+def describe_hardware(device: str | torch.device | None = None) -> dict[str, Any]:
+    """CPU model and cores, accelerator (if any), and library and gaussmem versions: the
+    one hardware record of every results JSON (training, evaluation, benchmarks).
+
+    `device`: where the measured work ran; its GPU is the one named (`gpu`), and a CPU
+    device names none. None: the first GPU where torch sees one.
+    """
     description: dict[str, Any] = {
         "cpu": _cpu_model(),
         "cpu_cores": os.cpu_count(),
@@ -86,8 +91,10 @@ def describe_hardware() -> dict[str, Any]:
         # Shared machines are noisy: a figure taken under load says so.
         "load_average": [round(load, 2) for load in os.getloadavg()],
     }
-    if torch.cuda.is_available():
+    if device is None and torch.cuda.is_available():
         description["gpu"] = torch.cuda.get_device_name(0)
+    elif device is not None and torch.device(device).type == "cuda":
+        description["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return description
 
 
@@ -116,10 +123,8 @@ def busy_cpu_warning(other_tasks: float, cores: int, threads: int) -> str | None
     cores than there are, else None.
 
     PyTorch splits each CPU operation over its threads and waits for the slowest, so a
-    thread whose core another process holds stalls every operation: on 2 cores beside a
-    2-thread job, a 2-thread training step was several times slower on average than a
-    1-thread one, with single steps taking tens of seconds
-    (benchmarks/cpu_contention.py -> results/speed/cpu_contention.json).
+    thread whose core another process holds stalls every operation
+    (results/speed/cpu_contention.json).
 
     `cores` must count the same CPUs as `other_tasks`: in a container /proc/loadavg is
     usually the host's, so pass every CPU the system reports, not the container's share,

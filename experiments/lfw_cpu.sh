@@ -5,14 +5,14 @@
 # (5/20/80-way, 1/5-shot, 1,000 episodes, seed 0) and regenerate results/lfw.md and the
 # README table. Runs go to runs/lfw-<tag>, results to results/lfw/<tag>/*.json.
 #
-#   bash benchmarks/lfw_cpu.sh [--skip-train]
+#   bash experiments/lfw_cpu.sh [--skip-train]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 presets=(lfw-cpu protonet-lfw-cpu matching-lfw-cpu kaiser-lfw-cpu)
 tags=(mavae-cpu15 protonet-cpu5 matching-cpu5 kaiser-cpu5)
 minutes=(15 5 5 5)
 bench() {  # bench INDEX --skip-eval | --skip-train
-  python benchmarks/train_cpu_quick.py --preset "${presets[$1]}" --run-dir "runs/lfw-${tags[$1]}" \
+  python experiments/train_cpu_quick.py --preset "${presets[$1]}" --run-dir "runs/lfw-${tags[$1]}" \
     --tag "${tags[$1]}" "$2" \
     --note "${presets[$1]} preset, ${minutes[$1]}-minute wall-clock training budget (validation excluded)"
 }

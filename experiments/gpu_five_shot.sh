@@ -2,11 +2,11 @@
 # MA-VAE variants aimed at Omniglot 5-way 5-shot (the one cell of Kaiser et al.'s numbers
 # the 128-channel recipe trails), on one CUDA GPU in one call that fits a ~10-minute slot:
 #
-#   GAUSSMEM_DATA=DATA_DIR bash benchmarks/gpu_five_shot.sh OUT_DIR
+#   GAUSSMEM_DATA=DATA_DIR bash experiments/gpu_five_shot.sh OUT_DIR
 #
 # Everything trains side by side on the device, each run for a step budget with no wall
 # clock (sharing the device changes only its speed, not what it trains):
-# 1. Validation runs (train split): benchmarks/mavae_tuning.py --steps STEPS (2200) for
+# 1. Validation runs (train split): experiments/mavae_tuning.py --steps STEPS (2200) for
 #    VARIANTS (default: the 128-channel recipe and its 5-shot variants), training seed
 #    0; the recipe again with seed 1 (the spread between seeds a variant has to beat);
 #    the recipe at LONG_STEPS (4400; more steps). Their rows are merged into
@@ -14,18 +14,18 @@
 #    row counts all the script's trainings as sharing the device).
 # 2. As each validation run ends: its last checkpoint (the train + val runs below keep
 #    their last one) on validation 5-way 5-shot x 10,000 episodes
-#    (benchmarks/episode_errors.py) ->
+#    (experiments/episode_errors.py) ->
 #    results/episode_errors/val/episode_errors-<run>-last-val-5w5s-10000episodes.json.
 # 3. The same variants (and the LONG_STEPS recipe) trained on train + val (the 1,200
 #    characters), no validation: the runs for the test table, of which only the one
-#    validation picks gets evaluated (python benchmarks/train_cpu_quick.py --skip-train
+#    validation picks gets evaluated (python experiments/train_cpu_quick.py --skip-train
 #    --keep-record ..., no GPU needed). Tag: cpu-quick-trainval-<steps>steps-<variant
 #    without "512classes-latent1-">-gpu.
 # OUT_DIR receives sweep.tar.gz (the validation runs without checkpoints, their logs,
 # results/tuning/mavae_tuning_five_shot.* and the episode_errors JSONs), one
 # trainval-<tag>.tar.gz per train + val run (run directory with last.ckpt, log, training
 # record under runs/five-shot/records), and gpu_five_shot.log; unpack the archives at
-# the repository root (then `python scripts/make_five_shot_table.py` ->
+# the repository root (then `python experiments/make_five_shot_table.py` ->
 # results/five_shot_sweep.md).
 # A lent machine returns few files, hence one archive per checkpoint.
 # WORK_SECONDS (480) caps the training and evaluation; what finished is packed anyway.
@@ -68,7 +68,7 @@ concurrent=$(( 2 * ${#variant_list[@]} + 3 - 1 ))
 
 tuning() {  # tuning STEPS EVERY SEED VARIANT...: one mavae_tuning benchmark
   local budget="$1" interval="$2" seed="$3"; shift 3
-  python3 benchmarks/mavae_tuning.py --steps "$budget" --device "$device" "${graph[@]}" \
+  python3 experiments/mavae_tuning.py --steps "$budget" --device "$device" "${graph[@]}" \
     --parallel "$#" --other-trainings "$((concurrent + 1 - $#))" --threads 1 \
     --validate-every "$interval" --runs "$tuning_runs" \
     --json "$report" --seed "$seed" --only "$@"
@@ -77,16 +77,16 @@ tuning() {  # tuning STEPS EVERY SEED VARIANT...: one mavae_tuning benchmark
 trainval() {  # trainval STEPS VARIANT: the variant on train + val, no validation
   local budget="$1" variant="$2" overrides=() tag
   tag="cpu-quick-trainval-${budget}steps-${variant#512classes-latent1-}$on_gpu"
-  for override in $(python3 benchmarks/mavae_tuning.py --print-overrides "$variant"); do
+  for override in $(python3 experiments/mavae_tuning.py --print-overrides "$variant"); do
     overrides+=(--set "$override")
   done
   if [ "$device" != cpu ]; then overrides+=(--set cuda_graph=true); fi
-  python3 benchmarks/train_cpu_quick.py --preset cpu-quick --run-dir "$base/$tag" \
+  python3 experiments/train_cpu_quick.py --preset cpu-quick --run-dir "$base/$tag" \
     --tag "$tag" --seed 0 --results "$records" --skip-eval --concurrent-runs "$concurrent" \
     "${overrides[@]}" --set budget.max_minutes=none --set "budget.max_steps=$budget" \
     --set data.train_subset=trainval --set data.val_subset=none --set "device=$device" \
     --set num_threads=1 \
-    --note "benchmarks/gpu_five_shot.sh: mavae_tuning variant $variant on train + val, \
+    --note "experiments/gpu_five_shot.sh: mavae_tuning variant $variant on train + val, \
 $budget steps; $concurrent other trainings shared the device" >"$base/$tag.log" 2>&1 \
     || echo "FAILED: trainval $variant ($base/$tag.log)" >>"$log"
 }
@@ -97,7 +97,7 @@ validation_5w5s() {  # validation_5w5s RUN_DIR PID: once the run ends, its 5w5s 
   if [ ! -f "$run_dir/summary.json" ]; then
     echo "no summary: $run_dir" >>"$log"; return 0
   fi
-  OMP_NUM_THREADS=2 python3 benchmarks/episode_errors.py \
+  OMP_NUM_THREADS=2 python3 experiments/episode_errors.py \
     --checkpoint "$run_dir/checkpoints/last.ckpt" --split val --cells 5w5s \
     --episodes "$error_episodes" --json \
     "$errors_dir/episode_errors-$(basename "$run_dir")-last-val-5w5s-${error_episodes}episodes.json" \

@@ -1,6 +1,6 @@
 """Diagnostic: how a trained MA-VAE's 5-shot accuracy depends on the class entry.
 
-    python benchmarks/five_shot_entries.py --checkpoint runs/cpu-quick-s3/checkpoints/best.ckpt
+    python experiments/five_shot_entries.py --checkpoint runs/cpu-quick-s3/checkpoints/best.ckpt
         [--n-way 20] [--n-shot 5] [--episodes 500] [--json results/tuning/five_shot_entries.json]
 
 On the validation split (never the test split), the same seeded episodes are scored
@@ -16,25 +16,22 @@ what costs the 5-shot cells, which tells where to look next.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from gaussmem.accuracy import AccuracySummary
+from gaussmem.checkpoint import file_sha256, load_checkpoint
+from gaussmem.data.datasets import episode_sampler, load_split
+from gaussmem.embedding_cache import EmbeddingCache
+from gaussmem.evaluate import episode_predictions
+from gaussmem.gaussian import pairwise_symmetric_kl
+from gaussmem.methods import classifier_from_checkpoint
+from gaussmem.methods.mavae import MemoryAugmentedVAE
+from gaussmem.plumbing.script_record import provenance, write_json
 
-from gaussmem.atomic import write_text_atomic  # noqa: E402
-from gaussmem.checkpoint import file_sha256, load_checkpoint  # noqa: E402
-from gaussmem.data.datasets import episode_sampler, load_split  # noqa: E402
-from gaussmem.embedding_cache import EmbeddingCache  # noqa: E402
-from gaussmem.evaluate import AccuracySummary, episode_predictions  # noqa: E402
-from gaussmem.gaussian import pairwise_symmetric_kl  # noqa: E402
-from gaussmem.hardware import command_line, describe_hardware  # noqa: E402
-from gaussmem.methods import classifier_from_checkpoint  # noqa: E402
-from gaussmem.methods.mavae import MemoryAugmentedVAE  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def best_label(scores: torch.Tensor, labels: torch.Tensor, n_way: int) -> torch.Tensor:
@@ -85,13 +82,13 @@ def main() -> int:
                for name, values in accuracy.items()}
     for name, summary in results.items():
         print(f"{name}: {summary['mean']:.2f} ± {summary['ci95']:.2f}")
-    report = {"command": command_line(),
+    report = {**provenance(),
               "checkpoint": {"path": args.checkpoint,
                              "sha256": file_sha256(Path(args.checkpoint))},
               "split": "val", "dataset": dataset.name, "n_way": args.n_way,
               "n_shot": args.n_shot, "n_query": args.n_query, "episodes": args.episodes,
-              "seed": args.seed, "hardware": describe_hardware(), "results": results}
-    write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
+              "seed": args.seed, "results": results}
+    write_json(args.json, report)
     return 0
 
 

@@ -1,6 +1,6 @@
 """Which unknown score should the recognizer ship? AUROC of each on validation classes.
 
-    python benchmarks/unknown_scores.py --checkpoint runs/x/checkpoints/best.ckpt \
+    python experiments/unknown_scores.py --checkpoint runs/x/checkpoints/best.ckpt \
         [--episodes 600] [--seed 0] [--json results/unknown_scores.json]
 
 Open-set episodes of the Omniglot validation split (never the test classes): 10 classes
@@ -14,18 +14,15 @@ accuracy on known queries. Each validation image is encoded once.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from gaussmem.atomic import write_text_atomic
 from gaussmem.checkpoint import file_sha256
 from gaussmem.data.episodes import EpisodeSampler
 from gaussmem.data.omniglot import load_omniglot
-from gaussmem.hardware import command_line, describe_hardware
+from gaussmem.plumbing.script_record import provenance, write_json
 from gaussmem.recognizer import Recognizer
 from gaussmem.unknown import UNKNOWN_SCORES
 
@@ -92,10 +89,9 @@ def main() -> int:
         "auroc": summary,
         "closed_set_accuracy": mean_ci95(accuracies),
         "best": best,
-        "hardware": describe_hardware(),
-        "command": command_line(),
+        **provenance(),
     }
-    write_text_atomic(Path(args.json), json.dumps(document, indent=2) + "\n")
+    write_json(args.json, document)
     for name, values in summary.items():
         print(f"{name:>10}: AUROC {values['mean']:.4f} +- {values['ci95']:.4f}")
     print(f"best: {best}; closed-set accuracy {document['closed_set_accuracy']['mean']:.4f}; "

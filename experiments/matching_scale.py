@@ -1,6 +1,6 @@
 """Matching Networks' attention temperature, chosen on the validation split.
 
-    python benchmarks/matching_scale.py [--steps 1500] [--json results/speed/matching_scale.json]
+    python experiments/matching_scale.py [--steps 1500] [--json results/speed/matching_scale.json]
 
 Trains the `matching-cpu` preset for a fixed number of steps (not minutes, so machine
 load cannot favour one setting) with `matching.cosine_scale` in {1, 10, 30, 60, 100},
@@ -17,12 +17,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from gaussmem.metrics_log import read_metrics
+from gaussmem.plumbing.script_record import provenance, write_json
 
-from gaussmem.atomic import write_text_atomic  # noqa: E402
-from gaussmem.hardware import command_line, describe_hardware  # noqa: E402
-from gaussmem.metrics_log import read_metrics  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 VARIANTS = {f"scale{s}": [f"matching.cosine_scale={s}"] for s in (1, 10, 30, 60, 100)}
 VARIANTS["scale30-fce"] = ["matching.cosine_scale=30", "matching.fce=true"]
@@ -55,10 +53,10 @@ def main() -> int:
                      "best_val_accuracy": summary["best_val_accuracy"],
                      "validation": validation, "train_command": " ".join(command[1:])})
         print(f"{name}: best validation 5-way 1-shot {summary['best_val_accuracy']:.2f}%")
-    report = {"command": command_line(), "preset": "matching-cpu", "seed": 0,
+    report = {**provenance(), "preset": "matching-cpu", "seed": 0,
               "measure": "validation 5-way 1-shot accuracy (%), 200 fixed episodes, seed 1234",
-              "hardware": describe_hardware(), "results": rows}
-    write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
+              "results": rows}
+    write_json(args.json, report)
     return 0
 
 

@@ -4,13 +4,13 @@
 # MA-VAE's fixed test episodes (all eight cells with 1,000 episodes, plus the online
 # protocol) and regenerate results/omniglot.md and README's tables.
 #
-#   bash benchmarks/baselines_cpu.sh [minutes]      # default 5
+#   bash experiments/baselines_cpu.sh [minutes]      # default 5
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes="${1:-5}"
 bench() {  # bench METHOD EXTRA_ARGS...
   local method="$1"; shift
-  python benchmarks/train_cpu_quick.py --preset "$method-cpu" \
+  python experiments/train_cpu_quick.py --preset "$method-cpu" \
     --run-dir "runs/$method-cpu$minutes" --tag "$method-cpu$minutes" \
     --set "budget.max_minutes=$minutes" \
     --note "$method-cpu preset, $minutes-minute wall-clock training budget (validation excluded), nothing else running" \

@@ -37,19 +37,20 @@ def default_cache_dir() -> Path:
     return _xdg_dir("XDG_CACHE_HOME", Path.home() / ".cache") / "gaussmem"
 
 
-def resolve_data_dir(cli_value: str | os.PathLike[str] | None = None) -> Path:
-    """Return the data directory: the flag, else `$GAUSSMEM_DATA`, else the default."""
+def _resolve(cli_value: str | os.PathLike[str] | None, env_var: str, default: Path) -> Path:
+    """The flag, else the environment variable, else `default`; `~` expanded."""
     if cli_value:
         return Path(cli_value).expanduser().resolve()
-    if os.environ.get(DATA_ENV_VAR):
-        return Path(os.environ[DATA_ENV_VAR]).expanduser().resolve()
-    return default_data_dir()
+    if os.environ.get(env_var):
+        return Path(os.environ[env_var]).expanduser().resolve()
+    return default
+
+
+def resolve_data_dir(cli_value: str | os.PathLike[str] | None = None) -> Path:
+    """Return the data directory: the flag, else `$GAUSSMEM_DATA`, else the default."""
+    return _resolve(cli_value, DATA_ENV_VAR, default_data_dir())
 
 
 def resolve_cache_dir(cli_value: str | os.PathLike[str] | None = None) -> Path:
     """Return the cache directory: the flag, else `$GAUSSMEM_CACHE`, else the default."""
-    if cli_value:
-        return Path(cli_value).expanduser().resolve()
-    if os.environ.get(CACHE_ENV_VAR):
-        return Path(os.environ[CACHE_ENV_VAR]).expanduser().resolve()
-    return default_cache_dir()
+    return _resolve(cli_value, CACHE_ENV_VAR, default_cache_dir())

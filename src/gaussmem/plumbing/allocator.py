@@ -2,13 +2,12 @@
 
 A CPU training step allocates and frees the same large activation buffers over and
 over. glibc serves requests above its mmap threshold with fresh `mmap` calls and trims
-the heap top when it frees, so each step page-faults its buffers in again; on the
-2-core machine this cost ProtoNet 1.5-1.8x in throughput (CALIBRATION.md, where the
-`MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_` environment variables were used).
-Environment variables only work if set before the interpreter starts, so `gaussmem
-train` calls `keep_freed_memory()`, which sets the same two knobs at run time through
-`mallopt`. Memory that is freed stays reserved by the process, which is what a
-training loop that reuses it every step wants.
+the heap top when it frees, so each step page-faults its buffers in again, which slows
+CPU training (results/speed/allocator_speed.json). The `MALLOC_MMAP_THRESHOLD_` /
+`MALLOC_TRIM_THRESHOLD_` environment variables would fix it, but only if set before the
+interpreter starts, so `gaussmem train` calls `keep_freed_memory()`, which sets the
+same two knobs at run time through `mallopt`. Memory that is freed stays reserved by
+the process, which is what a training loop that reuses it every step wants.
 """
 
 from __future__ import annotations

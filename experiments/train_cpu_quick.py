@@ -5,11 +5,11 @@ the exact command that produced it, then writes a training record (throughput, m
 to 97% validation 5-way 1-shot, validation accuracy per minute, hardware) and
 regenerates results/omniglot.md.
 
-    python benchmarks/train_cpu_quick.py --run-dir runs/cpu-quick-seed0 --tag cpu-quick
-    python benchmarks/train_cpu_quick.py --preset protonet-cpu --run-dir runs/protonet-cpu5 \
+    python experiments/train_cpu_quick.py --run-dir runs/cpu-quick-seed0 --tag cpu-quick
+    python experiments/train_cpu_quick.py --preset protonet-cpu --run-dir runs/protonet-cpu5 \
         --tag protonet-cpu5
 
-    python benchmarks/train_cpu_quick.py --preset lfw-cpu --run-dir runs/lfw-mavae-cpu15 \
+    python experiments/train_cpu_quick.py --preset lfw-cpu --run-dir runs/lfw-mavae-cpu15 \
         --tag mavae-cpu15
 
 Evaluations, all on the test split with seed 0, of the checkpoint training selected on
@@ -34,19 +34,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gaussmem.metrics_log import read_metrics
+from gaussmem.plumbing.hardware import describe_hardware
+from gaussmem.plumbing.script_record import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
-from gaussmem.atomic import write_text_atomic  # noqa: E402
-from gaussmem.hardware import describe_hardware  # noqa: E402
-from gaussmem.metrics_log import read_metrics  # noqa: E402
-
-
-def hardware() -> dict[str, object]:
-    """What machine ran this (gaussmem.hardware), with `cores` as older records name it."""
-    description = describe_hardware()
-    return {**description, "cores": description["cpu_cores"],
-            "gpu": description.get("gpu")}
 
 
 def run(command: list[str]) -> None:
@@ -80,7 +72,8 @@ def run_identity(dataset: str, tag: str, training: dict, preset: str | None,
                        "train_minutes": training.get("train_minutes")},
             "seed": training.get("config", {}).get("seed"),
             "hardware": (f"1 GPU ({machine.get('gpu', '?')})" if on_gpu else
-                         f"{machine.get('cores', '?')}-core CPU ({machine.get('cpu', '?')})"),
+                         f"{machine.get('cpu_cores', machine.get('cores', '?'))}-core CPU "
+                         f"({machine.get('cpu', '?')})"),
             "commit": machine.get("gaussmem")}
 
 
@@ -99,7 +92,7 @@ def training_record(run_dir: Path, tag: str, command: list[str], note: str,
     # Overall rate = all images / all training seconds (what a budget buys); the median
     # of the logging windows shows the rate when the machine was not busy elsewhere.
     windows = sorted(r["images_per_second"] for r in train)
-    machine = hardware()
+    machine = describe_hardware()
     return {
         "tag": tag, "kind": "training", "command": " ".join(command), "run_dir": str(run_dir),
         "method": config.get("method", "mavae"), "config": config, "note": note,
@@ -184,7 +177,7 @@ def main() -> int:
                                  args.concurrent_runs)
         record["run"] = run_identity(dataset, args.tag, record, args.preset, args.overrides)
         results.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(results / "training.json", json.dumps(record, indent=2) + "\n")
+        write_json(results / "training.json", record)
     if args.skip_eval:
         return 0
     # A run without validation (data.val_subset none: a final fit on train + val) has
@@ -212,8 +205,8 @@ def main() -> int:
         report["run"] = record["run"]
         # The evaluation's own thread count, not this driver's.
         threads_used = report.get("hardware", {}).get("torch_threads")
-        report["hardware"] = {**hardware(), "torch_threads": threads_used}
-        write_text_atomic(out, json.dumps(report, indent=2, sort_keys=True) + "\n")
+        report["hardware"] = {**describe_hardware(), "torch_threads": threads_used}
+        write_json(out, report, sort_keys=True)
     # The online protocol needs classes shown repeatedly: not on mirrored LFW-a.
     for n_way, n_shot in online_cells(args.cells) if dataset == "omniglot" else []:
         online = results / f"online-{n_way}w{n_shot}s.json"
@@ -223,14 +216,14 @@ def main() -> int:
              *threads])
         report = json.loads(online.read_text())
         report["run"] = record["run"]
-        write_text_atomic(online, json.dumps(report, indent=2, sort_keys=True) + "\n")
+        write_json(online, report, sort_keys=True)
     if args.judge and record["run"]["method"] == "mavae":
         out = results / "generative.json"
         run([*gaussmem, "generative-report", "--checkpoint", str(checkpoint), "--judge",
              args.judge, "--split", "test", "--seed", "0", "--json", str(out), *threads])
         report = json.loads(out.read_text())
         report.update({"kind": "generative", "tag": args.tag, "run": record["run"]})
-        write_text_atomic(out, json.dumps(report, indent=2, sort_keys=True) + "\n")
+        write_json(out, report, sort_keys=True)
     run([sys.executable, str(ROOT / "scripts" / "make_results_table.py")])
     return 0
 

@@ -14,13 +14,9 @@ import re
 import torch
 from torch import nn
 
-from gaussmem.errors import GaussmemError
+from gaussmem.errors import DeviceError
 
 _DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
-
-
-class DeviceError(GaussmemError):
-    """A device name that is malformed or names hardware this machine lacks."""
 
 
 def check_device_name(name: str) -> str:

@@ -2,8 +2,8 @@
 # The paper's Omniglot presets on one CUDA GPU, each under a wall-clock training budget,
 # in two calls that each fit a ~10-minute slot on a lent GPU machine:
 #
-#   GAUSSMEM_DATA=DATA_DIR PHASE=check bash benchmarks/gpu_presets.sh OUT_DIR
-#   GAUSSMEM_DATA=DATA_DIR PHASE=train bash benchmarks/gpu_presets.sh OUT_DIR [MINUTES]
+#   GAUSSMEM_DATA=DATA_DIR PHASE=check bash experiments/gpu_presets.sh OUT_DIR
+#   GAUSSMEM_DATA=DATA_DIR PHASE=train bash experiments/gpu_presets.sh OUT_DIR [MINUTES]
 #
 # PHASE=check (~2 minutes): the GPU tests (`pytest -m gpu`), so a broken CUDA path
 # stops before any training, then the training-step and embedding throughput on the
@@ -45,7 +45,7 @@
 # .json, with the GPU's name) and leaves its best checkpoint; OUT_DIR/<run>.tar.gz holds
 # both (the run directory without last.ckpt, its log, the record), to unpack at the
 # repository root (`tar -xzf RUN.tar.gz`) and evaluate anywhere with
-#   python benchmarks/train_cpu_quick.py --skip-train --keep-record --run-dir runs/gpu/RUN \
+#   python experiments/train_cpu_quick.py --skip-train --keep-record --run-dir runs/gpu/RUN \
 #       --tag TAG --cells ...
 # Evaluation needs no GPU: the memory of an evaluation episode lives on the CPU.
 # Without gaussmem installed it runs from src/ (PYTHONPATH), so a machine that has
@@ -135,7 +135,7 @@ train_run() {  # train_run NAME MINUTES CONCURRENT VALIDATE_EVERY SEED
   for override in ${rest:-}; do extra+=(--set "$override"); done
   rm -rf "runs/gpu/$name-$suffix"
   mkdir -p runs/gpu
-  python3 benchmarks/train_cpu_quick.py --preset "$preset" --run-dir "runs/gpu/$name-$suffix" \
+  python3 experiments/train_cpu_quick.py --preset "$preset" --run-dir "runs/gpu/$name-$suffix" \
     --tag "$tag" --seed "$seed" --results "$results" --skip-eval --concurrent-runs "$concurrent" \
     --set "budget.max_minutes=$run_minutes" --set "device=$device" \
     --set "num_threads=${THREADS:-3}" "${extra[@]}" \
