@@ -12,8 +12,9 @@ means to fill the gallery), written with `enroll_encoded`. Recognize: one
 `--runs` times after warm-up; median and percentiles. Enroll: batches of `--batch` PNG
 files through `enroll_many` into that gallery (decode to memory write), images per
 second: first of new labels (a label's first example is written without a lookup),
-then as further examples of labels in the gallery (each looked up among all entries).
-The machine is shared: the load average at the end is recorded with the numbers.
+then as further examples of labels in the gallery (one search of all entries per batch,
+then the memory rule image by image, `gaussmem.memory_in_order`).
+The machine is shared: the load average at the start and end is recorded with the numbers.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default="results/recognizer_speed.json")
     args = parser.parse_args()
+    load_at_start = os.getloadavg()[0]
 
     recognizer = Recognizer.from_checkpoint(args.checkpoint)
     build_seconds = build_gallery(recognizer, args.entries, args.seed)
@@ -95,6 +97,7 @@ def main() -> int:
         "build_gallery_from_embeddings_seconds": build_seconds,
         "checkpoint": {"path": str(args.checkpoint), "sha256": file_sha256(args.checkpoint)},
         "seed": args.seed,
+        "load_average_1min_at_start": load_at_start,
         "load_average_1min_at_end": os.getloadavg()[0],
         **provenance(),
     }

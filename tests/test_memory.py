@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from gaussmem.errors import MemoryFileError
 from gaussmem.gaussian import lift_entries, moment_match_merge, shot_weights, symmetric_kl_diag
-from gaussmem.memory import NOT_FOUND, GaussianMemory, SlotMemory
+from gaussmem.memory import NOT_FOUND, GaussianMemory, SlotMemory, _smallest
 
 DIM = 4
 
@@ -756,3 +756,20 @@ def test_float32_search_ranks_exactly_at_extreme_legal_ranges(
         best = divergence.topk(slots.shape[1], dim=1, largest=False).values
         got = divergence.gather(1, slots)
         assert torch.allclose(got, best, rtol=1e-5, atol=1e-9), (got - best).abs().max()
+
+
+@pytest.mark.parametrize("n_columns", [5, 300, 1000, 1027])
+@pytest.mark.parametrize("k", [1, 3, 10])
+def test_grouped_selection_finds_the_smallest_scores(n_columns, k):
+    """The two-stage selection against one `topk`: same values, and columns that hold
+    them, with ties (scores rounded to a few levels) and +inf (empty slots) in the rows."""
+    generator = torch.Generator().manual_seed(n_columns + k)
+    scores = torch.randn(6, n_columns, generator=generator)
+    scores[1] = torch.round(scores[1])  # many ties
+    scores[2, : n_columns // 2] = torch.inf
+    scores[3] = torch.inf
+    values, columns = _smallest(scores, k)
+    expected = torch.topk(scores, min(k, n_columns), dim=1, largest=False).values
+    assert torch.equal(values, expected)
+    assert torch.equal(scores.gather(1, columns), values)
+    assert all(len(set(row)) == len(row) for row in columns.tolist())

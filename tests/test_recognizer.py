@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -19,12 +20,14 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import synthetic_set
+from gaussmem import memory_in_order
 from gaussmem.checkpoint import load_checkpoint, save_checkpoint
 from gaussmem.data.datasets import load_split
 from gaussmem.errors import CheckpointError, GalleryError, ImageError
 from gaussmem.gallery_file import MANIFEST_NAME, MEMORY_NAME
 from gaussmem.gallery_search import ExactSearch, nearest_labels
 from gaussmem.memory import GaussianMemory
+from gaussmem.memory_in_order import update_in_order_
 from gaussmem.preprocess import ImagePreprocessing, is_dark_on_light, prepare_image
 from gaussmem.presets import preset
 from gaussmem.recognizer import Recognizer
@@ -105,17 +108,75 @@ def test_gallery_grows_past_its_initial_capacity(smoke_checkpoint: Path) -> None
     assert result.label == "l123" and result.similarity == pytest.approx(1.0)
 
 
-def test_append_writes_what_update_writes_for_unseen_labels() -> None:
-    generator = torch.Generator().manual_seed(0)
-    mu, var = torch.randn(6, 3, generator=generator), torch.rand(6, 3, generator=generator) + 0.5
-    updated, appended = GaussianMemory(8, 3, seed=0), GaussianMemory(8, 3, seed=0)
-    for memory in (updated, appended):
-        memory.update_(mu[:2], var[:2], torch.tensor([0, 1]))
-    labels = torch.tensor([2, 3, 2, 4])
-    updated.update_(mu[2:], var[2:], labels)
-    appended.append_(mu[2:], var[2:], labels)
-    for name in ("means", "variances", "labels", "counts", "ages", "valid"):
-        assert torch.equal(getattr(updated, name), getattr(appended, name)), name
+MEMORY_BUFFERS = ("means", "variances", "labels", "counts", "ages", "valid")
+
+
+def _one_at_a_time(memory: GaussianMemory, mu: torch.Tensor, var: torch.Tensor,
+                   labels: torch.Tensor) -> list[int]:
+    return [int(memory.update_(mu[i:i + 1], var[i:i + 1], labels[i:i + 1])[0])
+            for i in range(len(labels))]
+
+
+@pytest.mark.parametrize("candidates", [1, 8])
+@pytest.mark.parametrize("seed", range(3))
+def test_in_order_batch_equals_one_item_at_a_time(seed: int, candidates: int,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batched enrollment against the rule applied image by image: same slots and
+    the same buffers bit for bit. The batch mixes new and known labels, repeats, examples
+    of a new label that land near another label's entry created earlier in the same
+    batch (confused: an entry of their own), and (with one candidate per item, in
+    passes of seven) items whose candidates the batch already changed."""
+    monkeypatch.setattr(memory_in_order, "_CANDIDATES", candidates)
+    monkeypatch.setattr(memory_in_order, "_CHUNK", 7 if candidates == 1 else 1024)
+    generator = torch.Generator().manual_seed(seed)
+    dim = 6
+    centres = 3 * torch.randn(5, dim, generator=generator)
+    before = GaussianMemory(64, dim, seed=0)
+    before.update_(centres[:3], torch.ones(3, dim), torch.tensor([0, 1, 2]))
+    labels = torch.randint(5, (40,), generator=generator)
+    mu = centres[labels] + 0.7 * torch.randn(40, dim, generator=generator)
+    var = torch.exp(0.5 * torch.randn(40, dim, generator=generator))
+    # Label 7 is new, and its examples sit on label 4's examples of this batch.
+    confused = (labels == 4).nonzero()[:, 0][1:3]
+    labels[confused] = 7
+    mu[confused] += 0.01
+    batched, sequential = copy.deepcopy(before), copy.deepcopy(before)
+    slots = update_in_order_(batched, mu, var, labels)
+    assert slots.tolist() == _one_at_a_time(sequential, mu, var, labels)
+    for name in MEMORY_BUFFERS:
+        assert torch.equal(getattr(batched, name), getattr(sequential, name)), name
+    assert (batched.labels == 7).sum() >= 1 and (batched.counts > 1).any()
+
+
+def test_in_order_batch_without_enough_empty_slots_evicts_as_the_loop_does() -> None:
+    generator = torch.Generator().manual_seed(5)
+    mu, var = torch.randn(12, 3, generator=generator), torch.rand(12, 3, generator=generator) + 0.5
+    labels = torch.arange(12) % 5
+    batched, sequential = GaussianMemory(6, 3, seed=0), GaussianMemory(6, 3, seed=0)
+    assert update_in_order_(batched, mu, var, labels).tolist() == _one_at_a_time(
+        sequential, mu, var, labels)
+    for name in MEMORY_BUFFERS:
+        assert torch.equal(getattr(batched, name), getattr(sequential, name)), name
+
+
+def test_enrolling_a_batch_equals_enrolling_image_by_image(smoke_checkpoint: Path) -> None:
+    dim = _recognizer(smoke_checkpoint).content_dim
+    generator = torch.Generator().manual_seed(1)
+    names = ["ann", "bob", "cy"]
+    labels = [names[i] for i in torch.randint(3, (30,), generator=generator).tolist()]
+    centre = {name: 2 * torch.randn(dim, generator=generator) for name in names}
+    mu = torch.stack([centre[name] for name in labels]) + torch.randn(30, dim,
+                                                                      generator=generator)
+    var = torch.exp(0.3 * torch.randn(30, dim, generator=generator))
+    batched, single = _recognizer(smoke_checkpoint), _recognizer(smoke_checkpoint)
+    batched.enroll_encoded(labels[:5], mu[:5], var[:5])
+    batched.enroll_encoded(labels[5:], mu[5:], var[5:])
+    single.enroll_encoded(labels[:5], mu[:5], var[:5])  # the same label ids
+    for i in range(5, 30):
+        single.enroll_encoded(labels[i:i + 1], mu[i:i + 1], var[i:i + 1])
+    assert batched.labels() == single.labels()
+    for name in ("means", "variances", "labels", "counts", "valid"):
+        assert torch.equal(getattr(batched.memory, name), getattr(single.memory, name)), name
 
 
 def test_top_k_lists_distinct_labels() -> None:

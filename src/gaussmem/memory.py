@@ -59,6 +59,8 @@ DEFAULT_MAX_BLOCK_ELEMENTS = 2**26
 #: Fewest queries per block before entries are split instead: each query block re-reads
 #: every entry's key, so tiny query blocks turn the GEMM into a memory-bound scan.
 _MIN_QUERY_BLOCK = 256
+#: Columns per group in `_smallest`'s two-stage selection.
+_SELECTION_GROUP = 32
 
 #: GEMM candidates per query beyond k that the Gaussian memory re-scores exactly. The
 #: GEMM form cancels large terms in float32 (see `pairwise_symmetric_kl`); an error bound
@@ -279,7 +281,7 @@ class SlotMemory(nn.Module):
         scratch = None
         for query_start in range(0, n_queries, query_step):
             query_rows = slice(query_start, min(query_start + query_step, n_queries))
-            best_scores = best_slots = None
+            block_scores, block_slots = [], []
             for slot_start in range(0, n_slots, slot_step):
                 slot_rows = slice(slot_start, min(slot_start + slot_step, n_slots))
                 block_size = (query_rows.stop - query_rows.start, slot_rows.stop - slot_rows.start)
@@ -290,15 +292,13 @@ class SlotMemory(nn.Module):
                 if query_labels is not None:
                     equal = query_labels[query_rows, None] == self.labels[None, slot_rows]
                     scores = scores.masked_fill_(~equal if same_label else equal, torch.inf)
-                block_scores, block_slots = _smallest(scores, width)
-                block_slots += slot_start
-                if best_scores is not None:
-                    merged_scores, order = _smallest(
-                        torch.cat([best_scores, block_scores], 1), width
-                    )
-                    block_slots = torch.cat([best_slots, block_slots], 1).gather(1, order)
-                    block_scores = merged_scores
-                best_scores, best_slots = block_scores, block_slots
+                smallest_scores, smallest_slots = _smallest(scores, width)
+                block_scores.append(smallest_scores)
+                block_slots.append(smallest_slots.add_(slot_start))
+            # Each block's best `width`, then the best of those: one selection at the end
+            # instead of a merge per block.
+            best_scores, order = _smallest(torch.cat(block_scores, 1), width)
+            best_slots = torch.cat(block_slots, 1).gather(1, order)
             best_slots.masked_fill_(best_scores == torch.inf, NOT_FOUND)
             labels = None if query_labels is None else query_labels[query_rows]
             best_slots = self._refine_candidates(
@@ -424,11 +424,35 @@ def put_rows_(
 
 
 def _smallest(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Up to k smallest scores per row, ascending, with their column indices."""
+    """Up to k smallest scores per row, ascending, with their column indices; equal
+    scores may come back in any order.
+
+    A wide row is selected in two stages: the minimum of each group of `_SELECTION_GROUP`
+    columns, the k groups of smallest minima, then the k smallest of those groups'
+    columns. The i-th smallest score's group has a minimum no larger than it, and so does
+    every group ranked before that one, which therefore holds i scores no larger: the two
+    stages find the same values as one `topk` over the row, which on the CPU costs several
+    times the group minima's single pass.
+    """
+    n_rows, n_columns = scores.shape
+    k = min(k, n_columns)
     if k == 1:
         values, indices = scores.min(dim=1, keepdim=True)
         return values, indices
-    return torch.topk(scores, min(k, scores.shape[1]), dim=1, largest=False)
+    group = _SELECTION_GROUP
+    n_groups = n_columns // group
+    if n_groups <= 4 * k:
+        return torch.topk(scores, k, dim=1, largest=False)
+    grouped = n_groups * group
+    minima = scores[:, :grouped].unflatten(1, (n_groups, group)).amin(dim=2)
+    groups = torch.topk(minima, k, dim=1, largest=False, sorted=False).indices
+    offsets = torch.arange(group, device=scores.device)
+    columns = (groups[:, :, None] * group + offsets).flatten(1)
+    if grouped < n_columns:  # the last, partial group is always a candidate
+        tail = torch.arange(grouped, n_columns, device=scores.device)
+        columns = torch.cat([columns, tail.expand(n_rows, -1)], 1)
+    values, picked = torch.topk(scores.gather(1, columns), k, dim=1, largest=False)
+    return values, columns.gather(1, picked)
 
 
 class GaussianMemory(SlotMemory):
@@ -620,21 +644,6 @@ class GaussianMemory(SlotMemory):
         return self._commit_batch_((mu, var), labels, merge_slots, creator_of)
 
     @torch.no_grad()
-    def append_(self, mu: torch.Tensor, var: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Write every item as a new entry, without a lookup: what `update_` does to items
-        whose label has no entry (none can merge), minus the search, which dominates a
-        write into a large memory.
-
-        Args: `mu`, `var` `(batch, dim)`; `labels` `(batch,)`.
-        Returns: `(batch,)` the slot each item was written to.
-        """
-        mu, var = self._as_writes(mu, var)
-        labels = self._as_labels(labels, len(mu))
-        creator_of = torch.arange(len(labels), device=labels.device)
-        merge_slots = torch.full_like(creator_of, NOT_FOUND)
-        return self._commit_batch_((mu, var), labels, merge_slots, creator_of)
-
-    @torch.no_grad()
     def write_support_(
         self, mu: torch.Tensor, var: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
@@ -749,17 +758,24 @@ class GaussianMemory(SlotMemory):
         terms' magnitudes; Cauchy-Schwarz bounds that sum by the product of the rows' norms.
         """
         if self._entry_scale is None:
-            finite = self.valid & torch.isfinite(self.entry_offsets)
-            features = self.entry_features[finite].double()
-            self._entry_scale = (
-                float(features.norm(dim=1).max()) if len(features) else 0.0,
-                float(self.entry_offsets[finite].double().abs().max()) if len(features) else 0.0,
-            )
+            self._entry_scale = self._scale_of(None)
         feature_norm, offset_max = self._entry_scale
         query_norm = lifted_queries.features[query_rows].double().norm(dim=1)
         query_offset = lifted_queries.offsets[query_rows].double().abs()
         magnitude = query_norm * feature_norm + query_offset + offset_max + self.dim
         return (5 * self.dim + 16) * _FLOAT32_ROUNDOFF * magnitude
+
+    def _scale_of(self, slots: torch.Tensor | None) -> tuple[float, float]:
+        """Largest feature norm and |offset| among the finite entries at `slots` (None:
+        all), in float64; (0, 0) where there are none."""
+        rows = slice(None) if slots is None else slots
+        offsets = self.entry_offsets[rows]
+        finite = self.valid[rows] & torch.isfinite(offsets)
+        if not bool(finite.any()):
+            return 0.0, 0.0
+        norms = torch.linalg.vector_norm(self.entry_features[rows], dim=1, dtype=torch.float64)
+        return (float(norms.masked_fill(~finite, 0).max()),
+                float(offsets.double().abs().masked_fill(~finite, 0).max()))
 
     def _store_keys_(
         self, slots: torch.Tensor, keys: tuple[torch.Tensor, ...], stores: torch.Tensor
@@ -784,7 +800,15 @@ class GaussianMemory(SlotMemory):
         self.entry_features[rows] = lifted.features
         self.entry_offsets[rows] = lifted.offsets
         self._faiss_index = None
-        self._entry_scale = None
+        if slots is None or self._entry_scale is None or slots.device.type != "cpu":
+            self._entry_scale = None
+        else:
+            # Only the written slots can raise the maxima; a cleared or merged entry that
+            # lowers them leaves a larger, still valid, bound. Recomputing over every
+            # entry after each write cost as much as the search of a 1e5-entry gallery.
+            written = self._scale_of(slots)
+            self._entry_scale = (max(self._entry_scale[0], written[0]),
+                                 max(self._entry_scale[1], written[1]))
 
     @staticmethod
     def _finite_lift(

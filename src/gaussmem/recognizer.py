@@ -6,12 +6,12 @@ ones (or say "unknown"), keep the gallery on disk.
     result = recognizer.recognize(["who.jpg"])[0]   # result.label: "alice" or None
     recognizer.save("my-gallery")                   # Recognizer.load("my-gallery")
 
-Enrollment is the paper's memory rule (`GaussianMemory.update_`): an example whose
-nearest entry has its label merges into that Gaussian by moment matching; one the memory
-confuses with another label gets an entry of its own. Images of a label within one call
-are written one per label per round, so a label's second image already sees its first.
-A call either enrolls every image or none: all images are decoded and encoded before
-the memory is touched.
+Enrollment is the paper's memory rule, one image after the other in the order given
+(`gaussmem.memory_in_order`): an example whose nearest entry has its label merges into
+that Gaussian by moment matching; one the memory confuses with another label gets an
+entry of its own. A batch gives the gallery enrolling its images one at a time would,
+with one search of the gallery for the whole batch. A call either enrolls every image or
+none: all images are decoded and encoded before the memory is touched.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from gaussmem.errors import CheckpointError, GalleryError
 from gaussmem.gallery_file import GalleryManifest, read_gallery, write_gallery
 from gaussmem.gallery_search import EntrySearch, ExactSearch, LabelCandidates, nearest_labels
 from gaussmem.memory import NOT_FOUND, GaussianMemory
+from gaussmem.memory_in_order import update_in_order_
 from gaussmem.methods.mavae import MemoryAugmentedVAE
 from gaussmem.preprocess import ImageInput, ImagePreprocessing, Polarity, load_images
 from gaussmem.unknown import (
@@ -239,19 +240,7 @@ class Recognizer:
         label_ids = torch.tensor([ids[label] for label in labels], dtype=torch.int64)
         entries_before = len(self.memory)
         self._ensure_capacity(len(labels))
-        fresh = label_ids >= self._next_label_id
-        for round_number, round_items in enumerate(_rounds(label_ids)):
-            if round_number == 0:
-                # A label's first example cannot merge anywhere: only the gallery's known
-                # labels need the lookup, after which the new ones are written as they are
-                # (as one `update_` of the round would, without searching for them).
-                known, new = round_items[~fresh[round_items]], round_items[fresh[round_items]]
-                if len(known):
-                    self.memory.update_(mu[known], var[known], label_ids[known])
-                if len(new):
-                    self.memory.append_(mu[new], var[new], label_ids[new])
-            else:
-                self.memory.update_(mu[round_items], var[round_items], label_ids[round_items])
+        update_in_order_(self.memory, mu, var, label_ids)
         self._label_ids = ids
         self._names_of = None
         self._next_label_id += len(new_names)
@@ -362,16 +351,3 @@ def check_labels(labels: Sequence[str]) -> None:
         if not isinstance(label, str) or not label.strip() or not label.isprintable():
             raise GalleryError(f"label {label!r} must be a non-empty printable string")
 
-
-def _rounds(label_ids: torch.Tensor) -> list[torch.Tensor]:
-    """Item indices in rounds: round r holds each label's r-th item of the batch, so an
-    item is looked up after its label's earlier items were written."""
-    ids = label_ids.numpy()
-    order = np.argsort(ids, kind="stable")
-    sorted_ids = ids[order]
-    starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])
-    group_start = starts[np.searchsorted(starts, np.arange(len(ids)), side="right") - 1]
-    occurrence = np.empty(len(ids), dtype=np.int64)
-    occurrence[order] = np.arange(len(ids)) - group_start
-    return [torch.from_numpy(np.flatnonzero(occurrence == r))
-            for r in range(int(occurrence.max(initial=-1)) + 1)]
