@@ -303,6 +303,44 @@ def test_concurrent_writes_are_all_saved(checkpoint: Path, tmp_path: Path) -> No
     assert 1 <= len(saves) <= 20      # one save may cover several writes
 
 
+def test_a_recognition_is_answered_while_a_save_runs(client: TestClient) -> None:
+    enroll(client, "alpha", 0)
+    save = Recognizer.save
+    saving, release = threading.Event(), threading.Event()
+
+    def slow_save(self: Recognizer, directory: Path) -> None:
+        saving.set()
+        assert release.wait(timeout=60), "the test never released the save"
+        save(self, directory)
+
+    answers: list[httpx.Response] = []
+    recognized: list[httpx.Response] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Recognizer, "save", slow_save)
+        writer = threading.Thread(target=lambda: answers.append(enroll(client, "beta", 1)))
+        writer.start()
+        try:
+            assert saving.wait(timeout=60)
+            # The save is parked: the recognition must not wait for it (a thread with a
+            # timeout, so a regression fails instead of hanging), and it sees the gallery
+            # with the write being saved (memory and disk agree once the save returns).
+            reader = threading.Thread(target=lambda: recognized.append(client.post(
+                "/api/v1/recognize?k=2", files=files("image", drawing_png(1, 4)))))
+            reader.start()
+            reader.join(timeout=30)
+            assert recognized, "the recognition waited for the save"
+            assert writer.is_alive() and not answers
+        finally:
+            release.set()
+            writer.join(timeout=60)
+            reader.join(timeout=60)
+    assert recognized[0].status_code == 200
+    assert {match["label"] for match in recognized[0].json()["top_k"]} == {"alpha", "beta"}
+    assert [response.status_code for response in answers] == [200]
+    assert Recognizer.load(client.app.state.gallery.directory).labels() == {
+        "alpha": 2, "beta": 2}
+
+
 def test_a_new_gallery_needs_a_checkpoint(tmp_path: Path) -> None:
     from gaussmem.errors import GalleryError
 

@@ -76,8 +76,12 @@ def atomic_directory(final_dir: str | os.PathLike[str]) -> Iterator[Path]:
             stale = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".old",
                                           dir=final_dir.parent))
             os.replace(final_dir, stale / "old")
+            # The new directory goes in before the old one is deleted: a crash between
+            # the renames is the only moment `final_dir` is missing, not a whole rmtree.
+            os.replace(tmp_dir, final_dir)
             shutil.rmtree(stale, ignore_errors=True)
-        os.replace(tmp_dir, final_dir)
+        else:
+            os.replace(tmp_dir, final_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise

@@ -78,7 +78,10 @@ def create_app(gallery: ServedGallery, *, api_key: str | None = None,
 
 
 def _api_router(gallery: ServedGallery, api_key: str | None) -> APIRouter:
-    def check_key(key: Annotated[str | None, Header(alias=API_KEY_HEADER)] = None) -> None:
+    # async: a sync dependency would cost every request an extra trip through the
+    # thread pool, and comparing a header never blocks the event loop.
+    async def check_key(key: Annotated[str | None, Header(alias=API_KEY_HEADER)] = None
+                        ) -> None:
         if api_key is not None and (key is None or not hmac.compare_digest(
                 key.encode(), api_key.encode())):
             raise StarletteHTTPException(401, f"missing or wrong API key (send it in the "
