@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -36,12 +35,12 @@ LOG_EVERY = 10
 
 
 def launcher(ranks: int) -> list[str]:
-    """`python -m gaussmem` alone; torchrun (or its module) for several ranks."""
+    """`python -m gaussmem` alone; torchrun's module for several ranks, run by this
+    interpreter (a `torchrun` on PATH may belong to another Python without gaussmem)."""
     if ranks == 1:
         return [sys.executable, "-m", "gaussmem"]
-    torchrun = (["torchrun"] if shutil.which("torchrun")
-                else [sys.executable, "-m", "torch.distributed.run"])
-    return [*torchrun, "--standalone", f"--nproc_per_node={ranks}", "-m", "gaussmem"]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={ranks}", "-m", "gaussmem"]
 
 
 def train_run(ranks: int, args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:

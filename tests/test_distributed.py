@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -197,8 +196,8 @@ def test_torchrun_needs_a_named_run_directory(monkeypatch: pytest.MonkeyPatch,
 
 
 def torchrun_command() -> list[str]:
-    if shutil.which("torchrun"):
-        return ["torchrun"]
+    """torchrun as this interpreter's module: a `torchrun` on PATH may belong to
+    another Python, without gaussmem."""
     return [sys.executable, "-m", "torch.distributed.run"]
 
 

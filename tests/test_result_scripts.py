@@ -332,8 +332,9 @@ def test_the_headline_says_plainly_whether_its_rows_share_a_budget() -> None:
     tables = load_script("make_results_table")
     cpu = "2-core CPU (AMD EPYC)"
     same = {"a": headline_record("mavae", 15.0, cpu), "b": headline_record("protonet", 15.02, cpu)}
-    assert tables.budget_sentence(("a", "b"), same) == (
-        f"These rows share one budget (MA-VAE, Prototypical Networks: 15 min on a {cpu}).")
+    assert tables.budget_sentence(("a", "b"), same).startswith(
+        f"These rows share one budget (MA-VAE, Prototypical Networks: 15 min on a {cpu}). "
+        "Their presets were not tuned with equal effort")
     unequal = {**same, "b": headline_record("protonet", 5.0, cpu)}
     sentence = tables.budget_sentence(("a", "b"), unequal)
     assert sentence.startswith("These rows are not at equal budgets (")
