@@ -1,5 +1,5 @@
-"""Reconstruction, one-shot generation from memory, style transfer, the z_c/z_s check, and
-their commands, on a tiny VAE trained for a few seconds on synthetic drawings."""
+"""Reconstruction, one-shot generation from memory, style transfer, the z_c/z_s check, their
+figures and commands, on a tiny VAE trained for a few seconds on synthetic drawings."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from gaussmem import generative
+from gaussmem import figures, generative
 from gaussmem.checkpoint import save_checkpoint
 from gaussmem.cli import main
 from gaussmem.config import to_dict
@@ -101,11 +101,11 @@ def episode(dataset: ClassImageSet, n_way: int, seed: int = 0) -> torch.Tensor:
 def test_grid_size_and_pixels_of_a_paired_grid() -> None:
     originals = torch.rand(7, 1, 28, 28)
     reconstructions = torch.rand(7, 1, 28, 28)
-    rows = generative.paired_rows(originals, reconstructions, per_row=3)
+    rows = figures.paired_rows(originals, reconstructions, per_row=3)
     assert [len(row) for row in rows] == [3, 3, 3, 3, 1, 1]
-    assert len(rows) == generative.rows_needed(7, 3)
-    grid = generative.image_grid(rows, scale=2, separator=1, group_gap=4, group_size=2)
-    assert grid.size == generative.grid_size(6, 3, (28, 28), scale=2, group_size=2)
+    assert len(rows) == figures.rows_needed(7, 3)
+    grid = figures.image_grid(rows, scale=2, separator=1, group_gap=4, group_size=2)
+    assert grid.size == figures.grid_size(6, 3, (28, 28), scale=2, group_size=2)
     assert grid.size == (1 + 3 * (56 + 1), 2 + 6 * 56 + 3 * 1 + 2 * 4)
     pixels = np.asarray(grid)
     # Second pair, first column: the reconstruction of original 3, inverted, 2x scaled.
@@ -116,7 +116,7 @@ def test_grid_size_and_pixels_of_a_paired_grid() -> None:
 
 def test_grid_rejects_mixed_image_sizes() -> None:
     with pytest.raises(ValueError, match="row 1"):
-        generative.image_grid([torch.zeros(2, 1, 28, 28), torch.zeros(2, 1, 14, 14)])
+        figures.image_grid([torch.zeros(2, 1, 28, 28), torch.zeros(2, 1, 14, 14)])
 
 
 # --- reconstruction ---------------------------------------------------------------------------
@@ -163,9 +163,8 @@ def test_generation_is_seeded_and_reads_the_memory_entry(trained_vae: GaussianVA
 def test_generation_figure_rows_start_with_the_stored_example(trained_vae: GaussianVAE,
                                                               dataset: ClassImageSet) -> None:
     examples = episode(dataset, 3)
-    figure = generative.generation_figure(trained_vae, examples, n_samples=4, seed=0,
-                                          scale=1)
-    assert figure.size == generative.grid_size(3, 5, (28, 28), scale=1)
+    figure = figures.generation_figure(trained_vae, examples, n_samples=4, seed=0, scale=1)
+    assert figure.size == figures.grid_size(3, 5, (28, 28), scale=1)
     cell = np.asarray(figure)[1:29, 1:29]
     expected = np.round((1 - examples[0, 0].numpy()) * 255).astype(np.uint8)
     np.testing.assert_array_equal(cell, expected)
@@ -180,8 +179,8 @@ def test_style_transfer_grid(trained_vae: GaussianVAE, dataset: ClassImageSet) -
     style = trained_vae.encode(images[5:6]).style.mean.expand(4, -1)
     torch.testing.assert_close(transfers[1], torch.sigmoid(trained_vae.decode(content, style)
                                                            ).detach())
-    figure = generative.style_transfer_figure(trained_vae, images[:4], images[4:])
-    assert figure.size == generative.grid_size(4, 5, (28, 28))
+    figure = figures.style_transfer_figure(trained_vae, images[:4], images[4:])
+    assert figure.size == figures.grid_size(4, 5, (28, 28))
 
 
 def test_latent_check_is_seeded_and_in_range(trained_vae: GaussianVAE,
@@ -221,13 +220,13 @@ def test_nearest_support_oracle() -> None:
 # --- run figures and commands -----------------------------------------------------------------
 def test_write_run_figures(trained_vae: GaussianVAE, dataset: ClassImageSet,
                            tmp_path: Path) -> None:
-    paths = generative.write_run_figures(tmp_path, trained_vae, dataset, n_way=100)
+    paths = figures.write_run_figures(tmp_path, trained_vae, dataset, n_way=100)
     assert sorted(paths) == ["generation", "reconstruction", "style_transfer", "summary"]
     # 12 classes available: one 12-way episode, 12 per row -> one row pair.
-    assert Image.open(paths["reconstruction"]).size == generative.grid_size(
+    assert Image.open(paths["reconstruction"]).size == figures.grid_size(
         2, 12, (28, 28), group_size=2)
-    assert Image.open(paths["generation"]).size == generative.grid_size(8, 11, (28, 28))
-    assert Image.open(paths["style_transfer"]).size == generative.grid_size(7, 7, (28, 28))
+    assert Image.open(paths["generation"]).size == figures.grid_size(8, 11, (28, 28))
+    assert Image.open(paths["style_transfer"]).size == figures.grid_size(7, 7, (28, 28))
     summary = json.loads(paths["summary"].read_text())
     assert summary["mean_nll"] < summary["mean_image_nll"]
     assert trained_vae.training is False
@@ -238,7 +237,7 @@ def test_commands_write_figures_and_json(synthetic_split: None, checkpoint_path:
     out, report = tmp_path / "recon.png", tmp_path / "recon.json"
     assert main(["reconstruct", "--checkpoint", str(checkpoint_path), "--n-way", "10",
                  "--per-row", "4", "--out", str(out), "--json", str(report)]) == 0
-    assert Image.open(out).size == generative.grid_size(6, 4, (28, 28), group_size=2)
+    assert Image.open(out).size == figures.grid_size(6, 4, (28, 28), group_size=2)
     values = json.loads(report.read_text())
     assert len(values["nll_per_image"]) == 10 and len(values["classes"]) == 10
     assert values["mean_nll"] < values["mean_image_nll"]
@@ -249,12 +248,12 @@ def test_commands_write_figures_and_json(synthetic_split: None, checkpoint_path:
         assert main(["generate", "--checkpoint", str(checkpoint_path), "--n-classes", "3",
                      "--n-samples", "5", "--seed", "2", "--out", str(path)]) == 0
     assert first.read_bytes() == second.read_bytes()
-    assert Image.open(first).size == generative.grid_size(3, 6, (28, 28))
+    assert Image.open(first).size == figures.grid_size(3, 6, (28, 28))
 
     style = tmp_path / "style.png"
     assert main(["style-transfer", "--checkpoint", str(checkpoint_path), "--n-content", "4",
                  "--n-style", "2", "--out", str(style)]) == 0
-    assert Image.open(style).size == generative.grid_size(3, 5, (28, 28))
+    assert Image.open(style).size == figures.grid_size(3, 5, (28, 28))
 
     latent = tmp_path / "results" / "latent_check.json"
     assert main(["latent-check", "--checkpoint", str(checkpoint_path), "--n-way", "3", "5",
@@ -300,4 +299,4 @@ def test_reconstruct_a_100_way_omniglot_test_episode(checkpoint_path: Path, tmp_
                  str(real_data_dir), "--cache-dir", str(real_cache_dir), "--out",
                  str(out)]) == 0
     # 100 images, 20 per row: five original/reconstruction row pairs.
-    assert Image.open(out).size == generative.grid_size(10, 20, (28, 28), group_size=2)
+    assert Image.open(out).size == figures.grid_size(10, 20, (28, 28), group_size=2)

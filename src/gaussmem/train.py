@@ -41,7 +41,7 @@ from gaussmem.data.training_sampler import StreamSampler, TrainingClassSampler, 
 from gaussmem.distributed import Distributed, current, rank_seed
 from gaussmem.errors import TrainingError
 from gaussmem.evaluate import EvaluationResult, evaluate_support_query
-from gaussmem.generative import write_run_figures
+from gaussmem.figures import write_run_figures
 from gaussmem.methods.registry import training_class
 from gaussmem.methods.training import MethodTraining
 from gaussmem.metrics_log import MetricsLog

@@ -165,12 +165,8 @@ def _write_json(path: str | None, report: dict[str, Any]) -> None:
 
 
 def run_reconstruct(args: argparse.Namespace) -> int:
-    from gaussmem.generative import (
-        dataset_mean_image,
-        episode_images,
-        reconstruction_figure,
-        save_png,
-    )
+    from gaussmem.figures import reconstruction_figure, save_png
+    from gaussmem.generative import dataset_mean_image, episode_images
 
     vae, checkpoint, dataset = _load(args)
     images, class_indices = episode_images(dataset, args.n_way, seed=args.seed)
@@ -191,7 +187,8 @@ def run_reconstruct(args: argparse.Namespace) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from gaussmem.generative import episode_images, generation_figure, save_png
+    from gaussmem.figures import generation_figure, save_png
+    from gaussmem.generative import episode_images
 
     vae, checkpoint, dataset = _load(args)
     examples, class_indices = episode_images(dataset, args.n_classes, seed=args.seed)
@@ -207,7 +204,8 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_style_transfer(args: argparse.Namespace) -> int:
-    from gaussmem.generative import episode_images, save_png, style_transfer_figure
+    from gaussmem.figures import save_png, style_transfer_figure
+    from gaussmem.generative import episode_images
 
     vae, _, dataset = _load(args)
     images, _ = episode_images(dataset, args.n_content + args.n_style, seed=args.seed)
