@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from conftest import synthetic_set
 from gaussmem.checkpoint import load_checkpoint
+from gaussmem.commands.train import write_figures
 from gaussmem.data.training_sampler import StreamSampler
 from gaussmem.evaluate import evaluate_checkpoint, evaluate_online, evaluate_support_query
 from gaussmem.methods import available_methods, method_class, training_class
@@ -266,12 +267,20 @@ def test_online_protocol_runs_for_every_baseline(name: str) -> None:
     assert 0.0 <= sq.accuracy.mean <= 100.0
 
 
-def test_mavae_run_leaves_figures(tmp_path: Path) -> None:
+def test_mavae_run_leaves_figures_when_the_command_asks(tmp_path: Path) -> None:
+    """`gaussmem train` writes the figures through `on_finish`; the library's `train`
+    alone writes none, and the summary names the folder only when there is one."""
     dataset = synthetic_set()
     config = resolve("smoke", overrides=["run_figures=true", "budget.max_steps=2"])
-    train(config, tmp_path / "run", dataset, dataset, progress=False)
+    bare = train(config, tmp_path / "bare", dataset, dataset, progress=False)
+    assert bare.figures is None and not (tmp_path / "bare" / "figures").exists()
+    result = train(config, tmp_path / "run", dataset, dataset, progress=False,
+                   on_finish=write_figures)
     figures = tmp_path / "run" / "figures"
+    assert result.figures == figures
     assert (figures / "figures.json").exists() and list(figures.glob("*.png"))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["figures"] == str(figures)
 
 
 def test_old_checkpoint_configs_still_load() -> None:

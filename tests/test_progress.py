@@ -79,6 +79,34 @@ def test_the_train_command_ends_with_a_readable_summary(tmp_path: Path) -> None:
     assert f"figures:    {figures}" in summary_text(replace(result, figures=figures), config)
 
 
+def test_the_train_command_writes_the_figures_and_names_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The command, not the training loop, writes `figures/`; its summary line and
+    summary.json both name the folder."""
+    from gaussmem.cli import main
+    from gaussmem.data import datasets
+    from gaussmem.data.class_images import ClassImageSet
+
+    train_set, held_out = synthetic_set(), synthetic_set(seed=1)
+    # Distinct class names: the command refuses a validation split it trains on.
+    val_set = ClassImageSet(held_out.images,
+                            [f"val{i}" for i in range(held_out.n_classes)], "synthetic")
+    monkeypatch.setattr(datasets, "load_split", lambda data, subset, **kwargs:
+                        val_set if subset == data.val_subset else train_set)
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "smoke", "--set", "run_figures=true",
+                 "--max-steps", "2", "--no-progress", "--run-dir", str(run)]) == 0
+    figures = run / "figures"
+    report = json.loads((figures / "figures.json").read_text())
+    assert report["reconstruction_ratio"] > 0
+    assert set(report["decoder_sensitivity"]) == {"content_swap", "style_swap"}
+    assert sorted(path.name for path in figures.glob("*.png")) == [
+        "generation.png", "reconstruction.png", "style_transfer.png"]
+    assert json.loads((run / "summary.json").read_text())["figures"] == str(figures)
+    assert f"figures:    {figures}" in capsys.readouterr().out
+
+
 def test_the_bar_shows_step_n_of_the_budget_and_the_time_left(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     dataset = synthetic_set()

@@ -253,8 +253,9 @@ class TrainConfig:
     log_every: int = 50
     checkpoint_every: int = 500
     tensorboard: bool = False
-    # MA-VAE: write reconstruction/generation figures from the validation split into
-    # run_dir/figures at the end of training (issue #7; a few seconds).
+    # MA-VAE: `gaussmem train` writes reconstruction/generation figures from the
+    # validation split into run_dir/figures at the end of a run (gaussmem.figures); the
+    # library's `train` writes none itself.
     run_figures: bool = True
 
     def __post_init__(self) -> None:

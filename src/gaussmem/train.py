@@ -13,9 +13,9 @@ never having stopped.
 
 Under torchrun (gaussmem.distributed) every rank runs this loop over its share of the
 step; rank 0 alone writes the run directory (config, metrics, TensorBoard, checkpoints,
-figures) and validates while the others wait at a barrier. Before each step the ranks
-agree on rank 0's clock and on any rank's stop signal, so they take the same steps at
-the same learning rates and stop together.
+whatever `on_finish` adds) and validates while the others wait at a barrier. Before
+each step the ranks agree on rank 0's clock and on any rank's stop signal, so they take
+the same steps at the same learning rates and stop together.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ from gaussmem.data.training_sampler import StreamSampler, TrainingClassSampler, 
 from gaussmem.distributed import Distributed, current, rank_seed
 from gaussmem.errors import TrainingError
 from gaussmem.evaluate import EvaluationResult, evaluate_support_query
-from gaussmem.figures import write_run_figures
 from gaussmem.methods.registry import training_class
 from gaussmem.methods.training import MethodTraining
 from gaussmem.metrics_log import MetricsLog
@@ -418,14 +417,16 @@ class TrainResult:
     world_size: int = 1
     #: The checkpoint to use: the best on validation, else (no validation) the last.
     checkpoint: Path | None = None
-    #: The figures written at the end (a directory), if the method writes any.
+    #: The run's `figures/` directory, if one was written (`gaussmem train` writes it
+    #: through `train`'s `on_finish`).
     figures: Path | None = None
 
 
 def train(config: TrainConfig | None, run_dir: str | Path, train_set: FewShotDataset,
           val_set: FewShotDataset | None, *, resume: bool = False, progress: bool = True,
           validation_lines: bool = True, stop_at_step: int | None = None,
-          overwrite: bool = False) -> TrainResult:
+          overwrite: bool = False, on_finish: Callable[[Trainer], None] | None = None
+          ) -> TrainResult:
     """Train (or resume) a run in `run_dir`; see the module docstring for the loop.
 
     Fresh runs refuse a `run_dir` that already holds a run (pass `resume=True`, or
@@ -437,6 +438,11 @@ def train(config: TrainConfig | None, run_dir: str | Path, train_set: FewShotDat
     where another machine, or another share of this one, stopped; checkpoints load onto
     the CPU and hold no graph) replace the saved ones, nothing else: none of these
     changes what the run learns.
+
+    `on_finish(trainer)` runs on rank 0 once the budget ends the run (not after
+    `stop_at_step`), before `summary.json` is written: what it adds to the run directory
+    (the figures of `gaussmem train`) is then named in the summary, and a write it fails
+    is the run's one-line error. The loop itself writes no figures.
     """
     run_dir = Path(run_dir)
     last = run_dir / LAST_CHECKPOINT
@@ -475,25 +481,13 @@ def train(config: TrainConfig | None, run_dir: str | Path, train_set: FewShotDat
                      stop_at_step=stop_at_step)
         finally:
             log.close()
-        if stop_at_step is None:
-            _write_figures(trainer, val_set)
+        if stop_at_step is None and on_finish is not None:
+            on_finish(trainer)
         result = _result(trainer, ranks)
         summary = {key: str(value) if isinstance(value, Path) else value
                    for key, value in result.__dict__.items()}
         write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return result
-
-
-def _write_figures(trainer: Trainer, val_set: FewShotDataset | None) -> None:
-    """Reconstructions, generations and style transfer of a generative method, from the
-    validation split (never the test split), into the run's `figures/`."""
-    network = trainer.method.generative_model
-    if network is None or val_set is None or not trainer.config.run_figures:
-        return
-    was_training = network.training
-    network.eval()
-    write_run_figures(trainer.run_dir, network, val_set)
-    network.train(was_training)
 
 
 def _result(trainer: Trainer, ranks: Distributed) -> TrainResult:

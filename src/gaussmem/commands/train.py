@@ -1,4 +1,5 @@
-"""`gaussmem train`: train any registered method from a preset, a TOML file, overrides."""
+"""`gaussmem train`: train any registered method from a preset, a TOML file, overrides,
+then write the run's figures (the training loop itself writes none)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from gaussmem.plumbing.settings import resolve_cache_dir, resolve_data_dir
 if TYPE_CHECKING:  # the config module imports torch: not for `--help`
     from gaussmem.config import TrainConfig
     from gaussmem.distributed import Distributed
-    from gaussmem.train import TrainResult
+    from gaussmem.train import Trainer, TrainResult
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -215,7 +216,8 @@ def _train(args: argparse.Namespace, config: TrainConfig | None, effective: Trai
     keep_freed_memory()  # faster CPU steps (results/speed/allocator_speed.json)
     try:
         result = train(config, run_dir, train_set, val_set, resume=args.resume,
-                       progress=not args.no_progress, overwrite=args.overwrite)
+                       progress=not args.no_progress, overwrite=args.overwrite,
+                       on_finish=write_figures)
     except TrainingInterrupted as stop:
         if ranks.is_main:
             print(f"gaussmem train: {stop} --run-dir {run_dir}", file=sys.stderr)
@@ -225,6 +227,24 @@ def _train(args: argparse.Namespace, config: TrainConfig | None, effective: Trai
         if args.json_path:
             write_text_atomic(args.json_path, (run_dir / "summary.json").read_text())
     return 0
+
+
+def write_figures(trainer: Trainer) -> None:
+    """Reconstructions, generations and style transfer of a generative method, from the
+    validation split (never the test split), into the run's `figures/`.
+
+    The command writes them, not the training loop, so a library caller of
+    `gaussmem.train.train` gets a run directory without images unless it asks.
+    """
+    from gaussmem.figures import write_run_figures
+
+    network = trainer.method.generative_model
+    if network is None or trainer.val_set is None or not trainer.config.run_figures:
+        return
+    was_training = network.training
+    network.eval()
+    write_run_figures(trainer.run_dir, network, trainer.val_set)
+    network.train(was_training)
 
 
 def summary_text(result: TrainResult, config: TrainConfig) -> str:
