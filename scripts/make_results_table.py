@@ -560,6 +560,9 @@ QUICKSTART_RUN = "cpu-quick-trunk3"
 #: the MA-VAE under earlier objectives and networks, and longer runs of the paper presets.
 BEYOND_HEADLINE = {
     "omniglot": ((", the quick start's 15 minutes", (QUICKSTART_RUN,)),
+                 # Generative row only: the same network trained as a plain VAE for the
+                 # quick start's steps, the reference its reconstructions are held to.
+                 (", plain VAE reference", ("plain-vae-trunk3",)),
                  (", per-image objective, first network", ("cpu-quick-objective",)),
                  (", earlier objective (per-pixel means)", ("cpu-quick-latent1",)),
                  (", longer run", ("20way-tuned-gpu", "parallel-20way-tuned-gpu",
