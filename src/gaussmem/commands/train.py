@@ -241,10 +241,8 @@ def write_figures(trainer: Trainer) -> None:
     network = trainer.method.generative_model
     if network is None or trainer.val_set is None or not trainer.config.run_figures:
         return
-    was_training = network.training
-    network.eval()
+    # Each generative operation switches the network to eval mode for its own call.
     write_run_figures(trainer.run_dir, network, trainer.val_set)
-    network.train(was_training)
 
 
 def summary_text(result: TrainResult, config: TrainConfig) -> str:
