@@ -715,8 +715,9 @@ class GaussianMemory(SlotMemory):
         same_label: bool,
         certify: bool,
     ) -> torch.Tensor:
-        """Re-rank the GEMM candidates by their exact float64 divergence, then search again
-        in float64 every query whose float32 candidates may miss a nearer entry.
+        """Re-rank the GEMM candidates by their exact float64 divergence, then re-score
+        exactly, for every query whose float32 candidates may miss a nearer entry, each
+        entry whose float32 score could place it among the k nearest (`_rescore_near`).
 
         On an accelerator that second step runs only with `certify` (`query` sets it):
         reading the certificate back would make the host wait for the device on every
@@ -737,16 +738,68 @@ class GaussianMemory(SlotMemory):
             return best  # float64 is the reference, or every qualifying slot was re-scored
         # The lowest divergence any non-candidate can have: its GEMM score, plus the
         # query's offset, minus the score's worst-case rounding error.
+        bound = self._score_error_bound(lifted_queries, query_rows)
         floor = (scores[:, n_candidates].double() + lifted_queries.offsets[query_rows].double()
-                 - self._score_error_bound(lifted_queries, query_rows))
-        doubtful = (exact[:, best.shape[1] - 1] > floor).nonzero()[:, 0]
+                 - bound)
+        kth = exact[:, best.shape[1] - 1]
+        doubtful = (kth > floor).nonzero()[:, 0]
         if len(doubtful):
+            rows = torch.arange(query_rows.start, query_rows.stop, device=slots.device)[doubtful]
+            # An entry's divergence is at least its GEMM score plus the query's offset
+            # minus the error bound: only entries whose score is under this ceiling can
+            # be nearer than the k-th candidate.
+            ceiling = (kth[doubtful] - lifted_queries.offsets[rows].double()
+                       + bound[doubtful])
             labels = None if query_labels is None else query_labels[doubtful]
-            again = self._search_slots(
-                (mu[doubtful].double(), var[doubtful].double()), k, labels, same_label
-            )
+            again = self._rescore_near(mu[doubtful], var[doubtful],
+                                       lifted_queries.features[rows], ceiling, k, labels,
+                                       same_label)
             best[doubtful] = again[:, : best.shape[1]]
         return best
+
+    def _rescore_near(
+        self,
+        mu: torch.Tensor,
+        var: torch.Tensor,
+        features: torch.Tensor,
+        ceiling: torch.Tensor,
+        k: int,
+        query_labels: torch.Tensor | None,
+        same_label: bool,
+    ) -> torch.Tensor:
+        """The k nearest qualifying slots `(rows, k)` by exact float64 divergence among
+        those whose float32 GEMM score (queries' lifted `features`) is at most `ceiling`
+        `(rows,)` float64, NOT_FOUND where fewer qualify.
+
+        Near-duplicate entries make the float32 ranking uncertain for many queries at
+        once; re-scoring only the entries that could win costs a GEMM and a few exact
+        divergences, where lifting every entry again in float64 cost several times the
+        search itself.
+        """
+        n_slots = self._searched_extent()
+        _, slot_step = self._block_shape(len(mu), n_slots)
+        block_divergences, block_slots = [], []
+        for slot_start in range(0, n_slots, slot_step):
+            slot_rows = slice(slot_start, min(slot_start + slot_step, n_slots))
+            scores = torch.addmm(self.entry_offsets[slot_rows], features,
+                                 self.entry_features[slot_rows].T)
+            near = scores.double() <= ceiling[:, None]
+            if query_labels is not None:
+                equal = query_labels[:, None] == self.labels[None, slot_rows]
+                near &= equal if same_label else ~equal
+            rows, columns = near.nonzero(as_tuple=True)
+            entries = columns + slot_start
+            divergence = torch.full(scores.shape, torch.inf, dtype=torch.float64,
+                                    device=scores.device)
+            divergence[rows, columns] = symmetric_kl_diag(
+                mu[rows].double(), var[rows].double(), self.means[entries].double(),
+                self.variances[entries].double())
+            smallest, columns = _smallest(divergence, k)
+            block_divergences.append(smallest)
+            block_slots.append(columns + slot_start)
+        divergence, order = _smallest(torch.cat(block_divergences, 1), k)
+        found = torch.cat(block_slots, 1).gather(1, order)
+        return found.masked_fill(divergence == torch.inf, NOT_FOUND)
 
     def _score_error_bound(
         self, lifted_queries: LiftedGaussians, query_rows: slice
