@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -25,6 +26,13 @@ from gaussmem.checkpoint import load_checkpoint, save_checkpoint
 from gaussmem.data.datasets import load_split
 from gaussmem.errors import CheckpointError, GalleryError, ImageError
 from gaussmem.gallery_file import MANIFEST_NAME, MEMORY_NAME
+from gaussmem.gallery_journal import (
+    CalibrateRecord,
+    EnrollRecord,
+    JournalWriter,
+    RemoveRecord,
+    start_journal,
+)
 from gaussmem.gallery_search import ExactSearch, nearest_labels
 from gaussmem.memory import GaussianMemory
 from gaussmem.memory_in_order import update_in_order_
@@ -32,7 +40,7 @@ from gaussmem.preprocess import ImagePreprocessing, is_dark_on_light, prepare_im
 from gaussmem.presets import preset
 from gaussmem.recognizer import Recognizer
 from gaussmem.train import train
-from gaussmem.unknown import calibrate_threshold
+from gaussmem.unknown import Calibration, calibrate_threshold
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -325,6 +333,39 @@ def test_gallery_round_trip_and_refusals(smoke_checkpoint: Path, tmp_path: Path)
     (gallery / MANIFEST_NAME).write_text("{")
     with pytest.raises(GalleryError, match="not a readable gallery manifest"):
         Recognizer.load(gallery)
+
+
+def test_load_replays_the_journal_to_the_state_the_writes_left(smoke_checkpoint: Path,
+                                                               tmp_path: Path) -> None:
+    """Enroll, remove and calibrate logged after a snapshot: loading gives the memory
+    those writes made, bit for bit; a record that cannot apply names the journal."""
+    files = drawing_files(tmp_path / "images")
+    live = Recognizer.from_checkpoint(smoke_checkpoint)
+    live.enroll("class0", files["class0"])
+    snapshot = live.save(tmp_path / "gallery")
+    start_journal(tmp_path / "gallery", snapshot)
+    writer = JournalWriter(tmp_path / "gallery", 0)
+    for label in ("class1", "class2", "class0"):
+        mu, var = live.encode(files[label])
+        live.enroll_encoded([label] * len(mu), mu, var)
+        writer.append(EnrollRecord((label,) * len(mu), mu, var))
+    live.remove("class2")
+    writer.append(RemoveRecord("class2"))
+    calibration = Calibration(score="margin", threshold=0.5, target_far=0.05,
+                              false_accept_rate=0.04, true_accept_rate=0.9,
+                              correct_accept_rate=0.8, n_known=10, n_unknown=25)
+    live.unknown_score, live.threshold, live.calibration = "margin", 0.5, calibration
+    writer.append(CalibrateRecord("margin", 0.5, dataclasses.asdict(calibration)))
+    loaded = Recognizer.load(tmp_path / "gallery")
+    assert loaded.labels() == live.labels() == {"class0": 4, "class1": 2}
+    assert (loaded.unknown_score, loaded.threshold, loaded.calibration) == (
+        "margin", 0.5, calibration)
+    for name in ("means", "variances", "labels", "counts", "ages", "valid"):
+        assert torch.equal(getattr(loaded.memory, name), getattr(live.memory, name)), name
+    writer.append(RemoveRecord("class2"))                 # already gone
+    writer.close()
+    with pytest.raises(GalleryError, match=r"journal.jsonl: record 6 cannot be replayed"):
+        Recognizer.load(tmp_path / "gallery")
 
 
 def test_failed_save_keeps_the_old_gallery(smoke_checkpoint: Path, tmp_path: Path,

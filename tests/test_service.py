@@ -23,6 +23,7 @@ from PIL import Image
 
 from conftest import synthetic_set
 from gaussmem.gallery_file import MANIFEST_NAME
+from gaussmem.gallery_journal import JOURNAL_NAME, JournalWriter
 from gaussmem.presets import preset
 from gaussmem.recognizer import Recognizer
 from gaussmem.train import train
@@ -31,8 +32,10 @@ fastapi = pytest.importorskip("fastapi", reason="the serve extra (fastapi) is no
 httpx = pytest.importorskip("httpx", reason="httpx (TestClient) is not installed")
 from fastapi.testclient import TestClient  # noqa: E402
 
+from gaussmem.service import served_gallery  # noqa: E402
 from gaussmem.service.app import create_app  # noqa: E402
-from gaussmem.service.served_gallery import ServedGallery, Upload  # noqa: E402
+from gaussmem.service.served_gallery import ServedGallery  # noqa: E402
+from gaussmem.service.uploads import Upload  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 CHROMIUM = "/usr/bin/chromium"
@@ -239,16 +242,19 @@ def test_gallery_persists_across_a_restart(checkpoint: Path, tmp_path: Path) -> 
     assert after == before
 
 
-def test_a_failed_save_leaves_memory_and_disk_as_they_were(
+def test_a_failed_write_leaves_memory_and_disk_as_they_were(
         client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
     enroll(client, "alpha", 0)
     gallery: ServedGallery = client.app.state.gallery
 
-    def broken_save(self: Recognizer, directory: Path) -> None:
-        raise OSError(f"{directory}: disk full")
+    def disk_full(*_: object) -> None:
+        raise OSError("disk full")
 
-    # On the class: the failed write reloads the gallery into a new Recognizer.
-    monkeypatch.setattr(Recognizer, "save", broken_save)
+    # The first write fails to append to the journal; the next ones then try a whole
+    # snapshot, which fails too. On the classes: a failed write reloads the gallery into
+    # a new Recognizer.
+    monkeypatch.setattr(JournalWriter, "append", disk_full)
+    monkeypatch.setattr(Recognizer, "save", disk_full)
     for response in (enroll(client, "beta", 1), enroll(client, "alpha", 2),
                      client.delete("/api/v1/labels/alpha")):
         assert response.status_code == 503
@@ -256,6 +262,34 @@ def test_a_failed_save_leaves_memory_and_disk_as_they_were(
     # The gallery answered from was reloaded from disk: only the saved enrollment.
     assert gallery.labels() == {"alpha": 2}
     assert Recognizer.load(gallery.directory).labels() == {"alpha": 2}
+    monkeypatch.undo()
+    assert enroll(client, "beta", 1).status_code == 200    # a snapshot, then appends
+    assert enroll(client, "gamma", 2).status_code == 200
+    assert Recognizer.load(gallery.directory).labels() == {"alpha": 2, "beta": 2, "gamma": 2}
+
+
+def test_writes_go_to_the_journal_and_a_snapshot_folds_it_in(
+        checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(served_gallery, "COMPACT_EVERY", 3)
+    gallery = ServedGallery.open(tmp_path / "gallery", checkpoint)
+    journal = tmp_path / "gallery" / JOURNAL_NAME
+    memory_file = tmp_path / "gallery" / "memory.safetensors"
+    snapshot = memory_file.read_bytes()
+    for index in range(3):
+        gallery.enroll(f"p{index}", [Upload("x.png", drawing_png(index, 0))])
+    # Three writes: three journal lines after the header, the snapshot untouched.
+    assert len(journal.read_bytes().splitlines()) == 4
+    assert memory_file.read_bytes() == snapshot
+    assert Recognizer.load(gallery.directory).labels() == {"p0": 1, "p1": 1, "p2": 1}
+    gallery.remove("p1")                                 # the fourth: a new snapshot
+    assert len(journal.read_bytes().splitlines()) == 1
+    assert memory_file.read_bytes() != snapshot
+    reloaded = Recognizer.load(gallery.directory)
+    assert reloaded.labels() == {"p0": 1, "p2": 1}
+    for name in ("means", "variances", "labels", "counts"):
+        assert torch.equal(getattr(reloaded.memory, name), getattr(gallery.recognizer.memory,
+                                                                   name))
+    gallery.close()
 
 
 def test_opening_removes_what_an_interrupted_save_left(checkpoint: Path,
@@ -269,15 +303,11 @@ def test_opening_removes_what_an_interrupted_save_left(checkpoint: Path,
     assert sorted(path.name for path in tmp_path.iterdir()) == [".other.x3.tmp", "gallery"]
 
 
-def test_concurrent_writes_are_all_saved(checkpoint: Path, tmp_path: Path) -> None:
+def test_concurrent_writes_are_all_saved(checkpoint: Path, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # Small enough that the threads' writes cross several snapshots.
+    monkeypatch.setattr(served_gallery, "COMPACT_EVERY", 5)
     gallery = ServedGallery.open(tmp_path / "gallery", checkpoint)
-    saves = []
-    save = Recognizer.save
-
-    def counted_save(self: Recognizer, directory: Path) -> None:
-        saves.append(directory)
-        save(self, directory)
-
     errors: list[BaseException] = []
 
     def writer(thread: int) -> None:
@@ -289,46 +319,43 @@ def test_concurrent_writes_are_all_saved(checkpoint: Path, tmp_path: Path) -> No
         except BaseException as error:  # reported below, in the test's thread
             errors.append(error)
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Recognizer, "save", counted_save)
-        threads = [threading.Thread(target=writer, args=(thread,)) for thread in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+    threads = [threading.Thread(target=writer, args=(thread,)) for thread in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     assert errors == []
     expected = {f"t{thread}-{index}": 1 for thread in range(4) for index in range(1, 4)}
     assert gallery.labels() == expected
     assert Recognizer.load(gallery.directory).labels() == expected
-    assert 1 <= len(saves) <= 20      # one save may cover several writes
 
 
-def test_a_recognition_is_answered_while_a_save_runs(client: TestClient) -> None:
+def test_a_recognition_is_answered_while_a_write_is_flushed(client: TestClient) -> None:
     enroll(client, "alpha", 0)
-    save = Recognizer.save
+    append = JournalWriter.append
     saving, release = threading.Event(), threading.Event()
 
-    def slow_save(self: Recognizer, directory: Path) -> None:
+    def slow_append(self: JournalWriter, record: object) -> None:
         saving.set()
-        assert release.wait(timeout=60), "the test never released the save"
-        save(self, directory)
+        assert release.wait(timeout=60), "the test never released the write"
+        append(self, record)
 
     answers: list[httpx.Response] = []
     recognized: list[httpx.Response] = []
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Recognizer, "save", slow_save)
+        patch.setattr(JournalWriter, "append", slow_append)
         writer = threading.Thread(target=lambda: answers.append(enroll(client, "beta", 1)))
         writer.start()
         try:
             assert saving.wait(timeout=60)
-            # The save is parked: the recognition must not wait for it (a thread with a
+            # The write is parked: the recognition must not wait for it (a thread with a
             # timeout, so a regression fails instead of hanging), and it sees the gallery
-            # with the write being saved (memory and disk agree once the save returns).
+            # with the write being flushed (memory and disk agree once it returns).
             reader = threading.Thread(target=lambda: recognized.append(client.post(
                 "/api/v1/recognize?k=2", files=files("image", drawing_png(1, 4)))))
             reader.start()
             reader.join(timeout=30)
-            assert recognized, "the recognition waited for the save"
+            assert recognized, "the recognition waited for the write"
             assert writer.is_alive() and not answers
         finally:
             release.set()

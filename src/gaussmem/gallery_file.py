@@ -5,6 +5,8 @@
                                     memory labels, the unknown score and threshold, and
                                     the memory file's SHA-256
     <gallery>/memory.safetensors    the `GaussianMemory` (gaussmem.memory_file checks it)
+    <gallery>/journal.jsonl         optional: writes made since this snapshot, replayed
+                                    over it by readers (gaussmem.gallery_journal)
 
 The directory is written whole and swapped into place (`gaussmem.plumbing.atomic`), so a reader
 sees the old gallery or the new one, never a manifest of one and the memory of the
@@ -22,13 +24,16 @@ from typing import Any
 
 from gaussmem.checkpoint import file_sha256
 from gaussmem.errors import GalleryError, MemoryFileError
+from gaussmem.gallery_journal import JournalContent, read_journal
 from gaussmem.memory import GaussianMemory
 from gaussmem.plumbing.atomic import atomic_directory
 from gaussmem.preprocess import KINDS
 from gaussmem.unknown import UNKNOWN_SCORES
 
 GALLERY_FORMAT = "gaussmem-gallery"
-GALLERY_VERSION = 1
+#: Version 2 may hold a journal, which a version-1 reader would silently ignore.
+GALLERY_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST_NAME = "gallery.json"
 MEMORY_NAME = "memory.safetensors"
 
@@ -63,10 +68,11 @@ class GalleryManifest:
 
 
 def write_gallery(directory: str | Path, manifest: GalleryManifest,
-                  memory: GaussianMemory) -> None:
-    """Write the gallery atomically, replacing a gallery already there; refuses to
-    replace a directory that holds anything but a gallery (it could be the user's
-    images)."""
+                  memory: GaussianMemory) -> str:
+    """Write the gallery atomically, replacing a gallery already there (its journal
+    too: the new snapshot holds every write); refuses to replace a directory that holds
+    anything but a gallery (it could be the user's images). Returns the memory file's
+    SHA-256, which a journal started after it names."""
     directory = Path(directory)
     if directory.exists():
         if not directory.is_dir():
@@ -76,14 +82,18 @@ def write_gallery(directory: str | Path, manifest: GalleryManifest,
                                f"{MANIFEST_NAME}; choose a new or empty directory")
     with atomic_directory(directory) as staging:
         memory.save(staging / MEMORY_NAME)
-        document = manifest.to_json(file_sha256(staging / MEMORY_NAME))
+        memory_sha256 = file_sha256(staging / MEMORY_NAME)
         # One line: an indented dump takes Python's slow encoder, which dominated a save of
-        # 10,000 labels (a server saves after every enrollment).
-        (staging / MANIFEST_NAME).write_text(json.dumps(document) + "\n")
+        # 10,000 labels.
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest.to_json(memory_sha256))
+                                             + "\n")
+    return memory_sha256
 
 
-def read_gallery(directory: str | Path) -> tuple[GalleryManifest, GaussianMemory]:
-    """Read and check a gallery; raises `GalleryError` naming the file and the problem."""
+def read_gallery(directory: str | Path
+                 ) -> tuple[GalleryManifest, GaussianMemory, JournalContent]:
+    """Read and check a gallery: its snapshot and the journal of writes since, to be
+    replayed over it in order; raises `GalleryError` naming the file and the problem."""
     directory = Path(directory)
     manifest_path = directory / MANIFEST_NAME
     if not manifest_path.is_file():
@@ -113,7 +123,7 @@ def read_gallery(directory: str | Path) -> tuple[GalleryManifest, GaussianMemory
     if unnamed:
         raise GalleryError(f"{memory_path}: entries carry label ids {sorted(unnamed)[:3]} "
                            f"that {manifest_path} does not name")
-    return manifest, memory
+    return manifest, memory, read_journal(directory, memory_sha256, manifest.content_dim)
 
 
 def _parse(path: Path, document: Any) -> tuple[GalleryManifest, str]:
@@ -131,9 +141,9 @@ def _parse(path: Path, document: Any) -> tuple[GalleryManifest, str]:
 
     if not isinstance(document, dict) or document.get("format") != GALLERY_FORMAT:
         raise fail(f"not a gaussmem gallery manifest (format is not {GALLERY_FORMAT!r})")
-    if document.get("version") != GALLERY_VERSION:
+    if document.get("version") not in READABLE_VERSIONS:
         raise fail(f"gallery version {document.get('version')!r} is not supported "
-                   f"(expected {GALLERY_VERSION})")
+                   f"(this gaussmem reads {READABLE_VERSIONS})")
     checkpoint = field(document, "checkpoint", dict)
     preprocessing = field(document, "preprocessing", dict)
     unknown = field(document, "unknown", dict)

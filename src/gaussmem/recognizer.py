@@ -29,6 +29,12 @@ import torch
 from gaussmem.checkpoint import file_sha256, load_checkpoint
 from gaussmem.errors import CheckpointError, GalleryError
 from gaussmem.gallery_file import GalleryManifest, read_gallery, write_gallery
+from gaussmem.gallery_journal import (
+    JOURNAL_NAME,
+    EnrollRecord,
+    JournalRecord,
+    RemoveRecord,
+)
 from gaussmem.gallery_search import EntrySearch, ExactSearch, LabelCandidates, nearest_labels
 from gaussmem.memory import NOT_FOUND, GaussianMemory
 from gaussmem.memory_in_order import update_in_order_
@@ -144,7 +150,7 @@ class Recognizer:
         """The gallery saved in `directory`, over its checkpoint (the path it records,
         or `checkpoint` if the file moved). Raises `GalleryError` if the checkpoint is
         not the one the gallery was enrolled with (SHA-256 and content_dim)."""
-        manifest, memory = read_gallery(directory)
+        manifest, memory, journal = read_gallery(directory)
         checkpoint_path = Path(checkpoint) if checkpoint else Path(manifest.checkpoint_path)
         if not checkpoint_path.is_file():
             raise GalleryError(f"{directory}: its checkpoint {checkpoint_path} does not exist; "
@@ -166,14 +172,30 @@ class Recognizer:
         recognizer.unknown_score = manifest.unknown_score
         recognizer.threshold = manifest.threshold
         if manifest.calibration is not None:
+            recognizer.calibration = _calibration(directory, manifest.calibration)
+        for number, record in enumerate(journal.records, start=1):
             try:
-                recognizer.calibration = Calibration(**manifest.calibration)
-            except TypeError as error:
-                raise GalleryError(f"{directory}: malformed calibration ({error})") from error
+                recognizer.replay(record)
+            except GalleryError as error:
+                raise GalleryError(f"{Path(directory) / JOURNAL_NAME}: record {number} "
+                                   f"cannot be replayed ({error})") from error
         return recognizer
 
-    def save(self, directory: str | os.PathLike[str]) -> None:
-        """Write the gallery to `directory` atomically (see `gaussmem.gallery_file`)."""
+    def replay(self, record: JournalRecord) -> None:
+        """Apply a journal record (`gaussmem.gallery_journal`): the write it logged."""
+        if isinstance(record, EnrollRecord):
+            self.enroll_encoded(list(record.labels), record.mean, record.var)
+        elif isinstance(record, RemoveRecord):
+            self.remove(record.label)
+        else:
+            if record.score not in UNKNOWN_SCORES:
+                raise GalleryError(f"unknown score {record.score!r}")
+            self.unknown_score, self.threshold = record.score, record.threshold
+            self.calibration = _calibration("calibrate record", record.calibration)
+
+    def save(self, directory: str | os.PathLike[str]) -> str:
+        """Write the gallery to `directory` atomically (see `gaussmem.gallery_file`);
+        returns the SHA-256 of its memory file."""
         manifest = GalleryManifest(
             checkpoint_path=str(self.checkpoint_path),
             checkpoint_sha256=self.checkpoint_sha256, content_dim=self.content_dim,
@@ -182,7 +204,7 @@ class Recognizer:
             next_label_id=self._next_label_id, unknown_score=self.unknown_score,
             threshold=self.threshold,
             calibration=None if self.calibration is None else asdict(self.calibration))
-        write_gallery(directory, manifest, self.memory)
+        return write_gallery(directory, manifest, self.memory)
 
     # --- gallery ----------------------------------------------------------------------
     def labels(self) -> dict[str, int]:
@@ -192,6 +214,19 @@ class Recognizer:
         counts.index_add_(0, self.memory.labels[valid], self.memory.counts[valid])
         per_label = counts.tolist()  # one conversion, not one tensor read per label
         return {name: per_label[label_id] for name, label_id in sorted(self._label_ids.items())}
+
+    def examples_of(self, label: str) -> int:
+        """The number of examples merged into `label`'s entries (0 if not enrolled);
+        one label's count without counting every label's."""
+        label_id = self._label_ids.get(label)
+        if label_id is None:
+            return 0
+        mine = self.memory.valid & (self.memory.labels == label_id)
+        return int(self.memory.counts[mine].sum())
+
+    def label_count(self) -> int:
+        """The number of enrolled labels."""
+        return len(self._label_ids)
 
     def __contains__(self, label: object) -> bool:
         """Whether `label` is enrolled."""
@@ -265,7 +300,10 @@ class Recognizer:
     # --- recognition ------------------------------------------------------------------
     def encode(self, images: Sequence[ImageInput]) -> tuple[torch.Tensor, torch.Tensor]:
         """Content posteriors `(mean, var)`, each `(n, content_dim)`, of user images."""
-        pixels = load_images(images, self.preprocessing, self.polarity)
+        return self.encode_pixels(load_images(images, self.preprocessing, self.polarity))
+
+    def encode_pixels(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`encode` of model inputs already preprocessed (`gaussmem.preprocess.load_images`)."""
         content = self.classifier.content_posterior(self.classifier.embed(pixels))
         return content.mean, content.var
 
@@ -284,13 +322,33 @@ class Recognizer:
                           threshold: float | None = None, score: str | None = None
                           ) -> list[Recognition]:
         """`recognize` of already encoded posteriors `(n, content_dim)`."""
+        return self.recognize_rows(mu, var, [k] * len(mu), [threshold] * len(mu), score=score)
+
+    def recognize_rows(self, mu: torch.Tensor, var: torch.Tensor, ks: Sequence[int],
+                       thresholds: Sequence[float | None], *, score: str | None = None
+                       ) -> list[Recognition]:
+        """`recognize_encoded` with each row's own `k` and `threshold`: a server answers
+        a batch of requests that asked for different ones with one search per distinct
+        k (a score over the candidates, like "mahalanobis", depends on how many)."""
+        if not len(mu) == len(ks) == len(thresholds):
+            raise ValueError(f"{len(ks)} ks and {len(thresholds)} thresholds for "
+                             f"{len(mu)} posteriors")
         score = score or self.unknown_score
-        threshold = self.threshold if threshold is None else threshold
-        candidates = nearest_labels(self.search, self.memory, mu, var, max(k, 2))
-        scores = unknown_score(score, self.memory, mu, var, candidates).tolist()
         names = self._label_names()
-        return [self._recognition(row, candidates, scores[row], score, threshold, k, names)
-                for row in range(len(mu))]
+        results: list[Recognition | None] = [None] * len(mu)
+        for k in sorted(set(ks)):
+            rows = [row for row, row_k in enumerate(ks) if row_k == k]
+            index = torch.tensor(rows)
+            group_mu, group_var = mu[index], var[index]
+            candidates = nearest_labels(self.search, self.memory, group_mu, group_var,
+                                        max(k, 2))
+            scores = unknown_score(score, self.memory, group_mu, group_var,
+                                   candidates).tolist()
+            for position, row in enumerate(rows):
+                threshold = self.threshold if thresholds[row] is None else thresholds[row]
+                results[row] = self._recognition(position, candidates, scores[position],
+                                                 score, threshold, k, names)
+        return [result for result in results if result is not None]
 
     @staticmethod
     def _recognition(row: int, candidates: LabelCandidates, score: float, score_name: str,
@@ -342,6 +400,13 @@ class Recognizer:
             n_known=len(known), n_unknown=len(unknown))
         self.unknown_score, self.threshold, self.calibration = score, threshold, calibration
         return calibration
+
+
+def _calibration(source: object, fields: dict[str, Any]) -> Calibration:
+    try:
+        return Calibration(**fields)
+    except TypeError as error:
+        raise GalleryError(f"{source}: malformed calibration ({error})") from error
 
 
 def check_labels(labels: Sequence[str]) -> None:

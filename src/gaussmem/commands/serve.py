@@ -98,7 +98,10 @@ def _serve(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     gallery = ServedGallery.open(args.gallery, args.checkpoint, args.polarity)
     app = create_app(gallery, api_key=api_key, max_upload_bytes=args.max_upload_bytes)
-    print(f"serving {args.gallery} ({len(gallery.labels())} label(s)) at "
+    print(f"serving {args.gallery} ({gallery.label_count()} label(s)) at "
           f"http://{args.host}:{args.port}/ (API docs at /docs); Ctrl-C stops", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level="warning")
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level="warning")
+    finally:
+        gallery.close()
     return 0

@@ -18,6 +18,7 @@ Content-Length before it is read, so an oversized upload costs the server nothin
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import math
 from importlib import resources
@@ -32,12 +33,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gaussmem import __version__
 from gaussmem.errors import GalleryError, ImageError
-from gaussmem.service.served_gallery import (
-    SaveFailedError,
-    ServedGallery,
-    UnknownLabelError,
-    Upload,
-)
+from gaussmem.service.served_gallery import SaveFailedError, ServedGallery, UnknownLabelError
+from gaussmem.service.uploads import Upload
 from gaussmem.unknown import UNKNOWN_SCORES
 
 #: Default limit on a request body: a handful of photos.
@@ -71,7 +68,7 @@ def create_app(gallery: ServedGallery, *, api_key: str | None = None,
         return {"status": "ok", "version": __version__,
                 "kind": recognizer.preprocessing.kind,
                 "image_size": recognizer.preprocessing.image_size,
-                "labels": len(gallery.labels()), "api_key_required": api_key is not None}
+                "labels": gallery.label_count(), "api_key_required": api_key is not None}
 
     app.include_router(_api_router(gallery, api_key), prefix="/api/v1")
     return app
@@ -101,7 +98,7 @@ def _api_router(gallery: ServedGallery, api_key: str | None) -> APIRouter:
     def enroll(label: str, images: Annotated[list[UploadFile], File()]) -> dict[str, Any]:
         report = gallery.enroll(label, _read(images))
         return {"label": label, "images": report.n_images, "merged": report.n_merged,
-                "new_entries": report.n_new_entries, "examples": gallery.labels()[label]}
+                "new_entries": report.n_new_entries, "examples": gallery.examples_of(label)}
 
     @router.get("/labels/{label:path}/thumbnail", response_class=Response,
                 responses={200: {"content": {"image/png": {}}}})
@@ -113,13 +110,18 @@ def _api_router(gallery: ServedGallery, api_key: str | None) -> APIRouter:
     def remove(label: str) -> dict[str, Any]:
         return {"label": label, "removed_entries": gallery.remove(label)}
 
+    # async: the request waits for its batch (gaussmem.service.recognize_batches) on the
+    # event loop, not in a thread of the pool.
     @router.post("/recognize")
-    def recognize(image: Annotated[UploadFile, File()],
-                  k: Annotated[int, Query(ge=1, le=MAX_K)] = 5,
-                  threshold: Annotated[float | None, Query()] = None) -> dict[str, Any]:
+    async def recognize(image: Annotated[UploadFile, File()],
+                        k: Annotated[int, Query(ge=1, le=MAX_K)] = 5,
+                        threshold: Annotated[float | None, Query()] = None
+                        ) -> dict[str, Any]:
         if threshold is not None and not math.isfinite(threshold):
             raise GalleryError(f"threshold {threshold!r} is not a finite number")
-        return gallery.recognize(_read([image])[0], k, threshold).to_dict()
+        upload = Upload(image.filename or "upload", await image.read())
+        recognition = await asyncio.wrap_future(gallery.submit_recognize(upload, k, threshold))
+        return recognition.to_dict()
 
     @router.post("/calibrate")
     def calibrate(known: Annotated[list[UploadFile], File()],

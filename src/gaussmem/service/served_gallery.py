@@ -2,49 +2,63 @@
 disk before it is reported done.
 
 Images are decoded and encoded outside any lock (the model is read-only), so requests
-overlap where they can. A write (enroll, remove, calibrate) changes the memory, then
-waits until a save that includes it has finished (`Recognizer.save`: a whole new
-directory swapped in) before it is answered. Saves are group commits: writes that
-arrive while a save runs wait, change the memory one after another, and one save
-then covers them all, so a burst of enrollments costs a few saves, not one each.
+overlap where they can; recognitions are answered in batches by one thread
+(`gaussmem.service.recognize_batches`). A write (enroll, remove, calibrate) changes the
+memory, then appends its record to the gallery's journal and flushes it
+(`gaussmem.gallery_journal`) before it is answered: a few hundred bytes, not the whole
+gallery. Every `COMPACT_EVERY` writes, and when the server opens the gallery, a new
+snapshot (`Recognizer.save`: a whole new directory swapped in) replaces snapshot and
+journal, so a reader never replays a long journal.
+
 Locks: `_memory_lock` covers only the moments the memory is read or changed (a
-recognize never waits for a save), `_change_lock` orders the changes and is held
-through a save so the saved state is whole, `_save_lock` runs one save at a time. If a
-save fails, the gallery is reloaded from disk and every write it covered fails, so the
-memory never keeps a write the disk does not (a recognize may see a write while it is
-being saved).
+recognize never waits for a disk write), `_change_lock` orders the writes and is held
+until each is on disk. If a write cannot be made durable, the gallery is reloaded from
+disk and the write fails, so the memory never keeps a write the disk does not (a
+recognize may see a write while it is being flushed); the next write then starts a new
+snapshot rather than append to a journal whose end is in doubt.
 
 Each label has a thumbnail: its first enrolled example as the model sees it
 (preprocessed), a PNG in `<gallery>.thumbnails/` beside the gallery (the gallery
-directory itself is replaced whole on every save and holds only gallery files).
+directory itself is replaced whole by every snapshot and holds only gallery files).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import shutil
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import asdict
 from pathlib import Path
 from typing import TypeVar
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from gaussmem.errors import GalleryError, GaussmemError, ImageError
 from gaussmem.gallery_file import MANIFEST_NAME
+from gaussmem.gallery_journal import (
+    CalibrateRecord,
+    EnrollRecord,
+    JournalRecord,
+    JournalWriter,
+    RemoveRecord,
+    start_journal,
+)
 from gaussmem.plumbing.atomic import write_bytes_atomic
 from gaussmem.preprocess import Polarity, prepare_image
 from gaussmem.recognizer import EnrollReport, Recognition, Recognizer, check_labels
+from gaussmem.service.recognize_batches import RecognizeBatches
+from gaussmem.service.uploads import Upload, decode_upload
 from gaussmem.unknown import Calibration
 
 T = TypeVar("T")
 
-#: Largest decoded image accepted, in pixels: a small compressed file can expand to
-#: gigabytes (a "decompression bomb"), and no model input needs more than this.
-MAX_IMAGE_PIXELS = 4096 * 4096
-
+#: Journal records after which a write starts a new snapshot: replaying the journal
+#: (at every load) stays short, and the snapshot's cost is spread over as many writes.
+COMPACT_EVERY = 256
 
 class UnknownLabelError(GalleryError):
     """A label that is not in the gallery."""
@@ -52,34 +66,6 @@ class UnknownLabelError(GalleryError):
 
 class SaveFailedError(GaussmemError):
     """A write that was undone because the gallery could not be saved."""
-
-
-@dataclass(frozen=True)
-class Upload:
-    """An uploaded file: the name the client gave it (for error messages) and its bytes."""
-
-    name: str
-    data: bytes
-
-
-def decode_upload(upload: Upload) -> Image.Image:
-    """The upload as a PIL image; `ImageError` naming it when it is not an image."""
-    if not upload.data:
-        raise ImageError(f"{upload.name}: empty file, not an image")
-    try:
-        image = Image.open(io.BytesIO(upload.data))
-        width, height = image.size
-        if width * height > MAX_IMAGE_PIXELS:
-            raise ImageError(f"{upload.name}: {width}x{height} pixels is more than the "
-                             f"{MAX_IMAGE_PIXELS} accepted")
-        image.load()
-    except ImageError:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
-            Image.DecompressionBombError) as error:
-        reason = " ".join(str(error).split()) or type(error).__name__
-        raise ImageError(f"{upload.name}: not a readable image ({reason})") from error
-    return image
 
 
 class ServedGallery:
@@ -91,16 +77,16 @@ class ServedGallery:
         self.thumbnails = self.directory.with_name(self.directory.name + ".thumbnails")
         self._memory_lock = threading.Lock()
         self._change_lock = threading.Lock()
-        self._save_lock = threading.Lock()
-        self._changes = 0         # writes applied to the memory, numbered from 1
-        self._saved = 0           # writes 1.._saved are on disk
-        self._lost = 0            # writes 1.._lost were dropped by a failed save
+        self._journal: JournalWriter | None = None   # None: the next write snapshots
+        self._batches = RecognizeBatches(lambda: self.recognizer, self._memory_lock)
 
     @classmethod
     def open(cls, directory: Path, checkpoint: Path | None = None,
              polarity: Polarity = "auto") -> ServedGallery:
-        """The gallery in `directory`; a new one over `checkpoint`, saved at once, when
-        the directory holds none (so a bad directory is refused before serving)."""
+        """The gallery in `directory` (a new one over `checkpoint` when the directory
+        holds none), written as a fresh snapshot with an empty journal, so a bad
+        directory is refused before serving and a journal left by a killed server is
+        folded in."""
         directory = Path(directory)
         _remove_interrupted_saves(directory)
         if (directory / MANIFEST_NAME).is_file():
@@ -110,8 +96,9 @@ class ServedGallery:
                                "to serve it with")
         else:
             recognizer = Recognizer.from_checkpoint(checkpoint, polarity=polarity)
-            recognizer.save(directory)
-        return cls(recognizer, directory)
+        gallery = cls(recognizer, directory)
+        gallery._snapshot()
+        return gallery
 
     # --- reads ------------------------------------------------------------------------
     def labels(self) -> dict[str, int]:
@@ -128,10 +115,29 @@ class ServedGallery:
         except FileNotFoundError:
             raise UnknownLabelError(f"label {label!r} has no thumbnail") from None
 
-    def recognize(self, upload: Upload, k: int, threshold: float | None) -> Recognition:
-        mu, var = self.recognizer.encode([decode_upload(upload)])
+    def label_count(self) -> int:
         with self._memory_lock:
-            return self.recognizer.recognize_encoded(mu, var, k=k, threshold=threshold)[0]
+            return self.recognizer.label_count()
+
+    def examples_of(self, label: str) -> int:
+        with self._memory_lock:
+            return self.recognizer.examples_of(label)
+
+    def recognize(self, upload: Upload, k: int, threshold: float | None) -> Recognition:
+        return self.submit_recognize(upload, k, threshold).result()
+
+    def submit_recognize(self, upload: Upload, k: int, threshold: float | None
+                         ) -> Future[Recognition]:
+        """Queue a recognition (answered in a batch with those queued beside it, see
+        `gaussmem.service.recognize_batches`); the future holds the result."""
+        return self._batches.submit(upload, k, threshold)
+
+    def close(self) -> None:
+        """Stop the recognition thread once what is queued is answered; close the
+        journal."""
+        self._batches.close()
+        with self._change_lock:
+            self._close_journal()
 
     # --- writes -----------------------------------------------------------------------
     def enroll(self, label: str, uploads: Sequence[Upload]) -> EnrollReport:
@@ -148,7 +154,7 @@ class ServedGallery:
             with self._memory_lock:
                 return self.recognizer.enroll_encoded([label] * len(images), mu, var)
 
-        return self._write(change)
+        return self._write(change, lambda _: EnrollRecord((label,) * len(images), mu, var))
 
     def remove(self, label: str) -> int:
         """Forget `label`; returns how many memory entries it had."""
@@ -158,7 +164,7 @@ class ServedGallery:
                     raise UnknownLabelError(f"label {label!r} is not in the gallery")
                 return self.recognizer.remove(label)
 
-        entries = self._write(change)
+        entries = self._write(change, lambda _: RemoveRecord(label))
         self._thumbnail_path(label).unlink(missing_ok=True)
         return entries
 
@@ -179,38 +185,43 @@ class ServedGallery:
                 return self.recognizer.calibrate(known_images, known_labels, unknown_images,
                                                  target_far, score=score)
 
-        return self._write(change)
+        return self._write(change, lambda calibration: CalibrateRecord(
+            calibration.score, calibration.threshold, asdict(calibration)))
 
-    def _write(self, change: Callable[[], T]) -> T:
+    def _write(self, change: Callable[[], T],
+               record: Callable[[T], JournalRecord]) -> T:
         """Run `change` (which raises before changing anything, or changes the memory
-        under `_memory_lock`), then return once a save holds it."""
+        under `_memory_lock`), then return once its `record` is on disk."""
         with self._change_lock:
             result = change()
-            self._changes += 1
-            number = self._changes
-        self._save_through(number)
-        return result
+            try:
+                if self._journal is None or self._journal.records >= COMPACT_EVERY:
+                    self._snapshot()         # holds this write too
+                else:
+                    self._journal.append(record(result))
+            except BaseException as error:
+                self._close_journal()
+                self._reload()
+                if not isinstance(error, Exception):
+                    raise                    # Ctrl-C and exits stay what they are
+                raise SaveFailedError(f"saving {self.directory} failed ({error}), so this "
+                                      "write was undone; try again") from error
+            return result
 
-    def _save_through(self, number: int) -> None:
-        """Return when write `number` is on disk; raise if a failed save dropped it."""
-        with self._save_lock:
-            if self._saved >= number:
-                return                       # a later writer's save covered it
-            if self._lost >= number:
-                raise SaveFailedError(f"saving {self.directory} failed, so this write was "
-                                      "undone; try again")
-            with self._change_lock:
-                through = self._changes
-                try:
-                    self.recognizer.save(self.directory)
-                except BaseException as error:
-                    self._lost = through
-                    self._reload()
-                    if not isinstance(error, Exception):
-                        raise                # Ctrl-C and exits stay what they are
-                    raise SaveFailedError(f"saving {self.directory} failed ({error}), so "
-                                          "this write was undone; try again") from error
-                self._saved = through
+    def _snapshot(self) -> None:
+        """Write the whole gallery and start an empty journal after it."""
+        self._close_journal()
+        snapshot_sha256 = self.recognizer.save(self.directory)
+        # The snapshot holds every write: without a journal after it, the next write
+        # snapshots again.
+        with contextlib.suppress(OSError):
+            start_journal(self.directory, snapshot_sha256)
+            self._journal = JournalWriter(self.directory, 0)
+
+    def _close_journal(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
 
     def _reload(self) -> None:
         """Back to the gallery on disk (the last write that was saved whole)."""
