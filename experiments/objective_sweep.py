@@ -82,6 +82,13 @@ VARIANTS: dict[str, list[str]] = {
     "c1-300-style4-T16-trunk3-groupnorm": [*TRUNK3_GROUPNORM,
                                            *OBJECTIVES["c1-300-style4-T16"]],
     "plain-vae-trunk3-groupnorm": [*TRUNK3_GROUPNORM, *OBJECTIVES["plain-vae"]],
+    # How the drawing divides between z_c and z_s on that network: the cross term
+    # (decode x from z_c of another drawing of its class) lighter or off, or z_s dearer.
+    **{f"c1-300-style4-T16-trunk3-groupnorm-{suffix}": [
+        *TRUNK3_GROUPNORM, *OBJECTIVES["c1-300-style4-T16"], *extra]
+       for suffix, extra in {"cross0": ["loss.generative_cross=0"],
+                             "cross0.25": ["loss.generative_cross=0.25"],
+                             "style16": ["loss.latent_style=16"]}.items()},
 }
 
 #: Recognition cells scored on validation: (n_way, n_shot).

@@ -66,25 +66,39 @@ def table(records: list[dict[str, Any]], hardware: str) -> str:
 
 
 def plot(records: list[dict[str, Any]], path: Path) -> None:
-    """Validation 20-way 1-shot accuracy against the reconstruction ratio."""
+    """Against the reconstruction ratio: validation 20-way 1-shot accuracy (left) and
+    the content's share of the decoder's sensitivity (right); points numbered, the
+    variants named in the legend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(6, 4), dpi=120)
-    for record in records:
-        accuracy = record["accuracy"]["20w1s"]
+    figure, (accuracy_axes, content_axes) = plt.subplots(
+        1, 2, figsize=(11, 5.5 + 0.16 * len(records)), dpi=110)
+    for number, record in enumerate(records, start=1):
         ratio = record["reconstruction"]["ratio"]
-        axes.errorbar(ratio, accuracy["mean"], yerr=accuracy["ci95"], fmt="o", capsize=3)
-        axes.annotate(f"{record['variant']} ({record['steps']} steps)",
-                      (ratio, accuracy["mean"]), textcoords="offset points", xytext=(5, 4),
-                      fontsize=7)
-    axes.set_xlabel("reconstruction NLL / mean image's NLL (validation, lower is better)")
-    axes.set_ylabel("validation 20-way 1-shot accuracy (%)")
-    axes.set_title("Recognition against generation, per objective")
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
+        accuracy = record["accuracy"]["20w1s"]
+        swap = record["decoder_sensitivity"]
+        share = swap["content_swap"] / (swap["content_swap"] + swap["style_swap"])
+        label = f"{number}: {record['variant']} ({record['steps']} steps)"
+        line = accuracy_axes.errorbar(ratio, accuracy["mean"], yerr=accuracy["ci95"], fmt="o",
+                                      capsize=3, label=label)
+        content_axes.plot(ratio, share, "o", color=line[0].get_color())
+        for axes, y in ((accuracy_axes, accuracy["mean"]), (content_axes, share)):
+            axes.annotate(str(number), (ratio, y), textcoords="offset points",
+                          xytext=(4, 3), fontsize=8)
+    x_label = "reconstruction NLL / mean image's NLL (lower is better)"
+    accuracy_axes.set(xlabel=x_label, ylabel="20-way 1-shot accuracy (%)",
+                      title="Recognition against reconstruction")
+    content_axes.set(xlabel=x_label, ylabel="swap z_c / (swap z_c + swap z_s)",
+                     title="Content's share of the decoder against reconstruction")
+    content_axes.axhline(0.5, color="grey", linewidth=0.8, linestyle="--")
+    for axes in (accuracy_axes, content_axes):
+        axes.grid(alpha=0.3)
+    figure.legend(loc="lower center", ncol=2, fontsize=7, frameon=False)
+    figure.suptitle("The MA-VAE's objectives on validation")
+    figure.tight_layout(rect=(0, 0.03 * len(records) / 2 + 0.05, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
     plt.close(figure)
