@@ -159,7 +159,7 @@ def bench_size(size: int, args: argparse.Namespace, generator: torch.Generator) 
     entry_features = memory.entry_features
 
     runs: dict[str, Callable[[], object]] = {
-        "plain_matmul": lambda: (query_features @ entry_features.T).argmin(1),
+        "plain_matmul": lambda: (query_features @ entry_features).argmin(1),
         "gemm": lambda: memory.query(mu, var),
     }
     gemm_slots = memory.query(mu, var).slots[:, 0]

@@ -465,7 +465,7 @@ def test_to_float64_recomputes_the_lift():
     assert memory.means.dtype == memory.entry_features.dtype == torch.float64
     assert memory.ages.dtype == torch.int64
     expected_lift = lift_entries(memory.means, memory.variances).features
-    assert torch.equal(memory.entry_features[memory.valid], expected_lift[memory.valid])
+    assert torch.equal(memory.entry_features[:, memory.valid].T, expected_lift[memory.valid])
     float64_result = memory.query(mu.double(), var.double(), k=3)
     assert torch.equal(float64_result.slots, float32_result.slots)
     assert float64_result.divergence.dtype == torch.float64

@@ -34,6 +34,7 @@ import math
 import os
 from typing import Any, Literal, NamedTuple
 
+import numpy as np
 import safetensors.torch
 import torch
 from torch import nn
@@ -50,12 +51,17 @@ from gaussmem.gaussian import (
 )
 from gaussmem.memory_file import FILE_FORMAT, SLOT_TENSORS, read_memory_file
 from gaussmem.plumbing.atomic import write_bytes_atomic
+from gaussmem.plumbing.blas_threads import match_torch_threads
 
 #: Slot and label returned where nothing was found; also the label of an empty slot.
 NOT_FOUND = -1
 #: Default bound on the elements of one temporary `(queries, slots)` score block:
 #: 2**26 float32 = 256 MiB, so 1e7 entries never materialise a 1e10-element matrix.
 DEFAULT_MAX_BLOCK_ELEMENTS = 2**26
+#: A CPU score block of 16 MB (float32): large enough for the matrix product to run at
+#: speed, small enough that adding the offsets and selecting the smallest read it from
+#: the cache instead of main memory.
+_CPU_BLOCK_ELEMENTS = 2**22
 #: Fewest queries per block before entries are split instead: each query block re-reads
 #: every entry's key, so tiny query blocks turn the GEMM into a memory-bound scan.
 _MIN_QUERY_BLOCK = 256
@@ -228,8 +234,11 @@ class SlotMemory(nn.Module):
 
     # --- search -----------------------------------------------------------------------
     def _block_shape(self, n_queries: int, n_slots: int) -> tuple[int, int]:
-        """Queries and slots per score block, keeping their product <= max_block_elements."""
+        """Queries and slots per score block, keeping their product <= max_block_elements
+        (on a CPU, <= `_CPU_BLOCK_ELEMENTS` too)."""
         budget = max(1, self.max_block_elements)
+        if self.valid.device.type == "cpu":
+            budget = min(budget, _CPU_BLOCK_ELEMENTS)
         query_rows = min(n_queries, max(1, budget // max(1, n_slots)))
         query_rows = max(query_rows, min(n_queries, _MIN_QUERY_BLOCK, budget))
         slot_rows = min(n_slots, max(1, budget // max(1, query_rows)))
@@ -471,9 +480,10 @@ class GaussianMemory(SlotMemory):
             `query` on CPU, label-filtered searches stay on torch).
 
     Buffers: `means`, `variances` `(capacity, dim)`; `labels`, `counts`, `ages`, `valid`
-    `(capacity,)`; the non-persistent lift cache `entry_features` `(capacity, 4 * dim)`
-    and `entry_offsets` `(capacity,)` (+inf at empty slots so they never match; rebuilt
-    after `load_state_dict` and `.to()`).
+    `(capacity,)`; the non-persistent lift cache `entry_features` `(4 * dim, capacity)`
+    (by dimension: a search's matrix product then reads the entries' values of each
+    dimension contiguously) and `entry_offsets` `(capacity,)` (+inf at empty slots so they
+    never match; rebuilt after `load_state_dict`, `.to()` and `grow_`).
     """
 
     means: torch.Tensor
@@ -509,7 +519,7 @@ class GaussianMemory(SlotMemory):
         self.register_buffer("means", torch.zeros(capacity, dim, dtype=dtype))
         self.register_buffer("variances", torch.ones(capacity, dim, dtype=dtype))
         self.register_buffer(
-            "entry_features", torch.zeros(capacity, 4 * dim, dtype=dtype), persistent=False
+            "entry_features", torch.zeros(4 * dim, capacity, dtype=dtype), persistent=False
         )
         self.register_buffer(
             "entry_offsets", torch.full((capacity,), torch.inf, dtype=dtype), persistent=False
@@ -683,20 +693,26 @@ class GaussianMemory(SlotMemory):
         out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         # SKL minus the per-query offset; the +inf offsets of empty slots propagate.
-        if lifted_queries.features.dtype != self.entry_features.dtype:
-            # A float64 search of a float32 memory (see `_refine_candidates`).
-            entries = self._finite_lift(
-                self.means[slot_rows].double(), self.variances[slot_rows].double(),
-                self.valid[slot_rows],
-            )
-            return torch.addmm(entries.offsets, lifted_queries.features[query_rows],
-                               entries.features.T)
-        return torch.addmm(
-            self.entry_offsets[slot_rows],
-            lifted_queries.features[query_rows],
-            self.entry_features[slot_rows].T,
-            out=out,
-        )
+        return self._entry_scores(lifted_queries.features[query_rows], slot_rows, out)
+
+    def _entry_scores(self, query_features: torch.Tensor, slot_rows: slice,
+                      out: torch.Tensor | None = None) -> torch.Tensor:
+        """`(queries, slots)`: each lifted query's inner product with each entry's lift,
+        plus the entry's offset (into `out` when given).
+
+        On the CPU the product runs through NumPy's BLAS, which on some processors (AMD's,
+        where PyTorch's MKL takes a slower path) multiplies these shapes in well under
+        the time; elsewhere through `torch.addmm`.
+        """
+        entries = self.entry_features[:, slot_rows]
+        offsets = self.entry_offsets[slot_rows]
+        if entries.device.type != "cpu":
+            return torch.addmm(offsets, query_features, entries, out=out)
+        if out is None:
+            out = torch.empty(len(query_features), entries.shape[1], dtype=entries.dtype)
+        match_torch_threads()
+        np.matmul(query_features.detach().numpy(), entries.numpy(), out=out.numpy())
+        return out.add_(offsets)
 
     def _candidate_width(self, k: int) -> int:
         # One past the re-scored candidates: the first other entry's GEMM score bounds
@@ -781,8 +797,7 @@ class GaussianMemory(SlotMemory):
         block_divergences, block_slots = [], []
         for slot_start in range(0, n_slots, slot_step):
             slot_rows = slice(slot_start, min(slot_start + slot_step, n_slots))
-            scores = torch.addmm(self.entry_offsets[slot_rows], features,
-                                 self.entry_features[slot_rows].T)
+            scores = self._entry_scores(features, slot_rows)
             near = scores.double() <= ceiling[:, None]
             if query_labels is not None:
                 equal = query_labels[:, None] == self.labels[None, slot_rows]
@@ -826,7 +841,8 @@ class GaussianMemory(SlotMemory):
         finite = self.valid[rows] & torch.isfinite(offsets)
         if not bool(finite.any()):
             return 0.0, 0.0
-        norms = torch.linalg.vector_norm(self.entry_features[rows], dim=1, dtype=torch.float64)
+        norms = torch.linalg.vector_norm(self.entry_features[:, rows], dim=0,
+                                         dtype=torch.float64)
         return (float(norms.masked_fill(~finite, 0).max()),
                 float(offsets.double().abs().masked_fill(~finite, 0).max()))
 
@@ -844,13 +860,16 @@ class GaussianMemory(SlotMemory):
         merge_running_(self.means, self.variances, self.counts, slots, mu, var, merges)
 
     def _empty_slot_values(self) -> dict[str, Any]:
+        # entry_features is by dimension, not by slot: `_keys_changed_` sizes it.
         return {**super()._empty_slot_values(), "means": 0.0, "variances": 1.0,
-                "entry_features": 0.0, "entry_offsets": math.inf}
+                "entry_offsets": math.inf}
 
     def _keys_changed_(self, slots: torch.Tensor | None) -> None:
         rows = slice(None) if slots is None else slots
         lifted = self._finite_lift(self.means[rows], self.variances[rows], self.valid[rows])
-        self.entry_features[rows] = lifted.features
+        if self.entry_features.shape[1] != self.capacity:   # grown
+            self.entry_features = self.entry_features.new_empty((4 * self.dim, self.capacity))
+        self.entry_features[:, rows] = lifted.features.T
         self.entry_offsets[rows] = lifted.offsets
         self._faiss_index = None
         if slots is None or self._entry_scale is None or slots.device.type != "cpu":
@@ -926,7 +945,7 @@ class GaussianMemory(SlotMemory):
         if self._faiss_index is None:
             occupied = torch.isfinite(self.entry_offsets).nonzero()[:, 0]
             vectors = torch.cat(
-                [self.entry_features[occupied], self.entry_offsets[occupied, None]], dim=1
+                [self.entry_features[:, occupied].T, self.entry_offsets[occupied, None]], dim=1
             )
             index = faiss.IndexFlatIP(vectors.shape[1])
             index.add(vectors.float().contiguous().numpy())
