@@ -88,7 +88,10 @@ VARIANTS: dict[str, list[str]] = {
         *TRUNK3_GROUPNORM, *OBJECTIVES["c1-300-style4-T16"], *extra]
        for suffix, extra in {"cross0": ["loss.generative_cross=0"],
                              "cross0.25": ["loss.generative_cross=0.25"],
-                             "style16": ["loss.latent_style=16"]}.items()},
+                             "style16": ["loss.latent_style=16"],
+                             "T64": ["similarity.temperature=64"],
+                             "T64-cross0.25": ["similarity.temperature=64",
+                                               "loss.generative_cross=0.25"]}.items()},
 }
 
 #: Recognition cells scored on validation: (n_way, n_shot).
