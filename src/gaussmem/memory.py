@@ -706,7 +706,9 @@ class GaussianMemory(SlotMemory):
         """
         entries = self.entry_features[:, slot_rows]
         offsets = self.entry_offsets[slot_rows]
-        if entries.device.type != "cpu":
+        if entries.device.type != "cpu" or (torch.is_grad_enabled()
+                                            and query_features.requires_grad):
+            # NumPy would drop the queries' gradient (`divergences_to_entries` keeps it).
             return torch.addmm(offsets, query_features, entries, out=out)
         if out is None:
             out = torch.empty(len(query_features), entries.shape[1], dtype=entries.dtype)
