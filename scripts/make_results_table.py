@@ -649,6 +649,9 @@ def generative_rows(tags: list[str], generative: dict[str, dict]) -> list[str]:
                   + (f", on reconstructions of the stored examples "
                      f"{generation['reconstructions']['mean']:.1f}"
                      if "reconstructions" in generation else "")
+                  + (f", on real drawings blurred 3x3 "
+                     f"{generation['blurred_real_images']['mean']:.1f}"
+                     if "blurred_real_images" in generation else "")
                   + f", chance {generation['chance']:.1f})")
         rows.append(f"| `{tag}` | {reconstruction['mean_nll']:.1f} / "
                     f"{reconstruction['mean_image_nll']:.1f} = {reconstruction['ratio']:.3f} | "

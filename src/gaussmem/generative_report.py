@@ -13,7 +13,9 @@
   accuracy on real drawings of the same classes is its ceiling; chance is 1 / n_way.
   Its accuracy on the reconstructions of the stored examples themselves separates the
   two ways to fail: drawings of the wrong class, or drawings too blurred for a judge
-  that only ever saw crisp strokes (then the reconstructions fail too).
+  that only ever saw crisp strokes (then the reconstructions fail too). Its accuracy on
+  the real drawings smoothed by a 3x3 box filter says how much of that is the judge's:
+  a judge that fails on slightly blurred real drawings measures crispness, not class.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from gaussmem.accuracy import AccuracySummary
 from gaussmem.data.datasets import FewShotDataset, episode_sampler
@@ -64,6 +67,7 @@ class GenerationSummary:
     generated: AccuracySummary
     real_images: AccuracySummary
     reconstructions: AccuracySummary
+    blurred_real_images: AccuracySummary
     chance: float
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,8 +118,7 @@ def generation_accuracy(vae: GaussianVAE, judge: FewShotClassifier, dataset: Few
     n_way = min(n_way, dataset.n_classes)
     sampler = episode_sampler(dataset, n_way, 1, n_query, seed=seed)
     judge.eval()
-    generated, real, reconstructed = (np.zeros(episodes), np.zeros(episodes),
-                                      np.zeros(episodes))
+    generated, real, reconstructed, blurred = (np.zeros(episodes) for _ in range(4))
     for index in range(episodes):
         episode = sampler.sample()
         generation = generate_from_memory(vae, episode.support_images, episode.support_labels,
@@ -129,6 +132,9 @@ def generation_accuracy(vae: GaussianVAE, judge: FewShotClassifier, dataset: Few
         reconstructions = reconstruct(vae, episode.support_images).images
         reconstructed[index] = (judge.predict(reconstructions) == episode.support_labels
                                 ).double().mean()
+        smoothed = F.avg_pool2d(episode.query_images, 3, stride=1, padding=1)
+        blurred[index] = (judge.predict(smoothed) == episode.query_labels).double().mean()
     return GenerationSummary(n_way, samples_per_class, AccuracySummary.from_values(generated),
                              AccuracySummary.from_values(real),
-                             AccuracySummary.from_values(reconstructed), 100.0 / n_way)
+                             AccuracySummary.from_values(reconstructed),
+                             AccuracySummary.from_values(blurred), 100.0 / n_way)

@@ -287,6 +287,7 @@ def run_generative_report(args: argparse.Namespace) -> int:
               f"{generation.generated.mean:.1f}% ± {generation.generated.ci95:.1f} judged "
               f"their source class (real drawings {generation.real_images.mean:.1f}%, "
               f"reconstructions of the stored examples "
-              f"{generation.reconstructions.mean:.1f}%, chance {generation.chance:.1f}%)")
+              f"{generation.reconstructions.mean:.1f}%, real drawings blurred 3x3 "
+              f"{generation.blurred_real_images.mean:.1f}%, chance {generation.chance:.1f}%)")
     _write_json(args.json_path, report)
     return 0
