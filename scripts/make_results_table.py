@@ -22,6 +22,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from systems_tables import systems_section
+
 from gaussmem.config import TrainConfig, from_dict, to_dict
 from gaussmem.errors import ConfigError
 from gaussmem.plumbing.atomic import write_text_atomic
@@ -731,8 +733,8 @@ def beyond_headline_section(data: dict[str, tuple[Cells, dict[str, dict]]],
 
 
 def render_index(data: dict[str, tuple[Cells, dict[str, dict]]], omniglot_md: str,
-                 lfw_md: str | None, generative: dict[str, dict[str, dict]] | None = None
-                 ) -> str:
+                 lfw_md: str | None, generative: dict[str, dict[str, dict]] | None = None,
+                 systems: list[str] | None = None) -> str:
     """results/README.md: what is where, the headline, then the full tables."""
     def tables(markdown: str) -> str:
         body = markdown.split("\n## Training runs")[0]
@@ -759,11 +761,16 @@ def render_index(data: dict[str, tuple[Cells, dict[str, dict]]], omniglot_md: st
              "| `episode_errors/`, `online_streams/`, `diagnostics/` | per-checkpoint error "
              "analyses, long online streams, latent checks |",
              "| `speed/` | timing benchmarks (training steps, data loading, memory search) |",
-             "| `objective/` | the objective sweep (`experiments/objective_sweep.py`) |", "",
+             "| `objective/` | the objective sweep (`experiments/objective_sweep.py`) |",
+             "| `recognizer_speed.json`, `gallery_search.json`, `service/`, "
+             "`ddp_scaling.json` | the recognizer, service and distributed-training "
+             "benchmarks (section below) |", "",
              "The narrative of the runs (why each was made) is in "
              "[docs/experiments.md](../docs/experiments.md).", ""]
     lines += headline_section(data, generative)
     lines += ["", *beyond_headline_section(data, generative)]
+    if systems:
+        lines += ["", *systems]
     lines += ["", "## Omniglot: all runs", "", tables(omniglot_md)]
     if lfw_md is not None:
         lines += ["", "## LFW-a: all runs", "", tables(lfw_md)]
@@ -790,7 +797,8 @@ def main() -> int:
         print(f"wrote {results / 'lfw.md'}")
     generative = {dataset: load_generative(results, dataset) for dataset in data}
     write_text_atomic(results / "README.md",
-                      render_index(data, omniglot_md, lfw_md, generative))
+                      render_index(data, omniglot_md, lfw_md, generative,
+                                   systems_section(results)))
     print(f"wrote {results / 'README.md'}")
     return 0
 

@@ -425,3 +425,27 @@ def test_the_headline_holds_one_budget_and_the_longer_runs_go_beyond_it(
     assert "These rows share one budget" in headline
     assert "| MA-VAE, the quick start's 15 minutes | `cpu-quick` (`mavae-15`) |" in beyond
     assert "`mavae-5`" not in beyond
+
+
+def test_systems_section_reads_each_benchmark_and_judges_its_target(tmp_path: Path) -> None:
+    import json
+
+    systems = load_script("systems_tables")
+    assert systems.systems_section(tmp_path) == []          # nothing run yet: no section
+    load = {"command": "python benchmarks/service_load.py", "hardware": {"cpu": "X"},
+            "settings": {"clients": 8, "seconds": 30.0, "entries": 10000,
+                         "enroll_fraction": 0.1},
+            "recognize": {"per_second": 150.0, "p50_ms": 40.0, "p99_ms": 99.0, "errors": 0},
+            "enroll": {"per_second": 15.0, "p50_ms": 50.0, "p99_ms": 120.0, "errors": 0},
+            "after_restart": {"labels": 10100, "exactly_the_answered_enrollments": True}}
+    (tmp_path / "service").mkdir()
+    (tmp_path / "service" / "load.json").write_text(json.dumps(load))
+    section = "\n".join(systems.systems_section(tmp_path))
+    assert "p99 99 ms | p99 <= 100 ms: met" in section
+    assert "0 errors; 10,100 labels" in section and "recognizer_speed" not in section
+    load["recognize"]["p99_ms"] = 101.0
+    load["enroll"]["errors"] = 1
+    (tmp_path / "service" / "load.json").write_text(json.dumps(load))
+    section = "\n".join(systems.systems_section(tmp_path))
+    assert "p99 <= 100 ms: **not met**" in section
+    assert "1 errors" in section and "0 errors, exact: **not met**" in section
