@@ -269,13 +269,16 @@ class MAVAETraining(MethodTraining):
         classes would write them (`(P, world, C)` drawing-major), on every rank."""
         if self.ranks.world_size > 1:
             rows = len(labels) // self.sampler.n_classes
-
-            def global_order(tensor: torch.Tensor) -> torch.Tensor:
-                gathered = self.ranks.gather_rows(tensor)  # (world, P * C, ...)
-                shaped = gathered.unflatten(1, (rows, self.sampler.n_classes))
-                return shaped.transpose(0, 1).flatten(0, 2)
-
-            mean, var, labels = global_order(mean), global_order(var), global_order(labels)
+            # One collective instead of three: float64 holds the float32 keys and the
+            # integer labels exactly.
+            packed = torch.cat([mean.double(), var.double(), labels.double()[:, None]], 1)
+            gathered = self.ranks.gather_rows(packed)  # (world, P * C, 2 d + 1)
+            shaped = gathered.unflatten(1, (rows, self.sampler.n_classes))
+            every_rank = shaped.transpose(0, 1).flatten(0, 2)
+            dim = mean.shape[1]
+            mean, var, labels = (every_rank[:, :dim].to(mean.dtype),
+                                 every_rank[:, dim:2 * dim].to(var.dtype),
+                                 every_rank[:, 2 * dim].to(labels.dtype))
         self.memory.update_(mean, var, labels)
 
     @torch.no_grad()
