@@ -419,6 +419,31 @@ def test_chunked_search_equals_unchunked(max_block_elements):
         )
 
 
+@pytest.mark.parametrize("max_block_elements", [7, 2**26])
+@pytest.mark.parametrize("doubtful", [False, True])
+def test_search_past_excluded_slots_matches_brute_force(max_block_elements, doubtful,
+                                                        monkeypatch):
+    """A query's excluded slots never come back, across slot blocks; it gets the
+    brute-force nearest of the other entries, also where every float32 answer is in
+    doubt and every entry is re-scored exactly."""
+    if doubtful:
+        monkeypatch.setattr(GaussianMemory, "_score_error_bound",
+                            lambda self, lifted, rows: torch.full(
+                                (rows.stop - rows.start,), 1e6, dtype=torch.float64))
+    memory = filled_memory(capacity=12, n_entries=11, max_block_elements=max_block_elements)
+    mu, var = random_gaussians(6, seed=15, dtype=torch.float32)
+    exact = brute_force_divergence(memory, mu, var)
+    excluded = exact.argsort(1)[:, :3]
+    excluded[0, 1] = NOT_FOUND  # padding
+    excluded[1] = torch.tensor([10, 0, 10])  # repeats, and the first slot
+    excluded[2] = NOT_FOUND  # none
+    found = memory._search_slots((mu, var), 2, certify=True, excluded=excluded)
+    kept = exact.clone()
+    for row, slots in enumerate(excluded.tolist()):
+        kept[row, [slot for slot in slots if slot != NOT_FOUND]] = torch.inf
+    assert torch.equal(found, kept.topk(2, dim=1, largest=False).indices)
+
+
 def test_block_shape_respects_the_budget():
     memory = GaussianMemory(1000, DIM, max_block_elements=5000)
     for n_queries in (1, 300, 4000):

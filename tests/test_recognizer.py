@@ -125,17 +125,16 @@ def _one_at_a_time(memory: GaussianMemory, mu: torch.Tensor, var: torch.Tensor,
             for i in range(len(labels))]
 
 
-@pytest.mark.parametrize("candidates", [1, 8])
+@pytest.mark.parametrize("chunk", [7, 1024])
 @pytest.mark.parametrize("seed", range(3))
-def test_in_order_batch_equals_one_item_at_a_time(seed: int, candidates: int,
+def test_in_order_batch_equals_one_item_at_a_time(seed: int, chunk: int,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The batched enrollment against the rule applied image by image: same slots and
     the same buffers bit for bit. The batch mixes new and known labels, repeats, examples
     of a new label that land near another label's entry created earlier in the same
-    batch (confused: an entry of their own), and (with one candidate per item, in
-    passes of seven) items whose candidates the batch already changed."""
-    monkeypatch.setattr(memory_in_order, "_CANDIDATES", candidates)
-    monkeypatch.setattr(memory_in_order, "_CHUNK", 7 if candidates == 1 else 1024)
+    batch (confused: an entry of their own), and items whose nearest entry the batch
+    already changed; in one pass or in passes of seven."""
+    monkeypatch.setattr(memory_in_order, "_CHUNK", chunk)
     generator = torch.Generator().manual_seed(seed)
     dim = 6
     centres = 3 * torch.randn(5, dim, generator=generator)
@@ -154,6 +153,60 @@ def test_in_order_batch_equals_one_item_at_a_time(seed: int, candidates: int,
     for name in MEMORY_BUFFERS:
         assert torch.equal(getattr(batched, name), getattr(sequential, name)), name
     assert (batched.labels == 7).sum() >= 1 and (batched.counts > 1).any()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_in_order_batch_of_known_labels_with_several_examples_each(
+        seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several examples of each of a gallery's labels in one batch: an example's nearest
+    entry before the batch is often the one an earlier example just merged into, so
+    unless that moved entry is nearer it needs the nearest entry the batch left alone (a
+    second search, beyond the entries it knows), and runs of items end where an earlier
+    item changed what a later one was compared with. Same slots and buffers as the
+    rule applied image by image, bit for bit, and the second search did run."""
+    searches = []
+    learn = memory_in_order._Items.learn_
+
+    def counted_learn(items: memory_in_order._Items, rows: torch.Tensor,
+                      changed: torch.Tensor) -> None:
+        searches.append(len(rows))
+        learn(items, rows, changed)
+
+    monkeypatch.setattr(memory_in_order._Items, "learn_", counted_learn)
+    generator = torch.Generator().manual_seed(seed)
+    dim, n_labels = 6, 12
+    centres = 2 * torch.randn(n_labels, dim, generator=generator)
+    entry_labels = torch.arange(n_labels).repeat_interleave(3)
+    before = GaussianMemory(256, dim, seed=0)
+    before.update_(centres[entry_labels] + 0.8 * torch.randn(len(entry_labels), dim,
+                                                             generator=generator),
+                   torch.exp(0.3 * torch.randn(len(entry_labels), dim, generator=generator)),
+                   entry_labels)
+    labels = torch.randint(n_labels + 3, (60,), generator=generator)  # three labels new
+    centre = torch.where((labels < n_labels)[:, None],
+                         centres[labels.clamp(max=n_labels - 1)], 0.0)
+    mu = centre + torch.randn(60, dim, generator=generator)
+    var = torch.exp(0.3 * torch.randn(60, dim, generator=generator))
+    batched, sequential = copy.deepcopy(before), copy.deepcopy(before)
+    slots = update_in_order_(batched, mu, var, labels)
+    assert slots.tolist() == _one_at_a_time(sequential, mu, var, labels)
+    for name in MEMORY_BUFFERS:
+        assert torch.equal(getattr(batched, name), getattr(sequential, name)), name
+    assert len(searches) >= 2
+
+
+def test_in_order_item_whose_nearest_entry_moved_away_merges_into_the_next() -> None:
+    """Label 1's example is nearest to label 0's entry, so on its own it would get an
+    entry of its own; but label 0's example before it in the batch moves that entry
+    away, which leaves label 1's entry the nearest, and the loop merges into it."""
+    before = GaussianMemory(8, 1, seed=0)
+    before.update_(torch.tensor([[0.0], [3.0]]), torch.ones(2, 1), torch.tensor([0, 1]))
+    mu, var, labels = torch.tensor([[-3.0], [1.2]]), torch.ones(2, 1), torch.tensor([0, 1])
+    batched, sequential = copy.deepcopy(before), copy.deepcopy(before)
+    assert update_in_order_(batched, mu, var, labels).tolist() == _one_at_a_time(
+        sequential, mu, var, labels) == [0, 1]
+    for name in MEMORY_BUFFERS:
+        assert torch.equal(getattr(batched, name), getattr(sequential, name)), name
 
 
 def test_in_order_batch_without_enough_empty_slots_evicts_as_the_loop_does() -> None:

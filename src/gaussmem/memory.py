@@ -265,6 +265,7 @@ class SlotMemory(nn.Module):
         same_label: bool = True,
         *,
         certify: bool = False,
+        excluded: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The k nearest slots per query, `(n_queries, k)`, NOT_FOUND where none qualify.
 
@@ -275,6 +276,8 @@ class SlotMemory(nn.Module):
         score block exceeds `max_block_elements`; a running top-k merges slot blocks.
         Within a block, equal scores may come back in any order. `certify` asks
         `_refine_candidates` to prove its answer even where that reads device values back.
+        `excluded` `(n_queries, e)`: slots that never qualify for that query (NOT_FOUND
+        pads), so a search can go on past the entries a caller already knows.
         """
         device = self.valid.device
         n_queries = len(keys[0])
@@ -301,6 +304,10 @@ class SlotMemory(nn.Module):
                 if query_labels is not None:
                     equal = query_labels[query_rows, None] == self.labels[None, slot_rows]
                     scores = scores.masked_fill_(~equal if same_label else equal, torch.inf)
+                if excluded is not None:
+                    scores = scores.masked_fill_(
+                        _excluded_in(excluded[query_rows], slot_rows, scores.shape[1]),
+                        torch.inf)
                 smallest_scores, smallest_slots = _smallest(scores, width)
                 block_scores.append(smallest_scores)
                 block_slots.append(smallest_slots.add_(slot_start))
@@ -312,7 +319,7 @@ class SlotMemory(nn.Module):
             labels = None if query_labels is None else query_labels[query_rows]
             best_slots = self._refine_candidates(
                 keys, lifted_queries, query_rows, best_scores, best_slots, k, labels, same_label,
-                certify,
+                certify, None if excluded is None else excluded[query_rows],
             )
             found[query_rows, : best_slots.shape[1]] = best_slots
         return found
@@ -332,9 +339,11 @@ class SlotMemory(nn.Module):
         query_labels: torch.Tensor | None,
         same_label: bool,
         certify: bool,
+        excluded: torch.Tensor | None,
     ) -> torch.Tensor:
         """The k best of a query block's candidates `slots` (ascending `scores`, both
-        `(rows, <= width)`, NOT_FOUND where none qualified); by default the first k."""
+        `(rows, <= width)`, NOT_FOUND where none qualified); by default the first k.
+        `excluded`: the block's rows of `_search_slots`'s argument."""
         return slots[:, :k]
 
     # --- writes -----------------------------------------------------------------------
@@ -430,6 +439,16 @@ def put_rows_(
     puts), so repeated slots are harmless; no boolean indexing, so no host sync."""
     mask = puts.view(-1, *([1] * (values.ndim - 1)))
     buffer.index_put_((slots,), torch.where(mask, values, buffer[slots]))
+
+
+def _excluded_in(excluded: torch.Tensor, slot_rows: slice, width: int) -> torch.Tensor:
+    """`(rows, width)` mask of each query's `excluded` slots `(rows, e)` within the block
+    of `width` slots from `slot_rows.start`. A slot outside the block adds 0 to some
+    column, so it never clears a real exclusion there; no host sync."""
+    inside = (excluded >= slot_rows.start) & (excluded < slot_rows.stop)
+    columns = (excluded - slot_rows.start).clamp(0, width - 1)
+    counts = torch.zeros(len(excluded), width, dtype=torch.int32, device=excluded.device)
+    return counts.scatter_add_(1, columns, inside.int()) > 0
 
 
 def _smallest(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -732,6 +751,7 @@ class GaussianMemory(SlotMemory):
         query_labels: torch.Tensor | None,
         same_label: bool,
         certify: bool,
+        excluded: torch.Tensor | None,
     ) -> torch.Tensor:
         """Re-rank the GEMM candidates by their exact float64 divergence, then re-score
         exactly, for every query whose float32 candidates may miss a nearer entry, each
@@ -771,7 +791,8 @@ class GaussianMemory(SlotMemory):
             labels = None if query_labels is None else query_labels[doubtful]
             again = self._rescore_near(mu[doubtful], var[doubtful],
                                        lifted_queries.features[rows], ceiling, k, labels,
-                                       same_label)
+                                       same_label,
+                                       None if excluded is None else excluded[doubtful])
             best[doubtful] = again[:, : best.shape[1]]
         return best
 
@@ -784,10 +805,12 @@ class GaussianMemory(SlotMemory):
         k: int,
         query_labels: torch.Tensor | None,
         same_label: bool,
+        excluded: torch.Tensor | None,
     ) -> torch.Tensor:
         """The k nearest qualifying slots `(rows, k)` by exact float64 divergence among
         those whose float32 GEMM score (queries' lifted `features`) is at most `ceiling`
-        `(rows,)` float64, NOT_FOUND where fewer qualify.
+        `(rows,)` float64, NOT_FOUND where fewer qualify (`excluded`: as in
+        `_search_slots`, the rows' own).
 
         Near-duplicate entries make the float32 ranking uncertain for many queries at
         once; re-scoring only the entries that could win costs a GEMM and a few exact
@@ -804,6 +827,8 @@ class GaussianMemory(SlotMemory):
             if query_labels is not None:
                 equal = query_labels[:, None] == self.labels[None, slot_rows]
                 near &= equal if same_label else ~equal
+            if excluded is not None:
+                near &= ~_excluded_in(excluded, slot_rows, scores.shape[1])
             rows, columns = near.nonzero(as_tuple=True)
             entries = columns + slot_start
             divergence = torch.full(scores.shape, torch.inf, dtype=torch.float64,
