@@ -51,7 +51,7 @@ from gaussmem.gaussian import (
 )
 from gaussmem.memory_file import FILE_FORMAT, SLOT_TENSORS, read_memory_file
 from gaussmem.plumbing.atomic import write_bytes_atomic
-from gaussmem.plumbing.blas_threads import match_torch_threads
+from gaussmem.plumbing.blas_threads import single_blas_thread
 
 #: Slot and label returned where nothing was found; also the label of an empty slot.
 NOT_FOUND = -1
@@ -731,7 +731,7 @@ class GaussianMemory(SlotMemory):
             return torch.addmm(offsets, query_features, entries, out=out)
         if out is None:
             out = torch.empty(len(query_features), entries.shape[1], dtype=entries.dtype)
-        match_torch_threads()
+        single_blas_thread()
         np.matmul(query_features.detach().numpy(), entries.numpy(), out=out.numpy())
         return out.add_(offsets)
 

@@ -1,17 +1,16 @@
-"""NumPy's BLAS kept at the thread count torch was given.
+"""NumPy's BLAS held to one thread.
 
 The memory multiplies its CPU search matrices with NumPy's BLAS (see
-`gaussmem.memory.GaussianMemory._entry_scores`). A process that asked torch for n
-threads (`torch.set_num_threads`, a config's `num_threads`, one per rank under torchrun)
-must not get NumPy's default of one thread per core on top of them: the ranks or the
-server's threads would then fight over the cores.
+`gaussmem.memory.GaussianMemory._entry_scores`). NumPy's default, one BLAS thread per
+core, would put threads on top of torch's (one per rank under torchrun, the server's
+request threads), and a multithreaded BLAS's workers keep spinning after each product,
+taking the cores from torch's convolutions: training ran slower with them.
 """
 
 from __future__ import annotations
 
 import threading
 
-import torch
 from threadpoolctl import ThreadpoolController
 
 _lock = threading.Lock()
@@ -19,10 +18,10 @@ _controller: ThreadpoolController | None = None
 _applied: int | None = None
 
 
-def match_torch_threads() -> None:
-    """Limit NumPy's BLAS to `torch.get_num_threads()` threads (cheap when unchanged)."""
+def single_blas_thread() -> None:
+    """Limit NumPy's BLAS to one thread (once per process; cheap after)."""
     global _controller, _applied
-    threads = torch.get_num_threads()
+    threads = 1
     if threads == _applied:
         return
     with _lock:
