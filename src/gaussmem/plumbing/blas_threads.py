@@ -9,24 +9,13 @@ taking the cores from torch's convolutions: training ran slower with them.
 
 from __future__ import annotations
 
-import threading
+import functools
 
 from threadpoolctl import ThreadpoolController
 
-_lock = threading.Lock()
-_controller: ThreadpoolController | None = None
-_applied: int | None = None
 
-
+@functools.cache
 def single_blas_thread() -> None:
-    """Limit NumPy's BLAS to one thread (once per process; cheap after)."""
-    global _controller, _applied
-    threads = 1
-    if threads == _applied:
-        return
-    with _lock:
-        if _controller is None:
-            # Finding the loaded BLAS libraries takes a few milliseconds: once.
-            _controller = ThreadpoolController()
-        _controller.limit(limits=threads, user_api="blas")
-        _applied = threads
+    """Limit NumPy's BLAS to one thread; the first call does it (finding the loaded
+    BLAS libraries takes a few milliseconds), later calls return at once."""
+    ThreadpoolController().limit(limits=1, user_api="blas")

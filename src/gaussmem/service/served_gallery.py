@@ -123,9 +123,6 @@ class ServedGallery:
         with self._memory_lock:
             return self.recognizer.examples_of(label)
 
-    def recognize(self, upload: Upload, k: int, threshold: float | None) -> Recognition:
-        return self.submit_recognize(upload, k, threshold).result()
-
     def submit_recognize(self, upload: Upload, k: int, threshold: float | None
                          ) -> Future[Recognition]:
         """Queue a recognition (answered in a batch with those queued beside it, see
