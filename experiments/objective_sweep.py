@@ -91,7 +91,12 @@ VARIANTS: dict[str, list[str]] = {
                              "style16": ["loss.latent_style=16"],
                              "T64": ["similarity.temperature=64"],
                              "T64-cross0.25": ["similarity.temperature=64",
-                                               "loss.generative_cross=0.25"]}.items()},
+                                               "loss.generative_cross=0.25"],
+                             # The cross term's z_s from a drawing of another class: a
+                             # decoder reading the class from z_s is wrong there.
+                             "swapstyle": ["loss.cross_style=other_class"],
+                             "swapstyle-style1": ["loss.cross_style=other_class",
+                                                  "loss.latent_style=1"]}.items()},
 }
 
 #: Recognition cells scored on validation: (n_way, n_shot).

@@ -156,3 +156,36 @@ def test_the_cross_term_decodes_another_drawing_of_the_class_with_the_own_style(
     partner = torch.arange(len(labels)).roll(n_classes)
     assert torch.equal(labels[partner], labels)
     assert not torch.equal(partner, torch.arange(len(labels)))
+
+
+def test_the_cross_term_can_take_its_style_from_another_class() -> None:
+    """`loss.cross_style = "other_class"`: drawing p of class c is decoded from z_c of
+    drawing p-1 of its class and z_s of drawing p of class c-1, never its own class."""
+    from gaussmem.memory import GaussianMemory
+    from gaussmem.methods.mavae_training import forward_losses
+    from gaussmem.models.vae import GaussianVAE
+
+    config = preset("smoke")
+    config.loss = dataclasses.replace(config.loss, cross_style="other_class")
+    n_classes, drawings = 3, 2
+    vae = GaussianVAE(config.model)
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+    decode = vae.decode
+
+    def recording_decode(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        calls.append((content.detach().clone(), style.detach().clone()))
+        return decode(content, style)
+
+    vae.decode = recording_decode  # type: ignore[method-assign]
+    images = torch.rand(drawings * n_classes, 1, 28, 28)
+    labels = torch.arange(n_classes).repeat(drawings)
+    memory = GaussianMemory(16, config.model.content_dim, seed=0)
+    torch.manual_seed(0)
+    forward_losses(vae, memory, images, labels, n_classes, config)
+    (content, style), = calls
+    own_content, cross_content = content.chunk(2)
+    own_style, cross_style = style.chunk(2)
+    assert torch.equal(cross_content, own_content.roll(n_classes, dims=0))
+    style_partner = torch.arange(len(labels)).roll(1)
+    assert torch.equal(cross_style, own_style[style_partner])
+    assert (labels[style_partner] != labels).all()

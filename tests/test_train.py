@@ -134,6 +134,10 @@ def test_config_presets_overrides_and_errors(tmp_path: Path) -> None:
         resolve("smoke", overrides=["similarity.kind=cosine"])
     with pytest.raises(ConfigError, match="loss.memory_term must be one of"):
         resolve("smoke", overrides=["loss.memory_term=nca"])
+    with pytest.raises(ConfigError, match="loss.cross_style must be one of"):
+        resolve("smoke", overrides=["loss.cross_style=prior"])
+    assert resolve("smoke", overrides=["loss.cross_style=other_class"]
+                   ).loss.cross_style == "other_class"
     with pytest.raises(ConfigError, match="not implemented for method 'protonet'"):
         resolve("protonet-cpu", overrides=["loss.memory_term=softmax"])
 

@@ -8,7 +8,9 @@
   constants (the memory is not differentiable).
 * latent: KL(q(z_c|x) || N(0,I)) + KL(q(z_s|x) || N(0,I)), the VAE latent loss.
 * generative_{z_c1}: -log p(x | z_c(x), z_s(x)); generative_{z_c2}: -log p(x | z_c(x'),
-  z_s(x)) with x' another drawing of x's class, which forces the content into z_c.
+  z_s(x)) with x' another drawing of x's class, meant to force the content into z_c
+  (`LossWeights.cross_style = "other_class"` takes z_s from a drawing of another class
+  instead, which does force it: see `LossWeights`).
 
 Units (the paper does not give them): every term is per image, as in the ELBO.
 The latent loss sums the KL over latent dimensions and the generative losses sum the
@@ -53,6 +55,8 @@ SIMILARITY_KINDS = ("paper", "per_dim")
 MEMORY_TERMS = ("triplet", "softmax")
 #: Names of the pixel likelihoods p(x | z) accepted by `reconstruction_nll`.
 LIKELIHOODS = ("bernoulli", "gaussian")
+#: Where the cross term's z_s comes from (`LossWeights.cross_style`).
+CROSS_STYLES = ("own", "other_class")
 
 
 def log_similarity(divergence: torch.Tensor, *, kind: str = "paper", dim: int = 1,
@@ -177,6 +181,12 @@ class LossWeights:
     alpha: float = 0.1
     # "triplet": the paper. "softmax": `memory_softmax_loss` in its place (not the paper).
     memory_term: str = "triplet"
+    # The cross term decodes x from z_c of another drawing of x's class and a z_s:
+    # "own", x's own (the paper), or "other_class", a drawing of another class's. With
+    # its own z_s the decoder can read the class from z_s and satisfy both generative
+    # terms; with another class's z_s, z_s says the wrong class, so the decoder must read
+    # the class from z_c and learns to take only what varies within a class from z_s.
+    cross_style: str = "own"
 
 
 def total_loss(*, sim_positive: torch.Tensor, sim_negative: torch.Tensor,

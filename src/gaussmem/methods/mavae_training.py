@@ -28,8 +28,10 @@ rank in the order one process holding all the classes would write it, so every r
 holds the same `(world x B x N)`-way memory and scores its queries against all of it
 (MoCo's shared queue is the precedent). The memory is a module of its own, outside the
 DDP wrapper, so DDP never broadcasts it. BatchNorm normalizes each rank's share of the
-batch (SyncBatchNorm has no CPU kernel); its running statistics are averaged over the
-ranks after every step, so every rank holds the same model.
+batch (SyncBatchNorm has no CPU kernel). Its running statistics are exponential moving
+averages, linear in the batch statistics, so the mean over ranks of each rank's average
+is the average of the ranks' mean statistics: the training loop averages them over the
+ranks only before it validates or writes a checkpoint (gaussmem.train), not every step.
 """
 
 from __future__ import annotations
@@ -75,25 +77,30 @@ class StepNetworks(nn.Module):
     """The VAE's part of a step as one `forward`, the call DistributedDataParallel
     wraps (DDP averages the gradients of what its wrapped module's forward computed)."""
 
-    def __init__(self, vae: GaussianVAE) -> None:
+    def __init__(self, vae: GaussianVAE, cross_style: str = "own") -> None:
         super().__init__()
         self.vae = vae
+        self.cross_style = cross_style
 
     def forward(self, images: torch.Tensor, n_classes: int
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                            torch.Tensor]:
         """`images (P * C, 1, H, W)` drawing-major -> content mean and log-variance,
         style mean and log-variance, and decoder logits `(2 * P * C, 1, H, W)`: x from
-        its own (z_c, z_s), then from (z_c of the class's other drawing, z_s)."""
+        its own (z_c, z_s), then from (z_c of the class's other drawing, z_s of
+        `cross_style`: x's own, or that of the same drawing of the previous class)."""
         vae = self.vae
         content, style = vae.encode(images)
         z_content = vae.reparameterize(content)
         z_style = vae.reparameterize(style)
         # Rolling by n_classes pairs drawing p of each class with drawing p-1 of the
-        # same class: x is decoded from z_c of x' (same class) and its own z_s.
+        # same class: x is decoded from z_c of x' (same class).
         z_other_content = z_content.roll(n_classes, dims=0)
+        # Rolling by one pairs drawing p of class c with drawing p of class c-1 (of the
+        # last class, drawing p-1): always another class when there are two or more.
+        z_cross_style = z_style.roll(1, dims=0) if self.cross_style == "other_class" else z_style
         logits = vae.decode(torch.cat([z_content, z_other_content]),
-                            torch.cat([z_style, z_style]))
+                            torch.cat([z_style, z_cross_style]))
         return content.mean, content.log_var, style.mean, style.log_var, logits
 
 
@@ -110,7 +117,7 @@ def forward_losses(vae: GaussianVAE, memory: GaussianMemory, images: torch.Tenso
     `positive_rate` (an entry with the query's label exists), `sim_positive`,
     `sim_negative` (means over queries with one).
     """
-    networks = StepNetworks(vae) if networks is None else networks
+    networks = StepNetworks(vae, config.loss.cross_style) if networks is None else networks
     with autocast(config.precision, images.device, cache=autocast_cache):
         # The posteriors come out float32 whatever the precision (GaussianHead).
         content_mean, content_log_var, style_mean, style_log_var, logits = networks(
@@ -197,7 +204,7 @@ class MAVAETraining(MethodTraining):
         if config.channels_last:
             vae = vae.to(memory_format=torch.channels_last)
         self.model = vae
-        self.networks: nn.Module = StepNetworks(vae)
+        self.networks: nn.Module = StepNetworks(vae, config.loss.cross_style)
         if ranks.enabled:
             # Construction broadcasts rank 0's weights; the memory is not in here, so
             # DDP never overwrites it. BatchNorm's statistics are averaged after each
@@ -306,7 +313,6 @@ class MAVAETraining(MethodTraining):
             norm = sum(float(g.square().sum()) for g in grads if g is not None)
             terms["triplet_grad_norm"] = torch.tensor(math.sqrt(norm))
         terms["grad_norm"] = self.backward_and_step(terms["loss"])
-        self.ranks.average_buffers_(self.model)
         self.write_(content.mean.detach(), content.var.detach(), labels)
         return terms
 
