@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import synthetic_set
 from gaussmem.checkpoint import load_checkpoint
-from gaussmem.distributed import Distributed, rank_seed
+from gaussmem.distributed import Distributed, current, rank_seed
 from gaussmem.methods.mavae_training import MAVAETraining, forward_losses
 from gaussmem.metrics_log import read_metrics
 from gaussmem.models.vae import GaussianVAE
@@ -94,6 +94,8 @@ def on_rank(rank: int, port: int, out: Path) -> None:
         trainer.method.model.train()
         for _ in range(3):
             train_step(trainer)
+        # What the training loop does before it validates or writes a checkpoint.
+        current().average_buffers_(trainer.model)
         tensors = {f"model.{k}": v for k, v in trainer.model.state_dict().items()}
         tensors.update({f"memory.{k}": v for k, v in trainer.memory.state_dict().items()
                         if isinstance(v, torch.Tensor)})
@@ -154,6 +156,29 @@ def test_two_ranks_equal_one_process_over_the_same_classes(
         torch.testing.assert_close(ranks[f"grad{index}"], gradient,
                                    rtol=RELATIVE_TOLERANCE,
                                    atol=RELATIVE_TOLERANCE * scale)
+
+
+def test_averaging_batch_norm_statistics_once_equals_averaging_every_step() -> None:
+    """Why the ranks average BatchNorm's running statistics only before validation and
+    checkpoints: two ranks' moving averages, averaged at the end, equal the moving
+    average that averaging after every step keeps."""
+    torch.manual_seed(0)
+    batches = [[torch.randn(8, 3, 5, 5) * (1 + rank) + rank for rank in range(2)]
+               for _ in range(6)]
+    apart = [torch.nn.BatchNorm2d(3) for _ in range(2)]
+    together = [torch.nn.BatchNorm2d(3) for _ in range(2)]
+    for step_batches in batches:
+        for rank, batch in enumerate(step_batches):
+            apart[rank](batch)
+            together[rank](batch)
+        for name in ("running_mean", "running_var"):
+            mean = (getattr(together[0], name) + getattr(together[1], name)) / 2
+            for norm in together:
+                getattr(norm, name).copy_(mean)
+    for name in ("running_mean", "running_var"):
+        averaged_once = (getattr(apart[0], name) + getattr(apart[1], name)) / 2
+        assert not torch.allclose(getattr(apart[0], name), getattr(apart[1], name))
+        torch.testing.assert_close(averaged_once, getattr(together[0], name))
 
 
 def test_ranks_split_the_classes_one_process_would_draw() -> None:

@@ -90,7 +90,7 @@ class Distributed:
     def average_buffers_(self, module: torch.nn.Module) -> None:
         """Replace `module`'s floating-point buffers (BatchNorm's running statistics) by
         their mean over ranks, in one all-reduce: each rank updated them from its own
-        share of the batch, and every rank must hold the same model."""
+        share of the batch, and what is validated or saved must hold every rank's."""
         buffers = [b for b in module.buffers() if b.is_floating_point()]
         if not self.enabled or self.world_size == 1 or not buffers:
             return

@@ -217,8 +217,11 @@ def validate(trainer: Trainer) -> dict[str, float]:
 def _validate_and_checkpoint(trainer: Trainer, log: MetricsLog | None, do_validate: bool,
                              say: Callable[[str], None]) -> None:
     """Validate (optionally), update best, write last (and best) checkpoints: on rank 0,
-    while any other rank waits for it. `say` gets the validation's one readable line."""
+    while any other rank waits for it, after every rank's BatchNorm statistics are
+    averaged (gaussmem.methods.mavae_training). `say` gets the validation's one
+    readable line."""
     ranks = current()
+    ranks.average_buffers_(trainer.method.model)
     if ranks.is_main:
         assert log is not None
         _validate_and_checkpoint_here(trainer, log, do_validate, say)
@@ -388,6 +391,7 @@ def run_loop(trainer: Trainer, log: MetricsLog | None, *, progress: bool = True,
                 _validate_and_checkpoint(trainer, log, do_validate=False, say=say)
         if stop.signal_number is not None:
             # After the step's own checkpoint (if it had one) this writes the same state.
+            ranks.average_buffers_(trainer.method.model)
             if ranks.is_main:
                 _save(trainer, LAST_CHECKPOINT)
             ranks.barrier()
