@@ -654,7 +654,10 @@ def generative_rows(tags: list[str], generative: dict[str, dict]) -> list[str]:
                   + (f", on real drawings blurred 3x3 "
                      f"{generation['blurred_real_images']['mean']:.1f}"
                      if "blurred_real_images" in generation else "")
-                  + f", chance {generation['chance']:.1f})")
+                  + f", chance {generation['chance']:.1f})"
+                  + (f"; {generation['generated_against_reconstructions']['mean']:.1f} with "
+                     "the reconstructions as the judge's support"
+                     if "generated_against_reconstructions" in generation else ""))
         rows.append(f"| `{tag}` | {reconstruction['mean_nll']:.1f} / "
                     f"{reconstruction['mean_image_nll']:.1f} = {reconstruction['ratio']:.3f} | "
                     f"{swap['content_swap']:.4f} / {swap['style_swap']:.4f} | {judged} |")

@@ -90,6 +90,10 @@ def test_generation_score_counts_drawings_judged_as_their_source(
     same = generative_report.generation_accuracy(vae, judge, strokes, n_way=6, episodes=4,
                                                  samples_per_class=2)
     assert same.generated.mean == 100.0 and same.chance == pytest.approx(100 / 6)
+    # Against the model's reconstructions as support (blurred alike), the stored
+    # examples are judged as the class whose reconstruction is nearest: the test model's
+    # reconstructions still tell these strokes apart.
+    assert same.generated_against_reconstructions.mean > 100 / 6
     monkeypatch.setattr(generative_report, "generate_from_memory", copies(1))
     other = generative_report.generation_accuracy(vae, judge, strokes, n_way=6, episodes=4,
                                                   samples_per_class=2)
@@ -99,9 +103,15 @@ def test_generation_score_counts_drawings_judged_as_their_source(
     # Perfect reconstructions (the stored examples themselves) are all judged right.
     monkeypatch.setattr(generative_report, "reconstruct",
                         lambda vae, images: Reconstruction(images, torch.zeros(len(images))))
+    monkeypatch.setattr(generative_report, "generate_from_memory", copies(0))
     exact = generative_report.generation_accuracy(vae, judge, strokes, n_way=6, episodes=4,
                                                   samples_per_class=2)
     assert exact.reconstructions.mean == 100.0
+    assert exact.generated_against_reconstructions.mean == 100.0
+    monkeypatch.setattr(generative_report, "generate_from_memory", copies(1))
+    shifted = generative_report.generation_accuracy(vae, judge, strokes, n_way=6, episodes=4,
+                                                    samples_per_class=2)
+    assert shifted.generated_against_reconstructions.mean == 0.0
 
 
 def test_generative_report_command(mavae_checkpoint: Path, strokes, tmp_path: Path,

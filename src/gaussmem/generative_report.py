@@ -16,6 +16,10 @@
   that only ever saw crisp strokes (then the reconstructions fail too). Its accuracy on
   the real drawings smoothed by a 3x3 box filter says how much of that is the judge's:
   a judge that fails on slightly blurred real drawings measures crispness, not class.
+  Its accuracy on the generations when its support is those reconstructions instead
+  (`generated_against_reconstructions`) compares drawings as blurred as each other: it
+  says whether a generation is of its source class as the model draws that class,
+  whatever the decoder's sharpness.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ class GenerationSummary:
     real_images: AccuracySummary
     reconstructions: AccuracySummary
     blurred_real_images: AccuracySummary
+    generated_against_reconstructions: AccuracySummary
     chance: float
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,11 +119,13 @@ def generation_accuracy(vae: GaussianVAE, judge: FewShotClassifier, dataset: Few
     """One-shot generation judged by `judge` (eval mode, CPU) over seeded `n_way`-way
     1-shot episodes: per episode, the judge's support is the stored examples, its
     queries the drawings generated from their memory entries and, for its ceilings, the
-    episode's real query drawings and the reconstructions of the stored examples."""
+    episode's real query drawings and the reconstructions of the stored examples; then
+    with the reconstructions as its support, the generated drawings again."""
     n_way = min(n_way, dataset.n_classes)
     sampler = episode_sampler(dataset, n_way, 1, n_query, seed=seed)
     judge.eval()
-    generated, real, reconstructed, blurred = (np.zeros(episodes) for _ in range(4))
+    generated, real, reconstructed, blurred, against_reconstructions = (
+        np.zeros(episodes) for _ in range(5))
     for index in range(episodes):
         episode = sampler.sample()
         generation = generate_from_memory(vae, episode.support_images, episode.support_labels,
@@ -134,7 +141,12 @@ def generation_accuracy(vae: GaussianVAE, judge: FewShotClassifier, dataset: Few
                                 ).double().mean()
         smoothed = F.avg_pool2d(episode.query_images, 3, stride=1, padding=1)
         blurred[index] = (judge.predict(smoothed) == episode.query_labels).double().mean()
+        judge.fit(reconstructions, episode.support_labels)
+        against_reconstructions[index] = (
+            judge.predict(generation.samples.flatten(0, 1)) == source).double().mean()
     return GenerationSummary(n_way, samples_per_class, AccuracySummary.from_values(generated),
                              AccuracySummary.from_values(real),
                              AccuracySummary.from_values(reconstructed),
-                             AccuracySummary.from_values(blurred), 100.0 / n_way)
+                             AccuracySummary.from_values(blurred),
+                             AccuracySummary.from_values(against_reconstructions),
+                             100.0 / n_way)

@@ -288,6 +288,8 @@ def run_generative_report(args: argparse.Namespace) -> int:
               f"their source class (real drawings {generation.real_images.mean:.1f}%, "
               f"reconstructions of the stored examples "
               f"{generation.reconstructions.mean:.1f}%, real drawings blurred 3x3 "
-              f"{generation.blurred_real_images.mean:.1f}%, chance {generation.chance:.1f}%)")
+              f"{generation.blurred_real_images.mean:.1f}%, chance {generation.chance:.1f}%); "
+              f"{generation.generated_against_reconstructions.mean:.1f}% with the "
+              "reconstructions as the judge's support")
     _write_json(args.json_path, report)
     return 0
