@@ -96,7 +96,20 @@ VARIANTS: dict[str, list[str]] = {
                              # decoder reading the class from z_s is wrong there.
                              "swapstyle": ["loss.cross_style=other_class"],
                              "swapstyle-style1": ["loss.cross_style=other_class",
-                                                  "loss.latent_style=1"]}.items()},
+                                                  "loss.latent_style=1"],
+                             # With z_s kept from the class, room for the drawing: a
+                             # wider z_s, or a wider decoder.
+                             "swapstyle-style1-zs16": ["loss.cross_style=other_class",
+                                                       "loss.latent_style=1",
+                                                       "model.style_dim=16"],
+                             "swapstyle-style1-decoder64": ["loss.cross_style=other_class",
+                                                            "loss.latent_style=1",
+                                                            "model.decoder_hidden_channels=64"],
+                             # z_s keeps its own place in the cross term, but a drawing
+                             # decoded from z_c and a prior z_s must encode back to z_c.
+                             "consistency1": ["loss.content_consistency=1"],
+                             "consistency10": ["loss.content_consistency=10"],
+                             }.items()},
 }
 
 #: Recognition cells scored on validation: (n_way, n_shot).

@@ -36,11 +36,15 @@ def table(records: list[dict[str, Any]], hardware: str) -> str:
         "Generation: percent of drawings sampled from a one-shot memory entry that the "
         "judge assigns to their source class, 20-way (chance 5%), with the judge's "
         "accuracy on real drawings and on the reconstructions of the stored examples "
-        "(generations can be no crisper than those; - where not measured).",
+        "(generations can be no crisper than those), and the generations' score when the "
+        "judge's support is those reconstructions (class as the model draws it, blurred "
+        "alike; a decoder that ignores z_s entirely scores high there too); - where not "
+        "measured.",
         "",
         "| variant | steps | seed | overrides | 20w1s | 5w1s | recon ratio | swap z_c | "
-        "swap z_s | generation | judge on real | judge on reconstructions |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "swap z_s | generation | judge on real | judge on reconstructions | generation "
+        "against reconstructions |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for record in records:
         accuracy = record["accuracy"]
@@ -48,6 +52,7 @@ def table(records: list[dict[str, Any]], hardware: str) -> str:
         generated = generation.get("generated", {})
         real = generation.get("real_images", {})
         reconstructed = generation.get("reconstructions", {})
+        against = generation.get("generated_against_reconstructions", {})
         swap = record["decoder_sensitivity"]
         cells = [
             record["variant"], str(record["steps"]), str(record["seed"]),
@@ -60,6 +65,7 @@ def table(records: list[dict[str, Any]], hardware: str) -> str:
             f"{generated['mean']:.1f} ± {generated['ci95']:.1f}" if generated else "-",
             f"{real['mean']:.1f}" if real else "-",
             f"{reconstructed['mean']:.1f}" if reconstructed else "-",
+            f"{against['mean']:.1f} ± {against['ci95']:.1f}" if against else "-",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

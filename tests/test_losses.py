@@ -14,6 +14,7 @@ from gaussmem.gaussian import symmetric_kl_diag
 from gaussmem.losses import (
     LossWeights,
     bernoulli_nll,
+    content_consistency_loss,
     gaussian_nll,
     latent_kl,
     log_similarity,
@@ -198,3 +199,36 @@ def test_total_loss_weighs_the_memory_softmax_when_asked() -> None:
                                2.0 * (softmax.mean() - paper["triplet"]), atol=1e-3, rtol=0)
     with pytest.raises(ValueError, match="no memory_softmax"):
         total_loss(**inputs, weights=LossWeights(memory_term="softmax"))
+
+
+def test_content_consistency_is_the_symmetric_kl_to_a_constant_target() -> None:
+    """By hand for 1-d Gaussians: N(1, 1) against N(0, e): SKL = (1 / e + e - 2) / 2
+    + (1 + 1 / e) / 2; only the regenerated posterior gets a gradient."""
+    content = DiagonalGaussian(torch.tensor([[0.0]], requires_grad=True),
+                               torch.tensor([[1.0]], requires_grad=True))
+    regenerated = DiagonalGaussian(torch.tensor([[1.0]], requires_grad=True),
+                                   torch.tensor([[0.0]], requires_grad=True))
+    value = content_consistency_loss(content, regenerated)
+    expected = 0.5 * ((1 - math.e) ** 2 / math.e + (1 + 1 / math.e))
+    assert value.item() == pytest.approx(expected, rel=1e-5)
+    value.sum().backward()
+    assert content.mean.grad is None and content.log_var.grad is None
+    assert regenerated.mean.grad.abs().item() > 0
+    assert content_consistency_loss(content, content).item() == 0.0
+
+
+def test_total_loss_adds_the_weighted_content_consistency() -> None:
+    content = DiagonalGaussian(torch.zeros(2, 1), torch.zeros(2, 1))
+    style = DiagonalGaussian(torch.zeros(2, 1), torch.zeros(2, 1))
+    regenerated = DiagonalGaussian(torch.ones(2, 1), torch.zeros(2, 1))
+    arguments = dict(sim_positive=torch.ones(2), sim_negative=torch.zeros(2), content=content,
+                     style=style, self_logits=torch.zeros(2, 1, 2, 2),
+                     cross_logits=torch.zeros(2, 1, 2, 2), images=torch.zeros(2, 1, 2, 2))
+    without = total_loss(**arguments, weights=LossWeights())
+    weighted = total_loss(**arguments, weights=LossWeights(content_consistency=3.0),
+                          regenerated_content=regenerated)
+    # SKL of N(1, 1) and N(0, 1): the squared gap over each variance, halved: 1.
+    assert weighted["content_consistency"].item() == pytest.approx(1.0)
+    assert (weighted["loss"] - without["loss"]).item() == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="regenerated_content"):
+        total_loss(**arguments, weights=LossWeights(content_consistency=1.0))

@@ -199,3 +199,51 @@ def test_the_cross_term_can_take_its_style_from_another_class() -> None:
     style_partner = torch.arange(len(labels)).roll(1)
     assert torch.equal(cross_style, own_style[style_partner])
     assert (labels[style_partner] != labels).all()
+
+
+def test_content_consistency_decodes_from_a_prior_style_and_keeps_batch_norm_statistics(
+        ) -> None:
+    """`loss.content_consistency`: a third decode of each x's z_c with a z_s from the
+    prior, encoded again; the re-encoding leaves BatchNorm's running statistics as the
+    real drawings left them, and the term reaches the decoder's gradient."""
+    from gaussmem.memory import GaussianMemory
+    from gaussmem.methods.mavae_training import forward_losses
+    from gaussmem.models.vae import GaussianVAE
+
+    config = preset("smoke")
+    config.loss = dataclasses.replace(config.loss, content_consistency=1.0)
+    n_classes, drawings = 3, 2
+    vae = GaussianVAE(config.model).train()
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+    decode, encode_content = vae.decode, vae.encode_content
+    statistics_seen: list[dict[str, torch.Tensor]] = []
+
+    def recording_decode(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        calls.append((content.detach().clone(), style.detach().clone()))
+        return decode(content, style)
+
+    def recording_encode_content(images: torch.Tensor):
+        before = {k: v.clone() for k, v in vae.state_dict().items() if "running" in k}
+        result = encode_content(images)
+        after = {k: v for k, v in vae.state_dict().items() if "running" in k}
+        statistics_seen.append({k: after[k] - before[k] for k in before})
+        return result
+
+    vae.decode = recording_decode  # type: ignore[method-assign]
+    vae.encode_content = recording_encode_content  # type: ignore[method-assign]
+    images = torch.rand(drawings * n_classes, 1, 28, 28)
+    labels = torch.arange(n_classes).repeat(drawings)
+    memory = GaussianMemory(16, config.model.content_dim, seed=0)
+    terms, _ = forward_losses(vae, memory, images, labels, n_classes, config)
+    (content, style), = calls
+    own, _, regenerated_from = content.chunk(3)
+    assert torch.equal(regenerated_from, own)
+    own_style, _, prior_style = style.chunk(3)
+    assert not torch.equal(prior_style, own_style)
+    (changes,) = statistics_seen
+    assert changes and all(torch.equal(change, torch.zeros_like(change))
+                           for change in changes.values())
+    assert terms["content_consistency"].item() > 0
+    decoder_gradient = torch.autograd.grad(terms["content_consistency"],
+                                           list(vae.decoder.parameters()), allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in decoder_gradient)

@@ -266,6 +266,9 @@ class TrainConfig:
         if self.loss.memory_term not in MEMORY_TERMS:
             raise ConfigError(f"loss.memory_term must be one of {MEMORY_TERMS}, "
                               f"got {self.loss.memory_term!r}")
+        if self.loss.content_consistency < 0:
+            raise ConfigError("loss.content_consistency must be >= 0 (0: off), got "
+                              f"{self.loss.content_consistency}")
         if self.loss.cross_style not in CROSS_STYLES:
             raise ConfigError(f"loss.cross_style must be one of {CROSS_STYLES}, "
                               f"got {self.loss.cross_style!r}")

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from gaussmem.gaussian import symmetric_kl_diag
 from gaussmem.models.vae import DiagonalGaussian, GaussianVAE
 
 #: Names of the similarity maps accepted by `scaled_similarity`.
@@ -187,6 +188,22 @@ class LossWeights:
     # terms; with another class's z_s, z_s says the wrong class, so the decoder must read
     # the class from z_c and learns to take only what varies within a class from z_s.
     cross_style: str = "own"
+    # Beyond the paper: the weight of `content_consistency` (0: off). A drawing decoded
+    # from x's z_c and a z_s drawn from the prior, encoded again, must give back x's
+    # q(z_c | x): whatever z_s holds, it cannot change the class the decoder draws, so
+    # z_s may carry how a drawing is drawn but not what it is.
+    content_consistency: float = 0.0
+
+
+def content_consistency_loss(content: DiagonalGaussian, regenerated: DiagonalGaussian
+                             ) -> torch.Tensor:
+    """Symmetric KL (nats, summed over dimensions) between q(z_c | x), a constant here,
+    and q(z_c | x~) of the drawing x~ decoded from x's z_c and a prior z_s: `(batch,)`.
+    The gradient moves the decoder (and the encoder's reading of x~), not x's own
+    posterior, which the triplet and the reconstruction place."""
+    target_mean, target_log_var = content.mean.detach(), content.log_var.detach()
+    return symmetric_kl_diag(regenerated.mean, regenerated.log_var.exp(), target_mean,
+                             target_log_var.exp())
 
 
 def total_loss(*, sim_positive: torch.Tensor, sim_negative: torch.Tensor,
@@ -194,7 +211,9 @@ def total_loss(*, sim_positive: torch.Tensor, sim_negative: torch.Tensor,
                self_logits: torch.Tensor, cross_logits: torch.Tensor, images: torch.Tensor,
                weights: LossWeights, likelihood: str = "bernoulli",
                log_scale: torch.Tensor | None = None,
-               memory_softmax: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+               memory_softmax: torch.Tensor | None = None,
+               regenerated_content: DiagonalGaussian | None = None
+               ) -> dict[str, torch.Tensor]:
     """The total loss and its terms, each a scalar tensor in nats per image (means over
     the batch).
 
@@ -202,10 +221,12 @@ def total_loss(*, sim_positive: torch.Tensor, sim_negative: torch.Tensor,
     d_s)`; `self_logits` = decode(z_c(x), z_s(x)) and `cross_logits` = decode(z_c(x'),
     z_s(x)), both `(batch, C, H, W)` targets of `images` `(batch, C, H, W)` in [0, 1];
     `likelihood`/`log_scale` as in `reconstruction_nll`; `memory_softmax` `(batch,)`
-    (`memory_softmax_loss`), needed when `weights.memory_term` is "softmax". Returns
-    `{"loss", "triplet", "latent", "latent_content", "latent_style", "generative_self",
-    "generative_cross"}` ("latent" is the unweighted sum of the two KLs), plus
-    "memory_softmax" when given. The triplet is always returned, as a diagnostic where
+    (`memory_softmax_loss`), needed when `weights.memory_term` is "softmax";
+    `regenerated_content`: q(z_c | decode(z_c, z_s ~ prior)) `(batch, d_c)`, needed
+    when `weights.content_consistency` > 0. Returns `{"loss", "triplet", "latent",
+    "latent_content", "latent_style", "generative_self", "generative_cross"}` ("latent"
+    is the unweighted sum of the two KLs), plus "memory_softmax" and
+    "content_consistency" when given. The triplet is always returned, as a diagnostic where
     c1 weighs the softmax instead.
     """
     triplet = triplet_loss(sim_positive, sim_negative, weights.alpha).mean()
@@ -218,6 +239,11 @@ def total_loss(*, sim_positive: torch.Tensor, sim_negative: torch.Tensor,
              "generative_self": generative_self, "generative_cross": generative_cross}
     if memory_softmax is not None:
         terms["memory_softmax"] = memory_softmax.mean()
+    if regenerated_content is not None:
+        terms["content_consistency"] = content_consistency_loss(content,
+                                                                regenerated_content).mean()
+    elif weights.content_consistency:
+        raise ValueError("weights.content_consistency > 0 but no regenerated_content was given")
     if weights.memory_term == "triplet":
         memory_term = triplet
     elif weights.memory_term == "softmax":
@@ -233,4 +259,6 @@ def total_loss(*, sim_positive: torch.Tensor, sim_negative: torch.Tensor,
     loss = (weights.triplet * memory_term + weights.latent * latent_content
             + style_weight * latent_style + weights.generative * generative_self
             + cross_weight * generative_cross)
+    if weights.content_consistency:
+        loss = loss + weights.content_consistency * terms["content_consistency"]
     return {"loss": loss, **terms}

@@ -36,8 +36,10 @@ ranks only before it validates or writes a checkpoint (gaussmem.train), not ever
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -77,18 +79,22 @@ class StepNetworks(nn.Module):
     """The VAE's part of a step as one `forward`, the call DistributedDataParallel
     wraps (DDP averages the gradients of what its wrapped module's forward computed)."""
 
-    def __init__(self, vae: GaussianVAE, cross_style: str = "own") -> None:
+    def __init__(self, vae: GaussianVAE, cross_style: str = "own",
+                 regenerate: bool = False) -> None:
         super().__init__()
         self.vae = vae
         self.cross_style = cross_style
+        self.regenerate = regenerate
 
     def forward(self, images: torch.Tensor, n_classes: int
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                           torch.Tensor]:
+                ) -> tuple[torch.Tensor, ...]:
         """`images (P * C, 1, H, W)` drawing-major -> content mean and log-variance,
         style mean and log-variance, and decoder logits `(2 * P * C, 1, H, W)`: x from
         its own (z_c, z_s), then from (z_c of the class's other drawing, z_s of
-        `cross_style`: x's own, or that of the same drawing of the previous class)."""
+        `cross_style`: x's own, or that of the same drawing of the previous class).
+        With `regenerate`, also the content mean and log-variance of the drawings decoded
+        from each x's z_c and a z_s drawn from the prior, encoded again (for
+        `loss.content_consistency`)."""
         vae = self.vae
         content, style = vae.encode(images)
         z_content = vae.reparameterize(content)
@@ -99,9 +105,40 @@ class StepNetworks(nn.Module):
         # Rolling by one pairs drawing p of class c with drawing p of class c-1 (of the
         # last class, drawing p-1): always another class when there are two or more.
         z_cross_style = z_style.roll(1, dims=0) if self.cross_style == "other_class" else z_style
-        logits = vae.decode(torch.cat([z_content, z_other_content]),
-                            torch.cat([z_style, z_cross_style]))
-        return content.mean, content.log_var, style.mean, style.log_var, logits
+        if not self.regenerate:
+            logits = vae.decode(torch.cat([z_content, z_other_content]),
+                                torch.cat([z_style, z_cross_style]))
+            return content.mean, content.log_var, style.mean, style.log_var, logits
+        logits = vae.decode(torch.cat([z_content, z_other_content, z_content]),
+                            torch.cat([z_style, z_cross_style, torch.randn_like(z_style)]))
+        logits, generated_logits = logits.split([2 * len(images), len(images)])
+        with frozen_batch_norm_statistics(vae):
+            regenerated = vae.encode_content(torch.sigmoid(generated_logits))
+        return (content.mean, content.log_var, style.mean, style.log_var, logits,
+                regenerated.mean, regenerated.log_var)
+
+
+def step_networks(vae: GaussianVAE, config: TrainConfig) -> StepNetworks:
+    """The step's networks as `config.loss` asks for them."""
+    return StepNetworks(vae, config.loss.cross_style,
+                        regenerate=config.loss.content_consistency > 0)
+
+
+@contextlib.contextmanager
+def frozen_batch_norm_statistics(module: nn.Module) -> Iterator[None]:
+    """BatchNorm layers of `module` normalize by the batch as in training but leave their
+    running statistics as they are: generated drawings must not shift the statistics
+    that real drawings are encoded with at evaluation."""
+    norms = [layer for layer in module.modules()
+             if isinstance(layer, nn.modules.batchnorm._BatchNorm)]
+    momenta = [layer.momentum for layer in norms]
+    for layer in norms:
+        layer.momentum = 0.0
+    try:
+        yield
+    finally:
+        for layer, momentum in zip(norms, momenta, strict=True):
+            layer.momentum = momentum
 
 
 def forward_losses(vae: GaussianVAE, memory: GaussianMemory, images: torch.Tensor,
@@ -117,12 +154,13 @@ def forward_losses(vae: GaussianVAE, memory: GaussianMemory, images: torch.Tenso
     `positive_rate` (an entry with the query's label exists), `sim_positive`,
     `sim_negative` (means over queries with one).
     """
-    networks = StepNetworks(vae, config.loss.cross_style) if networks is None else networks
+    networks = step_networks(vae, config) if networks is None else networks
     with autocast(config.precision, images.device, cache=autocast_cache):
         # The posteriors come out float32 whatever the precision (GaussianHead).
-        content_mean, content_log_var, style_mean, style_log_var, logits = networks(
-            images, n_classes)
+        content_mean, content_log_var, style_mean, style_log_var, logits, *regenerated = (
+            networks(images, n_classes))
     content = DiagonalGaussian(content_mean, content_log_var)
+    regenerated_content = DiagonalGaussian(*regenerated) if regenerated else None
     style = DiagonalGaussian(style_mean, style_log_var)
     self_logits, cross_logits = logits.float().chunk(2)
     likelihood = vae.config.likelihood
@@ -146,7 +184,7 @@ def forward_losses(vae: GaussianVAE, memory: GaussianMemory, images: torch.Tenso
                        content=content, style=style, self_logits=self_logits,
                        cross_logits=cross_logits, images=images, weights=config.loss,
                        likelihood=likelihood, log_scale=vae.log_scale,
-                       memory_softmax=memory_softmax)
+                       memory_softmax=memory_softmax, regenerated_content=regenerated_content)
     with torch.no_grad():
         has_positive = positive.slots >= 0
         has_negative = negative.slots >= 0
@@ -204,7 +242,7 @@ class MAVAETraining(MethodTraining):
         if config.channels_last:
             vae = vae.to(memory_format=torch.channels_last)
         self.model = vae
-        self.networks: nn.Module = StepNetworks(vae, config.loss.cross_style)
+        self.networks: nn.Module = step_networks(vae, config)
         if ranks.enabled:
             # Construction broadcasts rank 0's weights; the memory is not in here, so
             # DDP never overwrites it. BatchNorm's statistics are averaged after each
