@@ -449,3 +449,34 @@ def test_systems_section_reads_each_benchmark_and_judges_its_target(tmp_path: Pa
     section = "\n".join(systems.systems_section(tmp_path))
     assert "p99 <= 100 ms: **not met**" in section
     assert "1 errors" in section and "0 errors, exact: **not met**" in section
+
+
+def test_ddp_rows_give_the_rounds_medians_and_the_independent_ceiling(tmp_path: Path) -> None:
+    import json
+
+    systems = load_script("systems_tables")
+    runs = [{"ranks": 1, "images_per_second_median": 1000.0, "val_accuracy": 80.0,
+             "val_ci95": 0.3},
+            {"ranks": 2, "images_per_second_median": 1500.0, "val_accuracy": 80.2,
+             "val_ci95": 0.3}]
+    record = {"command": "python benchmarks/ddp_scaling.py", "hardware": {"cpu": "X"},
+              "threads_per_process": 1, "global_batch": {"classes_per_step": 128,
+                                                         "steps": 150},
+              "runs": runs, "repeats": 2, "speedup": 1.7, "target_speedup": 1.8,
+              "images_per_second": {"single": 1100.0, "ddp": 1870.0,
+                                    "independent_summed": 2090.0},
+              "independent_speedup": 1.9, "ddp_share_of_independent": 0.8947}
+    (tmp_path / "ddp_scaling.json").write_text(json.dumps(record))
+    section = "\n".join(systems.systems_section(tmp_path))
+    assert "medians of 2 rounds | 1100 vs 1870 = 1.70x | >= 1.8x: **not met**" in section
+    assert "2090 = 1.90x one process; DDP reaches 89% of it" in section
+    assert "80.00 ± 0.30 vs 80.20 ± 0.30 | equal within the CI: met" in section
+    # A record from before the rounds: its one run per side, no ceiling row.
+    for key in ("repeats", "images_per_second", "independent_speedup",
+                "ddp_share_of_independent"):
+        del record[key]
+    record["speedup"] = 1.5
+    (tmp_path / "ddp_scaling.json").write_text(json.dumps(record))
+    section = "\n".join(systems.systems_section(tmp_path))
+    assert "1 vs 2 ranks | 1000 vs 1500 = 1.50x" in section
+    assert "sharing nothing" not in section

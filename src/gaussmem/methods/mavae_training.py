@@ -245,8 +245,8 @@ class MAVAETraining(MethodTraining):
         self.networks: nn.Module = step_networks(vae, config)
         if ranks.enabled:
             # Construction broadcasts rank 0's weights; the memory is not in here, so
-            # DDP never overwrites it. BatchNorm's statistics are averaged after each
-            # step (device_step) rather than broadcast from rank 0 before it.
+            # DDP never overwrites it. BatchNorm's statistics are averaged before
+            # validation and checkpoints (gaussmem.train), never broadcast from rank 0.
             self.networks = DistributedDataParallel(
                 self.networks, device_ids=[self.device] if self.device.type == "cuda"
                 else None, **_NO_FORWARD_BUFFER_SYNC)
