@@ -39,7 +39,6 @@ from gaussmem.gallery_search import EntrySearch, ExactSearch, LabelCandidates, n
 from gaussmem.memory import NOT_FOUND, GaussianMemory
 from gaussmem.memory_in_order import update_in_order_
 from gaussmem.methods.mavae import MemoryAugmentedVAE
-from gaussmem.plumbing.blas_threads import blas_threads_like_torch
 from gaussmem.preprocess import ImageInput, ImagePreprocessing, Polarity, load_images
 from gaussmem.unknown import (
     UNKNOWN_SCORES,
@@ -276,9 +275,7 @@ class Recognizer:
         label_ids = torch.tensor([ids[label] for label in labels], dtype=torch.int64)
         entries_before = len(self.memory)
         self._ensure_capacity(len(labels))
-        # The batch's one search of the whole gallery dominates: every core on it.
-        with blas_threads_like_torch():
-            update_in_order_(self.memory, mu, var, label_ids)
+        update_in_order_(self.memory, mu, var, label_ids)
         self._label_ids = ids
         self._names_of = None
         self._next_label_id += len(new_names)
