@@ -134,16 +134,16 @@ def test_generative_report_command(mavae_checkpoint: Path, strokes, tmp_path: Pa
     assert "generation" not in values  # no judge given
 
 
-def test_the_cross_term_decodes_another_drawing_of_the_class_with_the_own_style() -> None:
-    """decode(z_c(x'), z_s(x)) with x' a different drawing of x's class: drawing p of
-    class c takes the content sample of drawing p-1 of class c and keeps its own style."""
+N_CLASSES, DRAWINGS = 3, 2
+
+
+def step_with_recorded_decodes(vae, config, *, prepare=None):
+    """One `forward_losses` of a 3-class, 2-drawing batch on `vae` with its decoder calls
+    recorded; `prepare(vae)` may patch more first. Returns (terms, labels, the
+    concatenated z_c and z_s of the one decoder call)."""
     from gaussmem.memory import GaussianMemory
     from gaussmem.methods.mavae_training import forward_losses
-    from gaussmem.models.vae import GaussianVAE
 
-    config = preset("smoke")
-    n_classes, drawings = 3, 2
-    vae = GaussianVAE(config.model)
     calls: list[tuple[torch.Tensor, torch.Tensor]] = []
     decode = vae.decode
 
@@ -151,19 +151,31 @@ def test_the_cross_term_decodes_another_drawing_of_the_class_with_the_own_style(
         calls.append((content.detach().clone(), style.detach().clone()))
         return decode(content, style)
 
-    vae.decode = recording_decode  # type: ignore[method-assign]
-    images = torch.rand(drawings * n_classes, 1, 28, 28)
-    labels = torch.arange(n_classes).repeat(drawings)
+    vae.decode = recording_decode
+    if prepare is not None:
+        prepare(vae)
+    images = torch.rand(DRAWINGS * N_CLASSES, 1, 28, 28)
+    labels = torch.arange(N_CLASSES).repeat(DRAWINGS)
     memory = GaussianMemory(16, config.model.content_dim, seed=0)
     torch.manual_seed(0)
-    forward_losses(vae, memory, images, labels, n_classes, config)
+    terms, _ = forward_losses(vae, memory, images, labels, N_CLASSES, config)
     (content, style), = calls
+    return terms, labels, content, style
+
+
+def test_the_cross_term_decodes_another_drawing_of_the_class_with_the_own_style() -> None:
+    """decode(z_c(x'), z_s(x)) with x' a different drawing of x's class: drawing p of
+    class c takes the content sample of drawing p-1 of class c and keeps its own style."""
+    from gaussmem.models.vae import GaussianVAE
+
+    config = preset("smoke")
+    _, labels, content, style = step_with_recorded_decodes(GaussianVAE(config.model), config)
     own_content, cross_content = content.chunk(2)
     own_style, cross_style = style.chunk(2)
     assert torch.equal(own_style, cross_style)
-    assert torch.equal(cross_content, own_content.roll(n_classes, dims=0))
+    assert torch.equal(cross_content, own_content.roll(N_CLASSES, dims=0))
     # The partner of every image is another image of the same class.
-    partner = torch.arange(len(labels)).roll(n_classes)
+    partner = torch.arange(len(labels)).roll(N_CLASSES)
     assert torch.equal(labels[partner], labels)
     assert not torch.equal(partner, torch.arange(len(labels)))
 
@@ -171,31 +183,14 @@ def test_the_cross_term_decodes_another_drawing_of_the_class_with_the_own_style(
 def test_the_cross_term_can_take_its_style_from_another_class() -> None:
     """`loss.cross_style = "other_class"`: drawing p of class c is decoded from z_c of
     drawing p-1 of its class and z_s of drawing p of class c-1, never its own class."""
-    from gaussmem.memory import GaussianMemory
-    from gaussmem.methods.mavae_training import forward_losses
     from gaussmem.models.vae import GaussianVAE
 
     config = preset("smoke")
     config.loss = dataclasses.replace(config.loss, cross_style="other_class")
-    n_classes, drawings = 3, 2
-    vae = GaussianVAE(config.model)
-    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
-    decode = vae.decode
-
-    def recording_decode(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        calls.append((content.detach().clone(), style.detach().clone()))
-        return decode(content, style)
-
-    vae.decode = recording_decode  # type: ignore[method-assign]
-    images = torch.rand(drawings * n_classes, 1, 28, 28)
-    labels = torch.arange(n_classes).repeat(drawings)
-    memory = GaussianMemory(16, config.model.content_dim, seed=0)
-    torch.manual_seed(0)
-    forward_losses(vae, memory, images, labels, n_classes, config)
-    (content, style), = calls
+    _, labels, content, style = step_with_recorded_decodes(GaussianVAE(config.model), config)
     own_content, cross_content = content.chunk(2)
     own_style, cross_style = style.chunk(2)
-    assert torch.equal(cross_content, own_content.roll(n_classes, dims=0))
+    assert torch.equal(cross_content, own_content.roll(N_CLASSES, dims=0))
     style_partner = torch.arange(len(labels)).roll(1)
     assert torch.equal(cross_style, own_style[style_partner])
     assert (labels[style_partner] != labels).all()
@@ -206,36 +201,27 @@ def test_content_consistency_decodes_from_a_prior_style_and_keeps_batch_norm_sta
     """`loss.content_consistency`: a third decode of each x's z_c with a z_s from the
     prior, encoded again; the re-encoding leaves BatchNorm's running statistics as the
     real drawings left them, and the term reaches the decoder's gradient."""
-    from gaussmem.memory import GaussianMemory
-    from gaussmem.methods.mavae_training import forward_losses
     from gaussmem.models.vae import GaussianVAE
 
     config = preset("smoke")
     config.loss = dataclasses.replace(config.loss, content_consistency=1.0)
-    n_classes, drawings = 3, 2
     vae = GaussianVAE(config.model).train()
-    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
-    decode, encode_content = vae.decode, vae.encode_content
     statistics_seen: list[dict[str, torch.Tensor]] = []
 
-    def recording_decode(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        calls.append((content.detach().clone(), style.detach().clone()))
-        return decode(content, style)
+    def record_statistics(vae) -> None:
+        encode_content = vae.encode_content
 
-    def recording_encode_content(images: torch.Tensor):
-        before = {k: v.clone() for k, v in vae.state_dict().items() if "running" in k}
-        result = encode_content(images)
-        after = {k: v for k, v in vae.state_dict().items() if "running" in k}
-        statistics_seen.append({k: after[k] - before[k] for k in before})
-        return result
+        def recording_encode_content(images: torch.Tensor):
+            before = {k: v.clone() for k, v in vae.state_dict().items() if "running" in k}
+            result = encode_content(images)
+            after = {k: v for k, v in vae.state_dict().items() if "running" in k}
+            statistics_seen.append({k: after[k] - before[k] for k in before})
+            return result
 
-    vae.decode = recording_decode  # type: ignore[method-assign]
-    vae.encode_content = recording_encode_content  # type: ignore[method-assign]
-    images = torch.rand(drawings * n_classes, 1, 28, 28)
-    labels = torch.arange(n_classes).repeat(drawings)
-    memory = GaussianMemory(16, config.model.content_dim, seed=0)
-    terms, _ = forward_losses(vae, memory, images, labels, n_classes, config)
-    (content, style), = calls
+        vae.encode_content = recording_encode_content
+
+    terms, _, content, style = step_with_recorded_decodes(vae, config,
+                                                          prepare=record_statistics)
     own, _, regenerated_from = content.chunk(3)
     assert torch.equal(regenerated_from, own)
     own_style, _, prior_style = style.chunk(3)
