@@ -108,7 +108,11 @@ VARIANTS: dict[str, list[str]] = {
                              # z_s keeps its own place in the cross term, but a drawing
                              # decoded from z_c and a prior z_s must encode back to z_c.
                              "consistency1": ["loss.content_consistency=1"],
+                             "consistency3": ["loss.content_consistency=3"],
                              "consistency10": ["loss.content_consistency=10"],
+                             # The other-class cross term at a quarter of the weight.
+                             "swapstyle-cross0.25": ["loss.cross_style=other_class",
+                                                     "loss.generative_cross=0.25"],
                              }.items()},
 }
 
