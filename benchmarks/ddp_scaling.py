@@ -62,6 +62,11 @@ def train_command(launch: list[str], episodes: int, seed: int, args: argparse.Na
             "--set", f"checkpoint_every={args.steps}"]
 
 
+def one_thread_environment() -> dict[str, str]:
+    """This environment with OpenMP held to one thread, as every timed process runs."""
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 def images_per_second(run_dir: Path) -> list[float]:
     """The run's log windows after the first (the warm-up)."""
     records = read_metrics(run_dir / "metrics.jsonl")
@@ -74,7 +79,7 @@ def train_run(ranks: int, args: argparse.Namespace, run_dir: Path) -> dict[str, 
     command = train_command(launcher(ranks), episodes_per_rank, args.seed, args, run_dir)
     load_before = os.getloadavg()
     started = time.perf_counter()
-    subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    subprocess.run(command, check=True, env=one_thread_environment())
     wall_seconds = time.perf_counter() - started
     rates = images_per_second(run_dir)
     validation = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "val"][-1]
@@ -95,7 +100,7 @@ def independent_run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
                               scratch / f"independent{index}")
                 for index in range(args.ranks)]
     load_before = os.getloadavg()
-    processes = [subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    processes = [subprocess.Popen(command, env=one_thread_environment())
                  for command in commands]
     if any(process.wait() for process in processes):
         raise RuntimeError("an independent run failed")
