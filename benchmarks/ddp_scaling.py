@@ -17,7 +17,11 @@ after each run: on a shared machine, other work takes cores from the ranks.
 The ceiling: K plain single-process runs of one rank's share, started together and
 sharing nothing (no memory, no gradients); their summed images/s is what the machine
 gives K processes, so `ddp_share_of_independent` is what the shared memory and DDP's
-synchronization cost. Each round runs the three in turn; images/s are medians over
+synchronization cost. Then the way DDP is usually scaled: K ranks that each train the
+single process's whole batch (a global batch K times larger, so its validation accuracy
+is not comparable), `speedup_fixed_per_rank_batch`; the fixed costs of a step (the
+memory search over every rank's classes, the gather, the all-reduce) are then shared
+by twice the images. Each round runs the four in turn; images/s are medians over
 `--repeats` rounds.
 """
 
@@ -73,9 +77,12 @@ def images_per_second(run_dir: Path) -> list[float]:
     return [r["images_per_second"] for r in records if r["kind"] == "train"][1:]
 
 
-def train_run(ranks: int, args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
-    """One `gaussmem train` of `args.steps` steps on `ranks` processes; its figures."""
-    episodes_per_rank = args.global_episodes // ranks
+def train_run(ranks: int, args: argparse.Namespace, run_dir: Path,
+              episodes_per_rank: int | None = None) -> dict[str, Any]:
+    """One `gaussmem train` of `args.steps` steps on `ranks` processes, each training
+    `episodes_per_rank` episodes (default: its share of the global batch); its figures."""
+    if episodes_per_rank is None:
+        episodes_per_rank = args.global_episodes // ranks
     command = train_command(launcher(ranks), episodes_per_rank, args.seed, args, run_dir)
     load_before = os.getloadavg()
     started = time.perf_counter()
@@ -121,7 +128,8 @@ def main() -> None:
     parser.add_argument("--global-episodes", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=2,
-                        help="rounds of (1 process, K ranks, K independent processes); "
+                        help="rounds of (1 process, K ranks, K independent processes, K ranks "
+                             "at the single process's batch each); "
                              "images/s are the medians over rounds")
     parser.add_argument("--json", type=Path, default=Path("results/ddp_scaling.json"))
     args = parser.parse_args()
@@ -134,10 +142,15 @@ def main() -> None:
             folder = Path(scratch) / f"round{index}"
             rounds.append({"single": train_run(1, args, folder / "ranks1"),
                            "ddp": train_run(args.ranks, args, folder / f"ranks{args.ranks}"),
-                           "independent": independent_run(args, folder)})
+                           "independent": independent_run(args, folder),
+                           "ddp_fixed_per_rank": train_run(
+                               args.ranks, args, folder / f"ranks{args.ranks}-per-rank",
+                               episodes_per_rank=args.global_episodes)})
     single = statistics.median(r["single"]["images_per_second_median"] for r in rounds)
     parallel = statistics.median(r["ddp"]["images_per_second_median"] for r in rounds)
     ceiling = statistics.median(r["independent"]["images_per_second_summed"] for r in rounds)
+    per_rank = statistics.median(r["ddp_fixed_per_rank"]["images_per_second_median"]
+                                 for r in rounds)
     speedup = parallel / single
     runs = [rounds[0]["single"], rounds[0]["ddp"]]
     report = {
@@ -146,8 +159,10 @@ def main() -> None:
                          "drawings_per_class": 2, "steps": args.steps},
         "threads_per_process": 1, "repeats": args.repeats, "rounds": rounds, "runs": runs,
         "images_per_second": {"single": single, "ddp": parallel,
-                              "independent_summed": ceiling},
+                              "independent_summed": ceiling,
+                              "ddp_fixed_per_rank_batch": per_rank},
         "speedup": speedup, "target_speedup": 1.8,
+        "speedup_fixed_per_rank_batch": per_rank / single,
         "independent_speedup": ceiling / single, "ddp_share_of_independent": parallel / ceiling,
         "notes": "Images/s counts every rank's images. The machine is shared with other "
                  "jobs: see the load averages before and after each run; a speedup under "
@@ -158,6 +173,7 @@ def main() -> None:
     write_json(args.json, report)
     print(json.dumps({"speedup": round(speedup, 3),
                       "independent_speedup": round(ceiling / single, 3),
+                      "speedup_fixed_per_rank_batch": round(per_rank / single, 3),
                       "val_accuracy": [run["val_accuracy"] for run in runs],
                       "val_ci95": [run["val_ci95"] for run in runs]}))
 

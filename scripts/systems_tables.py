@@ -112,6 +112,12 @@ def ddp_rows(record: dict[str, Any]) -> list[str]:
                          f"{rates['independent_summed']:.0f} = "
                          f"{record['independent_speedup']:.2f}x one process; DDP reaches "
                          f"{100 * record['ddp_share_of_independent']:.0f}% of it"))
+    if "ddp_fixed_per_rank_batch" in rates:
+        rows.append(_row(f"same machine, {two['ranks']} ranks each training the single "
+                         "process's whole batch (global batch x"
+                         f"{two['ranks']}): images/s",
+                         f"{rates['single']:.0f} vs {rates['ddp_fixed_per_rank_batch']:.0f}"
+                         f" = {record['speedup_fixed_per_rank_batch']:.2f}x"))
     return [
         *rows,
         _row(f"same runs: validation accuracy after {record['global_batch']['steps']} steps",

@@ -464,19 +464,22 @@ def test_ddp_rows_give_the_rounds_medians_and_the_independent_ceiling(tmp_path: 
                                                          "steps": 150},
               "runs": runs, "repeats": 2, "speedup": 1.7, "target_speedup": 1.8,
               "images_per_second": {"single": 1100.0, "ddp": 1870.0,
-                                    "independent_summed": 2090.0},
-              "independent_speedup": 1.9, "ddp_share_of_independent": 0.8947}
+                                    "independent_summed": 2090.0,
+                                    "ddp_fixed_per_rank_batch": 2035.0},
+              "independent_speedup": 1.9, "ddp_share_of_independent": 0.8947,
+              "speedup_fixed_per_rank_batch": 1.85}
     (tmp_path / "ddp_scaling.json").write_text(json.dumps(record))
     section = "\n".join(systems.systems_section(tmp_path))
     assert "medians of 2 rounds | 1100 vs 1870 = 1.70x | >= 1.8x: **not met**" in section
     assert "2090 = 1.90x one process; DDP reaches 89% of it" in section
     assert "80.00 ± 0.30 vs 80.20 ± 0.30 | equal within the CI: met" in section
+    assert "(global batch x2): images/s | 1100 vs 2035 = 1.85x" in section
     # A record from before the rounds: its one run per side, no ceiling row.
     for key in ("repeats", "images_per_second", "independent_speedup",
-                "ddp_share_of_independent"):
+                "ddp_share_of_independent", "speedup_fixed_per_rank_batch"):
         del record[key]
     record["speedup"] = 1.5
     (tmp_path / "ddp_scaling.json").write_text(json.dumps(record))
     section = "\n".join(systems.systems_section(tmp_path))
     assert "1 vs 2 ranks | 1000 vs 1500 = 1.50x" in section
-    assert "sharing nothing" not in section
+    assert "sharing nothing" not in section and "whole batch" not in section
