@@ -425,6 +425,14 @@ def test_the_headline_holds_one_budget_and_the_longer_runs_go_beyond_it(
     assert "These rows share one budget" in headline
     assert "| MA-VAE, the quick start's 15 minutes | `cpu-quick` (`mavae-15`) |" in beyond
     assert "`mavae-5`" not in beyond
+    assert "for its own budget" not in headline     # no preset-budget run named
+
+    monkeypatch.setattr(tables, "PRESET_BUDGET_RUN", {"omniglot": "mavae-15"})
+    headline = "\n".join(tables.headline_section(data))
+    own_budget = headline[headline.index("The MA-VAE's `cpu-quick` preset for its own budget"):]
+    assert "These rows share one budget" in headline
+    assert own_budget.count("| MA-VAE, Tseran & Harada (paper) |") == 1
+    assert "| MA-VAE | `cpu-quick` (`mavae-15`) | 98.0 ± 0.1 |" in own_budget
 
 
 def test_systems_section_reads_each_benchmark_and_judges_its_target(tmp_path: Path) -> None:
