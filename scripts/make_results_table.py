@@ -663,8 +663,10 @@ def generative_rows(tags: list[str], generative: dict[str, dict]) -> list[str]:
                   + (f"; {generation['generated_against_reconstructions']['mean']:.1f} with "
                      "the reconstructions as the judge's support"
                      if "generated_against_reconstructions" in generation else ""))
+        ratio = reconstruction["ratio"]
         rows.append(f"| `{tag}` | {reconstruction['mean_nll']:.1f} / "
-                    f"{reconstruction['mean_image_nll']:.1f} = {reconstruction['ratio']:.3f} | "
+                    f"{reconstruction['mean_image_nll']:.1f} = "
+                    + ("–" if ratio is None else f"{ratio:.3f}") + " | "
                     f"{swap['content_swap']:.4f} / {swap['style_swap']:.4f} | {judged} |")
     if not rows:
         return []

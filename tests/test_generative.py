@@ -229,7 +229,23 @@ def test_write_run_figures(trained_vae: GaussianVAE, dataset: ClassImageSet,
     assert Image.open(paths["style_transfer"]).size == figures.grid_size(7, 7, (28, 28))
     summary = json.loads(paths["summary"].read_text())
     assert summary["mean_nll"] < summary["mean_image_nll"]
+    assert summary["reconstruction_ratio"] == pytest.approx(
+        summary["mean_nll"] / summary["mean_image_nll"])
+    assert summary["mean_squared_error"] < summary["mean_image_squared_error"]
+    assert summary["squared_error_ratio"] == pytest.approx(
+        summary["mean_squared_error"] / summary["mean_image_squared_error"])
     assert trained_vae.training is False
+
+
+def test_squared_error_sums_each_images_pixels_and_signed_nlls_have_no_ratio() -> None:
+    images = torch.tensor([[[[0.0, 1.0], [0.5, 0.5]]], [[[1.0, 1.0], [1.0, 1.0]]]])
+    predictions = torch.tensor([[[[0.5, 1.0], [0.5, 0.0]]], [[[1.0, 1.0], [1.0, 1.0]]]])
+    # Image 0: 0.25 + 0 + 0 + 0.25; image 1: exact.
+    assert generative.squared_error(predictions, images).tolist() == [0.5, 0.0]
+    assert generative.nll_ratio(50.0, 200.0) == 0.25
+    # A Gaussian density's NLL may be negative: no ratio then, on either side.
+    assert generative.nll_ratio(-2220.0, 1057.8) is None
+    assert generative.nll_ratio(10.0, -5.0) is None
 
 
 def test_commands_write_figures_and_json(synthetic_split: None, checkpoint_path: Path,

@@ -129,6 +129,9 @@ def test_generative_report_command(mavae_checkpoint: Path, strokes, tmp_path: Pa
     values = json.loads(report.read_text())
     assert values["reconstruction"]["ratio"] == pytest.approx(
         values["reconstruction"]["mean_nll"] / values["reconstruction"]["mean_image_nll"])
+    assert values["reconstruction"]["squared_error_ratio"] == pytest.approx(
+        values["reconstruction"]["mean_squared_error"]
+        / values["reconstruction"]["mean_image_squared_error"])
     assert values["reconstruction"]["likelihood"] == "bernoulli"
     assert set(values["decoder_sensitivity"]) == {"content_swap", "style_swap"}
     assert "generation" not in values  # no judge given

@@ -33,7 +33,9 @@ from gaussmem.generative import (
     episode_images,
     generate_from_memory,
     mean_image_nll,
+    nll_ratio,
     reconstruct,
+    squared_error,
     style_transfer,
     vae_from_checkpoint,
 )
@@ -152,9 +154,13 @@ def reconstruction_figure(vae: GaussianVAE, images: torch.Tensor, *, per_row: in
                         group_size=2, invert=invert)
     summary: dict[str, Any] = {"likelihood": vae.config.likelihood,
                                "nll_per_image": result.nll.tolist(),
-                               "mean_nll": float(result.nll.mean())}
+                               "mean_nll": float(result.nll.mean()),
+                               "mean_squared_error": float(
+                                   squared_error(result.images, images).mean())}
     if mean_image is not None:
         summary["mean_image_nll"] = float(mean_image_nll(vae, images, mean_image).mean())
+        summary["mean_image_squared_error"] = float(
+            squared_error(mean_image.expand_as(images), images).mean())
     return figure, summary
 
 
@@ -212,7 +218,12 @@ def write_run_figures(run_dir: str | Path, vae: GaussianVAE, dataset: FewShotDat
     report = {"dataset": dataset.name, "seed": seed, "n_way": n_way,
               "likelihood": summary["likelihood"], "mean_nll": summary["mean_nll"],
               "mean_image_nll": summary["mean_image_nll"],
-              "reconstruction_ratio": summary["mean_nll"] / summary["mean_image_nll"],
+              "reconstruction_ratio": nll_ratio(summary["mean_nll"],
+                                                summary["mean_image_nll"]),
+              "mean_squared_error": summary["mean_squared_error"],
+              "mean_image_squared_error": summary["mean_image_squared_error"],
+              "squared_error_ratio": (summary["mean_squared_error"]
+                                      / summary["mean_image_squared_error"]),
               "decoder_sensitivity": decoder_sensitivity(vae, images),
               "figures": {name: path.name for name, path in paths.items()}}
     paths["summary"] = folder / FIGURES_JSON

@@ -107,6 +107,25 @@ def mean_image_nll(vae: GaussianVAE, images: torch.Tensor, mean_image: torch.Ten
     return vae_reconstruction_nll(vae, logits, images.to(logits.device)).cpu()
 
 
+def squared_error(predictions: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Per-image sum of squared pixel differences `(n,)` between pixel means and images.
+
+    Beside the NLL because it means the same under every likelihood: a Gaussian NLL of
+    continuous intensities can be negative, and its ratio to the mean image's then says
+    nothing, while the squared error's ratio is always "how much of the mean image's
+    error is left"."""
+    return (predictions.float() - images.float()).square().flatten(1).sum(1)
+
+
+def nll_ratio(model_nll: float, mean_image_nll: float) -> float | None:
+    """`model_nll / mean_image_nll` where both are positive (as Bernoulli NLLs always
+    are); None where a density's NLL is not, since a ratio of signed numbers ranks
+    nothing."""
+    if model_nll <= 0 or mean_image_nll <= 0:
+        return None
+    return model_nll / mean_image_nll
+
+
 def dataset_mean_image(dataset: FewShotDataset) -> torch.Tensor:
     """Mean pixel over every image of `dataset`: `(1, H, W)` float in [0, 1]."""
     return torch.from_numpy(dataset.pixel_mean() / 255.0).float().unsqueeze(0)

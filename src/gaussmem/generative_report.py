@@ -38,7 +38,9 @@ from gaussmem.generative import (
     decoder_sensitivity,
     generate_from_memory,
     mean_image_nll,
+    nll_ratio,
     reconstruct,
+    squared_error,
 )
 from gaussmem.methods.base import FewShotClassifier
 from gaussmem.models.vae import GaussianVAE
@@ -46,20 +48,29 @@ from gaussmem.models.vae import GaussianVAE
 
 @dataclass
 class ReconstructionSummary:
-    """Mean NLL per image (nats) of the reconstructions and of the mean image."""
+    """Mean NLL per image (nats) and mean squared error per image of the
+    reconstructions and of the mean image."""
 
     likelihood: str
     n_way: int
     episodes: int
     mean_nll: float
     mean_image_nll: float
+    mean_squared_error: float
+    mean_image_squared_error: float
 
     @property
-    def ratio(self) -> float:
-        return self.mean_nll / self.mean_image_nll
+    def ratio(self) -> float | None:
+        """The NLL's ratio to the mean image's; None for a negative density NLL."""
+        return nll_ratio(self.mean_nll, self.mean_image_nll)
+
+    @property
+    def squared_error_ratio(self) -> float:
+        return self.mean_squared_error / self.mean_image_squared_error
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ratio": self.ratio}
+        return {**asdict(self), "ratio": self.ratio,
+                "squared_error_ratio": self.squared_error_ratio}
 
 
 @dataclass
@@ -94,11 +105,16 @@ def reconstruction_summary(vae: GaussianVAE, dataset: FewShotDataset,
     """Reconstruction NLL over `supports` (`episode_supports`) against `dataset`'s mean
     image."""
     mean_image = dataset_mean_image(dataset)
-    model_nll = [reconstruct(vae, images).nll for images in supports]
+    reconstructions = [reconstruct(vae, images) for images in supports]
     baseline_nll = [mean_image_nll(vae, images, mean_image) for images in supports]
+    model_error = [squared_error(result.images, images)
+                   for result, images in zip(reconstructions, supports, strict=True)]
+    baseline_error = [squared_error(mean_image.expand_as(images), images) for images in supports]
     return ReconstructionSummary(vae.config.likelihood, len(supports[0]), len(supports),
-                                 float(torch.cat(model_nll).mean()),
-                                 float(torch.cat(baseline_nll).mean()))
+                                 float(torch.cat([r.nll for r in reconstructions]).mean()),
+                                 float(torch.cat(baseline_nll).mean()),
+                                 float(torch.cat(model_error).mean()),
+                                 float(torch.cat(baseline_error).mean()))
 
 
 @torch.no_grad()

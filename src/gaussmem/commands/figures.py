@@ -182,7 +182,9 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     _write_json(args.json_path, report)
     print(f"reconstruct: {args.n_way} images of {dataset.name} -> {args.out}; "
           f"{summary['likelihood']} NLL {summary['mean_nll']:.2f} nats/image (the split's "
-          f"mean image: {summary['mean_image_nll']:.2f})")
+          f"mean image: {summary['mean_image_nll']:.2f}); squared error "
+          f"{summary['mean_squared_error']:.1f} per image (mean image: "
+          f"{summary['mean_image_squared_error']:.1f})")
     return 0
 
 
@@ -271,9 +273,11 @@ def run_generative_report(args: argparse.Namespace) -> int:
     content = content_sensitivity(vae, supports)
     report = {**_metadata(args, checkpoint, dataset), "reconstruction": recon.to_dict(),
               "decoder_sensitivity": content}
+    nll_versus_mean = ("" if recon.ratio is None else
+                       f"{recon.ratio:.3f} x the mean image's {recon.mean_image_nll:.2f}; ")
     print(f"reconstruction ({recon.episodes} x {recon.n_way}-way, {args.split}): "
-          f"{recon.mean_nll:.2f} nats/image, {recon.ratio:.3f} x the mean image's "
-          f"{recon.mean_image_nll:.2f}")
+          f"{recon.mean_nll:.2f} nats/image, {nll_versus_mean}squared error "
+          f"{recon.squared_error_ratio:.3f} x the mean image's")
     print(f"content: swapping z_c changes pixels by {content['content_swap']:.4f}, "
           f"swapping z_s by {content['style_swap']:.4f}")
     if judge is not None:
