@@ -491,3 +491,13 @@ def test_ddp_rows_give_the_rounds_medians_and_the_independent_ceiling(tmp_path: 
     section = "\n".join(systems.systems_section(tmp_path))
     assert "1 vs 2 ranks | 1000 vs 1500 = 1.50x" in section
     assert "sharing nothing" not in section and "whole batch" not in section
+
+
+def test_reconstruction_cell_falls_back_to_squared_error_without_an_nll_ratio() -> None:
+    tables = load_script("make_results_table")
+    strokes = {"mean_nll": 143.4, "mean_image_nll": 178.1, "ratio": 0.8052,
+               "mean_squared_error": 20.0, "mean_image_squared_error": 40.0,
+               "squared_error_ratio": 0.5}
+    assert tables.reconstruction_cell(strokes) == "143.4 / 178.1 = 0.805"
+    faces = {**strokes, "mean_nll": -2220.0, "mean_image_nll": 1057.8, "ratio": None}
+    assert tables.reconstruction_cell(faces) == "squared error 20.0 / 40.0 = 0.500"
