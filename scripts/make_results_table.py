@@ -663,11 +663,11 @@ def generative_rows(tags: list[str], generative: dict[str, dict]) -> list[str]:
         generation = record.get("generation")
         judged = ("–" if generation is None else
                   f"{generation['generated']['mean']:.1f} ± {generation['generated']['ci95']:.1f}"
-                  f" (judge on real drawings {generation['real_images']['mean']:.1f}"
+                  f" (judge on real images {generation['real_images']['mean']:.1f}"
                   + (f", on reconstructions of the stored examples "
                      f"{generation['reconstructions']['mean']:.1f}"
                      if "reconstructions" in generation else "")
-                  + (f", on real drawings blurred 3x3 "
+                  + (f", on real images blurred 3x3 "
                      f"{generation['blurred_real_images']['mean']:.1f}"
                      if "blurred_real_images" in generation else "")
                   + f", chance {generation['chance']:.1f})"
@@ -679,9 +679,10 @@ def generative_rows(tags: list[str], generative: dict[str, dict]) -> list[str]:
     if not rows:
         return []
     return ["", "Generative side of these MA-VAE runs, test split (`gaussmem generative-report`): "
-            "reconstruction NLL per image (nats) against the split's mean image's, 100-way "
-            "episodes; the mean pixel change from swapping z_c vs z_s; the percent of "
-            "drawings generated from one-shot memory entries that an independent "
+            "reconstruction NLL per image (nats) against the split's mean image's, in the "
+            "largest episodes the split has (100-way on Omniglot, 80-way on LFW-a); the mean "
+            "pixel change from swapping z_c vs z_s; the percent of "
+            "images generated from one-shot memory entries that an independent "
             "classifier (the judge) assigns to their source class, 20-way:", "",
             "| run | reconstruction / mean image = ratio | swap z_c / swap z_s | generations "
             "judged as their class (%) |", "|---|---|---|---|", *rows]
