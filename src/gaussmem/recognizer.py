@@ -39,6 +39,7 @@ from gaussmem.gallery_search import EntrySearch, ExactSearch, LabelCandidates, n
 from gaussmem.memory import NOT_FOUND, GaussianMemory
 from gaussmem.memory_in_order import update_in_order_
 from gaussmem.methods.mavae import MemoryAugmentedVAE
+from gaussmem.plumbing.blas_threads import cores_to_blas
 from gaussmem.preprocess import ImageInput, ImagePreprocessing, Polarity, load_images
 from gaussmem.unknown import (
     UNKNOWN_SCORES,
@@ -275,7 +276,10 @@ class Recognizer:
         label_ids = torch.tensor([ids[label] for label in labels], dtype=torch.int64)
         entries_before = len(self.memory)
         self._ensure_capacity(len(labels))
-        update_in_order_(self.memory, mu, var, label_ids)
+        # The batch's search of the whole gallery is most of the time: the cores go to
+        # its products (gaussmem.plumbing.blas_threads).
+        with cores_to_blas():
+            update_in_order_(self.memory, mu, var, label_ids)
         self._label_ids = ids
         self._names_of = None
         self._next_label_id += len(new_names)
