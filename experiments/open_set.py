@@ -16,6 +16,7 @@ training budget, the hardware and the command) and a markdown table generated fr
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from gaussmem.checkpoint import load_checkpoint
 from gaussmem.evaluate import evaluate_checkpoint
 from gaussmem.open_set import DEFAULT_OPEN_SET_EPISODES
 from gaussmem.plumbing.atomic import write_text_atomic
+from gaussmem.plumbing.hardware import command_line
 from gaussmem.plumbing.script_record import provenance, write_json
 from gaussmem.plumbing.settings import resolve_cache_dir, resolve_data_dir
 
@@ -104,6 +106,20 @@ def evaluate_setting(paths: dict[tuple[str, str], Path], dataset: str, n_way: in
                 method for method, value in auroc.items() if value > auroc["mavae"])}
 
 
+def kept_settings(path: Path, rerun: list[str], args: argparse.Namespace
+                  ) -> list[dict[str, Any]]:
+    """The settings of datasets not rerun, from the report at `path` when it used the
+    same episodes and seed (each keeps the command that produced it): rerunning LFW-a
+    alone leaves the Omniglot rows as they were measured."""
+    if not path.is_file():
+        return []
+    previous = json.loads(path.read_text())
+    if (previous.get("episodes"), previous.get("seed")) != (args.episodes, args.seed):
+        return []
+    return [{"command": previous["command"], **setting} for setting in previous["settings"]
+            if setting["dataset"] not in rerun]
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The results table, generated from the JSON report."""
     lines = [
@@ -127,6 +143,11 @@ def markdown(report: dict[str, Any]) -> str:
             cells = [f"{entry['result'][key]['mean']:.2f} ± {entry['result'][key]['ci95']:.2f}"
                      for key, _ in METRICS]
             lines.append(f"| {name} | {method} | " + " | ".join(cells) + " |")
+    commands = sorted({setting.get("command", report["command"])
+                       for setting in report["settings"]})
+    if len(commands) > 1:
+        lines += ["", "Commands, each for the settings of its datasets:", "",
+                  *(f"- `{command}`" for command in commands)]
     lines += ["", "Where a baseline's AUROC is above the MA-VAE's:", ""]
     for setting in report["settings"]:
         above = setting["baselines_with_auroc_above_mavae"]
@@ -139,8 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     paths = checkpoint_paths(args.checkpoint)
-    settings = [evaluate_setting(paths, dataset, n_way, n_shot, args)
+    command = command_line()
+    settings = [{**evaluate_setting(paths, dataset, n_way, n_shot, args), "command": command}
                 for dataset, n_way, n_shot in SETTINGS if dataset in args.datasets]
+    settings = kept_settings(args.out, args.datasets, args) + settings
     budgets = sorted({(entry["training"]["dataset"], entry["training"]["max_minutes"])
                       for setting in settings for entry in setting["methods"].values()})
     report = {

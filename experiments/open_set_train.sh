@@ -5,6 +5,7 @@
 # are not committed.
 #
 #   bash experiments/open_set_train.sh [OMNIGLOT_MINUTES [LFW_MINUTES]]   # default 4 3
+#   DATASETS=lfw bash experiments/open_set_train.sh      # one dataset's runs only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 omniglot_minutes=${1:-4}
@@ -17,9 +18,14 @@ train() {  # train DATASET METHOD PRESET MINUTES
 omniglot_presets=(cpu-quick protonet-cpu matching-cpu kaiser-cpu)
 lfw_presets=(lfw-cpu protonet-lfw-cpu matching-lfw-cpu kaiser-lfw-cpu)
 methods=(mavae protonet matching kaiser)
-for i in "${!methods[@]}"; do
-  train omniglot "${methods[$i]}" "${omniglot_presets[$i]}" "$omniglot_minutes"
-done
-for i in "${!methods[@]}"; do
-  train lfw "${methods[$i]}" "${lfw_presets[$i]}" "$lfw_minutes"
-done
+datasets=" ${DATASETS:-omniglot lfw} "
+if [[ "$datasets" == *" omniglot "* ]]; then
+  for i in "${!methods[@]}"; do
+    train omniglot "${methods[$i]}" "${omniglot_presets[$i]}" "$omniglot_minutes"
+  done
+fi
+if [[ "$datasets" == *" lfw "* ]]; then
+  for i in "${!methods[@]}"; do
+    train lfw "${methods[$i]}" "${lfw_presets[$i]}" "$lfw_minutes"
+  done
+fi

@@ -501,3 +501,21 @@ def test_reconstruction_cell_falls_back_to_squared_error_without_an_nll_ratio() 
     assert tables.reconstruction_cell(strokes) == "143.4 / 178.1 = 0.805"
     faces = {**strokes, "mean_nll": -2220.0, "mean_image_nll": 1057.8, "ratio": None}
     assert tables.reconstruction_cell(faces) == "squared error 20.0 / 40.0 = 0.500"
+
+
+def test_open_set_rerun_of_one_dataset_keeps_the_others_rows(tmp_path: Path) -> None:
+    import argparse
+    import json
+
+    script = load_script("open_set", "experiments")
+    previous = {"command": "python experiments/open_set.py", "episodes": 600, "seed": 0,
+                "settings": [{"dataset": "omniglot", "n_shot": 1},
+                             {"dataset": "lfw", "n_shot": 1}]}
+    path = tmp_path / "open_set.json"
+    assert script.kept_settings(path, ["lfw"], argparse.Namespace(episodes=600, seed=0)) == []
+    path.write_text(json.dumps(previous))
+    kept = script.kept_settings(path, ["lfw"], argparse.Namespace(episodes=600, seed=0))
+    assert kept == [{"command": "python experiments/open_set.py", "dataset": "omniglot",
+                     "n_shot": 1}]
+    # Other episodes or seed: nothing is comparable, nothing kept.
+    assert script.kept_settings(path, ["lfw"], argparse.Namespace(episodes=50, seed=0)) == []

@@ -12,7 +12,7 @@ import torch
 
 from conftest import synthetic_set
 from gaussmem.checkpoint import load_checkpoint
-from gaussmem.config import BudgetConfig, OptimConfig, to_dict
+from gaussmem.config import BudgetConfig, to_dict
 from gaussmem.errors import CheckpointError, ConfigError, RunDirectoryError
 from gaussmem.evaluate import evaluate_checkpoint
 from gaussmem.metrics_log import read_metrics
@@ -110,14 +110,19 @@ def test_config_presets_overrides_and_errors(tmp_path: Path) -> None:
     assert preset("omniglot-parallel").episodes.batch_episodes == 20
     assert preset("omniglot-5way-to-20way").eval_n_way == 20
     # The paper's Omniglot presets train cpu-quick's validated model and optimizer;
-    # LFW's keeps the library defaults, which no validation there has replaced.
+    # LFW-a's paper preset trains lfw-cpu's, chosen on LFW-a's validation people: the
+    # memory softmax in the triplet's place, c1 scaled by the faces' area.
     quick = preset("cpu-quick")
     for name in ("omniglot-5way", "omniglot-20way", "omniglot-parallel-20way"):
         config = preset(name)
         assert (config.model, config.optim, config.loss, config.precision) == (
             quick.model, quick.optim, quick.loss, quick.precision), name
-    assert preset("lfw-5way").precision == "float32"
-    assert preset("lfw-5way").optim.lr == OptimConfig().lr
+    faces, paper_faces = preset("lfw-cpu"), preset("lfw-5way")
+    assert (paper_faces.model, paper_faces.optim, paper_faces.loss, paper_faces.precision) == (
+        faces.model, faces.optim, faces.loss, faces.precision)
+    assert faces.loss.memory_term == "softmax" and quick.loss.memory_term == "triplet"
+    assert faces.loss.triplet == 9 * quick.loss.triplet
+    assert (paper_faces.episodes.n_way, paper_faces.episodes.batch_episodes) == (5, 16)
     toml = tmp_path / "run.toml"
     toml.write_text("seed = 7\n[optim]\nlr = 0.002\n")
     config = resolve("smoke", toml, ["optim.lr=3e-4", "budget.max_minutes=none",
