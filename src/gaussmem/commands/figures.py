@@ -289,9 +289,9 @@ def run_generative_report(args: argparse.Namespace) -> int:
                                           "sha256": file_sha256(args.judge)}}
         print(f"one-shot generation ({args.episodes} x {generation.n_way}-way): "
               f"{generation.generated.mean:.1f}% ± {generation.generated.ci95:.1f} judged "
-              f"their source class (real drawings {generation.real_images.mean:.1f}%, "
+              f"their source class (real images {generation.real_images.mean:.1f}%, "
               f"reconstructions of the stored examples "
-              f"{generation.reconstructions.mean:.1f}%, real drawings blurred 3x3 "
+              f"{generation.reconstructions.mean:.1f}%, real images blurred 3x3 "
               f"{generation.blurred_real_images.mean:.1f}%, chance {generation.chance:.1f}%); "
               f"{generation.generated_against_reconstructions.mean:.1f}% with the "
               "reconstructions as the judge's support")
