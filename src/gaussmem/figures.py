@@ -160,7 +160,7 @@ def reconstruction_figure(vae: GaussianVAE, images: torch.Tensor, *, per_row: in
     if mean_image is not None:
         summary["mean_image_nll"] = float(mean_image_nll(vae, images, mean_image).mean())
         summary["mean_image_squared_error"] = float(
-            squared_error(mean_image.expand_as(images), images).mean())
+            squared_error(mean_image, images).mean())
     return figure, summary
 
 

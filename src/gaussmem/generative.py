@@ -108,7 +108,8 @@ def mean_image_nll(vae: GaussianVAE, images: torch.Tensor, mean_image: torch.Ten
 
 
 def squared_error(predictions: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    """Per-image sum of squared pixel differences `(n,)` between pixel means and images.
+    """Per-image sum of squared pixel differences `(n,)` between pixel means and images
+    `(n, 1, H, W)`; `predictions` broadcast, so one mean image `(1, H, W)` serves all.
 
     Beside the NLL because it means the same under every likelihood: a Gaussian NLL of
     continuous intensities can be negative, and its ratio to the mean image's then says

@@ -109,7 +109,7 @@ def reconstruction_summary(vae: GaussianVAE, dataset: FewShotDataset,
     baseline_nll = [mean_image_nll(vae, images, mean_image) for images in supports]
     model_error = [squared_error(result.images, images)
                    for result, images in zip(reconstructions, supports, strict=True)]
-    baseline_error = [squared_error(mean_image.expand_as(images), images) for images in supports]
+    baseline_error = [squared_error(mean_image, images) for images in supports]
     return ReconstructionSummary(vae.config.likelihood, len(supports[0]), len(supports),
                                  float(torch.cat([r.nll for r in reconstructions]).mean()),
                                  float(torch.cat(baseline_nll).mean()),
