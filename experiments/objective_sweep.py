@@ -113,6 +113,42 @@ VARIANTS: dict[str, list[str]] = {
                              # The other-class cross term at a quarter of the weight.
                              "swapstyle-cross0.25": ["loss.cross_style=other_class",
                                                      "loss.generative_cross=0.25"],
+                             # Between exp(-SKL/16) and exp(-SKL/64): classes further
+                             # apart in units of their spread, at less cost in accuracy?
+                             "T32": ["similarity.temperature=32"],
+                             # exp(-SKL/64) with the triplet weighed up to hold accuracy.
+                             "T64-c1-1000": ["similarity.temperature=64",
+                                             "loss.triplet=1000"],
+                             # A cheaper z_c: narrower posteriors that say more of the
+                             # drawing.
+                             "content0.3": ["loss.latent=0.3"],
+                             # z_s as cheap as z_c: the reconstruction side of the trade.
+                             "style1": ["loss.latent_style=1"],
+                             # Room in z_s for what one drawing adds to its class
+                             # (where the strokes run), and the re-encoding term that
+                             # keeps the class out of it.
+                             "zs32-style1": ["model.style_dim=32", "loss.latent_style=1"],
+                             "zs32-style1-consistency1": ["model.style_dim=32",
+                                                          "loss.latent_style=1",
+                                                          "loss.content_consistency=1"],
+                             "zs32-style1-consistency3": ["model.style_dim=32",
+                                                          "loss.latent_style=1",
+                                                          "loss.content_consistency=3"],
+                             # The same, z_s's head not training the trunk: the
+                             # reconstruction's demands stay out of the compared features.
+                             "detached": ["model.style_detached=true"],
+                             "zs32-style1-detached": ["model.style_dim=32",
+                                                      "loss.latent_style=1",
+                                                      "model.style_detached=true"],
+                             "zs32-style1-consistency1-detached": [
+                                 "model.style_dim=32", "loss.latent_style=1",
+                                 "loss.content_consistency=1", "model.style_detached=true"],
+                             # ... with the term training the decoder alone: the
+                             # encoder judges the drawing as it stands, z_c is a given.
+                             **{f"zs32-style1-detached-consistency{w}-decoder": [
+                                 "model.style_dim=32", "loss.latent_style=1",
+                                 "model.style_detached=true", f"loss.content_consistency={w}",
+                                 "loss.consistency_trains=decoder"] for w in (1, 3, 10)},
                              }.items()},
 }
 

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from gaussmem.plumbing.atomic import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The accuracy panel's floor (%): variants below it are drawn on it.
+ACCURACY_FLOOR = 80.0
 
 
 def table(records: list[dict[str, Any]], hardware: str) -> str:
@@ -80,20 +83,27 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (accuracy_axes, content_axes) = plt.subplots(
-        1, 2, figsize=(11, 5.5 + 0.16 * len(records)), dpi=110)
+    legend_inches = 0.15 * math.ceil(len(records) / 2) + 0.3
+    height = 5.5 + legend_inches
+    figure, (accuracy_axes, content_axes) = plt.subplots(1, 2, figsize=(11, height), dpi=110)
     for number, record in enumerate(records, start=1):
         ratio = record["reconstruction"]["ratio"]
         accuracy = record["accuracy"]["20w1s"]
         swap = record["decoder_sensitivity"]
         share = swap["content_swap"] / (swap["content_swap"] + swap["style_swap"])
         label = f"{number}: {record['variant']} ({record['steps']} steps)"
-        line = accuracy_axes.errorbar(ratio, accuracy["mean"], yerr=accuracy["ci95"], fmt="o",
-                                      capsize=3, label=label)
+        # A collapsed variant would squash the others into one line: it sits on the
+        # panel's floor, marked with its accuracy.
+        collapsed = accuracy["mean"] < ACCURACY_FLOOR
+        shown = ACCURACY_FLOOR + 0.3 if collapsed else accuracy["mean"]
+        line = accuracy_axes.errorbar(ratio, shown, yerr=None if collapsed else accuracy["ci95"],
+                                      fmt="v" if collapsed else "o", capsize=3, label=label)
         content_axes.plot(ratio, share, "o", color=line[0].get_color())
-        for axes, y in ((accuracy_axes, accuracy["mean"]), (content_axes, share)):
-            axes.annotate(str(number), (ratio, y), textcoords="offset points",
-                          xytext=(4, 3), fontsize=8)
+        tag = f"{number} ({accuracy['mean']:.0f}%)" if collapsed else str(number)
+        for axes, y, text in ((accuracy_axes, shown, tag), (content_axes, share, str(number))):
+            axes.annotate(text, (ratio, y), textcoords="offset points", xytext=(4, 3),
+                          fontsize=8)
+    accuracy_axes.set_ylim(bottom=ACCURACY_FLOOR)
     x_label = "reconstruction NLL / mean image's NLL (lower is better)"
     accuracy_axes.set(xlabel=x_label, ylabel="20-way 1-shot accuracy (%)",
                       title="Recognition against reconstruction")
@@ -104,7 +114,7 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
         axes.grid(alpha=0.3)
     figure.legend(loc="lower center", ncol=2, fontsize=7, frameon=False)
     figure.suptitle("The MA-VAE's objectives on validation")
-    figure.tight_layout(rect=(0, 0.03 * len(records) / 2 + 0.05, 1, 1))
+    figure.tight_layout(rect=(0, legend_inches / height, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
     plt.close(figure)

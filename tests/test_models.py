@@ -31,6 +31,34 @@ def test_encode_decode_shapes() -> None:
     assert torch.equal(vae.encode_content(images).mean, content.mean)
 
 
+def test_a_detached_style_head_leaves_the_trunk_to_the_content() -> None:
+    """`style_detached`: a loss on z_s alone trains the style head but not the trunk;
+    the posteriors' values and the content's gradient into the trunk are unchanged."""
+    torch.manual_seed(0)
+    images = torch.rand(4, 1, 28, 28)
+    attached = GaussianVAE(tiny_config())
+    detached = GaussianVAE(tiny_config(style_detached=True))
+    detached.load_state_dict(attached.state_dict())
+    gradients = {}
+    for name, vae in (("attached", attached), ("detached", detached)):
+        content, style = vae.encode(images)
+        trunk = list(vae.backbone.parameters())
+        style_grads = torch.autograd.grad(style.mean.square().sum() + style.log_var.sum(),
+                                          trunk + list(vae.style_head.parameters()),
+                                          retain_graph=True, allow_unused=True)
+        content_grads = torch.autograd.grad(content.mean.square().sum(), trunk)
+        gradients[name] = (content.mean.detach(), style.mean.detach(),
+                           style_grads[:len(trunk)], style_grads[len(trunk):], content_grads)
+    a_content, a_style, a_trunk, a_head, a_from_content = gradients["attached"]
+    d_content, d_style, d_trunk, d_head, d_from_content = gradients["detached"]
+    assert torch.equal(a_content, d_content) and torch.equal(a_style, d_style)
+    assert any(g is not None and g.abs().sum() > 0 for g in a_trunk)
+    assert all(g is None for g in d_trunk)
+    assert all(torch.allclose(a, d) for a, d in zip(a_head, d_head, strict=True))
+    assert all(torch.allclose(a, d) for a, d in zip(a_from_content, d_from_content,
+                                                    strict=True))
+
+
 def test_channels_last_gives_same_embeddings() -> None:
     torch.manual_seed(0)
     vae = GaussianVAE(tiny_config()).eval()

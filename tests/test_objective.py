@@ -236,3 +236,57 @@ def test_content_consistency_decodes_from_a_prior_style_and_keeps_batch_norm_sta
     decoder_gradient = torch.autograd.grad(terms["content_consistency"],
                                            list(vae.decoder.parameters()), allow_unused=True)
     assert any(g is not None and g.abs().sum() > 0 for g in decoder_gradient)
+
+
+def test_a_frozen_reencoder_gives_the_same_posterior_and_trains_no_encoder_weight() -> None:
+    """`encode_content_frozen`: q(z_c | x~) as `encode_content` computes it, with the
+    gradient reaching x~ and none of the encoder's weights."""
+    from gaussmem.methods.mavae_training import encode_content_frozen
+    from gaussmem.models.vae import GaussianVAE
+
+    torch.manual_seed(0)
+    vae = GaussianVAE(preset("smoke").model).train()
+    drawings = torch.rand(6, 1, 28, 28, requires_grad=True)
+    frozen, trained = encode_content_frozen(vae, drawings), vae.encode_content(drawings)
+    assert torch.allclose(frozen.mean, trained.mean)
+    assert torch.allclose(frozen.log_var, trained.log_var)
+    weights = list(vae.backbone.parameters()) + list(vae.content_head.parameters())
+    gradients = torch.autograd.grad(frozen.mean.square().sum(), [drawings, *weights],
+                                    allow_unused=True)
+    assert gradients[0].abs().sum() > 0
+    assert all(g is None for g in gradients[1:])
+
+
+def test_content_consistency_can_train_the_decoder_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`loss.consistency_trains = "decoder"`: the drawings decoded from a prior z_s are
+    read by the frozen encoder (and only they are), the term reaches the decoder, and no
+    encoder weight, neither through the re-encoding nor through the z_c it decoded (a
+    GroupNorm decoder, as the presets': BatchNorm's batch statistics would couple the
+    decoded drawings to the rest of the decoder's batch)."""
+    from gaussmem.methods import mavae_training
+    from gaussmem.models.vae import GaussianVAE
+
+    config = preset("smoke")
+    config.model.decoder_norm = "group"
+    config.loss = dataclasses.replace(config.loss, content_consistency=1.0,
+                                      consistency_trains="decoder")
+    vae = GaussianVAE(config.model).train()
+    read: list[torch.Tensor] = []
+    encode_frozen = mavae_training.encode_content_frozen
+
+    def recording(vae, images):
+        read.append(images.detach().clone())
+        return encode_frozen(vae, images)
+
+    monkeypatch.setattr(mavae_training, "encode_content_frozen", recording)
+    terms, labels, _, _ = step_with_recorded_decodes(vae, config)
+    (drawings,) = read
+    assert drawings.shape == (len(labels), 1, 28, 28)
+    assert ((drawings >= 0) & (drawings <= 1)).all()
+    decoder = list(vae.decoder.parameters())
+    encoder = [p for name, p in vae.named_parameters() if not name.startswith("decoder.")]
+    gradients = torch.autograd.grad(terms["content_consistency"], decoder + encoder,
+                                    allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in gradients[:len(decoder)])
+    assert all(g is None or not g.any() for g in gradients[len(decoder):])

@@ -143,6 +143,8 @@ def test_config_presets_overrides_and_errors(tmp_path: Path) -> None:
         resolve("smoke", overrides=["loss.cross_style=prior"])
     assert resolve("smoke", overrides=["loss.cross_style=other_class"]
                    ).loss.cross_style == "other_class"
+    with pytest.raises(ConfigError, match="loss.consistency_trains must be one of"):
+        resolve("smoke", overrides=["loss.consistency_trains=encoder"])
     with pytest.raises(ConfigError, match="not implemented for method 'protonet'"):
         resolve("protonet-cpu", overrides=["loss.memory_term=softmax"])
 

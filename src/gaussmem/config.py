@@ -22,7 +22,13 @@ from typing import Any
 
 from gaussmem.data.augmentation import AugmentConfig
 from gaussmem.errors import ConfigError, DeviceError
-from gaussmem.losses import CROSS_STYLES, MEMORY_TERMS, SIMILARITY_KINDS, LossWeights
+from gaussmem.losses import (
+    CONSISTENCY_TRAINS,
+    CROSS_STYLES,
+    MEMORY_TERMS,
+    SIMILARITY_KINDS,
+    LossWeights,
+)
 from gaussmem.models.vae import VAEConfig
 from gaussmem.plumbing.device import check_device_name
 from gaussmem.plumbing.precision import PRECISIONS
@@ -272,6 +278,9 @@ class TrainConfig:
         if self.loss.cross_style not in CROSS_STYLES:
             raise ConfigError(f"loss.cross_style must be one of {CROSS_STYLES}, "
                               f"got {self.loss.cross_style!r}")
+        if self.loss.consistency_trains not in CONSISTENCY_TRAINS:
+            raise ConfigError("loss.consistency_trains must be one of "
+                              f"{CONSISTENCY_TRAINS}, got {self.loss.consistency_trains!r}")
         if "test" in (self.data.train_subset, self.data.val_subset):
             raise ConfigError("training and model selection never use the test split; got "
                               f"data.train_subset={self.data.train_subset!r}, "

@@ -58,6 +58,8 @@ MEMORY_TERMS = ("triplet", "softmax")
 LIKELIHOODS = ("bernoulli", "gaussian")
 #: Where the cross term's z_s comes from (`LossWeights.cross_style`).
 CROSS_STYLES = ("own", "other_class")
+#: What `content_consistency` trains (`LossWeights.consistency_trains`).
+CONSISTENCY_TRAINS = ("all", "decoder")
 
 
 def log_similarity(divergence: torch.Tensor, *, kind: str = "paper", dim: int = 1,
@@ -193,6 +195,12 @@ class LossWeights:
     # q(z_c | x): whatever z_s holds, it cannot change the class the decoder draws, so
     # z_s may carry how a drawing is drawn but not what it is.
     content_consistency: float = 0.0
+    # What that term trains: "all" (the encoder too, both where it reads the decoded
+    # drawing and through the z_c it was decoded from), or "decoder" (the encoder's
+    # current weights judge the drawing and z_c is a given: only the decoder learns to
+    # draw the class z_c names, and the features the memory compares are left alone;
+    # exactly so with a decoder without batch statistics, as the presets' GroupNorm).
+    consistency_trains: str = "all"
 
 
 def content_consistency_loss(content: DiagonalGaussian, regenerated: DiagonalGaussian

@@ -80,11 +80,13 @@ class StepNetworks(nn.Module):
     wraps (DDP averages the gradients of what its wrapped module's forward computed)."""
 
     def __init__(self, vae: GaussianVAE, cross_style: str = "own",
-                 regenerate: bool = False) -> None:
+                 regenerate: bool = False, regenerate_trains_decoder_only: bool = False
+                 ) -> None:
         super().__init__()
         self.vae = vae
         self.cross_style = cross_style
         self.regenerate = regenerate
+        self.regenerate_trains_decoder_only = regenerate_trains_decoder_only
 
     def forward(self, images: torch.Tensor, n_classes: int
                 ) -> tuple[torch.Tensor, ...]:
@@ -94,7 +96,8 @@ class StepNetworks(nn.Module):
         `cross_style`: x's own, or that of the same drawing of the previous class).
         With `regenerate`, also the content mean and log-variance of the drawings decoded
         from each x's z_c and a z_s drawn from the prior, encoded again (for
-        `loss.content_consistency`)."""
+        `loss.content_consistency`); with `regenerate_trains_decoder_only`, from a
+        detached z_c and by the encoder's weights held constant."""
         vae = self.vae
         content, style = vae.encode(images)
         z_content = vae.reparameterize(content)
@@ -109,19 +112,36 @@ class StepNetworks(nn.Module):
             logits = vae.decode(torch.cat([z_content, z_other_content]),
                                 torch.cat([z_style, z_cross_style]))
             return content.mean, content.log_var, style.mean, style.log_var, logits
-        logits = vae.decode(torch.cat([z_content, z_other_content, z_content]),
+        decoder_only = self.regenerate_trains_decoder_only
+        z_regenerated_from = z_content.detach() if decoder_only else z_content
+        logits = vae.decode(torch.cat([z_content, z_other_content, z_regenerated_from]),
                             torch.cat([z_style, z_cross_style, torch.randn_like(z_style)]))
         logits, generated_logits = logits.split([2 * len(images), len(images)])
+        generated = torch.sigmoid(generated_logits)
         with frozen_batch_norm_statistics(vae):
-            regenerated = vae.encode_content(torch.sigmoid(generated_logits))
+            regenerated = (encode_content_frozen(vae, generated) if decoder_only
+                           else vae.encode_content(generated))
         return (content.mean, content.log_var, style.mean, style.log_var, logits,
                 regenerated.mean, regenerated.log_var)
+
+
+def encode_content_frozen(vae: GaussianVAE, images: torch.Tensor) -> DiagonalGaussian:
+    """q(z_c | images) by `vae`'s encoder with its weights held constant: the gradient
+    reaches `images` (and what produced them), never the encoder's weights."""
+    def constants(module: nn.Module) -> dict[str, torch.Tensor]:
+        return {name: value.detach() for name, value in module.named_parameters()}
+
+    features = torch.func.functional_call(vae.backbone, constants(vae.backbone), (images,))
+    return DiagonalGaussian(*torch.func.functional_call(
+        vae.content_head, constants(vae.content_head), (features,)))
 
 
 def step_networks(vae: GaussianVAE, config: TrainConfig) -> StepNetworks:
     """The step's networks as `config.loss` asks for them."""
     return StepNetworks(vae, config.loss.cross_style,
-                        regenerate=config.loss.content_consistency > 0)
+                        regenerate=config.loss.content_consistency > 0,
+                        regenerate_trains_decoder_only=config.loss.consistency_trains
+                        == "decoder")
 
 
 @contextlib.contextmanager

@@ -73,6 +73,10 @@ class VAEConfig:
     # p(x | z): "bernoulli" on the decoder's logits (near-binary strokes) or "gaussian"
     # with mean sigmoid(logits) and one learned standard deviation (grey photographs).
     likelihood: str = "bernoulli"
+    # z_s's head reads the trunk's features without training the trunk, so what the
+    # reconstruction asks of z_s (where one drawing's strokes run) does not pull the
+    # features the memory compares; z_c alone shapes the trunk.
+    style_detached: bool = False
 
     def __post_init__(self) -> None:
         if self.likelihood not in ("bernoulli", "gaussian"):
@@ -119,8 +123,9 @@ class GaussianVAE(nn.Module):
     def encode(self, images: torch.Tensor) -> Posteriors:
         """Posteriors q(z_c | x), q(z_s | x); each Gaussian is `(batch, dim)`."""
         features = self.backbone(images)
+        style_features = features.detach() if self.config.style_detached else features
         return Posteriors(DiagonalGaussian(*self.content_head(features)),
-                          DiagonalGaussian(*self.style_head(features)))
+                          DiagonalGaussian(*self.style_head(style_features)))
 
     def encode_content(self, images: torch.Tensor) -> DiagonalGaussian:
         """Only q(z_c | x): what classification needs; skips the style head."""
