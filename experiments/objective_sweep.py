@@ -143,6 +143,13 @@ VARIANTS: dict[str, list[str]] = {
                              "zs32-style1-consistency1-detached": [
                                  "model.style_dim=32", "loss.latent_style=1",
                                  "loss.content_consistency=1", "model.style_detached=true"],
+                             # ... with the cross term's z_s from another class:
+                             # a wide z_s is worth more to the reconstruction than a
+                             # 4-d one, so it may keep what varies within a class.
+                             **{f"zs32-style1-detached-swapstyle-cross{w}": [
+                                 "model.style_dim=32", "loss.latent_style=1",
+                                 "model.style_detached=true", "loss.cross_style=other_class",
+                                 f"loss.generative_cross={w}"] for w in (0.25, 1)},
                              # ... with the term training the decoder alone: the
                              # encoder judges the drawing as it stands, z_c is a given.
                              **{f"zs32-style1-detached-consistency{w}-decoder": [
