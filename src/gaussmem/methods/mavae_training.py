@@ -80,13 +80,11 @@ class StepNetworks(nn.Module):
     wraps (DDP averages the gradients of what its wrapped module's forward computed)."""
 
     def __init__(self, vae: GaussianVAE, cross_style: str = "own",
-                 regenerate: bool = False, regenerate_trains_decoder_only: bool = False
-                 ) -> None:
+                 regenerate: str | None = None) -> None:
         super().__init__()
         self.vae = vae
         self.cross_style = cross_style
         self.regenerate = regenerate
-        self.regenerate_trains_decoder_only = regenerate_trains_decoder_only
 
     def forward(self, images: torch.Tensor, n_classes: int
                 ) -> tuple[torch.Tensor, ...]:
@@ -94,10 +92,10 @@ class StepNetworks(nn.Module):
         style mean and log-variance, and decoder logits `(2 * P * C, 1, H, W)`: x from
         its own (z_c, z_s), then from (z_c of the class's other drawing, z_s of
         `cross_style`: x's own, or that of the same drawing of the previous class).
-        With `regenerate`, also the content mean and log-variance of the drawings decoded
-        from each x's z_c and a z_s drawn from the prior, encoded again (for
-        `loss.content_consistency`); with `regenerate_trains_decoder_only`, from a
-        detached z_c and by the encoder's weights held constant."""
+        With `regenerate` (what that term trains, `loss.consistency_trains`), also the
+        content mean and log-variance of the drawings decoded from each x's z_c and a z_s
+        drawn from the prior, encoded again (for `loss.content_consistency`); for
+        "decoder", from a detached z_c and by the encoder's weights held constant."""
         vae = self.vae
         content, style = vae.encode(images)
         z_content = vae.reparameterize(content)
@@ -108,11 +106,11 @@ class StepNetworks(nn.Module):
         # Rolling by one pairs drawing p of class c with drawing p of class c-1 (of the
         # last class, drawing p-1): always another class when there are two or more.
         z_cross_style = z_style.roll(1, dims=0) if self.cross_style == "other_class" else z_style
-        if not self.regenerate:
+        if self.regenerate is None:
             logits = vae.decode(torch.cat([z_content, z_other_content]),
                                 torch.cat([z_style, z_cross_style]))
             return content.mean, content.log_var, style.mean, style.log_var, logits
-        decoder_only = self.regenerate_trains_decoder_only
+        decoder_only = self.regenerate == "decoder"
         z_regenerated_from = z_content.detach() if decoder_only else z_content
         logits = vae.decode(torch.cat([z_content, z_other_content, z_regenerated_from]),
                             torch.cat([z_style, z_cross_style, torch.randn_like(z_style)]))
@@ -139,9 +137,8 @@ def encode_content_frozen(vae: GaussianVAE, images: torch.Tensor) -> DiagonalGau
 def step_networks(vae: GaussianVAE, config: TrainConfig) -> StepNetworks:
     """The step's networks as `config.loss` asks for them."""
     return StepNetworks(vae, config.loss.cross_style,
-                        regenerate=config.loss.content_consistency > 0,
-                        regenerate_trains_decoder_only=config.loss.consistency_trains
-                        == "decoder")
+                        regenerate=(config.loss.consistency_trains
+                                    if config.loss.content_consistency > 0 else None))
 
 
 @contextlib.contextmanager
