@@ -197,7 +197,9 @@ def score_variant(run_dir: Path, checkpoint: Path, judge: Path) -> dict[str, Any
         result = json.loads(path.read_text())
         scores["accuracy"][f"{n_way}w{n_shot}s"] = result["result"]["accuracy"]
     path = run_dir / "val-generative.json"
-    if not path.is_file():
+    # A report whose judge saw images as they are (from before the judge's view) is redone.
+    if not path.is_file() or "judge_view" not in (
+            json.loads(path.read_text()).get("generation") or {}):
         run(["generative-report", "--checkpoint", str(checkpoint), "--split", "val",
              "--judge", str(judge), "--json", str(path)])
     report = json.loads(path.read_text())

@@ -90,6 +90,7 @@ def test_generation_score_counts_drawings_judged_as_their_source(
     same = generative_report.generation_accuracy(vae, judge, strokes, n_way=6, episodes=4,
                                                  samples_per_class=2)
     assert same.generated.mean == 100.0 and same.chance == pytest.approx(100 / 6)
+    assert same.judge_view == "strokes"  # a stroke model's drawings, as ink
     # Against the model's reconstructions as support (blurred alike), the stored
     # examples are judged as the class whose reconstruction is nearest: the test model's
     # reconstructions still tell these strokes apart.
@@ -112,6 +113,42 @@ def test_generation_score_counts_drawings_judged_as_their_source(
     shifted = generative_report.generation_accuracy(vae, judge, strokes, n_way=6, episodes=4,
                                                     samples_per_class=2)
     assert shifted.generated_against_reconstructions.mean == 0.0
+
+
+def test_the_stroke_view_sees_a_crisp_and_a_blurred_drawing_alike() -> None:
+    """The judge's view: a one-pixel stroke and its 3x3 blur (whose centre is only 1/3
+    ink) give nearly the same ink, where the images themselves differ at every
+    stroke pixel; a stroke elsewhere still differs."""
+    import torch.nn.functional as F
+
+    crisp = torch.zeros(1, 1, 28, 28)
+    crisp[..., 8:20, 14] = 1.0
+    blurred = F.avg_pool2d(crisp, 3, stride=1, padding=1)
+    assert (blurred[crisp > 0] < 0.5).all()  # raw: the blurred stroke is faint
+    view_crisp = generative_report.stroke_view(crisp)
+    view_blurred = generative_report.stroke_view(blurred)
+    assert set(view_crisp.unique().tolist()) == {0.0, 1.0}
+    overlap = (view_crisp * view_blurred).sum() / torch.maximum(view_crisp,
+                                                                view_blurred).sum()
+    assert overlap > 0.75
+    elsewhere = generative_report.stroke_view(crisp.roll(6, dims=-1))
+    assert (view_crisp * elsewhere).sum() == 0
+
+
+def test_the_judge_view_follows_the_likelihood(mavae_checkpoint: Path) -> None:
+    from gaussmem.generative import vae_from_checkpoint
+
+    vae, _ = vae_from_checkpoint(mavae_checkpoint)
+    assert generative_report.judge_view_for(vae, "auto") == "strokes"
+    assert generative_report.judge_view_for(vae, "none") == "none"
+    photographs = dataclasses.replace(vae.config, likelihood="gaussian")
+    vae.config, stroke_config = photographs, vae.config
+    try:
+        assert generative_report.judge_view_for(vae, "auto") == "none"
+    finally:
+        vae.config = stroke_config
+    with pytest.raises(ValueError, match="sharp"):
+        generative_report.judge_view_for(vae, "sharp")
 
 
 def test_generative_report_command(mavae_checkpoint: Path, strokes, tmp_path: Path,

@@ -122,6 +122,11 @@ def register_report(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--episodes", type=positive_int, default=50, help="generation episodes")
     parser.add_argument("--samples", type=positive_int, default=5,
                         help="drawings generated per class and episode")
+    parser.add_argument("--judge-view", choices=("auto", "strokes", "none"), default="auto",
+                        help="how the judge sees every image: 'strokes' smooths and "
+                        "thresholds to ink, so a blurred drawing is judged by what it "
+                        "draws; 'auto' is 'strokes' for stroke (Bernoulli) models and "
+                        "'none' for photographs")
     parser.add_argument("--json", dest="json_path", type=output_file, default=None,
                         help="write the report here (atomically)")
     parser.set_defaults(handler=run_generative_report)
@@ -283,11 +288,13 @@ def run_generative_report(args: argparse.Namespace) -> int:
     if judge is not None:
         generation = generation_accuracy(vae, judge, dataset, n_way=args.n_way,
                                          episodes=args.episodes,
-                                         samples_per_class=args.samples, seed=args.seed)
+                                         samples_per_class=args.samples, seed=args.seed,
+                                         view=args.judge_view)
         report["generation"] = {**generation.to_dict(),
                                 "judge": {"path": str(Path(args.judge).resolve()),
                                           "sha256": file_sha256(args.judge)}}
-        print(f"one-shot generation ({args.episodes} x {generation.n_way}-way): "
+        print(f"one-shot generation ({args.episodes} x {generation.n_way}-way, judged through "
+              f"the {generation.judge_view!r} view): "
               f"{generation.generated.mean:.1f}% ± {generation.generated.ci95:.1f} judged "
               f"their source class (real images {generation.real_images.mean:.1f}%, "
               f"reconstructions of the stored examples "
