@@ -156,6 +156,21 @@ VARIANTS: dict[str, list[str]] = {
                                  "model.style_dim=32", "loss.latent_style=1",
                                  "model.style_detached=true", f"loss.content_consistency={w}",
                                  "loss.consistency_trains=decoder"] for w in (1, 3, 10)},
+                             # The decoder reads z_c's mean: the class without the
+                             # sample's noise (posteriors as wide as the prior), so z_s
+                             # need only say what one drawing adds to it.
+                             "decodemean": ["model.content_to_decoder=mean"],
+                             # ... with the triplet weighed up to hold accuracy.
+                             "decodemean-c1-1000": ["model.content_to_decoder=mean",
+                                                    "loss.triplet=1000"],
+                             # ... as a constant: the decoder learns to draw what
+                             # z_c says; the reconstruction leaves z_c to the triplet.
+                             "decodemean-detached": [
+                                 "model.content_to_decoder=detached_mean"],
+                             "zs32-style1-detached-decodemean": [
+                                 "model.style_dim=32", "loss.latent_style=1",
+                                 "model.style_detached=true",
+                                 "model.content_to_decoder=mean"],
                              }.items()},
 }
 

@@ -670,7 +670,8 @@ def generative_rows(tags: list[str], generative: dict[str, dict]) -> list[str]:
                   + (f", on real images blurred 3x3 "
                      f"{generation['blurred_real_images']['mean']:.1f}"
                      if "blurred_real_images" in generation else "")
-                  + f", chance {generation['chance']:.1f})"
+                  + f", chance {generation['chance']:.1f}; judge view "
+                  f"{generation.get('judge_view', 'none')})"
                   + (f"; {generation['generated_against_reconstructions']['mean']:.1f} with "
                      "the reconstructions as the judge's support"
                      if "generated_against_reconstructions" in generation else ""))
@@ -683,7 +684,10 @@ def generative_rows(tags: list[str], generative: dict[str, dict]) -> list[str]:
             "largest episodes the split has (100-way on Omniglot, 80-way on LFW-a); the mean "
             "pixel change from swapping z_c vs z_s; the percent of "
             "images generated from one-shot memory entries that an independent "
-            "classifier (the judge) assigns to their source class, 20-way:", "",
+            "classifier (the judge) assigns to their source class, 20-way (judge view "
+            "strokes: the judge saw every image smoothed and thresholded to ink, "
+            "docs/generative.md; none: raw pixels, on which it measures crispness as much "
+            "as class):", "",
             "| run | reconstruction / mean image = ratio | swap z_c / swap z_s | generations "
             "judged as their class (%) |", "|---|---|---|---|", *rows]
 

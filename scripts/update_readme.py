@@ -145,9 +145,12 @@ def render_quickstart(record: dict) -> str:
                  f"{swap['content_swap']:.3f}, swapping z_s by {swap['style_swap']:.3f}")
         generation = report.get("generation")
         if generation:
+            view = ("the judge seeing strokes" if generation.get("judge_view") == "strokes"
+                    else "the judge seeing raw pixels")
             text += (f"; {generation['generated']['mean']:.0f}% of one-shot generations "
-                     f"are judged as their class (chance {generation['chance']:.0f}%, "
-                     f"real drawings {generation['real_images']['mean']:.0f}%)")
+                     f"are judged as their class ({view}; chance "
+                     f"{generation['chance']:.0f}%, real drawings "
+                     f"{generation['real_images']['mean']:.0f}%)")
         text += "."
     return text
 

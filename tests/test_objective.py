@@ -42,10 +42,11 @@ def _train(method_preset: str, strokes, run_dir: Path, steps: int, **sets) -> Pa
 @pytest.fixture(scope="module")
 def mavae_checkpoint(strokes, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The smoke network trained with the shipped presets' objective (cpu-quick's loss
-    weights and similarity) on 16 classes a step."""
+    weights, similarity and what its decoder reads of z_c) on 16 classes a step."""
     shipped = preset("cpu-quick")
     return _train("smoke", strokes, tmp_path_factory.mktemp("mavae"), 150,
                   episodes={"n_way": 8, "batch_episodes": 2},
+                  model={"content_to_decoder": shipped.model.content_to_decoder},
                   loss={name: getattr(shipped.loss, name)
                         for name in ("triplet", "latent", "latent_style", "generative")},
                   similarity={"temperature": shipped.similarity.temperature})
@@ -135,6 +136,30 @@ def test_the_stroke_view_sees_a_crisp_and_a_blurred_drawing_alike() -> None:
     assert (view_crisp * elsewhere).sum() == 0
 
 
+def test_posterior_spread_is_the_spread_of_the_means_over_the_posterior_variance() -> None:
+    """By hand: z_c means 0, 2 (variance of means 2) with posterior variance 4 -> 0.5;
+    z_s means 0, 6 (18) with variance 1 -> 18; averaged over two equal episodes."""
+    from gaussmem.models.vae import DiagonalGaussian, Posteriors
+
+    class KnownPosteriors(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+        def encode(self, images: torch.Tensor) -> Posteriors:
+            first = images.flatten(1)[:, :1]  # 0 or 1 per image
+            return Posteriors(DiagonalGaussian(2 * first, torch.full_like(first, 4.0).log()),
+                              DiagonalGaussian(6 * first, torch.zeros_like(first)))
+
+    images = torch.zeros(2, 1, 4, 4)
+    images[1] = 1.0
+    spread = generative_report.posterior_spread(KnownPosteriors(), [images, images])
+    assert spread["content"]["posterior_variance"] == pytest.approx(4.0)
+    assert spread["content"]["variance_of_means"] == pytest.approx(2.0)
+    assert spread["content"]["signal_to_noise"] == pytest.approx(0.5)
+    assert spread["style"]["signal_to_noise"] == pytest.approx(18.0)
+
+
 def test_the_judge_view_follows_the_likelihood(mavae_checkpoint: Path) -> None:
     from gaussmem.generative import vae_from_checkpoint
 
@@ -171,6 +196,11 @@ def test_generative_report_command(mavae_checkpoint: Path, strokes, tmp_path: Pa
         / values["reconstruction"]["mean_image_squared_error"])
     assert values["reconstruction"]["likelihood"] == "bernoulli"
     assert set(values["decoder_sensitivity"]) == {"content_swap", "style_swap"}
+    for latent in ("content", "style"):
+        spread = values["posterior_spread"][latent]
+        assert spread["signal_to_noise"] == pytest.approx(
+            spread["variance_of_means"] / spread["posterior_variance"])
+        assert spread["posterior_variance"] > 0
     assert "generation" not in values  # no judge given
 
 
@@ -234,6 +264,63 @@ def test_the_cross_term_can_take_its_style_from_another_class() -> None:
     style_partner = torch.arange(len(labels)).roll(1)
     assert torch.equal(cross_style, own_style[style_partner])
     assert (labels[style_partner] != labels).all()
+
+
+def test_the_decoder_can_read_the_content_mean() -> None:
+    """`model.content_to_decoder`: both decodes of the step read q(z_c | x)'s mean (the
+    cross term that of the class's other drawing) for "mean" and "detached_mean", a
+    sample for "sample"; the reconstruction trains the content head unless detached."""
+    from gaussmem.models.vae import GaussianVAE
+
+    means: list[torch.Tensor] = []
+
+    def record_means(vae) -> None:
+        encode = vae.encode
+
+        def recording_encode(images: torch.Tensor):
+            posteriors = encode(images)
+            means.append(posteriors.content.mean.detach().clone())
+            return posteriors
+
+        vae.encode = recording_encode
+
+    for content_to_decoder in ("sample", "mean", "detached_mean"):
+        config = preset("smoke")
+        config.model.content_to_decoder = content_to_decoder
+        means.clear()
+        vae = GaussianVAE(config.model)
+        terms, _, content, _ = step_with_recorded_decodes(vae, config, prepare=record_means)
+        own, cross = content.chunk(2)
+        (mean,) = means
+        assert torch.equal(own, mean) == (content_to_decoder != "sample")
+        assert torch.equal(cross, own.roll(N_CLASSES, dims=0))
+        head = list(vae.content_head.parameters())
+        gradients = torch.autograd.grad(terms["generative_self"] + terms["generative_cross"],
+                                        head, allow_unused=True)
+        reached = any(g is not None and g.abs().sum() > 0 for g in gradients)
+        assert reached == (content_to_decoder != "detached_mean")
+    with pytest.raises(ValueError, match="content_to_decoder"):
+        dataclasses.replace(config.model, content_to_decoder="mode")
+
+
+def test_generation_from_a_mean_reading_decoder_varies_the_style_alone() -> None:
+    """A decoder trained on z_c's mean draws every sample of an entry from that mean;
+    the samples still differ, by their z_s."""
+    from gaussmem.generative import generate_from_memory
+    from gaussmem.models.vae import GaussianVAE
+
+    config = preset("smoke")
+    config.model.content_to_decoder = "mean"
+    vae = GaussianVAE(config.model).eval()
+    decoded: list[tuple[torch.Tensor, torch.Tensor]] = []
+    decode = vae.decode
+    vae.decode = lambda content, style: decoded.append((content, style)) or decode(content, style)
+    examples = torch.rand(3, 1, 28, 28)
+    generation = generate_from_memory(vae, examples, torch.arange(3), n_samples=4, seed=0)
+    ((content, style),) = decoded
+    assert torch.equal(content, generation.entry_means.repeat_interleave(4, dim=0))
+    assert not torch.equal(style[0], style[1])
+    assert not torch.equal(generation.samples[0, 0], generation.samples[0, 1])
 
 
 def test_content_consistency_decodes_from_a_prior_style_and_keeps_batch_norm_statistics(

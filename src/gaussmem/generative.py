@@ -184,7 +184,8 @@ def generate_from_memory(vae: GaussianVAE, examples: torch.Tensor, labels: torch
                          n_samples: int, seed: int = 0) -> Generation:
     """One-shot generation: write `examples (n, 1, H, W)` with `labels (n,)` (0..L-1)
     into a fresh memory, then for each label draw `n_samples` images from
-    decode(z_c ~ entry, z_s ~ N(0, I)).
+    decode(z_c ~ entry, z_s ~ N(0, I)) (z_c = the entry's mean for a decoder trained on
+    means, `VAEConfig.content_to_decoder`).
 
     Seeded by its own `torch.Generator(seed)`: the same call gives the same pixels,
     whatever the global RNG did.
@@ -198,7 +199,11 @@ def generate_from_memory(vae: GaussianVAE, examples: torch.Tensor, labels: torch
     n_classes, content_dim = entry.mean.shape
     noise_content = torch.randn(n_classes, n_samples, content_dim, generator=generator)
     noise_style = torch.randn(n_classes * n_samples, vae.config.style_dim, generator=generator)
-    z_content = (entry.mean[:, None] + entry.var.sqrt()[:, None] * noise_content).flatten(0, 1)
+    # A decoder trained on posterior means (`content_to_decoder`) reads the entry's mean;
+    # the drawings then differ by their z_s alone.
+    spread = (entry.var.sqrt()[:, None] if vae.config.content_to_decoder == "sample"
+              else 0.0)
+    z_content = (entry.mean[:, None] + spread * noise_content).flatten(0, 1)
     device = module_device(vae)
     with _EvalMode(vae):
         logits = vae.decode(z_content.to(device), noise_style.to(device))

@@ -155,6 +155,28 @@ def reconstruction_summary(vae: GaussianVAE, dataset: FewShotDataset,
 
 
 @torch.no_grad()
+def posterior_spread(vae: GaussianVAE, supports: list[torch.Tensor]) -> dict[str, dict[str, float]]:
+    """For z_c and z_s over `supports` (`episode_supports`), per episode and averaged:
+    the posterior variance (mean over images and dimensions), the variance of the
+    posterior means across the episode's images (mean over dimensions), and their
+    ratio, the signal-to-noise of one sample. Near or below 1, one sample of the latent
+    says little about which image it came from, and a decoder trained on samples learns
+    to look elsewhere."""
+    totals = {name: {"posterior_variance": 0.0, "variance_of_means": 0.0}
+              for name in ("content", "style")}
+    device = next(vae.parameters()).device
+    for images in supports:
+        posteriors = vae.encode(images.to(device))
+        for name in totals:
+            gaussian = getattr(posteriors, name)
+            totals[name]["posterior_variance"] += float(gaussian.var.mean()) / len(supports)
+            totals[name]["variance_of_means"] += (float(gaussian.mean.var(dim=0).mean())
+                                                  / len(supports))
+    return {name: {**values, "signal_to_noise": values["variance_of_means"]
+                   / values["posterior_variance"]} for name, values in totals.items()}
+
+
+@torch.no_grad()
 def content_sensitivity(vae: GaussianVAE, supports: list[torch.Tensor]) -> dict[str, float]:
     """`decoder_sensitivity` averaged over `supports` (`episode_supports`):
     `{"content_swap", "style_swap"}` (mean |change| of the pixel means)."""

@@ -266,6 +266,7 @@ def run_generative_report(args: argparse.Namespace) -> int:
         content_sensitivity,
         episode_supports,
         generation_accuracy,
+        posterior_spread,
         reconstruction_summary,
     )
     from gaussmem.methods import classifier_from_checkpoint
@@ -276,8 +277,9 @@ def run_generative_report(args: argparse.Namespace) -> int:
     supports = episode_supports(dataset, episodes=args.recon_episodes, seed=args.seed)
     recon = reconstruction_summary(vae, dataset, supports)
     content = content_sensitivity(vae, supports)
+    spread = posterior_spread(vae, supports)
     report = {**_metadata(args, checkpoint, dataset), "reconstruction": recon.to_dict(),
-              "decoder_sensitivity": content}
+              "decoder_sensitivity": content, "posterior_spread": spread}
     nll_versus_mean = ("" if recon.ratio is None else
                        f"{recon.ratio:.3f} x the mean image's {recon.mean_image_nll:.2f}; ")
     print(f"reconstruction ({recon.episodes} x {recon.n_way}-way, {args.split}): "
@@ -285,6 +287,9 @@ def run_generative_report(args: argparse.Namespace) -> int:
           f"{recon.squared_error_ratio:.3f} x the mean image's")
     print(f"content: swapping z_c changes pixels by {content['content_swap']:.4f}, "
           f"swapping z_s by {content['style_swap']:.4f}")
+    print("one sample's signal-to-noise (variance of the posterior means / posterior "
+          f"variance): z_c {spread['content']['signal_to_noise']:.2f}, "
+          f"z_s {spread['style']['signal_to_noise']:.2f}")
     if judge is not None:
         generation = generation_accuracy(vae, judge, dataset, n_way=args.n_way,
                                          episodes=args.episodes,

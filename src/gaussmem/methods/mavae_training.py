@@ -98,7 +98,7 @@ class StepNetworks(nn.Module):
         "decoder", from a detached z_c and by the encoder's weights held constant."""
         vae = self.vae
         content, style = vae.encode(images)
-        z_content = vae.reparameterize(content)
+        z_content = vae.content_for_decoder(content)
         z_style = vae.reparameterize(style)
         # Rolling by n_classes pairs drawing p of each class with drawing p-1 of the
         # same class: x is decoded from z_c of x' (same class).

@@ -42,6 +42,10 @@ class Posteriors(NamedTuple):
     style: DiagonalGaussian
 
 
+#: What the decoder can read of q(z_c | x) (`VAEConfig.content_to_decoder`).
+CONTENT_TO_DECODER = ("sample", "mean", "detached_mean")
+
+
 @dataclass
 class VAEConfig:
     """Architecture of `GaussianVAE`. The paper gives no sizes; each default says why."""
@@ -77,11 +81,21 @@ class VAEConfig:
     # reconstruction asks of z_s (where one drawing's strokes run) does not pull the
     # features the memory compares; z_c alone shapes the trunk.
     style_detached: bool = False
+    # What the decoder reads of q(z_c | x) in training and generation: "sample" (the
+    # paper's ELBO), "mean", or "detached_mean" (the mean as a constant: the decoder
+    # learns to draw what z_c says, and the reconstruction does not move z_c). The
+    # memory's classes are posteriors as wide as the prior, apart only in many
+    # dimensions together, so one sample says little of its class and the decoder
+    # learns to take the class from z_s; the mean says it without noise.
+    content_to_decoder: str = "sample"
 
     def __post_init__(self) -> None:
         if self.likelihood not in ("bernoulli", "gaussian"):
             raise ValueError(f"VAEConfig.likelihood must be 'bernoulli' or 'gaussian', "
                              f"got {self.likelihood!r}")
+        if self.content_to_decoder not in CONTENT_TO_DECODER:
+            raise ValueError(f"VAEConfig.content_to_decoder must be one of "
+                             f"{CONTENT_TO_DECODER}, got {self.content_to_decoder!r}")
         for name in ("in_channels", "image_size", "hidden_channels", "n_blocks",
                      "content_dim", "style_dim", "decoder_hidden_channels"):
             if getattr(self, name) < 1:
@@ -131,6 +145,15 @@ class GaussianVAE(nn.Module):
         """Only q(z_c | x): what classification needs; skips the style head."""
         return DiagonalGaussian(*self.content_head(self.backbone(images)))
 
+    def content_for_decoder(self, content: DiagonalGaussian) -> torch.Tensor:
+        """The z_c the decoder reads (`VAEConfig.content_to_decoder`): a
+        reparameterized sample, the mean, or the mean as a constant."""
+        if self.config.content_to_decoder == "mean":
+            return content.mean
+        if self.config.content_to_decoder == "detached_mean":
+            return content.mean.detach()
+        return self.reparameterize(content)
+
     @staticmethod
     def reparameterize(gaussian: DiagonalGaussian) -> torch.Tensor:
         """Draw z = mean + std * eps with eps ~ N(0, I), differentiably (Kingma & Welling)."""
@@ -143,8 +166,9 @@ class GaussianVAE(nn.Module):
         return self.decoder(torch.cat([content, style], dim=1))
 
     def forward(self, images: torch.Tensor) -> tuple[Posteriors, torch.Tensor]:
-        """Encode, sample both latents, decode: `(posteriors, logits)`."""
+        """Encode, sample both latents (z_c as `content_for_decoder` gives it), decode:
+        `(posteriors, logits)`."""
         posteriors = self.encode(images)
-        logits = self.decode(self.reparameterize(posteriors.content),
+        logits = self.decode(self.content_for_decoder(posteriors.content),
                              self.reparameterize(posteriors.style))
         return posteriors, logits
