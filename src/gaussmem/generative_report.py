@@ -47,6 +47,7 @@ from gaussmem.generative import (
 )
 from gaussmem.methods.base import FewShotClassifier
 from gaussmem.models.vae import GaussianVAE
+from gaussmem.plumbing.device import module_device
 
 
 @dataclass
@@ -164,7 +165,7 @@ def posterior_spread(vae: GaussianVAE, supports: list[torch.Tensor]) -> dict[str
     to look elsewhere."""
     totals = {name: {"posterior_variance": 0.0, "variance_of_means": 0.0}
               for name in ("content", "style")}
-    device = next(vae.parameters()).device
+    device = module_device(vae)
     for images in supports:
         posteriors = vae.encode(images.to(device))
         for name in totals:
