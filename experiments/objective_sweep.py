@@ -163,6 +163,11 @@ VARIANTS: dict[str, list[str]] = {
                              # ... with the triplet weighed up to hold accuracy.
                              "decodemean-c1-1000": ["model.content_to_decoder=mean",
                                                     "loss.triplet=1000"],
+                             # ... with z_s dearer: its posteriors nearer the prior,
+                             # which generation samples z_s from.
+                             **{f"decodemean-c1-1000-style{w}": [
+                                 "model.content_to_decoder=mean", "loss.triplet=1000",
+                                 f"loss.latent_style={w}"] for w in (8, 16)},
                              # ... as a constant: the decoder learns to draw what
                              # z_c says; the reconstruction leaves z_c to the triplet.
                              "decodemean-detached": [
