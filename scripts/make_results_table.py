@@ -654,6 +654,12 @@ def reconstruction_cell(reconstruction: dict) -> str:
             f"{reconstruction['squared_error_ratio']:.3f}")
 
 
+def judge_run(checkpoint_path: str) -> str:
+    """The run a judge checkpoint came from: `runs/<run>/checkpoints/best.ckpt` -> run."""
+    parts = Path(checkpoint_path).parts
+    return parts[-3] if len(parts) >= 3 and parts[-2] == "checkpoints" else parts[-1]
+
+
 def generative_rows(tags: list[str], generative: dict[str, dict]) -> list[str]:
     """The generative side of the headline's MA-VAE runs, beside their accuracy."""
     rows = []
@@ -673,7 +679,9 @@ def generative_rows(tags: list[str], generative: dict[str, dict]) -> list[str]:
                      f"{generation['blurred_real_images']['mean']:.1f}"
                      if "blurred_real_images" in generation else "")
                   + f", chance {generation['chance']:.1f}; judge view "
-                  f"{generation.get('judge_view', 'none')})"
+                  f"{generation.get('judge_view', 'none')}"
+                  + (f", judge `{judge_run(generation['judge']['path'])}`"
+                     if "judge" in generation else "") + ")"
                   + (f"; {generation['generated_against_reconstructions']['mean']:.1f} with "
                      "the reconstructions as the judge's support"
                      if "generated_against_reconstructions" in generation else ""))
