@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gaussmem.checkpoint import file_sha256
 from gaussmem.plumbing.script_record import merge_by_identity, provenance, read_json, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -217,9 +218,10 @@ def score_variant(run_dir: Path, checkpoint: Path, judge: Path) -> dict[str, Any
         result = json.loads(path.read_text())
         scores["accuracy"][f"{n_way}w{n_shot}s"] = result["result"]["accuracy"]
     path = run_dir / "val-generative.json"
-    # A report whose judge saw images as they are (from before the judge's view) is redone.
-    if not path.is_file() or "judge_view" not in (
-            json.loads(path.read_text()).get("generation") or {}):
+    # A report by another judge, or whose judge saw images as they are (from before the
+    # judge's view), is redone.
+    generation = (json.loads(path.read_text()).get("generation") or {}) if path.is_file() else {}
+    if "judge_view" not in generation or generation["judge"]["sha256"] != file_sha256(judge):
         run(["generative-report", "--checkpoint", str(checkpoint), "--split", "val",
              "--judge", str(judge), "--json", str(path)])
     report = json.loads(path.read_text())

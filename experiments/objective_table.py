@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ACCURACY_FLOOR = 80.0
 
 
-def table(records: list[dict[str, Any]], hardware: str) -> str:
+def table(records: list[dict[str, Any]], hardware: str, judge: str) -> str:
     """The markdown table, one row per variant, in the order the records were run."""
     lines = [
         "# The MA-VAE objective on validation",
@@ -44,7 +44,8 @@ def table(records: list[dict[str, Any]], hardware: str) -> str:
         "alike; a decoder that ignores z_s entirely scores high there too). The judge sees "
         "every image, support and query, through the stroke view (a 3x3 box filter, ink "
         "above 0.2; chosen on real drawings alone, results/objective/judge_view.json), so "
-        "that it judges what a drawing shows, not how sharp it is; - where not measured "
+        f"that it judges what a drawing shows, not how sharp it is. The judge: `{judge}` "
+        "(docs/generative.md); - where not measured "
         "that way (the runs of the first rows are gone; sweep.json keeps their numbers "
         "from a judge that saw images as they are, which labelled every variant near "
         "chance).",
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     records = [record for record in sweep["records"] if record.get("accuracy")]
     write_text_atomic(args.markdown, table(records, sweep["hardware"]["cpu"]
                                            if isinstance(sweep["hardware"], dict)
-                                           else str(sweep["hardware"])))
+                                           else str(sweep["hardware"]), sweep["judge"]))
     plot(records, args.plot)
     return 0
 
