@@ -88,6 +88,11 @@ CASES = {
                             "similarity.temperature", "nan"),
     "set-rotation-inf": ([*TRAIN, "--set", "augment.max_rotation_degrees=inf"],
                          "augment.max_rotation_degrees", "inf"),
+    # a section's own check of its values (VAEConfig's)
+    "set-content-to-decoder-unknown": ([*TRAIN, "--set", "model.content_to_decoder=mode"],
+                                       "content_to_decoder", "mode"),
+    "set-likelihood-unknown": ([*TRAIN, "--set", "model.likelihood=poisson"],
+                               "likelihood", "poisson"),
 }
 
 

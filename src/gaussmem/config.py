@@ -411,7 +411,10 @@ def from_dict(cls: type, values: dict[str, Any], where: str = "config") -> Any:
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {unknown}; known: {sorted(names)}")
     kwargs = {key: _convert(value, hints[key], f"{where}.{key}") for key, value in values.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as error:  # a section's own check of its values (`__post_init__`)
+        raise ConfigError(f"{where}: {error}") from error
 
 
 def merge(config: TrainConfig, values: dict[str, Any]) -> TrainConfig:
