@@ -19,12 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from gaussmem.checkpoint import load_checkpoint
 from gaussmem.data.datasets import episode_sampler
 from gaussmem.generative import load_split
-from gaussmem.generative_report import stroke_view
+from gaussmem.generative_report import box_filter, stroke_view
 from gaussmem.methods import classifier_from_checkpoint
 from gaussmem.plumbing.script_record import provenance, write_json
 
@@ -33,10 +32,6 @@ BOXES = (1, 3, 5)
 INKS: tuple[float | None, ...] = (None, 0.1, 0.2, 0.3, 0.4, 0.5)
 #: The query blurs every view is scored on (box filter sizes; 1 = as drawn).
 QUERY_BLURS = (1, 3, 5)
-
-
-def smooth(images: torch.Tensor, box: int) -> torch.Tensor:
-    return F.avg_pool2d(images, box, stride=1, padding=box // 2, count_include_pad=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,12 +55,12 @@ def main(argv: list[str] | None = None) -> int:
             for ink in INKS:
                 def view(images: torch.Tensor, box: int = box, ink: float | None = ink
                          ) -> torch.Tensor:
-                    return smooth(images, box) if ink is None else stroke_view(images, box, ink)
+                    return box_filter(images, box) if ink is None else stroke_view(images, box, ink)
                 accuracy = {blur: [] for blur in QUERY_BLURS}
                 for episode in episodes:
                     judge.fit(view(episode.support_images), episode.support_labels)
                     for blur in QUERY_BLURS:
-                        predicted = judge.predict(view(smooth(episode.query_images, blur)))
+                        predicted = judge.predict(view(box_filter(episode.query_images, blur)))
                         accuracy[blur].append(
                             float((predicted == episode.query_labels).double().mean()))
                 scores = {f"query_box{blur}": 100 * float(np.mean(values))

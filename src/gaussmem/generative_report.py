@@ -87,6 +87,12 @@ STROKE_VIEW_BOX = 3
 STROKE_VIEW_INK = 0.2
 
 
+def box_filter(images: torch.Tensor, box: int) -> torch.Tensor:
+    """`images (n, 1, H, W)` averaged over `box` x `box` windows (the same size; edge
+    windows average the pixels they hold)."""
+    return F.avg_pool2d(images, box, stride=1, padding=box // 2, count_include_pad=False)
+
+
 def stroke_view(images: torch.Tensor, box: int = STROKE_VIEW_BOX, ink: float = STROKE_VIEW_INK
                 ) -> torch.Tensor:
     """`images (n, 1, H, W)` in [0, 1] as ink (1) where their `box` x `box` mean exceeds
@@ -96,8 +102,7 @@ def stroke_view(images: torch.Tensor, box: int = STROKE_VIEW_BOX, ink: float = S
     means are soft at the edges. Smoothing first and thresholding low turns a crisp
     stroke and a blurred copy of it into nearly the same band of ink, so the judge
     compares what was drawn, not how sharply."""
-    smoothed = F.avg_pool2d(images, box, stride=1, padding=box // 2, count_include_pad=False)
-    return (smoothed > ink).to(images.dtype)
+    return (box_filter(images, box) > ink).to(images.dtype)
 
 
 def judge_view_for(vae: GaussianVAE, view: str) -> str:
@@ -203,13 +208,6 @@ def generation_accuracy(vae: GaussianVAE, judge: FewShotClassifier, dataset: Few
     sampler = episode_sampler(dataset, n_way, 1, n_query, seed=seed)
     view = judge_view_for(vae, view)
     seen = stroke_view if view == "strokes" else (lambda images: images)
-
-    def fit(images: torch.Tensor, labels: torch.Tensor) -> None:
-        judge.fit(seen(images), labels)
-
-    def judged(images: torch.Tensor) -> torch.Tensor:
-        return judge.predict(seen(images))
-
     judge.eval()
     generated, real, reconstructed, blurred, against_reconstructions = (
         np.zeros(episodes) for _ in range(5))
@@ -217,20 +215,20 @@ def generation_accuracy(vae: GaussianVAE, judge: FewShotClassifier, dataset: Few
         episode = sampler.sample()
         generation = generate_from_memory(vae, episode.support_images, episode.support_labels,
                                           samples_per_class, seed=seed + index)
-        fit(episode.support_images, episode.support_labels)
+        drawings = seen(generation.samples.flatten(0, 1))
+        reconstructions = seen(reconstruct(vae, episode.support_images).images)
+        judge.fit(seen(episode.support_images), episode.support_labels)
         source = torch.unique(episode.support_labels).repeat_interleave(samples_per_class)
-        predicted = judged(generation.samples.flatten(0, 1))
-        generated[index] = (predicted == source).double().mean()
-        real[index] = (judged(episode.query_images) == episode.query_labels
+        generated[index] = (judge.predict(drawings) == source).double().mean()
+        real[index] = (judge.predict(seen(episode.query_images)) == episode.query_labels
                        ).double().mean()
-        reconstructions = reconstruct(vae, episode.support_images).images
-        reconstructed[index] = (judged(reconstructions) == episode.support_labels
+        reconstructed[index] = (judge.predict(reconstructions) == episode.support_labels
                                 ).double().mean()
         smoothed = F.avg_pool2d(episode.query_images, 3, stride=1, padding=1)
-        blurred[index] = (judged(smoothed) == episode.query_labels).double().mean()
-        fit(reconstructions, episode.support_labels)
-        against_reconstructions[index] = (
-            judged(generation.samples.flatten(0, 1)) == source).double().mean()
+        blurred[index] = (judge.predict(seen(smoothed)) == episode.query_labels
+                          ).double().mean()
+        judge.fit(reconstructions, episode.support_labels)
+        against_reconstructions[index] = (judge.predict(drawings) == source).double().mean()
     return GenerationSummary(n_way, samples_per_class, AccuracySummary.from_values(generated),
                              AccuracySummary.from_values(real),
                              AccuracySummary.from_values(reconstructed),
