@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from gaussmem.methods.mavae_training import forward_losses
 from gaussmem.metrics_log import MetricsLog, read_metrics
 from gaussmem.models.encoders import GaussianHead
 from gaussmem.models.vae import GaussianVAE
-from gaussmem.plumbing.precision import autocast
+from gaussmem.plumbing import precision as precision_module
+from gaussmem.plumbing.precision import autocast, resolve_precision
 from gaussmem.presets import preset, resolve
 from gaussmem.train import LAST_CHECKPOINT, train
 
@@ -65,6 +67,38 @@ def test_precision_is_checked_and_only_the_mavae_takes_bfloat16() -> None:
         resolve("protonet-cpu", overrides=["precision=bfloat16"])
     with pytest.raises(ValueError, match="precision must be one of"):
         autocast("half", "cpu")
+
+
+def test_auto_precision_is_bfloat16_only_where_the_device_has_it_natively(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(precision_module, "cpu_bfloat16_flags", lambda: ["avx512_bf16"])
+    assert resolve_precision("auto", "cpu") == "bfloat16"
+    assert resolve_precision("auto", "cpu", supported=("float32",)) == "float32"
+    monkeypatch.setattr(precision_module, "cpu_bfloat16_flags", lambda: [])
+    assert resolve_precision("auto", "cpu") == "float32"
+    assert resolve_precision("bfloat16", "cpu") == "bfloat16"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("half", "cpu")
+
+
+def test_a_preset_asking_auto_trains_and_records_what_the_device_chose(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert preset("cpu-quick").precision == "auto"
+    dataset = synthetic_set()
+    for flags, chosen in (([], "float32"), (["amx_bf16"], "bfloat16")):
+        monkeypatch.setattr(precision_module, "cpu_bfloat16_flags", lambda flags=flags: flags)
+        config = resolve("smoke", overrides=["precision=auto", "budget.max_steps=2"])
+        run_dir = tmp_path / chosen
+        train(config, run_dir, dataset, dataset, progress=False)
+        saved = json.loads((run_dir / "config.json").read_text())
+        assert saved["precision"] == chosen
+        assert load_checkpoint(run_dir / LAST_CHECKPOINT)["config"]["precision"] == chosen
+    # A baseline has no bfloat16 step: "auto" is float32 for it on any device.
+    baseline = resolve("smoke", overrides=["method=protonet", "precision=auto",
+                                           "budget.max_steps=1"])
+    train(baseline, tmp_path / "protonet", dataset, dataset, progress=False)
+    saved = json.loads((tmp_path / "protonet" / "config.json").read_text())
+    assert saved["precision"] == "float32"
 
 
 def test_bfloat16_training_run_learns_and_saves_float32_weights(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ from gaussmem.losses import (
 )
 from gaussmem.models.vae import VAEConfig
 from gaussmem.plumbing.device import check_device_name
-from gaussmem.plumbing.precision import PRECISIONS
+from gaussmem.plumbing.precision import PRECISION_SETTINGS
 
 
 @dataclass
@@ -244,6 +244,8 @@ class TrainConfig:
     channels_last: bool = True
     # "bfloat16": the MA-VAE's networks run under bfloat16 autocast (gaussmem.plumbing.precision);
     # heads, memory and losses stay float32. Evaluation always embeds in float32.
+    # "auto": bfloat16 where the training device has it natively, else float32; training
+    # replaces it with the one chosen, so a run's config.json and checkpoints say which.
     precision: str = "float32"
     # "auto": the first CUDA GPU if torch sees one, else the CPU; or "cpu", "cuda",
     # "cuda:N" (gaussmem.plumbing.device). The MA-VAE trains on either; the baselines on the CPU
@@ -285,8 +287,9 @@ class TrainConfig:
             raise ConfigError("training and model selection never use the test split; got "
                               f"data.train_subset={self.data.train_subset!r}, "
                               f"data.val_subset={self.data.val_subset!r}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.precision not in PRECISION_SETTINGS:
+            raise ConfigError(f"precision must be one of {PRECISION_SETTINGS}, "
+                              f"got {self.precision!r}")
         try:
             check_device_name(self.device)
         except DeviceError as error:

@@ -40,8 +40,8 @@ def _validated_recipe(config: TrainConfig) -> TrainConfig:
     # bfloat16 networks and a 32-channel decoder train more images per second on a CPU
     # with native bfloat16 and scored no lower on validation (results/speed/speed-cpu.json,
     # results/tuning/mavae_tuning.md): the decoder only shapes the latents through the
-    # generative loss. Without native bfloat16, set precision=float32.
-    config.precision = "bfloat16"
+    # generative loss. Elsewhere bfloat16 is emulated and slower than float32: "auto".
+    config.precision = "auto"
     config.model.decoder_hidden_channels = 32
     # A 4-d style leaves less room for the class in z_s, so the decoder reads z_c more,
     # as section 3.1 intends (results/diagnostics/latent_check_val_style*.json,

@@ -32,6 +32,7 @@ from gaussmem.plumbing.cuda_graphs import (
     portable_optimizer_state,
 )
 from gaussmem.plumbing.device import module_device, resolve_device
+from gaussmem.plumbing.precision import resolve_precision
 from gaussmem.weight_average import WeightAverage
 
 #: Training classes (two drawings each) a weight average's BatchNorm statistics come from.
@@ -76,6 +77,9 @@ class MethodTraining(ABC):
         self.config = config
         self.train_set = train_set
         self.device = self.training_device(config)
+        # What the run trains in, recorded in its config (config.json, checkpoints), so
+        # that a resumed run keeps it on any machine.
+        config.precision = resolve_precision(config.precision, self.device, self.precisions)
         if config.cuda_graph and self.device.type != "cuda":
             raise TrainingError(f"cuda_graph=true records the step as a CUDA graph, but the "
                                 f"run trains on {self.device} (device={config.device!r}); "
@@ -91,7 +95,7 @@ class MethodTraining(ABC):
         if config.loss.memory_term not in cls.memory_terms:
             raise ConfigError(f"loss.memory_term={config.loss.memory_term!r} is not "
                               f"implemented for method {method!r}, which has its own loss")
-        if config.precision not in cls.precisions:
+        if config.precision != "auto" and config.precision not in cls.precisions:
             raise ConfigError(f"precision={config.precision!r} is not implemented for "
                               f"method {method!r}, which trains in {cls.precisions[0]}")
         if config.augment.enabled and not cls.augments:

@@ -22,31 +22,10 @@ import numpy as np
 import torch
 
 from gaussmem import __version__
+from gaussmem.plumbing.cpu_features import cpu_bfloat16_flags, cpu_model
 
 #: The package's source folder: `<checkout>/src/gaussmem` in a git checkout.
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
-
-
-def _cpuinfo_field(name: str) -> str | None:
-    """The first value of `name` in /proc/cpuinfo (Linux), or None where unavailable."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(name):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
-def _cpu_model() -> str:
-    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
-
-
-def _cpu_bfloat16_flags() -> list[str]:
-    """The CPU's native bfloat16 instruction sets (empty if none or unknown): bfloat16
-    training is fast only with them (gaussmem.plumbing.precision)."""
-    flags = (_cpuinfo_field("flags") or "").split()
-    return sorted(flag for flag in flags if flag in ("avx512_bf16", "amx_bf16"))
 
 
 def code_version(package_dir: Path = PACKAGE_DIR) -> str:
@@ -79,9 +58,9 @@ def describe_hardware(device: str | torch.device | None = None) -> dict[str, Any
     device names none. None: the first GPU where torch sees one.
     """
     description: dict[str, Any] = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_cores": os.cpu_count(),
-        "cpu_bfloat16": _cpu_bfloat16_flags(),
+        "cpu_bfloat16": cpu_bfloat16_flags(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "torch": torch.__version__,
