@@ -128,14 +128,16 @@ def render_quickstart(record: dict) -> str:
     accuracy = json.loads((run_results / "5w1s.json").read_text())["result"]["accuracy"]
     run = record["run"]
     last = record["validation"][-1]
+    precision = record["config"].get("precision", "float32")
     text = (f"Expect, from the `cpu-quick` run in `results/omniglot/{QUICKSTART_RUN}/` "
             f"({run['budget']['train_minutes']:.0f} minutes, {run['budget']['steps']:,} "
-            f"steps on a {run['hardware']}): a last validation line near "
+            f"steps on a {run['hardware']}, in {precision}): a last validation line near "
             f"`val {record['config']['validation']['n_way']}-way "
             f"{record['config']['validation']['n_shot']}-shot {last['accuracy']:.2f}%` and "
             f"a test line near `5-way 1-shot (support-query, test, {accuracy['episodes']} "
             f"episodes, seed 0): {accuracy['mean']:.2f}% ± {accuracy['ci95']:.2f}`. A "
-            "slower CPU trains fewer steps in the 15 minutes.")
+            "slower CPU trains fewer steps in the 15 minutes; one without native bfloat16 "
+            "trains float32 and far fewer (docs/training.md).")
     generative_path = run_results / "generative.json"
     if generative_path.is_file():
         report = json.loads(generative_path.read_text())
