@@ -34,15 +34,21 @@ INKS: tuple[float | None, ...] = (None, 0.1, 0.2, 0.3, 0.4, 0.5)
 QUERY_BLURS = (1, 3, 5)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_judging_arguments(parser: argparse.ArgumentParser, json_name: str) -> None:
+    """The arguments of a script that judges drawings on validation episodes: the
+    judge's checkpoint, episodes, seed, data and cache folders, and its JSON record
+    (default `results/objective/<json_name>`)."""
     parser.add_argument("--judge", required=True, type=Path)
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--cache-dir", type=Path, default=None)
-    parser.add_argument("--json", type=Path,
-                        default=ROOT / "results" / "objective" / "judge_view.json")
+    parser.add_argument("--json", type=Path, default=ROOT / "results" / "objective" / json_name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_judging_arguments(parser, "judge_view.json")
     args = parser.parse_args(argv)
     checkpoint = load_checkpoint(args.judge)
     judge = classifier_from_checkpoint(checkpoint).eval()

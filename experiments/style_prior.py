@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from judge_view import add_judging_arguments
 from torch import nn
 
 from gaussmem import generative_report
@@ -38,7 +39,6 @@ from gaussmem.methods import classifier_from_checkpoint
 from gaussmem.models.vae import GaussianVAE, Posteriors
 from gaussmem.plumbing.script_record import merge_by_identity, provenance, read_json, write_json
 
-ROOT = Path(__file__).resolve().parents[1]
 FIT_CLASSES, FIT_DRAWINGS = 1024, 2
 
 
@@ -113,13 +113,7 @@ def diversity(model: nn.Module, dataset: FewShotDataset, *, episodes: int, sampl
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, type=Path)
-    parser.add_argument("--judge", required=True, type=Path)
-    parser.add_argument("--episodes", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data-dir", type=Path, default=None)
-    parser.add_argument("--cache-dir", type=Path, default=None)
-    parser.add_argument("--json", type=Path,
-                        default=ROOT / "results" / "objective" / "style_prior.json")
+    add_judging_arguments(parser, "style_prior.json")
     args = parser.parse_args(argv)
     judge = classifier_from_checkpoint(load_checkpoint(args.judge)).eval()
     checkpoint = load_checkpoint(args.checkpoint)
