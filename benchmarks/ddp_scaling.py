@@ -90,7 +90,9 @@ def train_run(ranks: int, args: argparse.Namespace, run_dir: Path,
     wall_seconds = time.perf_counter() - started
     rates = images_per_second(run_dir)
     validation = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "val"][-1]
-    return {"ranks": ranks, "episodes_per_rank": episodes_per_rank,
+    # The preset's "auto" precision, as training resolved it on this machine.
+    precision = json.loads((run_dir / "config.json").read_text())["precision"]
+    return {"ranks": ranks, "episodes_per_rank": episodes_per_rank, "precision": precision,
             "command": " ".join(command), "steps": args.steps,
             "images_per_second_median": statistics.median(rates),
             "images_per_second_windows": rates, "wall_seconds": wall_seconds,
@@ -155,6 +157,7 @@ def main() -> None:
     runs = [rounds[0]["single"], rounds[0]["ddp"]]
     report = {
         "benchmark": "ddp_scaling", **provenance(), "seed": args.seed, "preset": "cpu-quick",
+        "precision": runs[0]["precision"],
         "global_batch": {"classes_per_step": args.n_way * args.global_episodes,
                          "drawings_per_class": 2, "steps": args.steps},
         "threads_per_process": 1, "repeats": args.repeats, "rounds": rounds, "runs": runs,

@@ -21,7 +21,12 @@ def _machine(record: dict[str, Any]) -> str:
     load = record.get("load_average_before") or record.get("load_average_1min_at_start")
     load_text = (f", load average {load[0] if isinstance(load, list) else load:.1f} at the "
                  "start" if load is not None else "")
-    return f"{hardware.get('cpu', '?')}, {hardware.get('cpu_cores', '?')} cores{load_text}"
+    # Native bfloat16 decides how fast a preset's step is (gaussmem.plumbing.precision).
+    bfloat16 = hardware.get("cpu_bfloat16")
+    bfloat16_text = ("" if bfloat16 is None else
+                     f", native bfloat16: {', '.join(bfloat16) if bfloat16 else 'none'}")
+    return (f"{hardware.get('cpu', '?')}, {hardware.get('cpu_cores', '?')} cores"
+            f"{bfloat16_text}{load_text}")
 
 
 def _row(measure: str, result: str, target: str | None = None, met: bool = False) -> str:
@@ -98,7 +103,9 @@ def ddp_rows(record: dict[str, Any]) -> list[str]:
     rates = record.get("images_per_second", {"single": one["images_per_second_median"],
                                              "ddp": two["images_per_second_median"]})
     rows = [
-        _row(f"DDP on the CPU (gloo), {record['threads_per_process']} thread per rank, "
+        _row("DDP on the CPU (gloo), "
+             + (f"{record['precision']}, " if "precision" in record else "")
+             + f"{record['threads_per_process']} thread per rank, "
              f"global batch {record['global_batch']['classes_per_step']} classes: images/s, "
              "1 vs 2 ranks" + (f", medians of {record['repeats']} rounds"
                                if "repeats" in record else ""),
@@ -132,6 +139,8 @@ BENCHMARKS = (
     ("gallery_search.json", "large galleries", gallery_rows),
     ("service/load.json", "the HTTP service", service_rows),
     ("ddp_scaling.json", "training on several processes", ddp_rows),
+    # The same benchmark on a CPU without native bfloat16, where the preset trains float32.
+    ("ddp_scaling_float32.json", "training on several processes, float32", ddp_rows),
 )
 
 
