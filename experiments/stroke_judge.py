@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gaussmem.data.class_images import ClassImageSet
+from gaussmem.data.class_images import ClassImageSet, pixels_to_tensor
 from gaussmem.data.datasets import load_split
 from gaussmem.generative_report import stroke_view
 from gaussmem.plumbing.settings import resolve_cache_dir, resolve_data_dir
@@ -34,11 +34,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def through_stroke_view(dataset: ClassImageSet, batch: int = 4096) -> ClassImageSet:
     """`dataset` with every image replaced by its stroke view (0 or 255)."""
-    flat = dataset.images.reshape(-1, 1, *dataset.images.shape[2:])
+    flat = dataset.images.reshape(-1, *dataset.images.shape[2:])
     viewed = np.empty(flat.shape, dtype=np.uint8)
     for start in range(0, len(flat), batch):
-        images = torch.from_numpy(np.asarray(flat[start:start + batch])).float().div(255)
-        viewed[start:start + batch] = (stroke_view(images) * 255).to(torch.uint8).numpy()
+        images = pixels_to_tensor(flat[start:start + batch])
+        viewed[start:start + batch] = (stroke_view(images) * 255).to(torch.uint8).numpy()[:, 0]
     return ClassImageSet(viewed.reshape(dataset.images.shape), list(dataset.class_names),
                          f"{dataset.name}+strokes")
 

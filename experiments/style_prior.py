@@ -33,10 +33,11 @@ from torch import nn
 
 from gaussmem import generative_report
 from gaussmem.checkpoint import file_sha256, load_checkpoint
+from gaussmem.data.class_images import pixels_to_tensor
 from gaussmem.data.datasets import FewShotDataset, episode_sampler
 from gaussmem.generative import generate_from_memory, load_split
 from gaussmem.methods import classifier_from_checkpoint
-from gaussmem.models.vae import GaussianVAE, Posteriors
+from gaussmem.models.vae import GaussianVAE
 from gaussmem.plumbing.script_record import merge_by_identity, provenance, read_json, write_json
 
 FIT_CLASSES, FIT_DRAWINGS = 1024, 2
@@ -51,9 +52,6 @@ class FittedStylePrior(nn.Module):
         self.vae, self.config = vae, vae.config
         self.register_buffer("mean", mean)
         self.register_buffer("scale", scale)
-
-    def encode(self, images: torch.Tensor) -> Posteriors:
-        return self.vae.encode(images)
 
     def encode_content(self, images: torch.Tensor):
         return self.vae.encode_content(images)
@@ -70,7 +68,7 @@ def aggregate_posterior_gaussian(vae: GaussianVAE, dataset: FewShotDataset, seed
     classes = rng.choice(dataset.n_classes, min(FIT_CLASSES, dataset.n_classes),
                          replace=False)
     pixels = dataset.draw_distinct(classes, FIT_DRAWINGS, rng)
-    images = torch.from_numpy(pixels.reshape(-1, 1, *pixels.shape[2:])).float().div(255)
+    images = pixels_to_tensor(pixels.reshape(-1, *pixels.shape[2:]))
     style = [vae.encode(batch).style for batch in images.split(512)]
     means = torch.cat([s.mean for s in style]).double()
     variances = torch.cat([s.var for s in style]).double()
