@@ -2,7 +2,7 @@
 the same global batch, through the real `gaussmem train` command.
 
     PYTHONPATH=src python benchmarks/ddp_scaling.py [--ranks 2] [--steps 150] \
-        [--repeats 2] [--json results/ddp_scaling.json]
+        [--repeats 2] [--json results/systems/ddp_scaling.json]
 
 Both runs train cpu-quick's model on `--n-way` x `--global-episodes` classes per step
 (2 drawings each), one thread per process, for the same number of steps with a
@@ -133,7 +133,7 @@ def main() -> None:
                         help="rounds of (1 process, K ranks, K independent processes, K ranks "
                              "at the single process's batch each); "
                              "images/s are the medians over rounds")
-    parser.add_argument("--json", type=Path, default=Path("results/ddp_scaling.json"))
+    parser.add_argument("--json", type=Path, default=Path("results/systems/ddp_scaling.json"))
     args = parser.parse_args()
     if args.global_episodes % args.ranks:
         parser.error(f"--global-episodes {args.global_episodes} is not a multiple of "

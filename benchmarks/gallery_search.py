@@ -59,8 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs (3)")
     parser.add_argument("--threads", type=int, default=1, help="torch and FAISS threads (1)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "gallery_search.json",
-                        help="JSON output (results/gallery_search.json)")
+    parser.add_argument("--out", type=Path,
+                        default=REPO_ROOT / "results" / "systems" / "gallery_search.json",
+                        help="JSON output (results/systems/gallery_search.json)")
     return parser.parse_args(argv)
 
 

@@ -2,7 +2,7 @@
 enrollment throughput in batches.
 
     python benchmarks/recognizer_speed.py --checkpoint runs/x/checkpoints/best.ckpt \
-        [--entries 100000] [--threads 2] [--json results/recognizer_speed.json]
+        [--entries 100000] [--threads 2] [--json results/systems/recognizer_speed.json]
 
 Gallery: `--entries` entries, each its own label, from the content posteriors of the
 Omniglot validation drawings (encoded once; repeated with a small seeded jitter of the
@@ -76,7 +76,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", default="results/recognizer_speed.json")
+    parser.add_argument("--json", default="results/systems/recognizer_speed.json")
     args = parser.parse_args()
     load_at_start = os.getloadavg()[0]
 

@@ -1,7 +1,7 @@
 """Which unknown score should the recognizer ship? AUROC of each on validation classes.
 
     python experiments/unknown_scores.py --checkpoint runs/x/checkpoints/best.ckpt \
-        [--episodes 600] [--seed 0] [--json results/unknown_scores.json]
+        [--episodes 600] [--seed 0] [--json results/open_set/unknown_scores.json]
 
 Open-set episodes of the Omniglot validation split (never the test classes): 10 classes
 drawn per episode, the first 5 known (one drawing each enrolled in an empty gallery with
@@ -49,7 +49,7 @@ def main() -> int:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", default="results/unknown_scores.json")
+    parser.add_argument("--json", default="results/open_set/unknown_scores.json")
     args = parser.parse_args()
 
     torch.set_num_threads(1)

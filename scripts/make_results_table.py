@@ -809,12 +809,14 @@ def render_index(data: dict[str, tuple[Cells, dict[str, dict]]], omniglot_md: st
              "([mavae_tuning.md](tuning/mavae_tuning.md), "
              "[five_shot_sweep.md](five_shot_sweep.md)) |",
              "| `episode_errors/`, `online_streams/`, `diagnostics/` | per-checkpoint error "
-             "analyses, long online streams, latent checks |",
+             "analyses, long online streams, diagnostics of the generative side "
+             "(`generative/`, `latent_check/`, `lfw/`) |",
              "| `speed/` | timing benchmarks (training steps, data loading, memory search) |",
              "| `objective/` | the objective sweep (`experiments/objective_sweep.py`) |",
-             "| `recognizer_speed.json`, `gallery_search.json`, `service/`, "
-             "`ddp_scaling.json` | the recognizer, service and distributed-training "
-             "benchmarks (section below) |", "",
+             "| `systems/`, `service/` | the recognizer, gallery-search, service and "
+             "distributed-training benchmarks (section below) |",
+             "| `open_set/` | open-set evaluation and the choice of unknown score "
+             "([open_set.md](open_set/open_set.md)) |", "",
              "The narrative of the runs (why each was made) is in "
              "[docs/experiments.md](../docs/experiments.md).", ""]
     lines += headline_section(data, generative)

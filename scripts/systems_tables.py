@@ -135,12 +135,12 @@ def ddp_rows(record: dict[str, Any]) -> list[str]:
 
 #: (JSON under results/, what it measures, its rows).
 BENCHMARKS = (
-    ("recognizer_speed.json", "the recognizer", recognizer_rows),
-    ("gallery_search.json", "large galleries", gallery_rows),
+    ("systems/recognizer_speed.json", "the recognizer", recognizer_rows),
+    ("systems/gallery_search.json", "large galleries", gallery_rows),
     ("service/load.json", "the HTTP service", service_rows),
-    ("ddp_scaling.json", "training on several processes", ddp_rows),
+    ("systems/ddp_scaling.json", "training on several processes", ddp_rows),
     # The same benchmark on a CPU without native bfloat16, where the preset trains float32.
-    ("ddp_scaling_float32.json", "training on several processes, float32", ddp_rows),
+    ("systems/ddp_scaling_float32.json", "training on several processes, float32", ddp_rows),
 )
 
 

@@ -476,7 +476,8 @@ def test_ddp_rows_give_the_rounds_medians_and_the_independent_ceiling(tmp_path: 
                                     "ddp_fixed_per_rank_batch": 2035.0},
               "independent_speedup": 1.9, "ddp_share_of_independent": 0.8947,
               "speedup_fixed_per_rank_batch": 1.85}
-    (tmp_path / "ddp_scaling.json").write_text(json.dumps(record))
+    (tmp_path / "systems").mkdir()
+    (tmp_path / "systems" / "ddp_scaling.json").write_text(json.dumps(record))
     section = "\n".join(systems.systems_section(tmp_path))
     assert "medians of 2 rounds | 1100 vs 1870 = 1.70x | >= 1.8x: **not met**" in section
     assert "2090 = 1.90x one process; DDP reaches 89% of it" in section
@@ -487,7 +488,7 @@ def test_ddp_rows_give_the_rounds_medians_and_the_independent_ceiling(tmp_path: 
                 "ddp_share_of_independent", "speedup_fixed_per_rank_batch"):
         del record[key]
     record["speedup"] = 1.5
-    (tmp_path / "ddp_scaling.json").write_text(json.dumps(record))
+    (tmp_path / "systems" / "ddp_scaling.json").write_text(json.dumps(record))
     section = "\n".join(systems.systems_section(tmp_path))
     assert "1 vs 2 ranks | 1000 vs 1500 = 1.50x" in section
     assert "sharing nothing" not in section and "whole batch" not in section

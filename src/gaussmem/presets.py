@@ -44,7 +44,7 @@ def _validated_recipe(config: TrainConfig) -> TrainConfig:
     config.precision = "auto"
     config.model.decoder_hidden_channels = 32
     # A 4-d style leaves less room for the class in z_s, so the decoder reads z_c more,
-    # as section 3.1 intends (results/diagnostics/latent_check_val_style*.json,
+    # as section 3.1 intends (results/diagnostics/latent_check/latent_check_val_style*.json,
     # results/tuning/mavae_tuning.md).
     config.model.style_dim = 4
     # Adam at 2e-3 scored above 1e-3 on validation; without the warm-up it collapsed in

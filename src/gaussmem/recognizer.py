@@ -49,7 +49,7 @@ from gaussmem.unknown import (
 )
 
 #: The unknown score a new gallery uses: the best of the three on validation classes
-#: (experiments/unknown_scores.py, results/unknown_scores.json).
+#: (experiments/unknown_scores.py, results/open_set/unknown_scores.json).
 DEFAULT_UNKNOWN_SCORE = "similarity"
 #: Slots of a new gallery; it doubles whenever an enrollment needs more.
 _INITIAL_CAPACITY = 64

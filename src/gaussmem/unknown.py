@@ -2,7 +2,7 @@
 
 Every score is "higher = more likely known"; a query is accepted when its score is at
 least the threshold. Three are offered (`experiments/unknown_scores.py` compares them on
-validation classes, `results/unknown_scores.json`):
+validation classes, `results/open_set/unknown_scores.json`):
 
 - "similarity": exp(-SKL) to the nearest label's nearest entry (the paper's eq. 1);
 - "margin": SKL of the runner-up label minus SKL of the nearest (+inf with one label):

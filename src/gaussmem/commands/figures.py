@@ -94,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--episodes", type=positive_int, default=300, help="episodes per size")
     parser.add_argument("--json", dest="json_path", type=output_file, default=None,
                         help="write the report here (atomically), e.g. "
-                        "results/diagnostics/latent_check.json; default: print it")
+                        "results/diagnostics/latent_check/latent_check.json; default: print it")
     parser.add_argument("--note", default=None, help="free text stored in the report")
     parser.set_defaults(handler=run_latent_check)
     register_report(subparsers)
