@@ -520,3 +520,23 @@ def test_open_set_rerun_of_one_dataset_keeps_the_others_rows(tmp_path: Path) -> 
                      "n_shot": 1}]
     # Other episodes or seed: nothing is comparable, nothing kept.
     assert script.kept_settings(path, ["lfw"], argparse.Namespace(episodes=50, seed=0)) == []
+
+
+def test_open_set_row_compares_the_mavae_with_the_best_baseline_on_omniglot_1_shot() -> None:
+    systems = load_script("systems_tables")
+
+    def entry(auroc: float) -> dict:
+        return {"result": {"auroc": {"mean": auroc}},
+                "training": {"max_minutes": 15.0}}
+
+    omniglot = {"dataset": "omniglot", "n_way": 5, "n_unknown": 5, "n_shot": 1,
+                "methods": {"mavae": entry(97.0), "protonet": entry(96.0),
+                            "matching": entry(97.5)}}
+    five_shot = {**omniglot, "n_shot": 5}
+    record = {"settings": [five_shot, omniglot]}
+    [row] = systems.open_set_rows(record)
+    assert "each method 15 min" in row
+    assert "97.00 vs 97.50 (matching) | >= every baseline: **not met**" in row
+    omniglot["methods"]["matching"] = entry(96.9)
+    [row] = systems.open_set_rows(record)
+    assert "97.00 vs 96.90 (matching) | >= every baseline: met" in row
