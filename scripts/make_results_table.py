@@ -776,8 +776,11 @@ def beyond_headline_section(data: dict[str, tuple[Cells, dict[str, dict]]],
         groups = BEYOND_HEADLINE[dataset]
         table = headline_table(dataset, groups, cells, training)
         lines += [f"{title}; {table[0]}", *table[1:]]
-        lines += generative_rows([tag for _label, group in groups for tag in group],
-                                 (generative or {}).get(dataset, {}))
+        records = (generative or {}).get(dataset, {})
+        tags = [tag for _label, group in groups for tag in group]
+        # A run scored for its generative side alone (no accuracy cells) shows here too.
+        tags += sorted(tag for tag in records if tag not in cells)
+        lines += generative_rows(tags, records)
         lines += [""]
     return lines[:-1]
 
