@@ -34,7 +34,6 @@ from gaussmem.data.episodes import EpisodeSampler
 from gaussmem.data.omniglot import load_omniglot
 from gaussmem.gaussian import pairwise_symmetric_kl
 from gaussmem.losses import vae_reconstruction_nll
-from gaussmem.models.vae import DiagonalGaussian, GaussianVAE
 from gaussmem.plumbing.script_record import provenance, write_json
 from gaussmem.recognizer import Recognizer
 from gaussmem.unknown import UNKNOWN_SCORES
@@ -57,15 +56,6 @@ def mean_ci95(values: list[float]) -> dict[str, float]:
     return {"mean": float(array.mean()), "ci95": float(half)}
 
 
-def encode(vae: GaussianVAE, pixels: torch.Tensor, batch: int = 1024
-           ) -> tuple[DiagonalGaussian, DiagonalGaussian]:
-    """The content and style posteriors of `pixels`, encoded in batches."""
-    parts = [vae.encode(chunk) for chunk in pixels.split(batch)]
-    return tuple(DiagonalGaussian(torch.cat([part[latent].mean for part in parts]),
-                                  torch.cat([part[latent].log_var for part in parts]))
-                 for latent in (0, 1))
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -77,17 +67,25 @@ def main() -> int:
 
     torch.set_num_threads(1)
     recognizer = Recognizer.from_checkpoint(args.checkpoint)
-    vae = recognizer.classifier.vae.eval()
+    classifier = recognizer.classifier
+    vae = classifier.vae.eval()
     val = load_omniglot("vinyals", "val")
     train = load_omniglot("vinyals", "train")
     with torch.no_grad():
         pixels = val.sample_tensor(np.arange(val.n_classes * val.n_samples_per_class))
-        content, style = encode(vae, pixels)
-        background, _ = encode(vae, train.sample_tensor(
-            np.arange(train.n_classes) * train.n_samples_per_class))
+        content = classifier.content_posterior(classifier.embed(pixels))
+        background = classifier.content_posterior(classifier.embed(train.sample_tensor(
+            np.arange(train.n_classes) * train.n_samples_per_class)))
+        style = torch.cat([vae.encode(batch).style.mean for batch in pixels.split(1024)])
+        # Each drawing decoded from its own posterior means: the reconstruction gap's
+        # reference, the same in every episode the drawing is a query of.
+        own_nll = torch.cat([vae_reconstruction_nll(vae, vae.decode(
+            content.mean[rows], style[rows]), pixels[rows])
+            for rows in torch.arange(len(pixels)).split(1024)])
     mu, var = content.mean, content.var
     background_divergence = pairwise_symmetric_kl(
         mu, var, background.mean, background.var, chunk_size=1024).min(dim=1).values
+    class_index = {f"class{i}": i for i in range(N_KNOWN)}
     sampler = EpisodeSampler(val, N_KNOWN + N_UNKNOWN, N_SHOT, N_QUERY, seed=args.seed)
     aurocs: dict[str, list[float]] = {name: [] for name in UNKNOWN_SCORES + CANDIDATES}
     accuracies = []
@@ -105,20 +103,18 @@ def main() -> int:
             scores = np.array([result.score for result in results])
             aurocs[name].append(auroc(scores[is_known], scores[~is_known]))
         nearest_support = torch.as_tensor(known_support)[
-            [int(result.nearest.removeprefix("class")) for result in results]]
+            [class_index[result.nearest] for result in results]]
         queries = torch.as_tensor(query_ids)
         with torch.no_grad():
             from_entry = vae_reconstruction_nll(vae, vae.decode(
-                mu[nearest_support], style.mean[queries]), pixels[queries])
-            from_self = vae_reconstruction_nll(vae, vae.decode(
-                mu[queries], style.mean[queries]), pixels[queries])
+                mu[nearest_support], style[queries]), pixels[queries])
         divergence = torch.tensor([result.divergence for result in results])
-        candidates = {"reconstruction_gap": -(from_entry - from_self),
+        candidates = {"reconstruction_gap": -(from_entry - own_nll[queries]),
                       "background_gap": background_divergence[queries] - divergence}
         for name, scores in candidates.items():
             scores = scores.double().numpy()
             aurocs[name].append(auroc(scores[is_known], scores[~is_known]))
-        truth = [f"class{i}" for i in range(N_KNOWN) for _ in range(N_QUERY)]
+        truth = [name for name in class_index for _ in range(N_QUERY)]
         accuracies.append(float(np.mean([result.nearest == label for result, label
                                          in zip(results, truth, strict=False)])))
     summary = {name: mean_ci95(values) for name, values in aurocs.items()}
