@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -178,10 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": settings,
     }
     write_json(args.out, report)
-    source = args.out.resolve()
-    write_text_atomic(args.markdown, markdown(
-        report, str(source.relative_to(REPO_ROOT) if source.is_relative_to(REPO_ROOT)
-                    else source)))
+    write_text_atomic(args.markdown, markdown(report, os.path.relpath(args.out, REPO_ROOT)))
     print(f"wrote {args.out} and {args.markdown}")
     return 0
 

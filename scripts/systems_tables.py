@@ -146,7 +146,8 @@ def open_set_rows(record: dict[str, Any]) -> list[str]:
         best = max((method for method in auroc if method != "mavae"), key=auroc.get)
         training = setting["methods"]["mavae"]["training"]
         rows.append(_row(
-            "open set, Omniglot 5 known + 5 unknown, 1-shot, 600 test episodes, each method "
+            f"open set, Omniglot 5 known + 5 unknown, 1-shot, {record['episodes']} "
+            f"{record['split']} episodes, each method "
             f"{training['max_minutes']:g} min on 1 thread: AUROC %, MA-VAE vs the best "
             "baseline", f"{auroc['mavae']:.2f} vs {auroc[best]:.2f} ({best})",
             ">= every baseline", auroc["mavae"] >= auroc[best]))

@@ -533,7 +533,7 @@ def test_open_set_row_compares_the_mavae_with_the_best_baseline_on_omniglot_1_sh
                 "methods": {"mavae": entry(97.0), "protonet": entry(96.0),
                             "matching": entry(97.5)}}
     five_shot = {**omniglot, "n_shot": 5}
-    record = {"settings": [five_shot, omniglot]}
+    record = {"episodes": 600, "split": "test", "settings": [five_shot, omniglot]}
     [row] = systems.open_set_rows(record)
     assert "each method 15 min" in row
     assert "97.00 vs 97.50 (matching) | >= every baseline: **not met**" in row
