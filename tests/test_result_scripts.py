@@ -4,6 +4,7 @@ a figure they print must be the one in the JSON, with the device that measured i
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -561,3 +562,27 @@ def test_a_run_scored_only_for_its_generative_side_shows_among_the_longer_runs(
     assert rows[0].startswith("| `mavae-15` | 65.0 / 100.0 = 0.650 |")
     assert rows[1].startswith("| `generation-only` | 60.0 / 100.0 = 0.600 |")
     assert "| generation-only |" not in beyond     # not an accuracy row
+
+
+def test_face_style_points_read_the_runs_validation_at_the_reported_step(tmp_path) -> None:
+    script = load_script("face_style_weight", folder="experiments")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text(
+        '{"kind": "val", "step": 50, "val_accuracy": 18.5, "val_ci95": 0.3, "minutes": 9.0}\n'
+        '{"kind": "val", "step": 100, "val_accuracy": 27.8, "val_ci95": 0.4, "minutes": 20}\n')
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({
+        "checkpoint": {"step": 100},
+        "decoder_sensitivity": {"content_swap": 0.03, "style_swap": 0.02},
+        "reconstruction": {"squared_error_ratio": 0.9},
+        "posterior_spread": {"style": {"signal_to_noise": 5.0}},
+        "hardware": {"cpu": "AMD EPYC", "cpu_cores": 2, "torch_threads": 2}}))
+    point = script.collect(f"128:60 minutes:{run_dir}:{report}")
+    assert point["validation_20way_1shot"]["accuracy"] == 27.8
+    assert point["latent_style"] == 128.0 and point["budget"] == "60 minutes"
+    row = script.table([point]).splitlines()[-1]
+    assert "| 128 | 60 minutes | 100 | 27.8 ± 0.4 |" in row
+    assert "| 1.50 |" in row  # swap z_c / swap z_s
+    with pytest.raises(SystemExit, match="no validation record at step 75"):
+        script.validation_at(run_dir, 75)
