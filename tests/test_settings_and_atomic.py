@@ -55,6 +55,7 @@ def test_keep_freed_memory_applies_on_glibc_and_is_repeatable() -> None:
 
     glibc = platform.libc_ver()[0] == "glibc"
     assert keep_freed_memory() is glibc
+    assert keep_freed_memory(heap_only=True) is glibc
     assert keep_freed_memory() is glibc  # setting it twice is harmless
 
 

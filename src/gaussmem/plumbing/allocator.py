@@ -8,6 +8,15 @@ CPU training (results/speed/allocator_speed.json). The `MALLOC_MMAP_THRESHOLD_` 
 interpreter starts, so `gaussmem train` calls `keep_freed_memory()`, which sets the
 same two knobs at run time through `mallopt`. Memory that is freed stays reserved by
 the process, which is what a training loop that reuses it every step wants.
+
+The mmap threshold cannot go above 32 MiB, and a training step frees and allocates
+buffers larger than that: they are mapped and faulted in afresh every step (a third of
+an `lfw-cpu` step's CPU time went to the kernel). `keep_freed_memory(heap_only=True)`
+(`gaussmem train --heap-allocator`) also sets glibc's mmap count limit to 0, which
+serves every request from the heap: CPU steps ran 1.5-1.7x faster, but the process
+holds the heap's high-water mark for good, and its peak memory grew by half or more
+(results/speed/allocator_speed_heap.json, allocator_speed_lfw.json). So it is asked
+for, not the default.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import sys
 # mallopt parameter numbers from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_MMAP_MAX = -4
 #: The largest mmap threshold glibc accepts on 64-bit (HEAP_MAX_SIZE / 2): requests up to
 #: this size come from the reusable heap instead of a fresh mapping.
 MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
@@ -26,9 +36,10 @@ MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
 TRIM_THRESHOLD_BYTES = 2**31 - 1
 
 
-def keep_freed_memory() -> bool:
-    """Raise glibc's mmap and trim thresholds; True if applied (glibc only, else a
-    no-op returning False: other allocators do not have this problem in this form)."""
+def keep_freed_memory(*, heap_only: bool = False) -> bool:
+    """Raise glibc's mmap and trim thresholds and, with `heap_only`, never mmap; True if
+    applied (glibc only, else a no-op returning False: other allocators do not have this
+    problem in this form)."""
     if not sys.platform.startswith("linux"):
         return False
     name = ctypes.util.find_library("c")
@@ -38,5 +49,6 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
-                and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+    applied = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+                   and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+    return applied and (not heap_only or bool(mallopt(_M_MMAP_MAX, 0)))
