@@ -61,9 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="also write TensorBoard events (needs `tensorboard`)")
     add_data_location_arguments(parser)
     parser.add_argument("--heap-allocator", action="store_true",
-                        help="serve every allocation from glibc's heap, never mmap: CPU "
-                             "steps about 1.5x faster, peak memory about 1.5-2x "
-                             "(results/speed/allocator_speed_heap.json, _lfw.json)")
+                        help="serve every allocation from glibc's heap, never mmap: faster "
+                             "CPU steps for a higher peak memory (docs/training.md)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar (the validation lines and summary remain)")
     parser.add_argument("--print-config", action="store_true",

@@ -10,13 +10,12 @@ same two knobs at run time through `mallopt`. Memory that is freed stays reserve
 the process, which is what a training loop that reuses it every step wants.
 
 The mmap threshold cannot go above 32 MiB, and a training step frees and allocates
-buffers larger than that: they are mapped and faulted in afresh every step (a third of
-an `lfw-cpu` step's CPU time went to the kernel). `keep_freed_memory(heap_only=True)`
-(`gaussmem train --heap-allocator`) also sets glibc's mmap count limit to 0, which
-serves every request from the heap: CPU steps ran 1.5-1.7x faster, but the process
-holds the heap's high-water mark for good, and its peak memory grew by half or more
-(results/speed/allocator_speed_heap.json, allocator_speed_lfw.json). So it is asked
-for, not the default.
+buffers larger than that: they are still mapped and faulted in afresh every step.
+`keep_freed_memory(heap_only=True)` (`gaussmem train --heap-allocator`) also sets
+glibc's mmap count limit to 0, which serves every request from the heap: faster steps,
+but the process holds the heap's high-water mark for good, a higher peak memory
+(results/speed/allocator_speed_heap.json, allocator_speed_lfw.json, docs/training.md).
+So it is asked for, not the default.
 """
 
 from __future__ import annotations
