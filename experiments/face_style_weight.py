@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from gaussmem.metrics_log import read_metrics
 from gaussmem.plumbing.atomic import write_text_atomic
 from gaussmem.plumbing.script_record import write_json
 
@@ -44,12 +45,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def validation_at(run_dir: Path, step: int) -> dict[str, float]:
     """The run's validation record at `step` (its metrics.jsonl)."""
-    with open(run_dir / "metrics.jsonl", encoding="utf-8") as lines:
-        for line in lines:
-            record = json.loads(line)
-            if record.get("kind") == "val" and record.get("step") == step:
-                return {"accuracy": record["val_accuracy"], "ci95": record["val_ci95"],
-                        "minutes": record["minutes"]}
+    for record in read_metrics(run_dir / "metrics.jsonl"):
+        if record.get("kind") == "val" and record.get("step") == step:
+            return {"accuracy": record["val_accuracy"], "ci95": record["val_ci95"],
+                    "minutes": record["minutes"]}
     raise SystemExit(f"{run_dir / 'metrics.jsonl'}: no validation record at step {step}")
 
 
