@@ -52,11 +52,26 @@ def tiny_config(batch_episodes: int, augment: bool = False):
     return config
 
 
+def run_and_exit(target, rank: int, port: int, out: Path) -> None:
+    """Run `target(rank, port, out)` and, when it returns, leave at once with status 0.
+
+    DistributedDataParallel keeps the gloo process group (its worker threads and, on rank
+    0, the rendezvous store's thread) alive past `destroy_process_group`, so those threads
+    still run while the interpreter shuts down; one that needs the interpreter lock then
+    aborts the process ("terminate called without an active exception") after all its
+    work is done. Skipping the shutdown makes the exit status report the work alone; a
+    failure still raises, and exits non-zero, before this point."""
+    target(rank, port, out)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def run_ranks(target, out: Path) -> None:
     """Run `target(rank, port, out)` on `WORLD_SIZE` spawned processes."""
     port = free_port()
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=target, args=(rank, port, out))
+    processes = [context.Process(target=run_and_exit, args=(target, rank, port, out))
                  for rank in range(WORLD_SIZE)]
     for process in processes:
         process.start()
@@ -156,6 +171,19 @@ def test_two_ranks_equal_one_process_over_the_same_classes(
         torch.testing.assert_close(ranks[f"grad{index}"], gradient,
                                    rtol=RELATIVE_TOLERANCE,
                                    atol=RELATIVE_TOLERANCE * scale)
+
+
+def fail_on_rank_one(rank: int, port: int, out: Path) -> None:
+    if rank == 1:
+        raise RuntimeError("rank 1 fails on purpose")
+    (out / "rank0-done").touch()
+
+
+def test_a_rank_that_raises_fails_the_launch(tmp_path: Path) -> None:
+    """The harness's early exit reports success only for a target that returned."""
+    with pytest.raises(AssertionError, match=r"\[0, 1\]"):
+        run_ranks(fail_on_rank_one, tmp_path)
+    assert (tmp_path / "rank0-done").exists()
 
 
 def test_averaging_batch_norm_statistics_once_equals_averaging_every_step() -> None:
