@@ -160,6 +160,45 @@ def test_generation_is_seeded_and_reads_the_memory_entry(trained_vae: GaussianVA
                                atol=1e-6)
 
 
+def test_temperature_scales_the_style_draw_and_nothing_else(
+        trained_vae: GaussianVAE, dataset: ClassImageSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At temperature T the decoder gets the same z_c and T times the z_s that the prior
+    draw (T = 1) gives under the same seed; at T = 0 every drawing of a class is one."""
+    examples = episode(dataset, 3)
+    decoded: list[tuple[torch.Tensor, torch.Tensor]] = []
+    decode = trained_vae.decode
+
+    def recording_decode(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        decoded.append((content.clone(), style.clone()))
+        return decode(content, style)
+
+    monkeypatch.setattr(trained_vae, "decode", recording_decode)
+    for temperature in (1.0, 0.25, 0.0):
+        generative.generate_from_memory(trained_vae, examples, torch.arange(3), 4, seed=7,
+                                        temperature=temperature)
+    (content, style), (content_cool, style_cool), (content_zero, style_zero) = decoded
+    assert float(style.abs().mean()) > 0.3  # prior draws, not zeros
+    torch.testing.assert_close(content_cool, content, rtol=0, atol=0)
+    torch.testing.assert_close(style_cool, 0.25 * style)
+    torch.testing.assert_close(content_zero, content, rtol=0, atol=0)
+    assert torch.count_nonzero(style_zero) == 0
+    monkeypatch.setattr(trained_vae, "decode", decode)
+    # z_c = the entry's mean: no noise left at all.
+    monkeypatch.setattr(trained_vae.config, "content_to_decoder", "mean")
+    frozen = generative.generate_from_memory(trained_vae, examples, torch.arange(3), 4,
+                                             seed=7, temperature=0.0).samples
+    torch.testing.assert_close(frozen, frozen[:, :1].expand_as(frozen), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("temperature", [-0.1, float("nan"), float("inf")])
+def test_a_temperature_that_is_not_a_finite_non_negative_number_is_refused(
+        trained_vae: GaussianVAE, dataset: ClassImageSet, temperature: float) -> None:
+    with pytest.raises(generative.GenerativeError, match="temperature"):
+        generative.generate_from_memory(trained_vae, episode(dataset, 2), torch.arange(2), 3,
+                                        temperature=temperature)
+
+
 def test_generation_figure_rows_start_with_the_stored_example(trained_vae: GaussianVAE,
                                                               dataset: ClassImageSet) -> None:
     examples = episode(dataset, 3)

@@ -80,8 +80,11 @@ def test_generation_score_counts_drawings_judged_as_their_source(
 
     vae, _ = vae_from_checkpoint(mavae_checkpoint)
 
+    temperatures = []
+
     def copies(shift: int):
-        def generate(vae, examples, labels, n_samples, seed=0):
+        def generate(vae, examples, labels, n_samples, seed=0, temperature=1.0):
+            temperatures.append(temperature)
             rolled = examples.roll(shift, dims=0)
             samples = rolled[:, None].expand(-1, n_samples, -1, -1, -1)
             return Generation(samples, torch.zeros(1), torch.zeros(1))
@@ -114,6 +117,11 @@ def test_generation_score_counts_drawings_judged_as_their_source(
     shifted = generative_report.generation_accuracy(vae, judge, strokes, n_way=6, episodes=4,
                                                     samples_per_class=2)
     assert shifted.generated_against_reconstructions.mean == 0.0
+    # The temperature reaches the generator and the summary.
+    cool = generative_report.generation_accuracy(vae, judge, strokes, n_way=6, episodes=2,
+                                                 samples_per_class=2, temperature=0.5)
+    assert temperatures[-2:] == [0.5, 0.5] and set(temperatures[:-2]) == {1.0}
+    assert cool.temperature == 0.5 and shifted.temperature == 1.0
 
 
 def test_the_stroke_view_sees_a_crisp_and_a_blurred_drawing_alike() -> None:

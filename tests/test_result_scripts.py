@@ -586,3 +586,20 @@ def test_face_style_points_read_the_runs_validation_at_the_reported_step(tmp_pat
     assert "| 1.50 |" in row  # swap z_c / swap z_s
     with pytest.raises(SystemExit, match="no validation record at step 75"):
         script.validation_at(run_dir, 75)
+
+
+def test_style_prior_diversity_is_the_mean_difference_between_two_drawings_of_a_class(
+) -> None:
+    """Class 0: one of its three drawings differs from the other two in half its pixels;
+    class 1: three equal drawings. No drawing is compared with itself."""
+    import torch
+
+    style_prior = load_script("style_prior", "experiments")
+    half = torch.zeros(4)
+    half[:2] = 1
+    first_class = torch.stack([torch.zeros(4), half, torch.zeros(4)])
+    # Pairs of class 0: (0, half) 0.5, (0, 0) 0, (half, 0) 0.5 -> mean over 6 ordered
+    # pairs 1/3.
+    same = torch.ones(3, 4)
+    drawings = torch.stack([first_class, same]).reshape(2, 3, 1, 2, 2)
+    assert style_prior.mean_pairwise_difference(drawings) == pytest.approx((1 / 3 + 0) / 2)

@@ -165,11 +165,14 @@ def reconstruction_figure(vae: GaussianVAE, images: torch.Tensor, *, per_row: in
 
 
 def generation_figure(vae: GaussianVAE, examples: torch.Tensor, *, n_samples: int = 10,
-                      seed: int = 0, scale: int = 2, invert: bool = True) -> Image.Image:
+                      seed: int = 0, scale: int = 2, invert: bool = True,
+                      temperature: float = 1.0) -> Image.Image:
     """One row per example's class: the stored example, then `n_samples` drawings
-    generated from its memory entry (one example per class, labels 0..n-1)."""
+    generated from its memory entry (one example per class, labels 0..n-1) at
+    `temperature` (`generate_from_memory`)."""
     labels = torch.arange(len(examples))
-    generation = generate_from_memory(vae, examples, labels, n_samples, seed=seed)
+    generation = generate_from_memory(vae, examples, labels, n_samples, seed=seed,
+                                      temperature=temperature)
     rows = [torch.cat([examples[index:index + 1], generation.samples[index]])
             for index in range(len(examples))]
     return image_grid(rows, scale=scale, invert=invert)

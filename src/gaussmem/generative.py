@@ -5,7 +5,8 @@
   100-way Omniglot test episode).
 * `generate_from_memory`: one-shot generation. Each new class's example is written into
   a fresh `GaussianMemory` (exactly what classification does); new drawings of the class
-  are decoded from z_c ~ the stored entry N(mean, var) and z_s ~ the prior N(0, I).
+  are decoded from z_c ~ the stored entry N(mean, var) and z_s ~ the prior N(0, I)
+  (or N(0, T^2 I) at a temperature T below 1: more typical, less varied drawings).
 * `style_transfer`: decode(z_c of one image, z_s of another) for every pair.
 * `latent_nearest_accuracy`: the check that z_c carries the class and z_s does not:
   nearest-support accuracy by symmetric KL between posteriors of z_c only vs z_s only.
@@ -20,6 +21,7 @@ pipeline yields them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -181,24 +183,30 @@ def memory_entry_for_labels(memory: GaussianMemory, labels: torch.Tensor
 
 @torch.no_grad()
 def generate_from_memory(vae: GaussianVAE, examples: torch.Tensor, labels: torch.Tensor,
-                         n_samples: int, seed: int = 0) -> Generation:
+                         n_samples: int, seed: int = 0, temperature: float = 1.0
+                         ) -> Generation:
     """One-shot generation: write `examples (n, 1, H, W)` with `labels (n,)` (0..L-1)
     into a fresh memory, then for each label draw `n_samples` images from
-    decode(z_c ~ entry, z_s ~ N(0, I)) (z_c = the entry's mean for a decoder trained on
-    means, `VAEConfig.content_to_decoder`).
+    decode(z_c ~ entry, z_s ~ N(0, temperature^2 I)) (z_c = the entry's mean for a
+    decoder trained on means, `VAEConfig.content_to_decoder`). Temperature 1 samples
+    the prior; below 1 the drawings are more typical and less varied, at 0 they are all
+    decoded from z_s = 0.
 
     Seeded by its own `torch.Generator(seed)`: the same call gives the same pixels,
     whatever the global RNG did.
     """
     if n_samples < 1:
         raise GenerativeError(f"n_samples must be >= 1, got {n_samples}")
+    if not temperature >= 0 or math.isinf(temperature):
+        raise GenerativeError(f"temperature must be a finite number >= 0, got {temperature}")
     memory = write_examples_to_memory(vae, examples, labels)
     unique_labels = torch.unique(labels)
     entry = memory_entry_for_labels(memory, unique_labels)
     generator = torch.Generator().manual_seed(seed)
     n_classes, content_dim = entry.mean.shape
     noise_content = torch.randn(n_classes, n_samples, content_dim, generator=generator)
-    noise_style = torch.randn(n_classes * n_samples, vae.config.style_dim, generator=generator)
+    noise_style = temperature * torch.randn(n_classes * n_samples, vae.config.style_dim,
+                                            generator=generator)
     # A decoder trained on posterior means (`content_to_decoder`) reads the entry's mean;
     # the drawings then differ by their z_s alone.
     spread = (entry.var.sqrt()[:, None] if vae.config.content_to_decoder == "sample"

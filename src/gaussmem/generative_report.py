@@ -128,6 +128,8 @@ class GenerationSummary:
     generated_against_reconstructions: AccuracySummary
     chance: float
     judge_view: str
+    #: z_s of the generated drawings ~ N(0, temperature^2 I).
+    temperature: float
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -196,14 +198,15 @@ def content_sensitivity(vae: GaussianVAE, supports: list[torch.Tensor]) -> dict[
 @torch.no_grad()
 def generation_accuracy(vae: GaussianVAE, judge: FewShotClassifier, dataset: FewShotDataset,
                         *, n_way: int = 20, episodes: int = 50, samples_per_class: int = 5,
-                        n_query: int = 5, seed: int = 0, view: str = "auto"
-                        ) -> GenerationSummary:
+                        n_query: int = 5, seed: int = 0, view: str = "auto",
+                        temperature: float = 1.0) -> GenerationSummary:
     """One-shot generation judged by `judge` (eval mode, CPU) over seeded `n_way`-way
     1-shot episodes: per episode, the judge's support is the stored examples, its
     queries the drawings generated from their memory entries and, for its ceilings, the
     episode's real query drawings and the reconstructions of the stored examples; then
     with the reconstructions as its support, the generated drawings again. The judge
-    sees every image through `view` (`judge_view_for`)."""
+    sees every image through `view` (`judge_view_for`); the drawings' z_s comes from
+    N(0, temperature^2 I) (`generate_from_memory`)."""
     n_way = min(n_way, dataset.n_classes)
     sampler = episode_sampler(dataset, n_way, 1, n_query, seed=seed)
     view = judge_view_for(vae, view)
@@ -214,7 +217,8 @@ def generation_accuracy(vae: GaussianVAE, judge: FewShotClassifier, dataset: Few
     for index in range(episodes):
         episode = sampler.sample()
         generation = generate_from_memory(vae, episode.support_images, episode.support_labels,
-                                          samples_per_class, seed=seed + index)
+                                          samples_per_class, seed=seed + index,
+                                          temperature=temperature)
         drawings = seen(generation.samples.flatten(0, 1))
         reconstructions = seen(reconstruct(vae, episode.support_images).images)
         judge.fit(seen(episode.support_images), episode.support_labels)
@@ -234,4 +238,4 @@ def generation_accuracy(vae: GaussianVAE, judge: FewShotClassifier, dataset: Few
                              AccuracySummary.from_values(reconstructed),
                              AccuracySummary.from_values(blurred),
                              AccuracySummary.from_values(against_reconstructions),
-                             100.0 / n_way, view)
+                             100.0 / n_way, view, temperature)

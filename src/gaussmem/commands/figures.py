@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gaussmem.commands import DefaultsHelpFormatter, add_data_location_arguments
-from gaussmem.commands.arguments import output_file, positive_int, seed
+from gaussmem.commands.arguments import non_negative_float, output_file, positive_int, seed
 
 #: Held-out class subsets only: figures of training classes would flatter the model.
 SPLITS = ("test", "val")
@@ -38,6 +38,13 @@ def _common(parser: argparse.ArgumentParser, *, figure: bool = True) -> None:
     add_data_location_arguments(parser)
 
 
+def _temperature_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--temperature", type=non_negative_float, default=1.0,
+                        help="spread of the generated drawings' z_s, drawn from "
+                        "N(0, T^2 I): 1 samples the prior; lower gives more typical, less "
+                        "varied drawings (docs/generative.md)")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "reconstruct", help="originals and reconstructions of an N-way episode (figure 2)",
@@ -57,12 +64,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "generate", help="one-shot generation: new drawings from a class's memory entry",
         description="Write one example of each of --n-classes new classes into a fresh "
         "memory, then decode --n-samples drawings per class with z_c drawn from the "
-        "stored Gaussian and z_s from the prior N(0, I). One row per class, the stored "
-        "example first. Seeded: the same seed gives the same image.",
+        "stored Gaussian and z_s from the prior N(0, I) (N(0, T^2 I) with --temperature "
+        "T). One row per class, the stored example first. Seeded: the same seed gives "
+        "the same image.",
         formatter_class=DefaultsHelpFormatter)
     _common(parser)
     parser.add_argument("--n-classes", type=positive_int, default=8, help="classes (rows)")
     parser.add_argument("--n-samples", type=positive_int, default=10, help="drawings per class")
+    _temperature_argument(parser)
     parser.add_argument("--json", dest="json_path", type=output_file, default=None,
                         help="write the classes and metadata here (atomically)")
     parser.set_defaults(handler=run_generate)
@@ -122,6 +131,7 @@ def register_report(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--episodes", type=positive_int, default=50, help="generation episodes")
     parser.add_argument("--samples", type=positive_int, default=5,
                         help="drawings generated per class and episode")
+    _temperature_argument(parser)
     parser.add_argument("--judge-view", choices=("auto", "strokes", "none"), default="auto",
                         help="how the judge sees every image: 'strokes' smooths and "
                         "thresholds to ink, so a blurred drawing is judged by what it "
@@ -200,9 +210,11 @@ def run_generate(args: argparse.Namespace) -> int:
     vae, checkpoint, dataset = _load(args)
     examples, class_indices = episode_images(dataset, args.n_classes, seed=args.seed)
     figure = generation_figure(vae, examples, n_samples=args.n_samples, seed=args.seed,
-                               scale=args.scale, invert=dataset.strokes_bright)
+                               scale=args.scale, invert=dataset.strokes_bright,
+                               temperature=args.temperature)
     save_png(figure, args.out)
     report = {**_metadata(args, checkpoint, dataset), "n_samples": args.n_samples,
+              "temperature": args.temperature,
               "figure": str(Path(args.out).resolve()),
               "classes": [dataset.class_names[i] for i in class_indices.tolist()]}
     _write_json(args.json_path, report)
@@ -294,7 +306,8 @@ def run_generative_report(args: argparse.Namespace) -> int:
         generation = generation_accuracy(vae, judge, dataset, n_way=args.n_way,
                                          episodes=args.episodes,
                                          samples_per_class=args.samples, seed=args.seed,
-                                         view=args.judge_view)
+                                         view=args.judge_view,
+                                         temperature=args.temperature)
         report["generation"] = {**generation.to_dict(),
                                 "judge": {"path": str(Path(args.judge).resolve()),
                                           "sha256": file_sha256(args.judge)}}
