@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import synthetic_set
 from gaussmem.checkpoint import load_checkpoint
-from gaussmem.distributed import Distributed, current, rank_seed
+from gaussmem.distributed import Distributed, current, exit_rank, rank_seed
 from gaussmem.methods.mavae_training import MAVAETraining, forward_losses
 from gaussmem.metrics_log import read_metrics
 from gaussmem.models.vae import GaussianVAE
@@ -53,18 +53,12 @@ def tiny_config(batch_episodes: int, augment: bool = False):
 
 
 def run_and_exit(target, rank: int, port: int, out: Path) -> None:
-    """Run `target(rank, port, out)` and, when it returns, leave at once with status 0.
-
-    DistributedDataParallel keeps the gloo process group (its worker threads and, on rank
-    0, the rendezvous store's thread) alive past `destroy_process_group`, so those threads
-    still run while the interpreter shuts down; one that needs the interpreter lock then
-    aborts the process ("terminate called without an active exception") after all its
-    work is done. Skipping the shutdown makes the exit status report the work alone; a
-    failure still raises, and exits non-zero, before this point."""
+    """Run `target(rank, port, out)` and, when it returns, leave with status 0 as a
+    trained rank of `gaussmem train` does (`exit_rank`: DDP's process group outlives
+    `destroy_process_group` and could abort the interpreter's shutdown); a target that
+    raises still exits non-zero."""
     target(rank, port, out)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_rank(0)
 
 
 def run_ranks(target, out: Path) -> None:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -154,6 +156,21 @@ def process_group(device_type: str) -> Iterator[Distributed]:
         yield current()
     finally:
         dist.destroy_process_group()
+
+
+def exit_rank(status: int) -> NoReturn:
+    """End this rank's process with `status` at once, after flushing the standard
+    streams, skipping the interpreter's shutdown.
+
+    Why: DistributedDataParallel keeps its process group alive past
+    `destroy_process_group`, so gloo's worker threads (and rank 0's rendezvous store
+    thread) still run while the interpreter shuts down, and one of them that then needs
+    the interpreter lock aborts the process: a run that finished and wrote everything
+    would exit with SIGABRT, and the launcher would report it failed. Call it only once
+    every file is closed (the training loop closes its own)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def rank_seed(seed: int, rank: int, step: int = 0) -> int:

@@ -155,7 +155,7 @@ def _warn_if_the_cpu_is_busy(config: TrainConfig) -> None:
 def run(args: argparse.Namespace) -> int:
     # Imported here so `gaussmem --help` stays fast (no torch import).
     from gaussmem.config import to_dict
-    from gaussmem.distributed import launched_by_torchrun, process_group
+    from gaussmem.distributed import exit_rank, launched_by_torchrun, process_group
     from gaussmem.methods import method_class, training_class
     from gaussmem.presets import default_preset, resolve
     from gaussmem.run_dir import check_fresh_run_dir
@@ -191,7 +191,10 @@ def run(args: argparse.Namespace) -> int:
     # Under torchrun, join the launch's processes (nccl on GPUs, gloo on CPUs).
     device_type = training_class(effective.method).training_device(effective).type
     with process_group(device_type) as ranks:
-        return _train(args, config, effective, run_dir, ranks)
+        status = _train(args, config, effective, run_dir, ranks)
+    if ranks.world_size > 1:
+        exit_rank(status)  # see its docstring: a finished rank must not abort at exit
+    return status
 
 
 def _train(args: argparse.Namespace, config: TrainConfig | None, effective: TrainConfig,
