@@ -275,10 +275,13 @@ def test_mavae_run_leaves_figures_when_the_command_asks(tmp_path: Path) -> None:
     bare = train(config, tmp_path / "bare", dataset, dataset, progress=False)
     assert bare.figures is None and not (tmp_path / "bare" / "figures").exists()
     result = train(config, tmp_path / "run", dataset, dataset, progress=False,
-                   on_finish=write_figures)
+                   on_finish=lambda trainer: write_figures(trainer, dataset))
     figures = tmp_path / "run" / "figures"
     assert result.figures == figures
-    assert (figures / "figures.json").exists() and list(figures.glob("*.png"))
+    assert list(figures.glob("*.png"))
+    # The generations drew z_s from the prior fitted on the training set.
+    written = json.loads((figures / "figures.json").read_text())
+    assert written["generation_style_prior"] == "conditional"
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["figures"] == str(figures)
 

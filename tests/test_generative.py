@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from gaussmem import figures, generative
+from gaussmem import figures, generative, style_prior
 from gaussmem.checkpoint import save_checkpoint
 from gaussmem.cli import main
 from gaussmem.config import to_dict
@@ -191,6 +191,44 @@ def test_temperature_scales_the_style_draw_and_nothing_else(
     torch.testing.assert_close(frozen, frozen[:, :1].expand_as(frozen), rtol=0, atol=0)
 
 
+def test_generation_draws_z_s_from_the_style_prior_given_the_decoders_z_c(
+        trained_vae: GaussianVAE, dataset: ClassImageSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a style prior the decoder gets, for the same z_c and noise as without one,
+    the prior's mean given the entry's mean plus its factor times the (tempered)
+    noise."""
+    examples = episode(dataset, 3)
+    prior = style_prior.conditional_style_prior_from(trained_vae, dataset)
+    assert prior is not None and prior.weights.shape == (trained_vae.config.content_dim + 1,
+                                                         trained_vae.config.style_dim)
+    decoded: list[tuple[torch.Tensor, torch.Tensor]] = []
+    decode = trained_vae.decode
+
+    def recording_decode(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        decoded.append((content.clone(), style.clone()))
+        return decode(content, style)
+
+    monkeypatch.setattr(trained_vae, "decode", recording_decode)
+    generative.generate_from_memory(trained_vae, examples, torch.arange(3), 4, seed=5)
+    generative.generate_from_memory(trained_vae, examples, torch.arange(3), 4, seed=5,
+                                    temperature=0.5, style_prior=prior)
+    (content, noise), (content_given, style_given) = decoded
+    torch.testing.assert_close(content_given, content, rtol=0, atol=0)
+    entry_means = trained_vae.encode_content(examples).mean.repeat_interleave(4, dim=0)
+    expected = (entry_means @ prior.weights[:-1] + prior.weights[-1]
+                + 0.5 * noise @ prior.cholesky.T)
+    torch.testing.assert_close(style_given, expected)
+
+
+def test_a_style_prior_of_another_model_is_refused(trained_vae: GaussianVAE,
+                                                   dataset: ClassImageSet) -> None:
+    content_dim = trained_vae.config.content_dim
+    other = style_prior.ConditionalStylePrior(torch.zeros(content_dim + 2, 4), torch.eye(4), 99)
+    with pytest.raises(generative.GenerativeError, match="fit it on this model"):
+        generative.generate_from_memory(trained_vae, episode(dataset, 2), torch.arange(2), 3,
+                                        style_prior=other)
+
+
 @pytest.mark.parametrize("temperature", [-0.1, float("nan"), float("inf")])
 def test_a_temperature_that_is_not_a_finite_non_negative_number_is_refused(
         trained_vae: GaussianVAE, dataset: ClassImageSet, temperature: float) -> None:
@@ -304,6 +342,13 @@ def test_commands_write_figures_and_json(synthetic_split: None, checkpoint_path:
                      "--n-samples", "5", "--seed", "2", "--out", str(path)]) == 0
     assert first.read_bytes() == second.read_bytes()
     assert Image.open(first).size == figures.grid_size(3, 6, (28, 28))
+    standard, record = tmp_path / "gen-standard.png", tmp_path / "gen-standard.json"
+    assert main(["generate", "--checkpoint", str(checkpoint_path), "--n-classes", "3",
+                 "--n-samples", "5", "--seed", "2", "--out", str(standard),
+                 "--style-prior", "standard", "--json", str(record)]) == 0
+    # The default draws z_s from the fitted conditional prior: other drawings.
+    assert standard.read_bytes() != first.read_bytes()
+    assert json.loads(record.read_text())["style_prior"] == "standard"
 
     style = tmp_path / "style.png"
     assert main(["style-transfer", "--checkpoint", str(checkpoint_path), "--n-content", "4",

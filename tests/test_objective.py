@@ -83,7 +83,8 @@ def test_generation_score_counts_drawings_judged_as_their_source(
     temperatures = []
 
     def copies(shift: int):
-        def generate(vae, examples, labels, n_samples, seed=0, temperature=1.0):
+        def generate(vae, examples, labels, n_samples, seed=0, temperature=1.0,
+                     style_prior=None):
             temperatures.append(temperature)
             rolled = examples.roll(shift, dims=0)
             samples = rolled[:, None].expand(-1, n_samples, -1, -1, -1)

@@ -41,6 +41,7 @@ from gaussmem.generative import (
 )
 from gaussmem.models.vae import GaussianVAE
 from gaussmem.plumbing.atomic import write_bytes_atomic, write_text_atomic
+from gaussmem.style_prior import ConditionalStylePrior
 
 #: Figure file names inside `run_dir/figures/` (see `write_run_figures`).
 RECONSTRUCTION_PNG = "reconstruction.png"
@@ -166,13 +167,14 @@ def reconstruction_figure(vae: GaussianVAE, images: torch.Tensor, *, per_row: in
 
 def generation_figure(vae: GaussianVAE, examples: torch.Tensor, *, n_samples: int = 10,
                       seed: int = 0, scale: int = 2, invert: bool = True,
-                      temperature: float = 1.0) -> Image.Image:
+                      temperature: float = 1.0,
+                      style_prior: ConditionalStylePrior | None = None) -> Image.Image:
     """One row per example's class: the stored example, then `n_samples` drawings
     generated from its memory entry (one example per class, labels 0..n-1) at
-    `temperature` (`generate_from_memory`)."""
+    `temperature`, z_s from `style_prior` if given (`generate_from_memory`)."""
     labels = torch.arange(len(examples))
     generation = generate_from_memory(vae, examples, labels, n_samples, seed=seed,
-                                      temperature=temperature)
+                                      temperature=temperature, style_prior=style_prior)
     rows = [torch.cat([examples[index:index + 1], generation.samples[index]])
             for index in range(len(examples))]
     return image_grid(rows, scale=scale, invert=invert)
@@ -189,10 +191,13 @@ def style_transfer_figure(vae: GaussianVAE, content_images: torch.Tensor,
 
 def write_run_figures(run_dir: str | Path, vae: GaussianVAE, dataset: FewShotDataset, *,
                       seed: int = 0, n_way: int = 100, n_generate: int = 8,
-                      n_samples: int = 10, n_style: int = 6) -> dict[str, Path]:
+                      n_samples: int = 10, n_style: int = 6,
+                      style_prior: ConditionalStylePrior | None = None) -> dict[str, Path]:
     """Write the reconstruction, generation and style-transfer figures of a trained
     model into `run_dir/figures/`, with `figures.json` (reconstruction NLL against the
-    mean image's, the decoder's sensitivity to z_c and z_s, dataset, seed).
+    mean image's, the decoder's sensitivity to z_c and z_s, dataset, seed). The
+    generations draw z_s from `style_prior` when given (fitted on the training split),
+    from N(0, I) otherwise.
 
     Meant for the end of training with the validation set (never the test split), as
     `gaussmem train` calls it. Takes seconds on a CPU.
@@ -210,7 +215,8 @@ def write_run_figures(run_dir: str | Path, vae: GaussianVAE, dataset: FewShotDat
     n_generate = min(n_generate, dataset.n_classes)
     examples, _ = episode_images(dataset, n_generate, seed=seed + 1)
     paths["generation"] = save_png(
-        generation_figure(vae, examples, n_samples=n_samples, seed=seed, invert=invert),
+        generation_figure(vae, examples, n_samples=n_samples, seed=seed, invert=invert,
+                          style_prior=style_prior),
         folder / GENERATION_PNG)
     n_style = min(n_style, dataset.n_classes // 2)
     if n_style >= 1:  # content and style from distinct classes: needs two classes
@@ -228,6 +234,7 @@ def write_run_figures(run_dir: str | Path, vae: GaussianVAE, dataset: FewShotDat
               "squared_error_ratio": (summary["mean_squared_error"]
                                       / summary["mean_image_squared_error"]),
               "decoder_sensitivity": decoder_sensitivity(vae, images),
+              "generation_style_prior": "standard" if style_prior is None else "conditional",
               "figures": {name: path.name for name, path in paths.items()}}
     paths["summary"] = folder / FIGURES_JSON
     write_text_atomic(paths["summary"], json.dumps(report, indent=2) + "\n")
@@ -235,7 +242,8 @@ def write_run_figures(run_dir: str | Path, vae: GaussianVAE, dataset: FewShotDat
 
 
 def write_run_figures_from_checkpoint(checkpoint_path: str | Path, dataset: FewShotDataset,
-                                      run_dir: str | Path | None = None, *, seed: int = 0
+                                      run_dir: str | Path | None = None, *, seed: int = 0,
+                                      style_prior: ConditionalStylePrior | None = None
                                       ) -> dict[str, Path]:
     """`write_run_figures` for a saved checkpoint; `run_dir` defaults to the folder
     above the checkpoint's `checkpoints/` folder."""
@@ -244,7 +252,7 @@ def write_run_figures_from_checkpoint(checkpoint_path: str | Path, dataset: FewS
     if run_dir is None:
         parent = checkpoint_path.resolve().parent
         run_dir = parent.parent if parent.name == "checkpoints" else parent
-    return write_run_figures(run_dir, vae, dataset, seed=seed)
+    return write_run_figures(run_dir, vae, dataset, seed=seed, style_prior=style_prior)
 
 
 def rows_needed(n_images: int, per_row: int) -> int:

@@ -6,7 +6,9 @@
 * `generate_from_memory`: one-shot generation. Each new class's example is written into
   a fresh `GaussianMemory` (exactly what classification does); new drawings of the class
   are decoded from z_c ~ the stored entry N(mean, var) and z_s ~ the prior N(0, I)
-  (or N(0, T^2 I) at a temperature T below 1: more typical, less varied drawings).
+  (or N(0, T^2 I) at a temperature T below 1: more typical, less varied drawings), or
+  from a style prior fitted to how z_s goes with z_c in training drawings
+  (gaussmem.style_prior).
 * `style_transfer`: decode(z_c of one image, z_s of another) for every pair.
 * `latent_nearest_accuracy`: the check that z_c carries the class and z_s does not:
   nearest-support accuracy by symmetric KL between posteriors of z_c only vs z_s only.
@@ -41,6 +43,7 @@ from gaussmem.methods import classifier_from_checkpoint
 from gaussmem.methods.mavae import MemoryAugmentedVAE
 from gaussmem.models.vae import DiagonalGaussian, GaussianVAE
 from gaussmem.plumbing.device import module_device
+from gaussmem.style_prior import ConditionalStylePrior
 
 
 # --- model helpers --------------------------------------------------------------------
@@ -183,14 +186,16 @@ def memory_entry_for_labels(memory: GaussianMemory, labels: torch.Tensor
 
 @torch.no_grad()
 def generate_from_memory(vae: GaussianVAE, examples: torch.Tensor, labels: torch.Tensor,
-                         n_samples: int, seed: int = 0, temperature: float = 1.0
-                         ) -> Generation:
+                         n_samples: int, seed: int = 0, temperature: float = 1.0,
+                         style_prior: ConditionalStylePrior | None = None) -> Generation:
     """One-shot generation: write `examples (n, 1, H, W)` with `labels (n,)` (0..L-1)
     into a fresh memory, then for each label draw `n_samples` images from
     decode(z_c ~ entry, z_s ~ N(0, temperature^2 I)) (z_c = the entry's mean for a
-    decoder trained on means, `VAEConfig.content_to_decoder`). Temperature 1 samples
-    the prior; below 1 the drawings are more typical and less varied, at 0 they are all
-    decoded from z_s = 0.
+    decoder trained on means, `VAEConfig.content_to_decoder`); with `style_prior`, z_s
+    is drawn from its Gaussian given the entry's mean instead (gaussmem.style_prior),
+    its spread scaled by the temperature alike. Temperature 1 samples the prior; below 1
+    the drawings are more typical and less varied, at 0 every drawing of a class is
+    decoded from the prior's mean.
 
     Seeded by its own `torch.Generator(seed)`: the same call gives the same pixels,
     whatever the global RNG did.
@@ -204,6 +209,12 @@ def generate_from_memory(vae: GaussianVAE, examples: torch.Tensor, labels: torch
     entry = memory_entry_for_labels(memory, unique_labels)
     generator = torch.Generator().manual_seed(seed)
     n_classes, content_dim = entry.mean.shape
+    if style_prior is not None and tuple(style_prior.weights.shape) != (
+            content_dim + 1, vae.config.style_dim):
+        raise GenerativeError(
+            f"the style prior maps a {style_prior.weights.shape[0] - 1}-d z_c to a "
+            f"{style_prior.weights.shape[1]}-d z_s; this model has {content_dim} and "
+            f"{vae.config.style_dim}: fit it on this model")
     noise_content = torch.randn(n_classes, n_samples, content_dim, generator=generator)
     noise_style = temperature * torch.randn(n_classes * n_samples, vae.config.style_dim,
                                             generator=generator)
@@ -212,9 +223,11 @@ def generate_from_memory(vae: GaussianVAE, examples: torch.Tensor, labels: torch
     spread = (entry.var.sqrt()[:, None] if vae.config.content_to_decoder == "sample"
               else 0.0)
     z_content = (entry.mean[:, None] + spread * noise_content).flatten(0, 1)
+    z_style = (noise_style if style_prior is None else style_prior.sample(
+        entry.mean.repeat_interleave(n_samples, dim=0), noise_style))
     device = module_device(vae)
     with _EvalMode(vae):
-        logits = vae.decode(z_content.to(device), noise_style.to(device))
+        logits = vae.decode(z_content.to(device), z_style.to(device))
     samples = torch.sigmoid(logits).cpu().unflatten(0, (n_classes, n_samples))
     return Generation(samples, entry.mean, entry.var)
 

@@ -48,6 +48,7 @@ from gaussmem.generative import (
 from gaussmem.methods.base import FewShotClassifier
 from gaussmem.models.vae import GaussianVAE
 from gaussmem.plumbing.device import module_device
+from gaussmem.style_prior import ConditionalStylePrior
 
 
 @dataclass
@@ -128,8 +129,11 @@ class GenerationSummary:
     generated_against_reconstructions: AccuracySummary
     chance: float
     judge_view: str
-    #: z_s of the generated drawings ~ N(0, temperature^2 I).
+    #: z_s of the generated drawings ~ N(0, temperature^2 I), or the style prior's
+    #: Gaussian given z_c with its spread scaled by the temperature.
     temperature: float
+    #: "standard" (N(0, I)) or "conditional" (gaussmem.style_prior).
+    style_prior: str
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -199,14 +203,16 @@ def content_sensitivity(vae: GaussianVAE, supports: list[torch.Tensor]) -> dict[
 def generation_accuracy(vae: GaussianVAE, judge: FewShotClassifier, dataset: FewShotDataset,
                         *, n_way: int = 20, episodes: int = 50, samples_per_class: int = 5,
                         n_query: int = 5, seed: int = 0, view: str = "auto",
-                        temperature: float = 1.0) -> GenerationSummary:
+                        temperature: float = 1.0,
+                        style_prior: ConditionalStylePrior | None = None
+                        ) -> GenerationSummary:
     """One-shot generation judged by `judge` (eval mode, CPU) over seeded `n_way`-way
     1-shot episodes: per episode, the judge's support is the stored examples, its
     queries the drawings generated from their memory entries and, for its ceilings, the
     episode's real query drawings and the reconstructions of the stored examples; then
     with the reconstructions as its support, the generated drawings again. The judge
     sees every image through `view` (`judge_view_for`); the drawings' z_s comes from
-    N(0, temperature^2 I) (`generate_from_memory`)."""
+    N(0, temperature^2 I) or `style_prior` (`generate_from_memory`)."""
     n_way = min(n_way, dataset.n_classes)
     sampler = episode_sampler(dataset, n_way, 1, n_query, seed=seed)
     view = judge_view_for(vae, view)
@@ -218,7 +224,7 @@ def generation_accuracy(vae: GaussianVAE, judge: FewShotClassifier, dataset: Few
         episode = sampler.sample()
         generation = generate_from_memory(vae, episode.support_images, episode.support_labels,
                                           samples_per_class, seed=seed + index,
-                                          temperature=temperature)
+                                          temperature=temperature, style_prior=style_prior)
         drawings = seen(generation.samples.flatten(0, 1))
         reconstructions = seen(reconstruct(vae, episode.support_images).images)
         judge.fit(seen(episode.support_images), episode.support_labels)
@@ -238,4 +244,5 @@ def generation_accuracy(vae: GaussianVAE, judge: FewShotClassifier, dataset: Few
                              AccuracySummary.from_values(reconstructed),
                              AccuracySummary.from_values(blurred),
                              AccuracySummary.from_values(against_reconstructions),
-                             100.0 / n_way, view, temperature)
+                             100.0 / n_way, view, temperature,
+                             "standard" if style_prior is None else "conditional")

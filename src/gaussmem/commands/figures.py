@@ -38,11 +38,35 @@ def _common(parser: argparse.ArgumentParser, *, figure: bool = True) -> None:
     add_data_location_arguments(parser)
 
 
-def _temperature_argument(parser: argparse.ArgumentParser) -> None:
+def _sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """How generation draws z_s: the style prior and its temperature."""
+    parser.add_argument("--style-prior", choices=("conditional", "standard"),
+                        default="conditional",
+                        help="where the generated drawings' z_s comes from: 'conditional' "
+                        "fits how z_s goes with z_c on the checkpoint's training split "
+                        "(seconds) and draws from it given the entry's z_c; 'standard' is "
+                        "the VAE's N(0, I) (docs/generative.md)")
     parser.add_argument("--temperature", type=non_negative_float, default=1.0,
-                        help="spread of the generated drawings' z_s, drawn from "
-                        "N(0, T^2 I): 1 samples the prior; lower gives more typical, less "
-                        "varied drawings (docs/generative.md)")
+                        help="scales the spread of z_s around the prior's mean: 1 samples "
+                        "the prior; lower gives more typical, less varied drawings")
+
+
+def _style_prior(args: argparse.Namespace, vae: Any, checkpoint: dict[str, Any]) -> Any:
+    """The `ConditionalStylePrior` `--style-prior` asks for, fitted on the checkpoint's
+    training split, or None for N(0, I) (also when that split is too small to fit it)."""
+    from gaussmem.generative import load_split
+    from gaussmem.plumbing.settings import resolve_cache_dir, resolve_data_dir
+    from gaussmem.style_prior import conditional_style_prior_from
+
+    if args.style_prior == "standard":
+        return None
+    train_set = load_split(checkpoint, "train", resolve_data_dir(args.data_dir),
+                           resolve_cache_dir(args.cache_dir))
+    prior = conditional_style_prior_from(vae, train_set, seed=args.seed)
+    if prior is None:
+        print("style prior: the training split has too few drawings to fit the "
+              "conditional prior; z_s ~ N(0, I)", file=sys.stderr)
+    return prior
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -64,14 +88,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "generate", help="one-shot generation: new drawings from a class's memory entry",
         description="Write one example of each of --n-classes new classes into a fresh "
         "memory, then decode --n-samples drawings per class with z_c drawn from the "
-        "stored Gaussian and z_s from the prior N(0, I) (N(0, T^2 I) with --temperature "
-        "T). One row per class, the stored example first. Seeded: the same seed gives "
-        "the same image.",
+        "stored Gaussian and z_s from the style prior given that z_c (--style-prior). One "
+        "row per class, the stored example first. Seeded: the same seed gives the same "
+        "image.",
         formatter_class=DefaultsHelpFormatter)
     _common(parser)
     parser.add_argument("--n-classes", type=positive_int, default=8, help="classes (rows)")
     parser.add_argument("--n-samples", type=positive_int, default=10, help="drawings per class")
-    _temperature_argument(parser)
+    _sampling_arguments(parser)
     parser.add_argument("--json", dest="json_path", type=output_file, default=None,
                         help="write the classes and metadata here (atomically)")
     parser.set_defaults(handler=run_generate)
@@ -131,7 +155,7 @@ def register_report(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--episodes", type=positive_int, default=50, help="generation episodes")
     parser.add_argument("--samples", type=positive_int, default=5,
                         help="drawings generated per class and episode")
-    _temperature_argument(parser)
+    _sampling_arguments(parser)
     parser.add_argument("--judge-view", choices=("auto", "strokes", "none"), default="auto",
                         help="how the judge sees every image: 'strokes' smooths and "
                         "thresholds to ink, so a blurred drawing is judged by what it "
@@ -209,12 +233,14 @@ def run_generate(args: argparse.Namespace) -> int:
 
     vae, checkpoint, dataset = _load(args)
     examples, class_indices = episode_images(dataset, args.n_classes, seed=args.seed)
+    prior = _style_prior(args, vae, checkpoint)
     figure = generation_figure(vae, examples, n_samples=args.n_samples, seed=args.seed,
                                scale=args.scale, invert=dataset.strokes_bright,
-                               temperature=args.temperature)
+                               temperature=args.temperature, style_prior=prior)
     save_png(figure, args.out)
     report = {**_metadata(args, checkpoint, dataset), "n_samples": args.n_samples,
               "temperature": args.temperature,
+              "style_prior": "standard" if prior is None else "conditional",
               "figure": str(Path(args.out).resolve()),
               "classes": [dataset.class_names[i] for i in class_indices.tolist()]}
     _write_json(args.json_path, report)
@@ -307,12 +333,14 @@ def run_generative_report(args: argparse.Namespace) -> int:
                                          episodes=args.episodes,
                                          samples_per_class=args.samples, seed=args.seed,
                                          view=args.judge_view,
-                                         temperature=args.temperature)
+                                         temperature=args.temperature,
+                                         style_prior=_style_prior(args, vae, checkpoint))
         report["generation"] = {**generation.to_dict(),
                                 "judge": {"path": str(Path(args.judge).resolve()),
                                           "sha256": file_sha256(args.judge)}}
-        print(f"one-shot generation ({args.episodes} x {generation.n_way}-way, judged through "
-              f"the {generation.judge_view!r} view): "
+        print(f"one-shot generation ({args.episodes} x {generation.n_way}-way, z_s from the "
+              f"{generation.style_prior} style prior at temperature {generation.temperature:g}, "
+              f"judged through the {generation.judge_view!r} view): "
               f"{generation.generated.mean:.1f}% ± {generation.generated.ci95:.1f} judged "
               f"their source class (real images {generation.real_images.mean:.1f}%, "
               f"reconstructions of the stored examples "

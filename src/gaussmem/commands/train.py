@@ -23,6 +23,7 @@ from gaussmem.plumbing.settings import resolve_cache_dir, resolve_data_dir
 
 if TYPE_CHECKING:  # the config module imports torch: not for `--help`
     from gaussmem.config import TrainConfig
+    from gaussmem.data.datasets import FewShotDataset
     from gaussmem.distributed import Distributed
     from gaussmem.train import Trainer, TrainResult
 
@@ -224,7 +225,7 @@ def _train(args: argparse.Namespace, config: TrainConfig | None, effective: Trai
     try:
         result = train(config, run_dir, train_set, val_set, resume=args.resume,
                        progress=not args.no_progress, overwrite=args.overwrite,
-                       on_finish=write_figures)
+                       on_finish=lambda trainer: write_figures(trainer, train_set))
     except TrainingInterrupted as stop:
         if ranks.is_main:
             print(f"gaussmem train: {stop} --run-dir {run_dir}", file=sys.stderr)
@@ -236,20 +237,24 @@ def _train(args: argparse.Namespace, config: TrainConfig | None, effective: Trai
     return 0
 
 
-def write_figures(trainer: Trainer) -> None:
+def write_figures(trainer: Trainer, train_set: FewShotDataset) -> None:
     """Reconstructions, generations and style transfer of a generative method, from the
-    validation split (never the test split), into the run's `figures/`.
+    validation split (never the test split), into the run's `figures/`; the
+    generations draw z_s from the style prior fitted on `train_set`
+    (gaussmem.style_prior), as `gaussmem generate` does by default.
 
     The command writes them, not the training loop, so a library caller of
     `gaussmem.train.train` gets a run directory without images unless it asks.
     """
     from gaussmem.figures import write_run_figures
+    from gaussmem.style_prior import conditional_style_prior_from
 
     network = trainer.method.generative_model
     if network is None or trainer.val_set is None or not trainer.config.run_figures:
         return
     # Each generative operation switches the network to eval mode for its own call.
-    write_run_figures(trainer.run_dir, network, trainer.val_set)
+    write_run_figures(trainer.run_dir, network, trainer.val_set,
+                      style_prior=conditional_style_prior_from(network, train_set))
 
 
 def summary_text(result: TrainResult, config: TrainConfig) -> str:
