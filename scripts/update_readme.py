@@ -21,6 +21,9 @@ from make_results_table import QUICKSTART_RUN
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
+#: The quick start's recipe with generation drawing z_s from the conditional style prior
+#: (`gaussmem generative-report`'s default), when its record exists.
+CONDITIONAL_STYLE_RUN = "cpu-quick-f32-style-conditional"
 #: The pages with generated blocks; each block's markers sit in one of them.
 PAGES = (ROOT / "README.md", ROOT / "docs" / "experiments.md")
 
@@ -150,10 +153,18 @@ def render_quickstart(record: dict) -> str:
             view = ("the judge seeing strokes" if generation.get("judge_view") == "strokes"
                     else "the judge seeing raw pixels")
             text += (f"; {generation['generated']['mean']:.0f}% of one-shot generations "
-                     f"are judged as their class ({view}; chance "
+                     f"with z_s from N(0, I) are judged as their class ({view}; chance "
                      f"{generation['chance']:.0f}%, real drawings "
                      f"{generation['real_images']['mean']:.0f}%)")
         text += "."
+    conditional_path = RESULTS / "omniglot" / CONDITIONAL_STYLE_RUN / "generative.json"
+    if conditional_path.is_file():
+        generation = json.loads(conditional_path.read_text())["generation"]
+        text += (" Generation now draws z_s from the conditional style prior "
+                 f"(docs/generative.md): for this recipe in float32 "
+                 f"(`{CONDITIONAL_STYLE_RUN}`) {generation['generated']['mean']:.0f}% "
+                 f"of generations are judged as their class (real drawings "
+                 f"{generation['real_images']['mean']:.0f}%).")
     return text
 
 
