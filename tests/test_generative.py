@@ -260,16 +260,17 @@ def test_style_transfer_grid(trained_vae: GaussianVAE, dataset: ClassImageSet) -
     assert figure.size == figures.grid_size(4, 5, (28, 28))
 
 
-def test_latent_check_is_seeded_and_in_range(trained_vae: GaussianVAE,
-                                             dataset: ClassImageSet) -> None:
+def test_latent_check_is_seeded_and_above_chance(trained_vae: GaussianVAE,
+                                                 dataset: ClassImageSet) -> None:
     check = generative.latent_nearest_accuracy(trained_vae, dataset, n_way=5, n_query=3,
                                                episodes=6, seed=1)
     again = generative.latent_nearest_accuracy(trained_vae, dataset, n_way=5, n_query=3,
                                                episodes=6, seed=1)
     assert check.to_dict() == again.to_dict()
     assert check.chance == 20.0
+    # The tiny VAE tells its distinct synthetic classes apart by either latent.
     for summary in (check.content, check.style):
-        assert 0 <= summary.mean <= 100 and summary.episodes == 6
+        assert summary.mean > check.chance and summary.episodes == 6
 
 
 def test_decoder_sensitivity_sees_an_ignored_latent(trained_vae: GaussianVAE,

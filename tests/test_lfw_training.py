@@ -18,6 +18,7 @@ from gaussmem.data.training_sampler import StreamSampler, TrainingClassSampler
 from gaussmem.errors import EpisodeError
 from gaussmem.evaluate import evaluate_checkpoint, evaluate_online
 from gaussmem.methods import classifier_from_checkpoint
+from gaussmem.metrics_log import read_metrics
 from gaussmem.presets import preset
 from gaussmem.train import LAST_CHECKPOINT, TrainingError, train
 
@@ -143,7 +144,8 @@ def test_every_method_trains_and_evaluates_on_a_grouped_set(tmp_path: Path, meth
                                  episodes=3, dataset=faces)
     assert report["n_query"] == default_n_query(faces, 5) == 4
     assert report["dataset"] == "faces"
-    assert 0.0 <= report["result"]["accuracy"]["mean"] <= 100.0
+    # The learnable faces are told apart above chance after the smoke preset's steps.
+    assert report["result"]["accuracy"]["mean"] > 100 / 4
 
 
 def test_networks_and_data_of_different_sizes_are_refused(tmp_path: Path) -> None:
@@ -168,7 +170,12 @@ def test_lfw_presets_train_on_fit_people_and_select_on_val_people(
     val_set = load_split(config.data, "val", data_dir=real_data_dir, cache_dir=real_cache_dir)
     assert (fit_set.n_classes, val_set.n_classes, fit_set.image_shape) == (300, 43, (84, 84))
     result = train(config, tmp_path / "run", fit_set, val_set, progress=False)
-    assert result.step == 2 and result.best_val_accuracy >= 0
+    assert result.step == 2
+    # Selection read the validation people: the best is the validation records' best.
+    validations = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl")
+                   if r["kind"] == "val"]
+    assert validations and validations[-1]["step"] == 2
+    assert result.best_val_accuracy == max(r["val_accuracy"] for r in validations)
 
 
 def test_dataset_settings_that_name_no_split_are_refused() -> None:
