@@ -160,20 +160,28 @@ def test_generation_is_seeded_and_reads_the_memory_entry(trained_vae: GaussianVA
                                atol=1e-6)
 
 
+def record_decodes(vae: GaussianVAE, monkeypatch: pytest.MonkeyPatch
+                   ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Make `vae.decode` record each call's `(z_c, z_s)`; returns the growing record."""
+    decoded: list[tuple[torch.Tensor, torch.Tensor]] = []
+    decode = vae.decode
+
+    def recording_decode(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        decoded.append((content.clone(), style.clone()))
+        return decode(content, style)
+
+    monkeypatch.setattr(vae, "decode", recording_decode)
+    return decoded
+
+
 def test_temperature_scales_the_style_draw_and_nothing_else(
         trained_vae: GaussianVAE, dataset: ClassImageSet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """At temperature T the decoder gets the same z_c and T times the z_s that the prior
     draw (T = 1) gives under the same seed; at T = 0 every drawing of a class is one."""
     examples = episode(dataset, 3)
-    decoded: list[tuple[torch.Tensor, torch.Tensor]] = []
     decode = trained_vae.decode
-
-    def recording_decode(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        decoded.append((content.clone(), style.clone()))
-        return decode(content, style)
-
-    monkeypatch.setattr(trained_vae, "decode", recording_decode)
+    decoded = record_decodes(trained_vae, monkeypatch)
     for temperature in (1.0, 0.25, 0.0):
         generative.generate_from_memory(trained_vae, examples, torch.arange(3), 4, seed=7,
                                         temperature=temperature)
@@ -191,7 +199,7 @@ def test_temperature_scales_the_style_draw_and_nothing_else(
     torch.testing.assert_close(frozen, frozen[:, :1].expand_as(frozen), rtol=0, atol=0)
 
 
-def test_generation_draws_z_s_from_the_style_prior_given_the_decoders_z_c(
+def test_generation_draws_z_s_from_the_style_prior_given_the_entry_mean(
         trained_vae: GaussianVAE, dataset: ClassImageSet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With a style prior the decoder gets, for the same z_c and noise as without one,
@@ -201,14 +209,7 @@ def test_generation_draws_z_s_from_the_style_prior_given_the_decoders_z_c(
     prior = style_prior.conditional_style_prior_from(trained_vae, dataset)
     assert prior is not None and prior.weights.shape == (trained_vae.config.content_dim + 1,
                                                          trained_vae.config.style_dim)
-    decoded: list[tuple[torch.Tensor, torch.Tensor]] = []
-    decode = trained_vae.decode
-
-    def recording_decode(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        decoded.append((content.clone(), style.clone()))
-        return decode(content, style)
-
-    monkeypatch.setattr(trained_vae, "decode", recording_decode)
+    decoded = record_decodes(trained_vae, monkeypatch)
     generative.generate_from_memory(trained_vae, examples, torch.arange(3), 4, seed=5)
     generative.generate_from_memory(trained_vae, examples, torch.arange(3), 4, seed=5,
                                     temperature=0.5, style_prior=prior)
