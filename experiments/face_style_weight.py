@@ -100,7 +100,8 @@ def table(points: list[dict[str, Any]]) -> str:
             f"{point['swap_content'] / point['swap_style']:.2f} | "
             f"{point['squared_error_ratio']:.3f} | {point['style_signal_to_noise']:.1f} | "
             f"{hardware.get('cpu_cores')}-core {hardware.get('cpu')}, "
-            f"{hardware.get('torch_threads')} report threads |")
+            f"{hardware.get('torch_threads')} report "
+            f"thread{'' if hardware.get('torch_threads') == 1 else 's'} |")
     return "\n".join(lines) + "\n"
 
 
