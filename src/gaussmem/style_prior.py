@@ -10,10 +10,9 @@ drawings never had, which the decoder renders badly.
 (ex-post density estimation, as Ghosh et al. 2020 fit a density to a VAE's aggregate
 posterior, here conditioned on the content): z_s | m ~ N(W^T [m, 1], L L^T), m the
 posterior mean of z_c, with W the least-squares regression of the drawings' posterior
-means of z_s on their m, and
-L L^T the covariance of its residuals plus the mean posterior variance of z_s. It is
-fitted in closed form from a few thousand encoded drawings and never trained by
-gradient, so it cannot change the model's accuracy.
+means of z_s on their m, and L L^T the covariance of its residuals plus the mean
+posterior variance of z_s. It is fitted in closed form from a few thousand encoded
+drawings and never trained by gradient, so it cannot change the model's accuracy.
 """
 
 from __future__ import annotations
@@ -32,8 +31,6 @@ from gaussmem.plumbing.device import module_device
 #: Drawings encoded to fit the prior: up to FIT_CLASSES training classes, FIT_DRAWINGS
 #: distinct drawings each (a few seconds on a CPU).
 FIT_CLASSES, FIT_DRAWINGS = 2048, 2
-#: What `--style-prior` offers: the fitted conditional, or the VAE's own N(0, I).
-STYLE_PRIORS = ("conditional", "standard")
 
 
 @dataclass(frozen=True)
