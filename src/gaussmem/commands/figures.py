@@ -52,16 +52,17 @@ def _sampling_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _style_prior(args: argparse.Namespace, vae: Any, checkpoint: dict[str, Any]) -> Any:
-    """The `ConditionalStylePrior` `--style-prior` asks for, fitted on the checkpoint's
-    training split, or None for N(0, I) (also when that split is too small to fit it)."""
+    """The `ConditionalStylePrior` `--style-prior` asks for, fitted on the classes the
+    checkpoint trained on (its config's `train_subset`), or None for N(0, I) (also when
+    they are too few to fit it)."""
     from gaussmem.generative import load_split
     from gaussmem.plumbing.settings import resolve_cache_dir, resolve_data_dir
     from gaussmem.style_prior import conditional_style_prior_from
 
     if args.style_prior == "standard":
         return None
-    train_set = load_split(checkpoint, "train", resolve_data_dir(args.data_dir),
-                           resolve_cache_dir(args.cache_dir))
+    train_set = load_split(checkpoint, checkpoint["config"]["data"].get("train_subset", "train"),
+                           resolve_data_dir(args.data_dir), resolve_cache_dir(args.cache_dir))
     prior = conditional_style_prior_from(vae, train_set, seed=args.seed)
     if prior is None:
         print("style prior: the training split has too few drawings to fit the "
