@@ -476,9 +476,10 @@ def speed_section(training: dict[str, dict]) -> list[str]:
     for tag, record in sorted(training.items()):
         # One training run scored under a second tag (its generations drawn another way)
         # trained once: one row.
-        if record.get("method", "mavae") != "mavae" or record.get("command") in commands:
+        command = record.get("command")
+        if record.get("method", "mavae") != "mavae" or (command and command in commands):
             continue
-        commands.add(record.get("command"))
+        commands.add(command)
         runs.append((tag, record))
     if not runs:
         return []

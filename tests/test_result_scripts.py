@@ -47,6 +47,16 @@ def test_speed_section_reports_each_runs_device_rate_sharing_and_time_to_97() ->
     ]
 
 
+def test_one_training_run_scored_under_two_tags_is_one_speed_row() -> None:
+    tables = load_script("make_results_table")
+    command = "gaussmem train --preset cpu-quick --run-dir runs/a"
+    training = {"a": {**training_record("cpu", 0, None), "command": command},
+                "a-rescored": {**training_record("cpu", 0, None), "command": command},
+                "b": {**training_record("cpu", 0, None), "command": command + "b"}}
+    rows = [line for line in tables.speed_section(training) if line.startswith("| `")]
+    assert [row.split("`")[1] for row in rows] == ["a", "b"]
+
+
 def test_time_to_97_is_an_upper_bound_when_the_first_validation_passed() -> None:
     tables = load_script("make_results_table")
     record = {**training_record("cuda:0", 0, 0.29),
