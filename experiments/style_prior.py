@@ -41,13 +41,16 @@ from torch import nn
 
 from gaussmem import generative_report
 from gaussmem.checkpoint import file_sha256, load_checkpoint
-from gaussmem.data.class_images import pixels_to_tensor
 from gaussmem.data.datasets import FewShotDataset, episode_sampler
 from gaussmem.generative import generate_from_memory, load_split
 from gaussmem.methods import classifier_from_checkpoint
 from gaussmem.models.vae import GaussianVAE
 from gaussmem.plumbing.script_record import merge_by_identity, provenance, read_json, write_json
-from gaussmem.style_prior import ConditionalStylePrior, conditional_style_prior_from
+from gaussmem.style_prior import (
+    ConditionalStylePrior,
+    conditional_style_prior_from,
+    encode_drawings,
+)
 
 FIT_CLASSES, FIT_DRAWINGS = 1024, 2
 
@@ -69,18 +72,12 @@ class FittedStylePrior(nn.Module):
         return self.vae.decode(content, self.mean + style_noise @ self.scale.T)
 
 
-@torch.no_grad()
 def aggregate_posterior_gaussian(vae: GaussianVAE, dataset: FewShotDataset, seed: int
                                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """`(mean, Cholesky factor)` of the moment-matched aggregate posterior of z_s."""
-    rng = np.random.default_rng(seed)
-    classes = rng.choice(dataset.n_classes, min(FIT_CLASSES, dataset.n_classes),
-                         replace=False)
-    pixels = dataset.draw_distinct(classes, FIT_DRAWINGS, rng)
-    images = pixels_to_tensor(pixels.reshape(-1, *pixels.shape[2:]))
-    style = [vae.encode(batch).style for batch in images.split(512)]
-    means = torch.cat([s.mean for s in style]).double()
-    variances = torch.cat([s.var for s in style]).double()
+    encoded = encode_drawings(vae, dataset, seed=seed, classes=FIT_CLASSES,
+                              drawings=FIT_DRAWINGS)
+    means, variances = encoded.style_means.double(), encoded.style_variances.double()
     covariance = torch.cov(means.T, correction=0) + torch.diag(variances.mean(dim=0))
     return means.mean(dim=0).float(), torch.linalg.cholesky(covariance).float()
 

@@ -41,7 +41,7 @@ from gaussmem.generative import (
 )
 from gaussmem.models.vae import GaussianVAE
 from gaussmem.plumbing.atomic import write_bytes_atomic, write_text_atomic
-from gaussmem.style_prior import ConditionalStylePrior
+from gaussmem.style_prior import ConditionalStylePrior, prior_name
 
 #: Figure file names inside `run_dir/figures/` (see `write_run_figures`).
 RECONSTRUCTION_PNG = "reconstruction.png"
@@ -234,7 +234,7 @@ def write_run_figures(run_dir: str | Path, vae: GaussianVAE, dataset: FewShotDat
               "squared_error_ratio": (summary["mean_squared_error"]
                                       / summary["mean_image_squared_error"]),
               "decoder_sensitivity": decoder_sensitivity(vae, images),
-              "generation_style_prior": "standard" if style_prior is None else "conditional",
+              "generation_style_prior": prior_name(style_prior),
               "figures": {name: path.name for name, path in paths.items()}}
     paths["summary"] = folder / FIGURES_JSON
     write_text_atomic(paths["summary"], json.dumps(report, indent=2) + "\n")

@@ -48,7 +48,7 @@ from gaussmem.generative import (
 from gaussmem.methods.base import FewShotClassifier
 from gaussmem.models.vae import GaussianVAE
 from gaussmem.plumbing.device import module_device
-from gaussmem.style_prior import ConditionalStylePrior
+from gaussmem.style_prior import ConditionalStylePrior, prior_name
 
 
 @dataclass
@@ -245,4 +245,4 @@ def generation_accuracy(vae: GaussianVAE, judge: FewShotClassifier, dataset: Few
                              AccuracySummary.from_values(blurred),
                              AccuracySummary.from_values(against_reconstructions),
                              100.0 / n_way, view, temperature,
-                             "standard" if style_prior is None else "conditional")
+                             prior_name(style_prior))

@@ -72,19 +72,26 @@ def fit_conditional_style_prior(content: torch.Tensor, style_means: torch.Tensor
     return ConditionalStylePrior(weights.float(), torch.linalg.cholesky(covariance).float(), n)
 
 
+@dataclass(frozen=True)
+class EncodedDrawings:
+    """Posterior moments of a sample of drawings: what a style prior is fitted on."""
+
+    #: `(n, content_dim)` posterior means of z_c.
+    content_means: torch.Tensor
+    #: `(n, style_dim)` posterior means and variances of z_s.
+    style_means: torch.Tensor
+    style_variances: torch.Tensor
+
+
 @torch.no_grad()
-def conditional_style_prior_from(vae: GaussianVAE, dataset: FewShotDataset, *,
-                                 seed: int = 0, classes: int = FIT_CLASSES,
-                                 drawings: int = FIT_DRAWINGS) -> ConditionalStylePrior | None:
-    """Fit the prior on `drawings` distinct drawings of up to `classes` classes of
-    `dataset` (the model's training split: the prior describes what it was trained on),
-    chosen by `seed`; None when the split has too few drawings to fit it (then generate
-    from N(0, I))."""
+def encode_drawings(vae: GaussianVAE, dataset: FewShotDataset, *, seed: int = 0,
+                    classes: int = FIT_CLASSES, drawings: int = FIT_DRAWINGS
+                    ) -> EncodedDrawings:
+    """`drawings` distinct drawings of up to `classes` classes of `dataset`, chosen by
+    `seed`, encoded in eval mode (the VAE's mode is restored after)."""
     rng = np.random.default_rng(seed)
     chosen = rng.choice(dataset.n_classes, min(classes, dataset.n_classes), replace=False)
     per_class = min(drawings, dataset.fewest_distinct_per_class)
-    if len(chosen) * per_class <= vae.config.content_dim + 1:
-        return None
     pixels = dataset.draw_distinct(chosen, per_class, rng)
     images = pixels_to_tensor(pixels.reshape(-1, *pixels.shape[2:]))
     device = module_device(vae)
@@ -94,7 +101,23 @@ def conditional_style_prior_from(vae: GaussianVAE, dataset: FewShotDataset, *,
         parts = [vae.encode(batch.to(device)) for batch in images.split(512)]
     finally:
         vae.train(was_training)
-    content = torch.cat([part.content.mean for part in parts]).cpu()
-    style_means = torch.cat([part.style.mean for part in parts]).cpu()
-    style_variances = torch.cat([part.style.var for part in parts]).cpu()
-    return fit_conditional_style_prior(content, style_means, style_variances)
+    return EncodedDrawings(torch.cat([part.content.mean for part in parts]).cpu(),
+                           torch.cat([part.style.mean for part in parts]).cpu(),
+                           torch.cat([part.style.var for part in parts]).cpu())
+
+
+def conditional_style_prior_from(vae: GaussianVAE, dataset: FewShotDataset, *,
+                                 seed: int = 0) -> ConditionalStylePrior | None:
+    """Fit the prior on `encode_drawings` of `dataset` (the model's training split: the
+    prior describes what it was trained on); None when the split has too few drawings
+    to fit it (then generate from N(0, I))."""
+    encoded = encode_drawings(vae, dataset, seed=seed)
+    if len(encoded.content_means) <= vae.config.content_dim + 1:
+        return None
+    return fit_conditional_style_prior(encoded.content_means, encoded.style_means,
+                                       encoded.style_variances)
+
+
+def prior_name(prior: ConditionalStylePrior | None) -> str:
+    """How a record names where z_s came from: "conditional", or "standard" (N(0, I))."""
+    return "standard" if prior is None else "conditional"

@@ -231,6 +231,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
 def run_generate(args: argparse.Namespace) -> int:
     from gaussmem.figures import generation_figure, save_png
     from gaussmem.generative import episode_images
+    from gaussmem.style_prior import prior_name
 
     vae, checkpoint, dataset = _load(args)
     examples, class_indices = episode_images(dataset, args.n_classes, seed=args.seed)
@@ -241,7 +242,7 @@ def run_generate(args: argparse.Namespace) -> int:
     save_png(figure, args.out)
     report = {**_metadata(args, checkpoint, dataset), "n_samples": args.n_samples,
               "temperature": args.temperature,
-              "style_prior": "standard" if prior is None else "conditional",
+              "style_prior": prior_name(prior),
               "figure": str(Path(args.out).resolve()),
               "classes": [dataset.class_names[i] for i in class_indices.tolist()]}
     _write_json(args.json_path, report)
