@@ -160,11 +160,9 @@ def render_quickstart(record: dict) -> str:
     conditional_path = RESULTS / "omniglot" / CONDITIONAL_STYLE_RUN / "generative.json"
     if conditional_path.is_file():
         generation = json.loads(conditional_path.read_text())["generation"]
-        text += (" Generation now draws z_s from the conditional style prior "
-                 f"(docs/generative.md): for this recipe in float32 "
-                 f"(`{CONDITIONAL_STYLE_RUN}`) {generation['generated']['mean']:.0f}% "
-                 f"of generations are judged as their class (real drawings "
-                 f"{generation['real_images']['mean']:.0f}%).")
+        text += (" With the conditional style prior generation now uses, "
+                 f"{generation['generated']['mean']:.0f}% (`{CONDITIONAL_STYLE_RUN}`, "
+                 f"real drawings {generation['real_images']['mean']:.0f}%).")
     return text
 
 
