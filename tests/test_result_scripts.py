@@ -578,6 +578,7 @@ def test_face_style_points_read_the_runs_validation_at_the_reported_step(tmp_pat
     script = load_script("face_style_weight", folder="experiments")
     run_dir = tmp_path / "run"
     run_dir.mkdir()
+    (run_dir / "config.json").write_text('{"model": {"content_to_decoder": "mean"}}')
     (run_dir / "metrics.jsonl").write_text(
         '{"kind": "val", "step": 50, "val_accuracy": 18.5, "val_ci95": 0.3, "minutes": 9.0}\n'
         '{"kind": "val", "step": 100, "val_accuracy": 27.8, "val_ci95": 0.4, "minutes": 20}\n')
@@ -592,10 +593,12 @@ def test_face_style_points_read_the_runs_validation_at_the_reported_step(tmp_pat
     assert point["validation_20way_1shot"]["accuracy"] == 27.8
     assert point["latent_style"] == 128.0 and point["budget"] == "60 minutes"
     row = script.table([point]).splitlines()[-1]
-    assert "| 128 | 60 minutes | 100 | 27.8 ± 0.4 |" in row
+    assert "| 128 | mean | 60 minutes | 100 | 27.8 ± 0.4 |" in row
     assert "| 1.50 |" in row  # swap z_c / swap z_s
     with pytest.raises(SystemExit, match="no validation record at step 75"):
         script.validation_at(run_dir, 75)
+    with pytest.raises(SystemExit, match="config.json: no model.content_to_decoder"):
+        script.decoder_reads(tmp_path)
 
 
 def test_style_prior_diversity_is_the_mean_difference_between_two_drawings_of_a_class(
