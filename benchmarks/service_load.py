@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+import httpx2
 import numpy as np
 import torch
 from PIL import Image
@@ -116,9 +116,9 @@ class Server:
             if self.process.poll() is not None:
                 raise SystemExit(f"the server exited with status {self.process.returncode}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                if httpx2.get(f"{self.url}/healthz", timeout=2).status_code == 200:
                     return
-            except httpx.TransportError:
+            except httpx2.TransportError:
                 pass
             if time.monotonic() > deadline:
                 self.stop()
@@ -150,7 +150,7 @@ class Tally:
 def client_loop(client_id: int, url: str, pngs: list[bytes], args: argparse.Namespace,
                 deadline: float, tally: Tally) -> None:
     rng = np.random.default_rng([args.seed, client_id])
-    with httpx.Client(base_url=url, timeout=30) as http:
+    with httpx2.Client(base_url=url, timeout=30) as http:
         while time.monotonic() < deadline:
             with tally.lock:
                 if tally.sent >= args.max_requests:
@@ -170,7 +170,7 @@ def client_loop(client_id: int, url: str, pngs: list[bytes], args: argparse.Name
                                          files=[("image", ("x.png", png, "image/png"))])
                 outcome = None if response.status_code == 200 else (
                     f"{response.status_code}: {response.text[:200]}")
-            except httpx.HTTPError as error:
+            except httpx2.HTTPError as error:
                 outcome = f"{type(error).__name__}: {error}"
             elapsed = time.perf_counter() - start
             with tally.lock:
@@ -232,7 +232,7 @@ def main() -> None:
             server.stop()
         restarted = Server(gallery, checkpoint)
         try:
-            listing = httpx.get(f"{restarted.url}/api/v1/labels", timeout=60).json()["labels"]
+            listing = httpx2.get(f"{restarted.url}/api/v1/labels", timeout=60).json()["labels"]
         finally:
             restarted.stop()
     after = {row["label"]: row["examples"] for row in listing}

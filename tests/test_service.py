@@ -29,7 +29,7 @@ from gaussmem.recognizer import Recognizer
 from gaussmem.train import train
 
 fastapi = pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
-httpx = pytest.importorskip("httpx", reason="httpx (TestClient) is not installed")
+httpx2 = pytest.importorskip("httpx2", reason="httpx2 (TestClient's client) is not installed")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from gaussmem.service import served_gallery  # noqa: E402
@@ -78,7 +78,7 @@ def client(checkpoint: Path, tmp_path: Path) -> TestClient:
 
 
 def enroll(client: TestClient, label: str, class_index: int, drawers: tuple[int, ...] = (0, 1),
-           **headers: str) -> httpx.Response:
+           **headers: str) -> httpx2.Response:
     return client.post(f"/api/v1/labels/{label}/examples", headers=headers,
                        files=files("images", *(drawing_png(class_index, d) for d in drawers)))
 
@@ -340,8 +340,8 @@ def test_a_recognition_is_answered_while_a_write_is_flushed(client: TestClient) 
         assert release.wait(timeout=60), "the test never released the write"
         append(self, record)
 
-    answers: list[httpx.Response] = []
-    recognized: list[httpx.Response] = []
+    answers: list[httpx2.Response] = []
+    recognized: list[httpx2.Response] = []
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(JournalWriter, "append", slow_append)
         writer = threading.Thread(target=lambda: answers.append(enroll(client, "beta", 1)))
@@ -431,9 +431,9 @@ def server(checkpoint: Path, tmp_path: Path) -> Iterator[tuple[str, subprocess.P
             if process.poll() is not None:
                 pytest.fail(f"the server exited: {process.stdout.read()}")
             try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                if httpx2.get(f"{url}/healthz", timeout=1).status_code == 200:
                     break
-            except httpx.TransportError:
+            except httpx2.TransportError:
                 if time.monotonic() > deadline:
                     pytest.fail("the server did not answer within 60 s")
                 time.sleep(0.2)
@@ -454,7 +454,7 @@ def test_kill_9_during_enrollments_leaves_each_fully_in_or_out(
     answered: list[str] = []
     sent: list[str] = []
     killer: threading.Timer | None = None
-    with httpx.Client(base_url=url, timeout=30) as http:
+    with httpx2.Client(base_url=url, timeout=30) as http:
         for index in range(200):
             label = f"person{index}"
             sent.append(label)
@@ -466,7 +466,7 @@ def test_kill_9_during_enrollments_leaves_each_fully_in_or_out(
                 response = http.post(f"/api/v1/labels/{label}/examples",
                                      files=files("images", drawing_png(index % 4, 0),
                                                  drawing_png(index % 4, 1)))
-            except httpx.TransportError:
+            except httpx2.TransportError:
                 break
             assert response.status_code == 200, response.text
             answered.append(label)
