@@ -83,6 +83,11 @@ class EncodedDrawings:
     style_variances: torch.Tensor
 
 
+def _sample_shape(dataset: FewShotDataset, classes: int, drawings: int) -> tuple[int, int]:
+    """`(classes, drawings per class)` `encode_drawings` takes from `dataset`."""
+    return min(classes, dataset.n_classes), min(drawings, dataset.fewest_distinct_per_class)
+
+
 @torch.no_grad()
 def encode_drawings(vae: GaussianVAE, dataset: FewShotDataset, *, seed: int = 0,
                     classes: int = FIT_CLASSES, drawings: int = FIT_DRAWINGS
@@ -90,8 +95,8 @@ def encode_drawings(vae: GaussianVAE, dataset: FewShotDataset, *, seed: int = 0,
     """`drawings` distinct drawings of up to `classes` classes of `dataset`, chosen by
     `seed`, encoded in eval mode (the VAE's mode is restored after)."""
     rng = np.random.default_rng(seed)
-    chosen = rng.choice(dataset.n_classes, min(classes, dataset.n_classes), replace=False)
-    per_class = min(drawings, dataset.fewest_distinct_per_class)
+    n_classes, per_class = _sample_shape(dataset, classes, drawings)
+    chosen = rng.choice(dataset.n_classes, n_classes, replace=False)
     pixels = dataset.draw_distinct(chosen, per_class, rng)
     images = pixels_to_tensor(pixels.reshape(-1, *pixels.shape[2:]))
     device = module_device(vae)
@@ -111,9 +116,10 @@ def conditional_style_prior_from(vae: GaussianVAE, dataset: FewShotDataset, *,
     """Fit the prior on `encode_drawings` of `dataset` (the model's training split: the
     prior describes what it was trained on); None when the split has too few drawings
     to fit it (then generate from N(0, I))."""
+    n_classes, per_class = _sample_shape(dataset, FIT_CLASSES, FIT_DRAWINGS)
+    if n_classes * per_class <= vae.config.content_dim + 1:
+        return None  # known before encoding anything
     encoded = encode_drawings(vae, dataset, seed=seed)
-    if len(encoded.content_means) <= vae.config.content_dim + 1:
-        return None
     return fit_conditional_style_prior(encoded.content_means, encoded.style_means,
                                        encoded.style_variances)
 
