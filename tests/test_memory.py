@@ -13,8 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gaussmem.errors import MemoryFileError
-from gaussmem.gaussian import lift_entries, moment_match_merge, shot_weights, symmetric_kl_diag
-from gaussmem.memory import NOT_FOUND, GaussianMemory, SlotMemory, _smallest
+from gaussmem.gaussian import (
+    lift_entries,
+    lift_queries,
+    moment_match_merge,
+    shot_weights,
+    symmetric_kl_diag,
+)
+from gaussmem.memory import NOT_FOUND, GaussianMemory, SlotMemory, _RunningSmallest, _smallest
 
 DIM = 4
 
@@ -501,6 +507,24 @@ def test_to_float64_recomputes_the_lift():
     assert float64_result.divergence.dtype == torch.float64
 
 
+def test_cpu_scores_carry_the_entry_offsets_in_the_product():
+    """The CPU search adds each entry's offset inside the matrix product (its last lift
+    row against a 1 per query): scores equal the accelerator path's features . lift +
+    offset, empty slots score +inf and never NaN, and growing keeps the offset row."""
+    memory = GaussianMemory(6, DIM, dtype=torch.float64)
+    mu, var = random_gaussians(4, seed=19)
+    memory.update_(mu, var, torch.arange(4))
+    queries = lift_queries(*random_gaussians(3, seed=20)).features
+    expected = queries @ memory.entry_features + memory.entry_offsets
+    scores = memory._entry_scores(queries, slice(0, 6))
+    assert torch.allclose(scores[:, :4], expected[:, :4], rtol=1e-12, atol=1e-9)
+    assert torch.equal(scores[:, 4:], torch.full((3, 2), torch.inf, dtype=torch.float64))
+    memory.grow_(9)
+    assert memory.entry_lift.shape == (4 * DIM + 1, 9)
+    assert torch.isinf(memory.entry_offsets[4:]).all()
+    assert torch.equal(memory._entry_scores(queries, slice(0, 9))[:, :4], scores[:, :4])
+
+
 def test_save_load_round_trip(tmp_path):
     memory = filled_memory(age_noise=1.5)
     path = tmp_path / "memory.safetensors"
@@ -803,3 +827,29 @@ def test_grouped_selection_finds_the_smallest_scores(n_columns, k):
     assert torch.equal(values, expected)
     assert torch.equal(scores.gather(1, columns), values)
     assert all(len(set(row)) == len(row) for row in columns.tolist())
+
+
+@pytest.mark.parametrize("width", [1, 4, 10])
+@pytest.mark.parametrize("block_widths", [[300, 300, 300], [64, 31, 700, 5, 200], [1000, 1000]])
+def test_running_selection_over_blocks_finds_the_smallest_scores(width, block_widths):
+    """Blocks merged one after another, reading only the groups whose minimum beats the
+    running width-th best, against one `topk` over the whole row: same values, columns
+    that hold them, with ties, +inf rows and a row whose best scores come last."""
+    generator = torch.Generator().manual_seed(width + len(block_widths))
+    scores = torch.randn(7, sum(block_widths), generator=generator)
+    scores[1] = torch.round(scores[1])                      # many ties
+    scores[2, : scores.shape[1] // 2] = torch.inf           # empty slots first
+    scores[3] = torch.inf
+    scores[4] = torch.linspace(1, -1, scores.shape[1])      # every block beats the last
+    selection, start = _RunningSmallest(width), 0
+    for block_width in block_widths:
+        selection.add(scores[:, start : start + block_width], start)
+        start += block_width
+    values, columns = selection.result()
+    expected = torch.topk(scores, width, dim=1, largest=False).values
+    assert torch.equal(values, expected)
+    assert torch.equal(scores.gather(1, columns), values)
+    # +inf places are reported as NOT_FOUND by the search, whatever their column.
+    found = [[c for c, v in zip(row, vals, strict=True) if v < float("inf")]
+             for row, vals in zip(columns.tolist(), values.tolist(), strict=True)]
+    assert all(len(set(row)) == len(row) for row in found)

@@ -59,8 +59,8 @@ NOT_FOUND = -1
 #: 2**26 float32 = 256 MiB, so 1e7 entries never materialise a 1e10-element matrix.
 DEFAULT_MAX_BLOCK_ELEMENTS = 2**26
 #: A CPU score block of 16 MB (float32): large enough for the matrix product to run at
-#: speed, small enough that adding the offsets and selecting the smallest read it from
-#: the cache instead of main memory.
+#: speed, small enough that selecting the smallest reads it from the cache instead of
+#: main memory.
 _CPU_BLOCK_ELEMENTS = 2**22
 #: Fewest queries per block before entries are split instead: each query block re-reads
 #: every entry's key, so tiny query blocks turn the GEMM into a memory-bound scan.
@@ -242,6 +242,9 @@ class SlotMemory(nn.Module):
         query_rows = min(n_queries, max(1, budget // max(1, n_slots)))
         query_rows = max(query_rows, min(n_queries, _MIN_QUERY_BLOCK, budget))
         slot_rows = min(n_slots, max(1, budget // max(1, query_rows)))
+        if slot_rows < n_slots and slot_rows > _SELECTION_GROUP:
+            # Whole selection groups: only the last block has a partial one to read whole.
+            slot_rows -= slot_rows % _SELECTION_GROUP
         return max(1, query_rows), max(1, slot_rows)
 
     def _occupied_extent(self) -> int:
@@ -293,7 +296,7 @@ class SlotMemory(nn.Module):
         scratch = None
         for query_start in range(0, n_queries, query_step):
             query_rows = slice(query_start, min(query_start + query_step, n_queries))
-            block_scores, block_slots = [], []
+            smallest = _RunningSmallest(width)
             for slot_start in range(0, n_slots, slot_step):
                 slot_rows = slice(slot_start, min(slot_start + slot_step, n_slots))
                 block_size = (query_rows.stop - query_rows.start, slot_rows.stop - slot_rows.start)
@@ -308,13 +311,8 @@ class SlotMemory(nn.Module):
                     scores = scores.masked_fill_(
                         _excluded_in(excluded[query_rows], slot_rows, scores.shape[1]),
                         torch.inf)
-                smallest_scores, smallest_slots = _smallest(scores, width)
-                block_scores.append(smallest_scores)
-                block_slots.append(smallest_slots.add_(slot_start))
-            # Each block's best `width`, then the best of those: one selection at the end
-            # instead of a merge per block.
-            best_scores, order = _smallest(torch.cat(block_scores, 1), width)
-            best_slots = torch.cat(block_slots, 1).gather(1, order)
+                smallest.add(scores, slot_start)
+            best_scores, best_slots = smallest.result()
             best_slots.masked_fill_(best_scores == torch.inf, NOT_FOUND)
             labels = None if query_labels is None else query_labels[query_rows]
             best_slots = self._refine_candidates(
@@ -483,6 +481,83 @@ def _smallest(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]
     return values, columns.gather(1, picked)
 
 
+class _RunningSmallest:
+    """The `width` smallest scores per row over a row's blocks of columns, ascending, with
+    their columns; equal scores may come back in any order.
+
+    On an accelerator each block's best `width` are kept and selected from once at the
+    end: choosing which columns to read would make the host wait for the device. On the
+    CPU the best so far are merged after every block, and a block's group of
+    `_SELECTION_GROUP` columns is read only where its minimum is below the row's current
+    `width`-th best: past the first blocks few groups are, so a block costs one pass
+    for the group minima instead of `_smallest`'s selections over the whole block.
+    """
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.values: torch.Tensor | None = None
+        self.columns: torch.Tensor | None = None
+        self._blocks: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def add(self, scores: torch.Tensor, start: int) -> None:
+        """Take in the block `scores` `(rows, columns)`, whose first column is `start`."""
+        if scores.device.type != "cpu":
+            values, columns = _smallest(scores, self.width)
+            self._blocks.append((values, columns.add_(start)))
+            return
+        group = _SELECTION_GROUP
+        n_rows, n_columns = scores.shape
+        n_groups = n_columns // group
+        if self.values is None or self.values.shape[1] < self.width or n_groups == 0:
+            values, columns = _smallest(scores, self.width)
+            self._merge(values, columns.add_(start))
+            return
+        grouped = n_groups * group
+        minima = scores[:, :grouped].unflatten(1, (n_groups, group)).amin(dim=2)
+        rows, groups = (minima < self.values[:, -1:]).nonzero(as_tuple=True)
+        if len(rows) > n_rows * self.width:   # most of the block may hold better scores
+            values, columns = _smallest(scores, self.width)
+            self._merge(values, columns.add_(start))
+            return
+        values, columns = [], []
+        if len(rows):
+            # Each row's passing groups side by side, padded with +inf to the most any row has.
+            counts = torch.bincount(rows, minlength=n_rows)
+            rank = torch.arange(len(rows)) - (counts.cumsum(0) - counts)[rows]
+            read = groups[:, None] * group + torch.arange(group)
+            padded = torch.full((n_rows, int(counts.max()), group), torch.inf, dtype=scores.dtype)
+            padded[rows, rank] = scores[rows[:, None], read]
+            padded_columns = torch.zeros(padded.shape, dtype=torch.int64)
+            padded_columns[rows, rank] = read
+            values.append(padded.flatten(1))
+            columns.append(padded_columns.flatten(1))
+        if grouped < n_columns:   # a partial last group is always read
+            values.append(scores[:, grouped:])
+            columns.append(torch.arange(grouped, n_columns).expand(n_rows, -1))
+        if values:
+            self._merge(torch.cat(values, 1), torch.cat(columns, 1) + start)
+
+    def _merge(self, values: torch.Tensor, columns: torch.Tensor) -> None:
+        """Keep the best `width` of the best so far and `values` (any order)."""
+        if self.values is not None:
+            values = torch.cat([self.values, values], 1)
+            columns = torch.cat([self.columns, columns], 1)
+        elif values.shape[1] <= self.width:   # a first block's `_smallest`: sorted already
+            self.values, self.columns = values, columns
+            return
+        self.values, order = torch.topk(values, min(self.width, values.shape[1]), dim=1,
+                                        largest=False)
+        self.columns = columns.gather(1, order)
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(values, columns)`, each `(rows, <= width)`, ascending."""
+        if self._blocks:
+            values, order = _smallest(torch.cat([v for v, _ in self._blocks], 1), self.width)
+            return values, torch.cat([c for _, c in self._blocks], 1).gather(1, order)
+        assert self.values is not None and self.columns is not None, "no block was added"
+        return self.values, self.columns
+
+
 class GaussianMemory(SlotMemory):
     """Memory of diagonal-Gaussian class embeddings, addressed by symmetric KL.
 
@@ -499,16 +574,18 @@ class GaussianMemory(SlotMemory):
             `query` on CPU, label-filtered searches stay on torch).
 
     Buffers: `means`, `variances` `(capacity, dim)`; `labels`, `counts`, `ages`, `valid`
-    `(capacity,)`; the non-persistent lift cache `entry_features` `(4 * dim, capacity)`
-    (by dimension: a search's matrix product then reads the entries' values of each
-    dimension contiguously) and `entry_offsets` `(capacity,)` (+inf at empty slots so they
-    never match; rebuilt after `load_state_dict`, `.to()` and `grow_`).
+    `(capacity,)`; the non-persistent lift cache `entry_lift` `(4 * dim + 1, capacity)`:
+    the entries' features (`entry_features`) and, in its last row, their offsets
+    (`entry_offsets`, +inf at empty slots so they never match), by dimension, so a
+    search's matrix product reads the entries' values of each dimension contiguously
+    and, against a query's lift with a 1 appended, adds the offsets as one more product
+    term instead of in a second pass over the scores. Rebuilt after `load_state_dict`,
+    `.to()` and `grow_`.
     """
 
     means: torch.Tensor
     variances: torch.Tensor
-    entry_features: torch.Tensor
-    entry_offsets: torch.Tensor
+    entry_lift: torch.Tensor
 
     def __init__(
         self,
@@ -538,13 +615,20 @@ class GaussianMemory(SlotMemory):
         self.register_buffer("means", torch.zeros(capacity, dim, dtype=dtype))
         self.register_buffer("variances", torch.ones(capacity, dim, dtype=dtype))
         self.register_buffer(
-            "entry_features", torch.zeros(4 * dim, capacity, dtype=dtype), persistent=False
-        )
-        self.register_buffer(
-            "entry_offsets", torch.full((capacity,), torch.inf, dtype=dtype), persistent=False
+            "entry_lift", torch.zeros(4 * dim + 1, capacity, dtype=dtype), persistent=False
         )
         self.register_load_state_dict_post_hook(lambda module, _keys: module._keys_changed_(None))
         self._keys_changed_(None)
+
+    @property
+    def entry_features(self) -> torch.Tensor:
+        """`(4 * dim, capacity)`: the entries' lifted features (a view of `entry_lift`)."""
+        return self.entry_lift[:-1]
+
+    @property
+    def entry_offsets(self) -> torch.Tensor:
+        """`(capacity,)`: the entries' lift offsets, +inf at empty slots (a view)."""
+        return self.entry_lift[-1]
 
     def extra_repr(self) -> str:
         return (
@@ -721,19 +805,23 @@ class GaussianMemory(SlotMemory):
 
         On the CPU the product runs through NumPy's BLAS, which on some processors (AMD's,
         where PyTorch's MKL takes a slower path) multiplies these shapes in well under
-        the time; elsewhere through `torch.addmm`.
+        the time, and the offsets ride in it (a 1 appended to each query meets
+        `entry_lift`'s offset row), so the scores are written once and never re-read;
+        elsewhere through `torch.addmm`.
         """
-        entries = self.entry_features[:, slot_rows]
-        offsets = self.entry_offsets[slot_rows]
-        if entries.device.type != "cpu" or (torch.is_grad_enabled()
-                                            and query_features.requires_grad):
+        if self.entry_lift.device.type != "cpu" or (torch.is_grad_enabled()
+                                                    and query_features.requires_grad):
             # NumPy would drop the queries' gradient (`divergences_to_entries` keeps it).
-            return torch.addmm(offsets, query_features, entries, out=out)
+            return torch.addmm(self.entry_offsets[slot_rows], query_features,
+                               self.entry_features[:, slot_rows], out=out)
+        entries = self.entry_lift[:, slot_rows]
+        ones = query_features.new_ones(len(query_features), 1)
+        queries = torch.cat([query_features.detach(), ones], 1)
         if out is None:
-            out = torch.empty(len(query_features), entries.shape[1], dtype=entries.dtype)
+            out = torch.empty(len(queries), entries.shape[1], dtype=entries.dtype)
         single_blas_thread()
-        np.matmul(query_features.detach().numpy(), entries.numpy(), out=out.numpy())
-        return out.add_(offsets)
+        np.matmul(queries.numpy(), entries.numpy(), out=out.numpy())
+        return out
 
     def _candidate_width(self, k: int) -> int:
         # One past the re-scored candidates: the first other entry's GEMM score bounds
@@ -849,8 +937,9 @@ class GaussianMemory(SlotMemory):
         """Bound `(rows,)` float64 on the float32 error of GEMM score plus query offset.
 
         Each lifted feature and offset carries a few roundings, and the GEMM's sum of 4 dim
-        products at most 4 dim more (Higham's gamma_n), each relative to the sum of the
-        terms' magnitudes; Cauchy-Schwarz bounds that sum by the product of the rows' norms.
+        products and the entry's offset at most 4 dim + 1 more (Higham's gamma_n), each
+        relative to the sum of the terms' magnitudes; Cauchy-Schwarz bounds that sum by
+        the product of the rows' norms.
         """
         if self._entry_scale is None:
             self._entry_scale = self._scale_of(None)
@@ -887,17 +976,16 @@ class GaussianMemory(SlotMemory):
         merge_running_(self.means, self.variances, self.counts, slots, mu, var, merges)
 
     def _empty_slot_values(self) -> dict[str, Any]:
-        # entry_features is by dimension, not by slot: `_keys_changed_` sizes it.
-        return {**super()._empty_slot_values(), "means": 0.0, "variances": 1.0,
-                "entry_offsets": math.inf}
+        # entry_lift is by dimension, not by slot: `_keys_changed_` sizes it.
+        return {**super()._empty_slot_values(), "means": 0.0, "variances": 1.0}
 
     def _keys_changed_(self, slots: torch.Tensor | None) -> None:
         rows = slice(None) if slots is None else slots
         lifted = self._finite_lift(self.means[rows], self.variances[rows], self.valid[rows])
-        if self.entry_features.shape[1] != self.capacity:   # grown
-            self.entry_features = self.entry_features.new_empty((4 * self.dim, self.capacity))
-        self.entry_features[:, rows] = lifted.features.T
-        self.entry_offsets[rows] = lifted.offsets
+        if self.entry_lift.shape[1] != self.capacity:   # grown
+            self.entry_lift = self.entry_lift.new_empty((4 * self.dim + 1, self.capacity))
+        self.entry_lift[:-1, rows] = lifted.features.T
+        self.entry_lift[-1, rows] = lifted.offsets
         self._faiss_index = None
         if slots is None or self._entry_scale is None or slots.device.type != "cpu":
             self._entry_scale = None
@@ -971,9 +1059,7 @@ class GaussianMemory(SlotMemory):
             return torch.full((len(mu), k), NOT_FOUND, dtype=torch.int64)
         if self._faiss_index is None:
             occupied = torch.isfinite(self.entry_offsets).nonzero()[:, 0]
-            vectors = torch.cat(
-                [self.entry_features[:, occupied].T, self.entry_offsets[occupied, None]], dim=1
-            )
+            vectors = self.entry_lift[:, occupied].T
             index = faiss.IndexFlatIP(vectors.shape[1])
             index.add(vectors.float().contiguous().numpy())
             self._faiss_index, self._faiss_slots = index, occupied
