@@ -515,17 +515,18 @@ class _RunningSmallest:
         grouped = n_groups * group
         minima = scores[:, :grouped].unflatten(1, (n_groups, group)).amin(dim=2)
         rows, groups = (minima < self.values[:, -1:]).nonzero(as_tuple=True)
-        if len(rows) > n_rows * self.width:   # most of the block may hold better scores
+        counts = torch.bincount(rows, minlength=n_rows)
+        most = int(counts.max())
+        if most > 4 * self.width:   # some row may take its best from anywhere in the block
             values, columns = _smallest(scores, self.width)
             self._merge(values, columns.add_(start))
             return
         values, columns = [], []
-        if len(rows):
+        if most:
             # Each row's passing groups side by side, padded with +inf to the most any row has.
-            counts = torch.bincount(rows, minlength=n_rows)
             rank = torch.arange(len(rows)) - (counts.cumsum(0) - counts)[rows]
             read = groups[:, None] * group + torch.arange(group)
-            padded = torch.full((n_rows, int(counts.max()), group), torch.inf, dtype=scores.dtype)
+            padded = torch.full((n_rows, most, group), torch.inf, dtype=scores.dtype)
             padded[rows, rank] = scores[rows[:, None], read]
             padded_columns = torch.zeros(padded.shape, dtype=torch.int64)
             padded_columns[rows, rank] = read
