@@ -501,26 +501,18 @@ class _RunningSmallest:
 
     def add(self, scores: torch.Tensor, start: int) -> None:
         """Take in the block `scores` `(rows, columns)`, whose first column is `start`."""
-        if scores.device.type != "cpu":
+        passing = self._groups_to_read(scores)
+        if passing is None:   # select from the whole block
             values, columns = _smallest(scores, self.width)
-            self._blocks.append((values, columns.add_(start)))
+            if scores.device.type == "cpu":
+                self._merge(values, columns.add_(start))
+            else:
+                self._blocks.append((values, columns.add_(start)))
             return
+        rows, groups, counts, most = passing
         group = _SELECTION_GROUP
         n_rows, n_columns = scores.shape
-        n_groups = n_columns // group
-        if self.values is None or self.values.shape[1] < self.width or n_groups == 0:
-            values, columns = _smallest(scores, self.width)
-            self._merge(values, columns.add_(start))
-            return
-        grouped = n_groups * group
-        minima = scores[:, :grouped].unflatten(1, (n_groups, group)).amin(dim=2)
-        rows, groups = (minima < self.values[:, -1:]).nonzero(as_tuple=True)
-        counts = torch.bincount(rows, minlength=n_rows)
-        most = int(counts.max())
-        if most > 4 * self.width:   # some row may take its best from anywhere in the block
-            values, columns = _smallest(scores, self.width)
-            self._merge(values, columns.add_(start))
-            return
+        grouped = n_columns // group * group
         values, columns = [], []
         if most:
             # Each row's passing groups side by side, padded with +inf to the most any row has.
@@ -537,6 +529,29 @@ class _RunningSmallest:
             columns.append(torch.arange(grouped, n_columns).expand(n_rows, -1))
         if values:
             self._merge(torch.cat(values, 1), torch.cat(columns, 1) + start)
+
+    def _groups_to_read(self, scores: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int] | None:
+        """`(rows, groups, groups per row, the most of any row)` of the block's whole
+        groups whose minimum is below their row's current `width`-th best; None where the
+        whole block is selected from instead: on an accelerator, before `width`
+        candidates are known, in a block narrower than a group, or where some row has
+        many groups to read."""
+        if (scores.device.type != "cpu" or self.values is None
+                or self.values.shape[1] < self.width):
+            return None
+        n_rows, n_columns = scores.shape
+        n_groups = n_columns // _SELECTION_GROUP
+        if n_groups == 0:
+            return None
+        minima = scores[:, : n_groups * _SELECTION_GROUP].unflatten(
+            1, (n_groups, _SELECTION_GROUP)).amin(dim=2)
+        rows, groups = (minima < self.values[:, -1:]).nonzero(as_tuple=True)
+        counts = torch.bincount(rows, minlength=n_rows)
+        most = int(counts.max())
+        if most > 4 * self.width:   # a row may take its best from anywhere in the block
+            return None
+        return rows, groups, counts, most
 
     def _merge(self, values: torch.Tensor, columns: torch.Tensor) -> None:
         """Keep the best `width` of the best so far and `values` (any order)."""
