@@ -131,7 +131,7 @@ def plot(points: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (accuracy_axes, error_axes) = plt.subplots(1, 2, figsize=(10, 4.2))
+    figure, (accuracy_axes, error_axes) = plt.subplots(1, 2, figsize=(10, 5.2))
     for series in dict.fromkeys(map(_series, points)):
         chosen = [point for point in points if _series(point) == series]
         ratios = [point["swap_content"] / point["swap_style"] for point in chosen]
@@ -151,11 +151,13 @@ def plot(points: list[dict[str, Any]], path: Path) -> None:
         axes.axvline(1.0, color="grey", linestyle=":", label="target: z_c >= z_s")
         axes.set_xscale("log")
         axes.set_xlabel("swap z_c / swap z_s (labels: z_s KL weight)")
-        axes.legend(fontsize=8)
     accuracy_axes.set_ylabel("validation 20-way 1-shot (%)")
     error_axes.set_ylabel("reconstruction squared error / mean image's")
+    # One legend under both panels: inside either it hid the points.
+    figure.legend(*accuracy_axes.get_legend_handles_labels(), loc="lower center", ncol=2,
+                  fontsize=8)
     figure.suptitle("LFW-a faces, validation: z_s's KL weight and what the decoder reads")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.14, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
     plt.close(figure)

@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 presets=(lfw-cpu protonet-lfw-cpu matching-lfw-cpu kaiser-lfw-cpu)
-tags=(mavae-cpu60-closedstyle protonet-cpu5 matching-cpu5 kaiser-cpu5)
+tags=(mavae-cpu60-style2048 protonet-cpu5 matching-cpu5 kaiser-cpu5)
 minutes=(60 5 5 5)
 bench() {  # bench INDEX --skip-eval | --skip-train
   python experiments/train_cpu_quick.py --preset "${presets[$1]}" --run-dir "runs/lfw-${tags[$1]}" \
