@@ -582,7 +582,7 @@ BEYOND_HEADLINE = {
                  (", longer run", ("20way-tuned-gpu", "parallel-20way-tuned-gpu",
                                    "cpu-quick-lake-2200steps"))),
     "lfw": ((", the preset's 60 minutes", ("mavae-cpu60-style2048",)),
-            (", z_s closed (KL weight 16384, the presets before 2048), 60 and 5 minutes",
+            (", z_s closed (KL weight 16384: the presets before this one), 60 and 5 minutes",
              ("mavae-cpu60-closedstyle", "mavae-cpu5-closedstyle")),
             (", z_s open, decoder reads a sample of z_c (the presets before 2026-12-05), "
              "60 and 5 minutes", ("mavae-cpu60", "mavae-cpu5-softmax")),

@@ -209,7 +209,7 @@ def _face_objective(config: TrainConfig) -> TrainConfig:
     alike, that one is rarely the one that matters. As on Omniglot the decoder reads
     z_c's mean, with c1 = 1000 scaled by the image's area (84x84 against 28x28: a
     face's reconstruction sums nine times the pixels). Unlike Omniglot, z_s is dear: at
-    the weights Omniglot uses the decoder drew a face's identity from z_s; at this one
+    KL weights up to 1024 the decoder drew a face's identity from z_s; at this one
     it draws identity from z_c and keeps z_s for lighting and background, while a
     weight that closes z_s altogether leaves nothing for style transfer or varied
     generations (docs/experiments.md, "Faces: z_s dear but open")."""
