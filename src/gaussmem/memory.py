@@ -504,10 +504,11 @@ class _RunningSmallest:
         passing = self._groups_to_read(scores)
         if passing is None:   # select from the whole block
             values, columns = _smallest(scores, self.width)
+            columns.add_(start)
             if scores.device.type == "cpu":
-                self._merge(values, columns.add_(start))
+                self._merge(values, columns)
             else:
-                self._blocks.append((values, columns.add_(start)))
+                self._blocks.append((values, columns))
             return
         rows, groups, counts, most = passing
         group = _SELECTION_GROUP
