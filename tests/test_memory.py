@@ -450,6 +450,20 @@ def test_search_past_excluded_slots_matches_brute_force(max_block_elements, doub
     assert torch.equal(found, kept.topk(2, dim=1, largest=False).indices)
 
 
+def test_entry_scale_is_the_largest_finite_entry_norm_and_offset():
+    """The float32 error bound's entry scale: the largest lifted-feature norm and |offset|
+    over valid entries, empty slots left out (they hold offset +inf)."""
+    memory = filled_memory(capacity=10, n_entries=6)
+    lifted = lift_entries(memory.means[:6].double(), memory.variances[:6].double())
+    norm, offset = memory._scale_of(None)
+    assert norm == pytest.approx(float(lifted.features.norm(dim=1).max()), rel=1e-6)
+    assert offset == pytest.approx(float(lifted.offsets.abs().max()), rel=1e-6)
+    some = torch.tensor([1, 4])
+    assert memory._scale_of(some)[0] == pytest.approx(
+        float(lifted.features[some].norm(dim=1).max()), rel=1e-6)
+    assert GaussianMemory(4, DIM)._scale_of(None) == (0.0, 0.0)
+
+
 def test_block_shape_respects_the_budget():
     memory = GaussianMemory(1000, DIM, max_block_elements=5000)
     for n_queries in (1, 300, 4000):

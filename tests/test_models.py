@@ -123,6 +123,27 @@ def test_backbone_blocks_equal_the_standard_conv_bn_relu_pool_order() -> None:
     assert set(backbone.state_dict()) == set(reference.state_dict())
 
 
+def test_folded_batch_norms_give_the_trained_trunks_features() -> None:
+    """Folding each BatchNorm's running statistics into its convolution (the recognizer's
+    inference trunk) keeps the eval-mode function, negative scales included."""
+    torch.manual_seed(0)
+    backbone = Conv4Backbone(hidden_channels=8).train()
+    backbone(torch.rand(32, 1, 28, 28))  # running statistics away from 0 and 1
+    for module in backbone.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.weight.data.uniform_(-1, 1)
+            module.bias.data.uniform_(-0.5, 0.5)
+    backbone.eval()
+    folded = copy.deepcopy(backbone)
+    folded.fold_batch_norms_()
+    assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in folded.modules())
+    images = torch.rand(6, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(images), backbone(images), atol=1e-5, rtol=1e-4)
+    with pytest.raises(RuntimeError, match="eval mode"):
+        Conv4Backbone(hidden_channels=8).train().fold_batch_norms_()
+
+
 def test_decoder_output_size() -> None:
     decoder = DeconvDecoder(latent_dim=5, hidden_channels=8)
     assert decoder(torch.zeros(2, 5)).shape == (2, 1, 28, 28)

@@ -974,9 +974,14 @@ class GaussianMemory(SlotMemory):
         finite = self.valid[rows] & torch.isfinite(offsets)
         if not bool(finite.any()):
             return 0.0, 0.0
-        norms = torch.linalg.vector_norm(self.entry_features[:, rows], dim=0,
-                                         dtype=torch.float64)
-        return (float(norms.masked_fill(~finite, 0).max()),
+        # Row by row (one feature of every entry at a time): a float64 norm down the
+        # columns of this by-dimension layout took ten times as long, a visible share of
+        # the first certified search of a large gallery.
+        squared = offsets.new_zeros(offsets.shape, dtype=torch.float64)
+        for feature in self.entry_features[:, rows]:
+            feature = feature.double()
+            squared.addcmul_(feature, feature)
+        return (float(squared.masked_fill(~finite, 0).max().sqrt()),
                 float(offsets.double().abs().masked_fill(~finite, 0).max()))
 
     def _store_keys_(

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 
 from gaussmem.data.class_images import pixels_to_tensor
 from gaussmem.data.datasets import available_datasets, dataset_entry
@@ -84,7 +84,9 @@ def prepare_image(image: ImageInput, preprocessing: ImagePreprocessing,
     grey = _as_grey(image)
     if preprocessing.kind == "strokes":
         if polarity == "invert" or (polarity == "auto" and is_dark_on_light(grey)):
-            grey = ImageOps.invert(grey)
+            # ImageChops' C negation: ImageOps.invert builds its lookup table in Python,
+            # a third of a small drawing's preprocessing.
+            grey = ImageChops.invert(grey)
         grey = _pad_to_square(grey)
     else:
         grey = ImageOps.fit(grey, (min(grey.size),) * 2, Image.Resampling.BILINEAR)

@@ -140,6 +140,8 @@ class Recognizer:
                                   "an MA-VAE (mavae) checkpoint: its Gaussian embeddings "
                                   "are what the gallery stores")
         classifier = MemoryAugmentedVAE.from_checkpoint(checkpoint)
+        # A recognizer only encodes: its trunk runs with the BatchNorms folded in.
+        classifier.vae.backbone.fold_batch_norms_()
         return cls(classifier, ImagePreprocessing.from_config(checkpoint["config"]),
                    checkpoint_path=path, checkpoint_sha256=file_sha256(path), method=method,
                    search=search, polarity=polarity)
@@ -270,17 +272,20 @@ class Recognizer:
         check_labels(labels)
         if not (torch.isfinite(mu).all() and torch.isfinite(var).all()):
             raise GalleryError("the model gave non-finite embeddings; nothing was enrolled")
-        new_names = sorted(set(labels) - set(self._label_ids))
-        ids = {**self._label_ids,
-               **{name: self._next_label_id + offset for offset, name in enumerate(new_names)}}
-        label_ids = torch.tensor([ids[label] for label in labels], dtype=torch.int64)
+        # Only the batch's labels are looked at: copying the map of a 1e5-label gallery
+        # for every batch cost more than the batch's memory writes.
+        known = self._label_ids
+        new_names = sorted({label for label in labels if label not in known})
+        new_ids = {name: self._next_label_id + offset for offset, name in enumerate(new_names)}
+        label_ids = torch.tensor([known[label] if label in known else new_ids[label]
+                                  for label in labels], dtype=torch.int64)
         entries_before = len(self.memory)
         self._ensure_capacity(len(labels))
         # The batch's search of the whole gallery is most of the time: the cores go to
         # its products (gaussmem.plumbing.blas_threads).
         with cores_to_blas():
             update_in_order_(self.memory, mu, var, label_ids)
-        self._label_ids = ids
+        known.update(new_ids)
         self._names_of = None
         self._next_label_id += len(new_names)
         new_entries = len(self.memory) - entries_before
