@@ -40,6 +40,9 @@
 # "0") trains each side-by-side run once per training seed: a seed S other than 0 adds
 # "-seedS" to its tag, run directory and archive (the rows "Across training seeds" in
 # results/omniglot.md averages), e.g. `SEEDS="1 2" PRESETS="20way-tuned"`.
+# PRESETS=lfw-5way trains Table 3's paper preset (LFW-a faces, 30,000 steps); a lent
+# machine gets no archive, so GAUSSMEM_DATA must hold the faces' pack (docs/lfw.md,
+# "Machines without the archive"). Its record goes to results/lfw/<tag>/.
 #
 # Training only: each run writes its training record (results/omniglot/<tag>/training
 # .json, with the GPU's name) and leaves its best checkpoint; OUT_DIR/<run>.tar.gz holds
@@ -118,6 +121,8 @@ data.val_subset=none" ;;
     # settings spelled out as --set before they became the presets' own; now the preset.
     5way-tuned|20way-tuned|parallel-tuned|parallel-20way-tuned) echo "omniglot-${1%-tuned} \
 $1-$suffix" ;;
+    # Table 3's paper preset on faces (PRESETS=lfw-5way).
+    lfw-5way) echo "lfw-5way lfw-5way-$suffix" ;;
     *) echo "unknown run $1" >&2; return 1 ;;
   esac
 }
@@ -129,6 +134,8 @@ seed_suffix() {  # training seed -> "" for seed 0, else "-seedS" (tag, run and a
 train_run() {  # train_run NAME MINUTES CONCURRENT VALIDATE_EVERY SEED
   local name="$1" run_minutes="$2" concurrent="$3" every="$4" seed="$5" preset tag extra=()
   read -r preset tag rest <<<"$(preset_of "$name")"
+  local dataset=omniglot
+  case "$preset" in lfw-*) dataset=lfw ;; esac
   tag="$tag$(seed_suffix "$seed")"; name="$name$(seed_suffix "$seed")"
   extra=(--set "validation.every_steps=$every" --set "checkpoint_every=$every")
   if [ -n "${CUDA_GRAPH:-}" ]; then extra+=(--set cuda_graph=true); fi
@@ -154,7 +161,7 @@ sys.exit(steps >= json.load(open(sys.argv[2]))['budget']['max_steps'])" \
     keep_last=()
   fi
   tar -czf "$out/$name.tar.gz" "${keep_last[@]}" "runs/gpu/$name-$suffix" \
-    "runs/gpu/$name-$suffix.log" "$results_dir/omniglot/$tag/training.json"
+    "runs/gpu/$name-$suffix.log" "$results_dir/$dataset/$tag/training.json"
   echo "done: $name -> $name.tar.gz" >>"$log"
 }
 
@@ -164,7 +171,7 @@ if wanted 5way; then train_run 5way "$solo_minutes" 0 1000 0; fi
 side_by_side=()
 for name in 20way 5way-to-20way parallel parallel-20way cpu-quick cpu-quick-1024 cpu-quick-solo \
     cpu-quick-affine cpu-quick-trainval cpu-quick-lake 5way-tuned 20way-tuned parallel-tuned \
-    parallel-20way-tuned; do
+    parallel-20way-tuned lfw-5way; do
   if wanted "$name"; then
     for seed in ${SEEDS:-0}; do side_by_side+=("$name $seed"); done
   fi
