@@ -285,8 +285,9 @@ class Recognizer:
         # its products (gaussmem.plumbing.blas_threads).
         with cores_to_blas():
             update_in_order_(self.memory, mu, var, label_ids)
-        known.update(new_ids)
-        self._names_of = None
+        if new_ids:   # the name map is rebuilt only when names change
+            known.update(new_ids)
+            self._names_of = None
         self._next_label_id += len(new_names)
         new_entries = len(self.memory) - entries_before
         return EnrollReport(len(labels), len(labels) - new_entries, new_entries)
