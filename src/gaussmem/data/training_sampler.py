@@ -38,7 +38,56 @@ def _check_shape(dataset: FewShotDataset, n_classes: int, images_per_class: int,
                             f"{dataset.fewest_distinct_per_class}")
 
 
-class TrainingClassSampler:
+class _EpisodeReplay:
+    """What both samplers share: an episode's draws come at once from the sampler's own
+    RNG, and the state is that RNG's state at the episode's start plus the step, so a
+    resumed run replays the episode's draw (which also leaves the RNG where the
+    uninterrupted run's was) instead of storing the episode's images."""
+
+    def __init__(self, seed: int, episode_length: int) -> None:
+        self.episode_length = episode_length
+        self._rng = np.random.Generator(np.random.PCG64(seed))
+        self._episode_start_state = self._rng.bit_generator.state
+        self._step_in_episode = 0
+
+    @property
+    def new_episode(self) -> bool:
+        """True when the next batch starts a new episode (a memory must be cleared)."""
+        return self._step_in_episode % self.episode_length == 0
+
+    def _draw_episode(self) -> None:
+        """Draw the whole episode from `self._rng`."""
+        raise NotImplementedError
+
+    def _forget_episode(self) -> None:
+        """Drop the drawn episode (it is drawn again before its next batch)."""
+        raise NotImplementedError
+
+    def _next_step(self) -> int:
+        """The step within the episode that the next batch is, drawing a new episode
+        first where one starts."""
+        if self.new_episode:
+            self._step_in_episode = 0
+            self._episode_start_state = self._rng.bit_generator.state
+            self._draw_episode()
+        step = self._step_in_episode
+        self._step_in_episode += 1
+        return step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"episode_start_rng": self._episode_start_state,
+                "step_in_episode": self._step_in_episode}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._episode_start_state = state["episode_start_rng"]
+        self._step_in_episode = int(state["step_in_episode"])
+        self._rng.bit_generator.state = self._episode_start_state
+        self._forget_episode()
+        if self._step_in_episode > 0:
+            self._draw_episode()
+
+
+class TrainingClassSampler(_EpisodeReplay):
     """Draws training episodes' classes and each step's drawings with its own RNG.
 
     An episode draws its classes, then at once every drawing it will use: `support`
@@ -78,21 +127,14 @@ class TrainingClassSampler:
         self.steps_per_episode = steps_per_episode
         self.support = support
         self.rank, self.world_size = rank, world_size
-        self._rng = np.random.Generator(np.random.PCG64(seed))
-        self._episode_start_state = self._rng.bit_generator.state
+        super().__init__(seed, steps_per_episode)
         self._drawings: np.ndarray | None = None  # (n_classes, per_class, H, W)
         self._classes = np.zeros(n_classes, dtype=np.int64)
-        self._step_in_episode = 0
 
     @property
     def classes(self) -> np.ndarray:
         """The current episode's class indices into the dataset, `(n_classes,)`."""
         return self._classes
-
-    @property
-    def new_episode(self) -> bool:
-        """True when the next batch starts a new episode (the memory must be cleared)."""
-        return self._step_in_episode % self.steps_per_episode == 0
 
     def _draw_episode(self) -> None:
         every_rank = self._rng.choice(self.dataset.n_classes,
@@ -101,14 +143,13 @@ class TrainingClassSampler:
         mine = slice(self.rank * self.n_classes, (self.rank + 1) * self.n_classes)
         self._classes, self._drawings = every_rank[mine], drawings[mine]
 
+    def _forget_episode(self) -> None:
+        self._drawings = None
+
     def next_batch(self) -> np.ndarray:
-        if self.new_episode:
-            self._step_in_episode = 0
-            self._episode_start_state = self._rng.bit_generator.state
-            self._draw_episode()
+        step = self._next_step()
         assert self._drawings is not None
-        first = self.support + self._step_in_episode * self.images_per_class
-        self._step_in_episode += 1
+        first = self.support + step * self.images_per_class
         return self._drawings[:, first:first + self.images_per_class].transpose(1, 0, 2, 3)
 
     def episode_support(self) -> np.ndarray:
@@ -118,29 +159,15 @@ class TrainingClassSampler:
             raise TrainingError("episode_support() before the episode's first batch")
         return self._drawings[:, :self.support].transpose(1, 0, 2, 3)
 
-    def state_dict(self) -> dict[str, Any]:
-        # The RNG state at the episode's start: the episode's drawings are replayed on
-        # load, which also leaves the RNG where the uninterrupted run's was.
-        return {"episode_start_rng": self._episode_start_state,
-                "step_in_episode": self._step_in_episode}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._episode_start_state = state["episode_start_rng"]
-        self._step_in_episode = int(state["step_in_episode"])
-        self._rng.bit_generator.state = self._episode_start_state
-        self._drawings = None
-        if self._step_in_episode > 0:
-            self._draw_episode()
-
     def restart_episode(self) -> None:
         """Go back to the start of the current episode: its next batch redraws it (for
         a run resumed on another number of ranks, whose episodes have another shape)."""
         self._rng.bit_generator.state = self._episode_start_state
         self._step_in_episode = 0
-        self._drawings = None
+        self._forget_episode()
 
 
-class StreamSampler:
+class StreamSampler(_EpisodeReplay):
     """Kaiser et al.'s parallel training episodes: `batch_episodes` episodes of `n_way`
     classes each (all distinct), every class shown `shows_per_class` times in a random
     order, so an episode lasts `n_way * shows_per_class` steps.
@@ -148,8 +175,7 @@ class StreamSampler:
     `next_batch()` returns `(images (batch_episodes, H, W) uint8, labels (batch_episodes,)
     int64)`: step t's image of every parallel episode. Labels are unique across the
     parallel episodes (episode e's class j is `e * n_way + j`), since they share one
-    memory. The state is the RNG state at the episode's start plus the step, so an
-    episode is regenerated exactly on resume.
+    memory.
     """
 
     def __init__(self, dataset: FewShotDataset, n_way: int, batch_episodes: int,
@@ -159,16 +185,9 @@ class StreamSampler:
         self.n_way = n_way
         self.batch_episodes = batch_episodes
         self.shows_per_class = shows_per_class
-        self.episode_length = n_way * shows_per_class
-        self._rng = np.random.Generator(np.random.PCG64(seed))
-        self._episode_start_state = self._rng.bit_generator.state
-        self._step_in_episode = 0
+        super().__init__(seed, n_way * shows_per_class)
         self._images: np.ndarray | None = None
         self._labels: np.ndarray | None = None
-
-    @property
-    def new_episode(self) -> bool:
-        return self._step_in_episode % self.episode_length == 0
 
     def _draw_episode(self) -> None:
         """`_images (length, batch_episodes, H, W)` and `_labels (length, batch_episodes)`."""
@@ -190,26 +209,10 @@ class StreamSampler:
         self._images = drawn[labels, show]
         self._labels = labels
 
-    def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
-        if self.new_episode:
-            self._step_in_episode = 0
-            self._episode_start_state = self._rng.bit_generator.state
-            self._draw_episode()
-        assert self._images is not None and self._labels is not None
-        step = self._step_in_episode
-        self._step_in_episode += 1
-        return self._images[step], self._labels[step].astype(np.int64)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"episode_start_rng": self._episode_start_state,
-                "step_in_episode": self._step_in_episode}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._episode_start_state = state["episode_start_rng"]
-        self._step_in_episode = int(state["step_in_episode"])
-        # Replay the current episode's draw: restores its images and leaves the RNG
-        # where the uninterrupted run's was.
-        self._rng.bit_generator.state = self._episode_start_state
+    def _forget_episode(self) -> None:
         self._images = self._labels = None
-        if self._step_in_episode > 0:
-            self._draw_episode()
+
+    def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
+        step = self._next_step()
+        assert self._images is not None and self._labels is not None
+        return self._images[step], self._labels[step].astype(np.int64)
