@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gaussmem.plumbing.atomic import write_text_atomic
+from gaussmem.plumbing.hardware import command_line
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORD_DIR = ROOT / "results" / "diagnostics" / "lfw" / "val_cells"
@@ -124,9 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         if not separator or not label:
             raise SystemExit(f"--row {spec!r}: expected LABEL:RUN_DIR")
         rows.append(row_of(label, Path(run_dir), args.threads))
-    command = "python experiments/face_validation_cells.py " + " ".join(
-        f'--row "{spec}"' for spec in args.row) + f" --out {args.out}"
-    write_text_atomic(args.out, markdown(rows, command))
+    write_text_atomic(args.out, markdown(rows, command_line()))
     print(f"wrote {args.out}")
     return 0
 
