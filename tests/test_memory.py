@@ -20,7 +20,9 @@ from gaussmem.gaussian import (
     shot_weights,
     symmetric_kl_diag,
 )
-from gaussmem.memory import NOT_FOUND, GaussianMemory, SlotMemory, _RunningSmallest, _smallest
+from gaussmem.memory import NOT_FOUND, GaussianMemory
+from gaussmem.row_selection import RunningSmallest, smallest_per_row
+from gaussmem.slot_memory import SlotMemory
 
 DIM = 4
 
@@ -836,7 +838,7 @@ def test_grouped_selection_finds_the_smallest_scores(n_columns, k):
     scores[1] = torch.round(scores[1])  # many ties
     scores[2, : n_columns // 2] = torch.inf
     scores[3] = torch.inf
-    values, columns = _smallest(scores, k)
+    values, columns = smallest_per_row(scores, k)
     expected = torch.topk(scores, min(k, n_columns), dim=1, largest=False).values
     assert torch.equal(values, expected)
     assert torch.equal(scores.gather(1, columns), values)
@@ -855,7 +857,7 @@ def test_running_selection_over_blocks_finds_the_smallest_scores(width, block_wi
     scores[2, : scores.shape[1] // 2] = torch.inf           # empty slots first
     scores[3] = torch.inf
     scores[4] = torch.linspace(1, -1, scores.shape[1])      # every block beats the last
-    selection, start = _RunningSmallest(width), 0
+    selection, start = RunningSmallest(width), 0
     for block_width in block_widths:
         selection.add(scores[:, start : start + block_width], start)
         start += block_width

@@ -32,12 +32,12 @@ from gaussmem.config import KaiserConfig, TrainConfig, from_dict
 from gaussmem.data.datasets import FewShotDataset
 from gaussmem.data.training_sampler import StreamSampler, images_to_tensor
 from gaussmem.errors import TrainingError
-from gaussmem.memory import NOT_FOUND, SlotMemory, put_rows_
 from gaussmem.methods.base import FewShotClassifier
 from gaussmem.methods.protonet import DEFAULT_EMBED_BATCH
 from gaussmem.methods.registry import register_method, register_training
 from gaussmem.methods.training import MethodTraining, embed_in_batches
 from gaussmem.models.encoders import Conv4Backbone
+from gaussmem.slot_memory import NOT_FOUND, SlotMemory, put_rows_
 
 ENCODERS = ("kaiser", "conv4")
 
