@@ -139,8 +139,8 @@ def render_quickstart(record: dict) -> str:
             f"{record['config']['validation']['n_shot']}-shot {last['accuracy']:.2f}%` and "
             f"a test line near `5-way 1-shot (support-query, test, {accuracy['episodes']} "
             f"episodes, seed 0): {accuracy['mean']:.2f}% ± {accuracy['ci95']:.2f}`. A "
-            "slower CPU trains fewer steps in the 15 minutes; one without native bfloat16 "
-            "trains float32 and far fewer (docs/training.md).")
+            "slower CPU trains fewer steps, and one without native bfloat16 (float32) far "
+            "fewer (docs/training.md).")
     generative_path = run_results / "generative.json"
     if generative_path.is_file():
         report = json.loads(generative_path.read_text())
