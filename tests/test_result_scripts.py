@@ -630,3 +630,26 @@ def test_style_prior_diversity_is_the_mean_difference_between_two_drawings_of_a_
     same = torch.ones(3, 4)
     drawings = torch.stack([first_class, same]).reshape(2, 3, 1, 2, 2)
     assert style_prior.mean_pairwise_difference(drawings) == pytest.approx((1 / 3 + 0) / 2)
+
+
+def test_a_benchmark_on_a_cpu_with_native_bfloat16_labels_its_rows(tmp_path: Path) -> None:
+    import json
+
+    systems = load_script("systems_tables")
+    gallery = {"command": "python benchmarks/gallery_search.py", "hardware": {"cpu": "X"},
+               "entries": 1e6, "queries": 200, "threads": 1,
+               "targets": {"exact_time_over_flat_ip": 1.0, "ivf_recall_at_1": 0.99,
+                           "ivf_speedup_over_exact": 10.0},
+               "exact": {"median_s": 1.0}, "flat_ip": {"median_s": 1.1,
+                                                       "exact_time_over_flat_ip": 0.91},
+               "ivf": {"runs": []}}
+    (tmp_path / "systems").mkdir()
+    (tmp_path / "systems" / "gallery_search.json").write_text(json.dumps(gallery))
+    gallery["flat_ip"]["exact_time_over_flat_ip"] = 1.2
+    (tmp_path / "systems" / "gallery_search_bf16cpu.json").write_text(json.dumps(gallery))
+    rows = [line for line in systems.systems_section(tmp_path) if "exact search" in line]
+    assert rows == [
+        "| exact search, 1,000,000 entries, 200 queries, 1 thread | 1.00 s = 0.91x FAISS "
+        "IndexFlatIP (1.10 s) | <= 1.0x: met |",
+        "| exact search, 1,000,000 entries, 200 queries, 1 thread (a CPU with native "
+        "bfloat16) | 1.00 s = 1.20x FAISS IndexFlatIP (1.10 s) | <= 1.0x: **not met** |"]
