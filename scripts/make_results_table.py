@@ -600,7 +600,7 @@ HEADLINE_PAPER = {"omniglot": [*PAPER_TABLE1["mavae"]["Tseran & Harada, n_train 
 
 def trained_on(record: dict) -> str:
     """A run's budget and hardware in words, from its identity and training record:
-    "15 min (2,222 steps), 2-core CPU (AMD EPYC), 1,788 images/s"."""
+    "15 min (2,222 steps), 2-core CPU (AMD EPYC), bfloat16, 1,788 images/s"."""
     run = record["run"]
     # The MA-VAE's networks train in bfloat16 where the CPU has it natively and in float32
     # elsewhere (precision "auto"), at very different speeds: say which a run had.
