@@ -17,7 +17,6 @@ cells need 80 people: only the test split has them.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 
 from gaussmem.plumbing.atomic import write_text_atomic
 from gaussmem.plumbing.hardware import command_line
+from gaussmem.plumbing.script_record import read_json
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORD_DIR = ROOT / "results" / "diagnostics" / "lfw" / "val_cells"
@@ -43,10 +43,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def read(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise SystemExit(f"{path}: {error}") from None
+    """`read_json`, with a run's missing file as a one-line error naming it."""
+    document = read_json(path)
+    if document is None:
+        raise SystemExit(f"{path}: no such file")
+    return document
 
 
 def scored(record: Path, command: list[str]) -> dict[str, Any]:
