@@ -653,3 +653,17 @@ def test_a_benchmark_on_a_cpu_with_native_bfloat16_labels_its_rows(tmp_path: Pat
         "IndexFlatIP (1.10 s) | <= 1.0x: met |",
         "| exact search, 1,000,000 entries, 200 queries, 1 thread (a CPU with native "
         "bfloat16) | 1.00 s = 1.20x FAISS IndexFlatIP (1.10 s) | <= 1.0x: **not met** |"]
+
+
+def test_the_recognizer_benchmark_gallery_repeats_embeddings_jittered() -> None:
+    """Its gallery cycles through the encoded drawings: the first copy of each as it is,
+    every repeat moved (exact copies would tie in the search)."""
+    import torch
+
+    speed = load_script("recognizer_speed", "benchmarks")
+    mean, var = torch.randn(3, 4), torch.rand(3, 4) + 0.1
+    mu, repeated_var = speed.repeated_with_jitter(mean, var, 8, torch.Generator().manual_seed(0))
+    assert mu.shape == (8, 4) and torch.equal(repeated_var, var[torch.arange(8) % 3])
+    assert torch.equal(mu[:3], mean)
+    moved = (mu[3:] - mean[torch.arange(3, 8) % 3]).abs()
+    assert (moved > 0).all() and moved.max() < 0.5
