@@ -667,3 +667,19 @@ def test_the_recognizer_benchmark_gallery_repeats_embeddings_jittered() -> None:
     assert torch.equal(mu[:3], mean)
     moved = (mu[3:] - mean[torch.arange(3, 8) % 3]).abs()
     assert (moved > 0).all() and moved.max() < 0.5
+
+
+def test_scale_curves_keep_every_nth_training_step_and_the_last_with_validation(
+        tmp_path: Path) -> None:
+    curves = load_script("face_scale_curves", folder="experiments")
+    lines = []
+    for step in (50, 100, 150, 200, 230):
+        lines.append({"kind": "train", "step": step, "latent_content": step * 10.0})
+        if step % 100 == 0:
+            lines.append({"kind": "val", "step": step, "val_accuracy": step / 10})
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    rows = curves.curve(tmp_path, every=100)
+    assert [(r["step"], r["val"]) for r in rows] == [(100, 10.0), (200, 20.0), (230, None)]
+    assert rows[-1]["latent_content"] == 2300.0
+    with pytest.raises(SystemExit, match="no such file"):
+        curves.curve(tmp_path / "absent", every=100)
