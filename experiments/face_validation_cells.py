@@ -63,14 +63,16 @@ def row_of(label: str, run_dir: Path, threads: int) -> dict[str, Any]:
     if not checkpoint.is_file():
         raise SystemExit(f"{checkpoint}: no such checkpoint")
     gaussmem = [sys.executable, "-m", "gaussmem"]  # the records' commands name this one
-    cells = {}
+    cells, machines = {}, set()
     for n_way, n_shot in CELLS:
         record = RECORD_DIR / f"{run_dir.name}-{n_way}w{n_shot}s.json"
-        cells[f"{n_way}w{n_shot}s"] = scored(record, [
+        document = scored(record, [
             *gaussmem, "evaluate", "--checkpoint", str(checkpoint), "--n-way", str(n_way),
             "--n-shot", str(n_shot), "--episodes", str(EPISODES), "--seed", str(SEED),
             "--split", "val", "--threads", str(threads), "--no-progress",
-            "--json", str(record.relative_to(ROOT))])["result"]["accuracy"]
+            "--json", str(record.relative_to(ROOT))])
+        cells[f"{n_way}w{n_shot}s"] = document["result"]["accuracy"]
+        machines.add(machine_of(document["hardware"]))
     record = RECORD_DIR / f"{run_dir.name}-generative.json"
     generative = scored(record, [
         *gaussmem, "generative-report", "--checkpoint", str(checkpoint), "--split", "val",
@@ -78,7 +80,13 @@ def row_of(label: str, run_dir: Path, threads: int) -> dict[str, Any]:
         str(record.relative_to(ROOT))])
     config, summary = read(run_dir / "config.json"), read(run_dir / "summary.json")
     return {"label": label, "run": run_dir.name, "config": config, "summary": summary,
-            "cells": cells, "generative": generative}
+            "cells": cells, "generative": generative, "machines": machines}
+
+
+def machine_of(hardware: dict[str, Any]) -> str:
+    """A record's scoring machine in words, e.g. "2-core CPU (AMD EPYC, native bfloat16)"."""
+    bfloat16 = ", native bfloat16" if hardware.get("cpu_bfloat16") else ""
+    return f"{hardware.get('cpu_cores', '?')}-core CPU ({hardware.get('cpu', '?')}{bfloat16})"
 
 
 def markdown(rows: list[dict[str, Any]], command: str) -> str:
@@ -94,7 +102,8 @@ def markdown(rows: list[dict[str, Any]], command: str) -> str:
         "run's best checkpoint by validation 20-way 1-shot. Squared error: the "
         "reconstructions' against the mean image's (1 = no better). Swap: mean |pixel "
         "change| when z_c or z_s comes from another face. Records: "
-        f"`{RECORD_DIR.relative_to(ROOT)}/<run>-<cell>.json`.",
+        f"`{RECORD_DIR.relative_to(ROOT)}/<run>-<cell>.json`. Scored on: "
+        + "; ".join(sorted(set().union(*(row["machines"] for row in rows)))) + ".",
         "",
         header,
         "|" + "---|" * (header.count("|") - 1),

@@ -25,7 +25,8 @@ def fake_run(root: Path, records: Path, name: str, augment: dict, accuracy: floa
     write(run_dir / "summary.json", {"step": 600, "best_step": 550})
     for cell_index, cell in enumerate(("5w1s", "5w5s", "20w1s", "20w5s")):
         write(records / f"{name}-{cell}.json",
-              {"result": {"accuracy": {"mean": accuracy + cell_index, "ci95": 0.25}}})
+              {"result": {"accuracy": {"mean": accuracy + cell_index, "ci95": 0.25}},
+               "hardware": {"cpu": "AMD EPYC", "cpu_cores": 2, "cpu_bfloat16": []}})
     write(records / f"{name}-generative.json", {
         "checkpoint": {"step": 550},
         "reconstruction": {"squared_error_ratio": 0.5314},
@@ -55,6 +56,7 @@ def test_rows_from_existing_records(tmp_path: Path, monkeypatch: pytest.MonkeyPa
                               "70.0 ± 0.2 | 71.0 ± 0.2 | 72.0 ± 0.2 | 73.0 ± 0.2 | 0.531 | "
                               "0.101 / 0.058 |")
     assert "| with them (`distorted`) | 1 | 2 | ±10°, ±0.1, ±0.05 | 600 (550) | 80.0" in rows[2]
+    assert "Scored on: 2-core CPU (AMD EPYC)." in out.read_text()
 
 
 def test_row_needs_a_label_and_a_checkpoint(tmp_path: Path) -> None:
