@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -287,6 +288,25 @@ def test_mavae_run_leaves_figures_when_the_command_asks(tmp_path: Path) -> None:
     assert written["generation_style_prior"] == "conditional"
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["figures"] == str(figures)
+
+
+def test_run_figures_draw_the_best_checkpoint_not_the_last_weights(tmp_path: Path) -> None:
+    """The figures show the model the run ships (best on validation): weights spoiled
+    after the last checkpoint, here a decoder zeroed so it ignores z_c, must not reach
+    them."""
+    dataset = synthetic_set()
+    config = resolve("smoke", overrides=["run_figures=true", "budget.max_steps=2"])
+
+    def spoil_then_draw(trainer: Any) -> None:
+        for parameter in trainer.method.generative_model.decoder.parameters():
+            parameter.data.zero_()
+        write_figures(trainer, dataset)
+
+    result = train(config, tmp_path / "run", dataset, dataset, progress=False,
+                   on_finish=spoil_then_draw)
+    written = json.loads((tmp_path / "run" / "figures" / "figures.json").read_text())
+    assert written["step"] == result.best_step
+    assert written["decoder_sensitivity"]["content_swap"] > 0
 
 
 def test_old_checkpoint_configs_still_load() -> None:

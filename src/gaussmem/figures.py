@@ -192,10 +192,12 @@ def style_transfer_figure(vae: GaussianVAE, content_images: torch.Tensor,
 def write_run_figures(run_dir: str | Path, vae: GaussianVAE, dataset: FewShotDataset, *,
                       seed: int = 0, n_way: int = 100, n_generate: int = 8,
                       n_samples: int = 10, n_style: int = 6,
-                      style_prior: ConditionalStylePrior | None = None) -> dict[str, Path]:
+                      style_prior: ConditionalStylePrior | None = None,
+                      step: int | None = None) -> dict[str, Path]:
     """Write the reconstruction, generation and style-transfer figures of a trained
     model into `run_dir/figures/`, with `figures.json` (reconstruction NLL against the
-    mean image's, the decoder's sensitivity to z_c and z_s, dataset, seed). The
+    mean image's, the decoder's sensitivity to z_c and z_s, dataset, seed, and the
+    training `step` of the weights drawn, where the caller knows it). The
     generations draw z_s from `style_prior` when given (fitted on the training split),
     from N(0, I) otherwise.
 
@@ -224,7 +226,7 @@ def write_run_figures(run_dir: str | Path, vae: GaussianVAE, dataset: FewShotDat
         paths["style_transfer"] = save_png(
             style_transfer_figure(vae, pair[:n_style], pair[n_style:], invert=invert),
             folder / STYLE_TRANSFER_PNG)
-    report = {"dataset": dataset.name, "seed": seed, "n_way": n_way,
+    report = {"dataset": dataset.name, "seed": seed, "n_way": n_way, "step": step,
               "likelihood": summary["likelihood"], "mean_nll": summary["mean_nll"],
               "mean_image_nll": summary["mean_image_nll"],
               "reconstruction_ratio": nll_ratio(summary["mean_nll"],
@@ -248,11 +250,12 @@ def write_run_figures_from_checkpoint(checkpoint_path: str | Path, dataset: FewS
     """`write_run_figures` for a saved checkpoint; `run_dir` defaults to the folder
     above the checkpoint's `checkpoints/` folder."""
     checkpoint_path = Path(checkpoint_path)
-    vae, _ = vae_from_checkpoint(checkpoint_path)
+    vae, checkpoint = vae_from_checkpoint(checkpoint_path)
     if run_dir is None:
         parent = checkpoint_path.resolve().parent
         run_dir = parent.parent if parent.name == "checkpoints" else parent
-    return write_run_figures(run_dir, vae, dataset, seed=seed, style_prior=style_prior)
+    return write_run_figures(run_dir, vae, dataset, seed=seed, style_prior=style_prior,
+                             step=checkpoint.get("step"))
 
 
 def rows_needed(n_images: int, per_row: int) -> int:

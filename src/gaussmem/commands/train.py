@@ -243,18 +243,24 @@ def write_figures(trainer: Trainer, train_set: FewShotDataset) -> None:
     generations draw z_s from the style prior fitted on `train_set`
     (gaussmem.style_prior), as `gaussmem generate` does by default.
 
-    The command writes them, not the training loop, so a library caller of
-    `gaussmem.train.train` gets a run directory without images unless it asks.
+    They draw with the run's best checkpoint on validation, the model `evaluate` and
+    the summary point to: where validation peaks early, the last step's weights can
+    reconstruct far worse than the model the run ships. The command writes them, not
+    the training loop, so a library caller of `gaussmem.train.train` gets a run
+    directory without images unless it asks.
     """
     from gaussmem.figures import write_run_figures
+    from gaussmem.generative import vae_from_checkpoint
     from gaussmem.style_prior import conditional_style_prior_from
+    from gaussmem.train import BEST_CHECKPOINT
 
-    network = trainer.method.generative_model
-    if network is None or trainer.val_set is None or not trainer.config.run_figures:
+    if (trainer.method.generative_model is None or trainer.val_set is None
+            or not trainer.config.run_figures):
         return
-    # Each generative operation switches the network to eval mode for its own call.
-    write_run_figures(trainer.run_dir, network, trainer.val_set,
-                      style_prior=conditional_style_prior_from(network, train_set))
+    vae, checkpoint = vae_from_checkpoint(trainer.run_dir / BEST_CHECKPOINT)
+    write_run_figures(trainer.run_dir, vae, trainer.val_set,
+                      style_prior=conditional_style_prior_from(vae, train_set),
+                      step=int(checkpoint["step"]))
 
 
 def summary_text(result: TrainResult, config: TrainConfig) -> str:
