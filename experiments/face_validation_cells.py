@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from gaussmem.plumbing.atomic import write_text_atomic
-from gaussmem.plumbing.hardware import command_line
+from gaussmem.plumbing.hardware import command_line, cpu_in_words
 from gaussmem.plumbing.script_record import read_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +72,7 @@ def row_of(label: str, run_dir: Path, threads: int) -> dict[str, Any]:
             "--split", "val", "--threads", str(threads), "--no-progress",
             "--json", str(record.relative_to(ROOT))])
         cells[f"{n_way}w{n_shot}s"] = document["result"]["accuracy"]
-        machines.add(machine_of(document["hardware"]))
+        machines.add(cpu_in_words(document["hardware"], bfloat16=True))
     record = RECORD_DIR / f"{run_dir.name}-generative.json"
     generative = scored(record, [
         *gaussmem, "generative-report", "--checkpoint", str(checkpoint), "--split", "val",
@@ -81,12 +81,6 @@ def row_of(label: str, run_dir: Path, threads: int) -> dict[str, Any]:
     config, summary = read(run_dir / "config.json"), read(run_dir / "summary.json")
     return {"label": label, "run": run_dir.name, "config": config, "summary": summary,
             "cells": cells, "generative": generative, "machines": machines}
-
-
-def machine_of(hardware: dict[str, Any]) -> str:
-    """A record's scoring machine in words, e.g. "2-core CPU (AMD EPYC, native bfloat16)"."""
-    bfloat16 = ", native bfloat16" if hardware.get("cpu_bfloat16") else ""
-    return f"{hardware.get('cpu_cores', '?')}-core CPU ({hardware.get('cpu', '?')}{bfloat16})"
 
 
 def markdown(rows: list[dict[str, Any]], command: str) -> str:

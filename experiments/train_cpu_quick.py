@@ -35,7 +35,7 @@ import sys
 from pathlib import Path
 
 from gaussmem.metrics_log import read_metrics
-from gaussmem.plumbing.hardware import describe_hardware
+from gaussmem.plumbing.hardware import cpu_in_words, describe_hardware
 from gaussmem.plumbing.script_record import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,8 +72,7 @@ def run_identity(dataset: str, tag: str, training: dict, preset: str | None,
                        "train_minutes": training.get("train_minutes")},
             "seed": training.get("config", {}).get("seed"),
             "hardware": (f"1 GPU ({machine.get('gpu', '?')})" if on_gpu else
-                         f"{machine.get('cpu_cores', machine.get('cores', '?'))}-core CPU "
-                         f"({machine.get('cpu', '?')})"),
+                         cpu_in_words(machine)),
             "commit": machine.get("gaussmem")}
 
 

@@ -129,3 +129,13 @@ def test_gaussmem_train_warns_on_a_busy_cpu_only_when_it_trains_there(
     _warn_if_the_cpu_is_busy(resolve("smoke", overrides=["method=protonet",
                                                          "num_threads=2"]))
     assert capsys.readouterr().err == ""
+
+
+def test_cpu_in_words_names_cores_model_and_native_bfloat16_on_request() -> None:
+    from gaussmem.plumbing.hardware import cpu_in_words
+
+    record = {"cpu": "AMD EPYC", "cpu_cores": 2, "cpu_bfloat16": ["avx512_bf16"]}
+    assert cpu_in_words(record) == "2-core CPU (AMD EPYC)"
+    assert cpu_in_words(record, bfloat16=True) == "2-core CPU (AMD EPYC, native bfloat16)"
+    assert cpu_in_words({"cpu": "X", "cores": 4, "cpu_bfloat16": []},
+                        bfloat16=True) == "4-core CPU (X)"

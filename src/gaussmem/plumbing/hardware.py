@@ -77,6 +77,14 @@ def describe_hardware(device: str | torch.device | None = None) -> dict[str, Any
     return description
 
 
+def cpu_in_words(hardware: dict[str, Any], *, bfloat16: bool = False) -> str:
+    """A `describe_hardware` record's CPU in words, e.g. "2-core CPU (AMD EPYC)" (older
+    records name the cores `cores`); `bfloat16` adds ", native bfloat16" where it has it."""
+    cores = hardware.get("cpu_cores", hardware.get("cores", "?"))
+    native = ", native bfloat16" if bfloat16 and hardware.get("cpu_bfloat16") else ""
+    return f"{cores}-core CPU ({hardware.get('cpu', '?')}{native})"
+
+
 def other_running_tasks(samples: int = 10, interval_s: float = 0.05) -> float | None:
     """Tasks running or waiting for a CPU right now besides this one: the median over
     `samples` readings of /proc/loadavg's running count, minus this process. None where
