@@ -121,12 +121,12 @@ def test_config_presets_overrides_and_errors(tmp_path: Path) -> None:
     assert (paper_faces.model, paper_faces.optim, paper_faces.loss, paper_faces.precision) == (
         faces.model, faces.optim, faces.loss, faces.precision)
     assert faces.loss.memory_term == "softmax" and quick.loss.memory_term == "triplet"
-    # Both decoders read z_c's mean, with Omniglot's c1 scaled by the faces' area, and on
-    # faces z_c's KL weight with it; faces make z_s dear.
+    # Both decoders read z_c's mean, with Omniglot's c1 scaled by the faces' area; on
+    # faces z_c's KL weighs three times that scaling, and z_s is dear.
     assert (quick.model.content_to_decoder, faces.model.content_to_decoder) == ("mean",
                                                                                 "mean")
     assert quick.loss.triplet == 1000 and faces.loss.triplet == 9 * 1000
-    assert quick.loss.latent == 1 and faces.loss.latent == 9
+    assert quick.loss.latent == 1 and faces.loss.latent == 27
     assert quick.loss.latent_style == 4 and faces.loss.latent_style == 2048
     assert (paper_faces.episodes.n_way, paper_faces.episodes.batch_episodes) == (5, 16)
     toml = tmp_path / "run.toml"

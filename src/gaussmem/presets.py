@@ -212,14 +212,15 @@ def _face_objective(config: TrainConfig) -> TrainConfig:
     KL weights up to 1024 the decoder drew a face's identity from z_s; at this one
     it draws identity from z_c and keeps z_s for lighting and background, while a
     weight that closes z_s altogether leaves nothing for style transfer or varied
-    generations (docs/experiments.md, "Faces: z_s dear but open"). z_c's KL weighs 9
-    a nat, as the memory term is area-scaled: at 1 a nat the memory softmax spreads the
-    content posteriors apart without bound and validation falls after its peak
+    generations (docs/experiments.md, "Faces: z_s dear but open"). z_c's KL weighs 27
+    a nat: the memory softmax, area-scaled, pays for spreading the content posteriors
+    apart, and at 1 a nat it spreads them without bound, so validation falls after its
+    peak; 9 a nat (the area scaling alone) only delays that, 27 ends it
     (docs/experiments.md, "Faces: three-shot entries not confirmed; the content
-    posteriors' runaway scale")."""
+    posteriors' runaway scale" and "Faces: z_c's KL weight of 27")."""
     config = _validated_recipe(config)
     config.model.content_to_decoder = "mean"
-    config.loss = dataclasses.replace(config.loss, triplet=9 * 1000.0, latent=9.0,
+    config.loss = dataclasses.replace(config.loss, triplet=9 * 1000.0, latent=27.0,
                                       latent_style=2048.0, memory_term="softmax")
     return config
 
