@@ -213,8 +213,8 @@ def _face_objective(config: TrainConfig) -> TrainConfig:
     it draws identity from z_c and keeps z_s for lighting and background, while a
     weight that closes z_s altogether leaves nothing for style transfer or varied
     generations (docs/experiments.md, "Faces: z_s dear but open"). z_c's KL weighs 27
-    a nat: the memory softmax, area-scaled, pays for spreading the content posteriors
-    apart, and at 1 a nat it spreads them without bound, so validation falls after its
+    a nat: the area-scaled memory softmax rewards spreading the content posteriors
+    apart, and at 1 a nat they spread without bound, so validation falls after its
     peak; 9 a nat (the area scaling alone) only delays that, 27 ends it
     (docs/experiments.md, "Faces: three-shot entries not confirmed; the content
     posteriors' runaway scale" and "Faces: z_c's KL weight of 27")."""
