@@ -27,6 +27,7 @@ from systems_tables import systems_section
 from gaussmem.config import TrainConfig, from_dict, to_dict
 from gaussmem.errors import ConfigError
 from gaussmem.plumbing.atomic import write_text_atomic
+from gaussmem.plumbing.hardware import cpu_in_words
 from gaussmem.presets import preset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,11 +162,6 @@ def our_row(tag: str, cells: dict[tuple[int, int], dict], layout: list[tuple[int
             + f" | {budget(tag, cells, training)} |")
 
 
-def cpu_cores(hardware: dict) -> object:
-    """The record's CPU cores (`cores` in records written before the one hardware schema)."""
-    return hardware.get("cpu_cores", hardware.get("cores", "?"))
-
-
 def budget(tag: str, cells: dict[tuple[int, int], dict], training: dict | None) -> str:
     any_cell = next(iter(cells.values()))
     # The training record names the training threads; a cell's, its evaluation's.
@@ -173,7 +169,7 @@ def budget(tag: str, cells: dict[tuple[int, int], dict], training: dict | None) 
     if (training or {}).get("device", "cpu").startswith("cuda"):
         device = f"1 GPU ({hardware.get('gpu', '?')})"
     else:
-        device = (f"{cpu_cores(hardware)}-core CPU ({hardware.get('cpu', '?')}), "
+        device = (f"{cpu_in_words(hardware)}, "
                   f"{counted(hardware.get('torch_threads', '?'), 'training thread')}")
     minutes = any_cell["checkpoint"]["train_minutes"]
     step = any_cell["checkpoint"]["step"]
@@ -497,7 +493,7 @@ def speed_section(training: dict[str, dict]) -> list[str]:
         if record.get("device", "cpu").startswith("cuda"):
             device = f"GPU ({hardware.get('gpu', '?')})"
         else:
-            device = f"{cpu_cores(hardware)}-core CPU ({hardware.get('cpu', '?')})"
+            device = cpu_in_words(hardware)
         lines.append(f"| `{tag}` | {device} | {episodes['n_way'] * episodes['batch_episodes']} "
                      f"| {record['images_per_second_overall']:,.0f} "
                      f"| {counted(record.get('concurrent_runs', 0), 'other run')} "
