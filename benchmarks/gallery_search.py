@@ -8,10 +8,14 @@ entries (the entry's mean moved by half its spread per dimension, log-variance j
 by N(0, 0.3^2)). Seeded.
 
 Timed, with one thread by default (the machine is shared), medians over `--repeats`; the
-exact search and FlatIP run in turn, A B A B, and their ratio is the median of the
-pairs' ratios, so a change of the machine's load mid-run shifts both alike:
+exact searches and FlatIP run in turn, A B C A B C, and their ratios are the medians of
+the rounds' ratios, so a change of the machine's load mid-run shifts all alike:
   exact     `GaussianMemory.query` (the library's default exact torch search: blocked
-            GEMM over the lift, exact re-scoring), the ground truth for recall@1;
+            GEMM over the lift, exact re-scoring; on a CPU with native bfloat16 its
+            product runs through the bfloat16 screen, `gaussmem.bfloat16_screen`), the
+            ground truth for recall@1;
+  exact_float32
+            the same search with its product in float32 (`search_screen="off"`);
   flat_ip   `LiftedGaussianIndex(kind="flat")`: FAISS IndexFlatIP over the lift,
             exact float64 re-ranking of its candidates;
   ivf       `LiftedGaussianIndex(kind="ivf")`: IndexIVFFlat over the lift, lists around
@@ -35,7 +39,7 @@ from typing import Any
 
 import torch
 
-from gaussmem.memory import GaussianMemory
+from gaussmem.memory import GaussianMemory, SearchScreen
 from gaussmem.plumbing.script_record import provenance, write_json
 from gaussmem.search_faiss import LiftedGaussianIndex
 
@@ -85,9 +89,10 @@ def new_views(means: torch.Tensor, variances: torch.Tensor, count: int,
     return query_means, variances[source] * torch.exp(jitter)
 
 
-def full_memory(means: torch.Tensor, variances: torch.Tensor) -> GaussianMemory:
+def full_memory(means: torch.Tensor, variances: torch.Tensor,
+                search_screen: SearchScreen = "auto") -> GaussianMemory:
     """A memory holding the gallery, filled by state (one entry per row, label = row)."""
-    memory = GaussianMemory(len(means), means.shape[1], seed=0)
+    memory = GaussianMemory(len(means), means.shape[1], seed=0, search_screen=search_screen)
     state = memory.state_dict()
     state.update(means=means, variances=variances, labels=torch.arange(len(means)),
                  counts=torch.ones(len(means), dtype=torch.int64),
@@ -110,32 +115,46 @@ def median_seconds(run: Callable[[], Any], repeats: int) -> tuple[float, Any]:
 
 def time_exact_and_flat(args: argparse.Namespace, means, variances, query_means,
                         query_variances) -> tuple[float, torch.Tensor, dict[str, Any]]:
-    """The exact torch search (its top-1 ids are the ground truth) and FlatIP, timed in
-    turn after one warm-up each: (exact median seconds, truth, FlatIP's report)."""
+    """The exact torch search (its top-1 ids are the ground truth), the same in float32
+    and FlatIP, timed in turn after one warm-up each: (exact median seconds, truth, a
+    report of the three)."""
     memory = full_memory(means, variances)
+    float32_memory = full_memory(means, variances, search_screen="off")
     flat = LiftedGaussianIndex(args.dim, kind="flat", candidates=args.candidates,
                                threads=args.threads)
     start = time.perf_counter()
     flat.add(means, variances, torch.arange(len(means)))
     build_s = time.perf_counter() - start
-    exact = memory.query(query_means, query_variances, 1)
-    found = flat.search(query_means, query_variances, 1)
-    exact_times, flat_times = [], []
+    searches = {"exact": lambda: memory.query(query_means, query_variances, 1).slots[:, 0],
+                "exact_float32": lambda: float32_memory.query(query_means, query_variances,
+                                                              1).slots[:, 0],
+                "flat_ip": lambda: flat.search(query_means, query_variances, 1).ids[:, 0]}
+    found = {name: search() for name, search in searches.items()}   # warm-up
+    times: dict[str, list[float]] = {name: [] for name in searches}
     for _ in range(args.repeats):
-        start = time.perf_counter()
-        exact = memory.query(query_means, query_variances, 1)
-        exact_times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        found = flat.search(query_means, query_variances, 1)
-        flat_times.append(time.perf_counter() - start)
-    truth = exact.slots[:, 0]
-    seconds = statistics.median(flat_times)
-    ratios = [a / b for a, b in zip(exact_times, flat_times, strict=True)]
-    return statistics.median(exact_times), truth, {
-        "median_s": seconds, "queries_per_s": args.queries / seconds, "build_s": build_s,
-        "exact_time_over_flat_ip": statistics.median(ratios),
-        "exact_time_over_flat_ip_pairs": ratios,
-        "recall_at_1": (found.ids[:, 0] == truth).double().mean().item()}
+        for name, search in searches.items():
+            start = time.perf_counter()
+            found[name] = search()
+            times[name].append(time.perf_counter() - start)
+    truth = found["exact"]
+
+    def over_flat(name: str) -> list[float]:
+        return [a / b for a, b in zip(times[name], times["flat_ip"], strict=True)]
+
+    seconds = {name: statistics.median(values) for name, values in times.items()}
+    return seconds["exact"], truth, {
+        "screened": memory.screens_search(len(query_means)),
+        "exact_float32": {
+            "median_s": seconds["exact_float32"],
+            "queries_per_s": args.queries / seconds["exact_float32"],
+            "time_over_flat_ip": statistics.median(over_flat("exact_float32")),
+            "agrees_with_exact": bool(torch.equal(found["exact_float32"], truth))},
+        "flat_ip": {
+            "median_s": seconds["flat_ip"], "queries_per_s": args.queries / seconds["flat_ip"],
+            "build_s": build_s,
+            "exact_time_over_flat_ip": statistics.median(over_flat("exact")),
+            "exact_time_over_flat_ip_pairs": over_flat("exact"),
+            "recall_at_1": (found["flat_ip"] == truth).double().mean().item()}}
 
 
 def time_ivf(args: argparse.Namespace, means, variances, query_means, query_variances,
@@ -166,9 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     entries = int(args.entries)
     gallery = synthetic_gallery(entries, int(args.families), args.dim, generator)
     queries = new_views(*gallery, args.queries, generator)
-    exact_s, truth, flat = time_exact_and_flat(args, *gallery, *queries)
-    print(f"exact: {exact_s:.3f} s", flush=True)
-    print(f"flat_ip: {json.dumps(flat)}", flush=True)
+    exact_s, truth, compared = time_exact_and_flat(args, *gallery, *queries)
+    print(f"exact: {exact_s:.3f} s; {json.dumps(compared)}", flush=True)
     ivf = time_ivf(args, *gallery, *queries, truth, exact_s)
     report: dict[str, Any] = {
         "benchmark": "gallery search by symmetric KL: FAISS over the lift vs exact torch",
@@ -178,8 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         "statistic": "median seconds over repeats after one warm-up", "targets": TARGETS,
         "load_average_1min_at_start": load_at_start,
         "load_average_1min_at_end": os.getloadavg()[0],
-        "exact": {"median_s": exact_s, "queries_per_s": args.queries / exact_s},
-        "flat_ip": flat, "ivf": ivf,
+        "exact": {"median_s": exact_s, "queries_per_s": args.queries / exact_s,
+                  "bfloat16_screen": compared["screened"]},
+        "exact_float32": compared["exact_float32"], "flat_ip": compared["flat_ip"],
+        "ivf": ivf,
     }
     write_json(args.out, report)
     print(f"wrote {args.out}")

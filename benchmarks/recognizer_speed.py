@@ -13,7 +13,11 @@ means to fill the gallery), written with `enroll_encoded`. Recognize: one
 files through `enroll_many` into that gallery (decode to memory write), images per
 second: first of new labels (a label's first example is written without a lookup),
 then as further examples of labels in the gallery (one search of all entries per batch,
-then the memory rule image by image, `gaussmem.memory_in_order`).
+then the memory rule image by image, `gaussmem.memory_in_order`). Batch search: the
+enrollment drawings' posteriors searched against the gallery at once, k = 1 and k = 10
+(what `recognize(k=5)` asks of the memory), by the default exact search (through the
+bfloat16 screen on a CPU with native bfloat16) and with its product in float32
+(`search_screen="off"`), in turn: median seconds, and whether the two agree.
 The machine is shared: the load average at the start and end is recorded with the numbers.
 """
 
@@ -85,6 +89,8 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed runs of each batch search (5)")
     parser.add_argument("--json", default="results/systems/recognizer_speed.json")
     args = parser.parse_args()
     load_at_start = os.getloadavg()[0]
@@ -97,11 +103,13 @@ def main() -> int:
         for threads in (int(value) for value in args.threads.split(",")):
             torch.set_num_threads(threads)
             timings[threads] = time_recognizer(recognizer, paths, args, f"t{threads}")
+        batch_search = time_batch_search(recognizer, paths[1:], args.repeats)
     document = {
         "benchmark": "recognizer_speed",
         "gallery_entries": args.entries,
         "content_dim": recognizer.content_dim,
         "by_threads": timings,
+        "batch_search": batch_search,
         "targets": {"recognize_median_ms": 20.0, "enroll_images_per_second": 1000.0},
         "build_gallery_from_embeddings_seconds": build_seconds,
         "checkpoint": {"path": str(args.checkpoint), "sha256": file_sha256(args.checkpoint)},
@@ -150,6 +158,30 @@ def time_recognizer(recognizer: Recognizer, paths: list[Path], args: argparse.Na
                for kind, seconds in batch_seconds.items()},
             "batch": args.batch, "batches": args.batches},
     }
+
+
+def time_batch_search(recognizer: Recognizer, paths: list[Path], repeats: int) -> dict:
+    """The drawings at `paths` searched against the gallery at once, screened (the
+    default) and in float32, alternating, with the threads last set."""
+    mu, var = recognizer.encode(paths)
+    memory = recognizer.memory
+    default = memory.search_screen
+    report: dict = {"queries": len(paths), "entries": len(memory),
+                    "screened": memory.screens_search(len(mu)), "threads": torch.get_num_threads()}
+    for k in (1, 10):
+        seconds: dict[str, list[float]] = {default: [], "off": []}
+        found = {}
+        for _ in range(repeats + 1):   # the first round warms up
+            for setting, times in seconds.items():
+                memory.search_screen = setting
+                start = time.perf_counter()
+                found[setting] = memory.query(mu, var, k).slots
+                times.append(time.perf_counter() - start)
+        memory.search_screen = default
+        report[f"k{k}"] = {"median_s": statistics.median(seconds[default][1:]),
+                           "float32_median_s": statistics.median(seconds["off"][1:]),
+                           "agree": bool(torch.equal(found[default], found["off"]))}
+    return report
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gaussmem.bfloat16_screen import lower_bound_of
 from gaussmem.errors import MemoryFileError
 from gaussmem.gaussian import (
     lift_entries,
@@ -20,7 +21,7 @@ from gaussmem.gaussian import (
     shot_weights,
     symmetric_kl_diag,
 )
-from gaussmem.memory import NOT_FOUND, GaussianMemory
+from gaussmem.memory import NOT_FOUND, SCREEN_MIN_QUERIES, GaussianMemory
 from gaussmem.row_selection import RunningSmallest, smallest_per_row
 from gaussmem.slot_memory import SlotMemory
 
@@ -793,12 +794,14 @@ def test_an_entry_with_non_finite_values_never_wins_a_search(value):
     log_var_range=st.sampled_from([(-10.0, 10.0), (-10.0, -5.0), (5.0, 10.0), (-1.0, 1.0)]),
     k=st.sampled_from([1, 3]),
 )
+@pytest.mark.parametrize("search_screen", ["off", "bfloat16"])
 def test_float32_search_ranks_exactly_at_extreme_legal_ranges(
-    seed, mean_centre, mean_spread, log_var_range, k
+    search_screen, seed, mean_centre, mean_spread, log_var_range, k
 ):
     """|mean| up to ~1e3 and log-variances across an encoder's clamp range [-10, 10]: the
     float32 memory returns the float64 oracle's nearest entries (up to float32 ties of the
-    exact divergence), for plain, same-label and other-label searches."""
+    exact divergence), for plain, same-label and other-label searches, with its product
+    in float32 and through the bfloat16 screen."""
     generator = torch.Generator().manual_seed(seed)
     dim, n_entries, n_queries = 16, 150, 40
     low, high = log_var_range
@@ -808,7 +811,8 @@ def test_float32_search_ranks_exactly_at_extreme_legal_ranges(
         log_var = low + (high - low) * torch.rand(count, dim, generator=generator)
         return mu, log_var.exp()
 
-    memory = GaussianMemory(n_entries, dim, seed=0, max_block_elements=1024)
+    memory = GaussianMemory(n_entries, dim, seed=0, max_block_elements=1024,
+                            search_screen=search_screen)
     entry_mu, entry_var = gaussians(n_entries)
     memory.write_support_(entry_mu, entry_var, torch.arange(n_entries) % 7)
     query_mu, query_var = gaussians(n_queries)
@@ -869,3 +873,147 @@ def test_running_selection_over_blocks_finds_the_smallest_scores(width, block_wi
     found = [[c for c, v in zip(row, vals, strict=True) if v < float("inf")]
              for row, vals in zip(columns.tolist(), values.tolist(), strict=True)]
     assert all(len(set(row)) == len(row) for row in found)
+
+
+# --- the bfloat16 screen ----------------------------------------------------------------
+def family_gallery(n_entries: int, n_families: int, dim: int, n_queries: int, seed: int):
+    """Entries in families (members of one family close together, as photos of one
+    person), queries new views of random entries: `(means, variances, query_means,
+    query_variances)`, float32."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(n_families, dim, generator=generator)
+    family = torch.randint(n_families, (n_entries,), generator=generator)
+    means = centres[family] + 0.5 * torch.randn(n_entries, dim, generator=generator)
+    variances = torch.exp(-4 * torch.rand(n_entries, dim, generator=generator))
+    source = torch.randint(n_entries, (n_queries,), generator=generator)
+    query_means = means[source] + 0.5 * variances[source].sqrt() * torch.randn(
+        n_queries, dim, generator=generator)
+    query_variances = variances[source] * torch.exp(
+        0.3 * torch.randn(n_queries, dim, generator=generator))
+    return means, variances, query_means, query_variances
+
+
+@pytest.mark.parametrize("mean_centre", [0.0, 300.0])
+def test_screen_products_bound_the_divergence_from_below(mean_centre):
+    """Every screened product, read through `lower_bound_of`, is at most the float64
+    divergence, across a wide range of variances; near the origin (where a trained
+    encoder's means are) mostly within a tenth of it, so the bounds can rank."""
+    generator = torch.Generator().manual_seed(3)
+    dim = 8
+    means = mean_centre + 3 * torch.randn(500, dim, generator=generator)
+    variances = torch.exp(12 * torch.rand(500, dim, generator=generator) - 6)
+    memory = GaussianMemory(500, dim, search_screen="bfloat16")
+    memory.write_support_(means, variances, torch.arange(500))
+    query_means, query_variances = means[:40] + 0.1, variances[:40] * 1.5
+    lifted = memory._lift_query_keys((query_means, query_variances))
+    lower = lower_bound_of(memory._score_block(lifted, slice(None), slice(0, 500)))
+    exact = brute_force_divergence(memory, query_means, query_variances)
+    assert (lower <= exact).all(), (lower - exact).max()
+    if mean_centre == 0:
+        assert ((exact - lower) / exact.clamp_min(1)).median() < 0.1
+
+
+@pytest.mark.parametrize("n_queries", [1, 40])
+def test_the_bfloat16_product_accumulates_in_float32_and_rounds_once(n_queries):
+    """The screen's bound counts one rounding of each product to bfloat16. Terms of
+    +-256 and a 1 that sum to -255 (a bfloat16 number) come out as -255 only if the
+    partial sums (up to 256 * 129 + 1, where bfloat16's spacing is 256) are float32."""
+    width = 4 * 64 + 5
+    queries = torch.ones(n_queries, width, dtype=torch.bfloat16)
+    entries = torch.zeros(300, width, dtype=torch.bfloat16)
+    half = width // 2
+    entries[:, :half] = 256.0
+    entries[:, half: 2 * half] = -256.0
+    entries[:, 0] = 1.0   # 129 * 256 + 1 - 130 * 256
+    product = torch.mm(queries, entries.T)
+    assert (product.float() == -255.0).all()
+
+
+def test_screened_search_proves_the_nearest_without_searching_again(monkeypatch):
+    """On a gallery of families the screen's bound is tight enough that no query needs
+    a second search for its nearest entry (its family's other members may need one for
+    the k-th), and the answers are the float64 oracle's."""
+    again = []
+    rescore = GaussianMemory._rescore_near
+    monkeypatch.setattr(GaussianMemory, "_rescore_near",
+                        lambda self, mu, *args: again.append(len(mu)) or rescore(self, mu, *args))
+    means, variances, query_means, query_variances = family_gallery(4000, 40, 32, 100, seed=4)
+    memory = GaussianMemory(4000, 32, search_screen="bfloat16")
+    memory.write_support_(means, variances, torch.arange(4000))
+    oracle = brute_force_divergence(memory, query_means, query_variances)
+    found = memory.query(query_means, query_variances, k=1).slots
+    assert torch.equal(found, oracle.topk(1, dim=1, largest=False).indices)
+    assert again == []
+    found = memory.query(query_means, query_variances, k=4).slots
+    assert torch.equal(found, oracle.topk(4, dim=1, largest=False).indices)
+
+
+@pytest.mark.parametrize("most_near", [64, 0])
+def test_a_screen_too_loose_to_prove_falls_back_to_the_exact_search(monkeypatch, most_near):
+    """With a bound so loose that nothing is proved, every query is searched again and
+    still gets the oracle's answer: among the entries the screen cannot rule out, or
+    (`_SCREEN_MOST_NEAR` 0: more than it allows) by float32 scores instead."""
+    monkeypatch.setattr("gaussmem.bfloat16_screen._BFLOAT16_ROUNDOFF", 0.25)
+    monkeypatch.setattr("gaussmem.memory._SCREEN_MOST_NEAR", most_near)
+    means, variances, query_means, query_variances = family_gallery(600, 20, 8, 30, seed=5)
+    memory = GaussianMemory(600, 8, search_screen="bfloat16")
+    memory.write_support_(means, variances, torch.arange(600) % 50)
+    oracle = brute_force_divergence(memory, query_means, query_variances)
+    assert torch.equal(memory.query(query_means, query_variances, k=3).slots,
+                       oracle.topk(3, dim=1, largest=False).indices)
+
+
+def test_the_screen_follows_every_change_of_the_entries():
+    """Merges, new entries, cleared slots, growth and a loaded state: a screened memory
+    answers as one that multiplies in float32."""
+    means, variances, query_means, query_variances = family_gallery(300, 10, 8, 40, seed=6)
+    screened = GaussianMemory(200, 8, seed=0, search_screen="bfloat16")
+    plain = GaussianMemory(200, 8, seed=0, search_screen="off")
+
+    def same_answers():
+        for mu, var in ((query_means, query_variances), (means[::7], variances[::7])):
+            assert torch.equal(screened.query(mu, var, k=3).slots,
+                               plain.query(mu, var, k=3).slots)
+
+    for memory in (screened, plain):
+        memory.write_support_(means[:150], variances[:150], torch.arange(150))
+    same_answers()
+    for memory in (screened, plain):
+        memory.update_(means[150:200], variances[150:200], torch.arange(50))  # merges
+        memory.clear_slots_(torch.arange(0, 150, 3))
+    same_answers()
+    for memory in (screened, plain):
+        memory.grow_(300)
+        memory.write_support_(means[200:], variances[200:], torch.arange(200, 300))
+    same_answers()
+    state = plain.state_dict()
+    plain.load_state_dict(screened.state_dict())
+    screened.load_state_dict(state)
+    same_answers()
+
+
+def test_divergences_to_entries_are_exact_whatever_the_screen():
+    means, variances, query_means, query_variances = family_gallery(100, 5, 4, 10, seed=7)
+    screened = GaussianMemory(100, 4, search_screen="bfloat16")
+    screened.write_support_(means, variances, torch.arange(100))
+    divergence, _ = screened.divergences_to_entries(query_means, query_variances)
+    oracle = brute_force_divergence(screened, query_means, query_variances)
+    assert torch.allclose(divergence.double(), oracle, rtol=1e-4, atol=1e-3)
+
+
+def test_auto_screens_only_large_float32_cpu_searches(monkeypatch):
+    memory = GaussianMemory(64, DIM)
+    memory.write_support_(*random_gaussians(64, seed=8, dtype=torch.float32), torch.arange(64))
+    monkeypatch.setattr("gaussmem.memory._cpu_has_native_bfloat16", lambda: True)
+    assert not memory.screens_search(SCREEN_MIN_QUERIES)   # fewer slots than SCREEN_MIN_SLOTS
+    monkeypatch.setattr("gaussmem.memory.SCREEN_MIN_SLOTS", 64)
+    assert memory.screens_search(SCREEN_MIN_QUERIES)
+    assert not memory.screens_search(SCREEN_MIN_QUERIES - 1)   # a matrix-vector product
+    monkeypatch.setattr("gaussmem.memory._cpu_has_native_bfloat16", lambda: False)
+    assert not memory.screens_search(SCREEN_MIN_QUERIES)   # emulated bfloat16 is slower
+    wide = GaussianMemory(64, DIM, dtype=torch.float64, search_screen="bfloat16")
+    wide.write_support_(*random_gaussians(64, seed=8), torch.arange(64))
+    assert not wide.screens_search(1)     # a float64 memory is the reference
+    assert not GaussianMemory(8, DIM, search_screen="bfloat16").screens_search(1)  # empty
+    with pytest.raises(ValueError, match="search_screen"):
+        GaussianMemory(8, DIM, search_screen="int8")

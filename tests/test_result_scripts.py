@@ -653,6 +653,33 @@ def test_a_benchmark_on_a_cpu_with_native_bfloat16_labels_its_rows(tmp_path: Pat
         "IndexFlatIP (1.10 s) | <= 1.0x: met |",
         "| exact search, 1,000,000 entries, 200 queries, 1 thread (a CPU with native "
         "bfloat16) | 1.00 s = 1.20x FAISS IndexFlatIP (1.10 s) | <= 1.0x: **not met** |"]
+    # A search through the bfloat16 screen says so, with its float32 counterpart below.
+    gallery["exact"]["bfloat16_screen"] = True
+    gallery["exact_float32"] = {"median_s": 1.5, "time_over_flat_ip": 1.36}
+    (tmp_path / "systems" / "gallery_search_bf16cpu.json").write_text(json.dumps(gallery))
+    rows = [line for line in systems.systems_section(tmp_path) if "exact search" in line]
+    assert rows[1:] == [
+        "| exact search (bfloat16 screen), 1,000,000 entries, 200 queries, 1 thread (a CPU "
+        "with native bfloat16) | 1.00 s = 1.20x FAISS IndexFlatIP (1.10 s) | <= 1.0x: "
+        "**not met** |",
+        "| the same exact search, product in float32 (a CPU with native bfloat16) | 1.50 s "
+        "= 1.36x FAISS IndexFlatIP | - |"]
+
+
+def test_the_recognizer_table_shows_batch_searches_against_float32() -> None:
+    systems = load_script("systems_tables")
+    record = {"targets": {"recognize_median_ms": 20.0, "enroll_images_per_second": 1000.0},
+              "gallery_entries": 100000, "by_threads": {},
+              "batch_search": {"queries": 2048, "entries": 104096, "screened": True,
+                               "threads": 2,
+                               "k1": {"median_s": 0.5, "float32_median_s": 1.0, "agree": True},
+                               "k10": {"median_s": 0.7, "float32_median_s": 1.1,
+                                       "agree": False}}}
+    assert systems.recognizer_rows(record) == [
+        "| search 2,048 drawings at once (bfloat16 screen), k = 1, 104,096 entries, 2 "
+        "thread(s) | 0.500 s (product in float32: 1.000 s; same answers: yes) | - |",
+        "| search 2,048 drawings at once (bfloat16 screen), k = 10, 104,096 entries, 2 "
+        "thread(s) | 0.700 s (product in float32: 1.100 s; same answers: **no**) | - |"]
 
 
 def test_the_recognizer_benchmark_gallery_repeats_embeddings_jittered() -> None:

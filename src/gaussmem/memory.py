@@ -13,6 +13,7 @@ label): slot `NOT_FOUND` (-1), label `NOT_FOUND` (-1), divergence +inf, similari
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Literal, NamedTuple
 
@@ -20,6 +21,7 @@ import numpy as np
 import safetensors.torch
 import torch
 
+from gaussmem.bfloat16_screen import EntryScreen, QueryScreen, lower_bound_of, product_ceiling
 from gaussmem.errors import MemoryFileError
 from gaussmem.gaussian import (
     LiftedGaussians,
@@ -33,6 +35,7 @@ from gaussmem.gaussian import (
 from gaussmem.memory_file import FILE_FORMAT, SLOT_TENSORS, read_memory_file
 from gaussmem.plumbing.atomic import write_bytes_atomic
 from gaussmem.plumbing.blas_threads import single_blas_thread
+from gaussmem.plumbing.precision import native_bfloat16
 from gaussmem.row_selection import smallest_per_row
 from gaussmem.slot_memory import (
     DEFAULT_MAX_BLOCK_ELEMENTS,
@@ -50,7 +53,38 @@ _EXTRA_CANDIDATES = 8
 #: Unit roundoff of float32: the error bound of the GEMM scores is a multiple of it.
 _FLOAT32_ROUNDOFF = 2.0**-24
 
+#: With `search_screen="auto"`, searches over at least this many slots run their matrix
+#: product through the bfloat16 screen on a CPU with native bfloat16
+#: (`gaussmem.bfloat16_screen`). Below it the product is too small for the screen's copy
+#: of the entries to pay, and training's memories stay on the float32 path.
+SCREEN_MIN_SLOTS = 2**16
+#: Fewest queries a screened product multiplies at once: for fewer, the bfloat16 product
+#: (a matrix-vector product, bound by memory) is no faster than the float32 one.
+SCREEN_MIN_QUERIES = 32
+#: Screened candidates per query beyond k re-scored exactly, this many plus
+#: `_SCREEN_EXTRA_PER_K` per k: the screen's bounds are looser than float32's, so more
+#: entries can crowd under the k-th nearest one's divergence (the more, the larger k),
+#: and an unproven query costs another pass over the gallery.
+_SCREEN_EXTRA_CANDIDATES = 32
+_SCREEN_EXTRA_PER_K = 4
+#: Entries whose typical magnitudes set the screen's per-coordinate scale: enough for a
+#: stable average, few enough to lift in a moment.
+_SCREEN_SAMPLE = 4096
+#: Entries per query and slot block that a screened re-search scores exactly before it
+#: turns to float32 scores for that block instead.
+_SCREEN_MOST_NEAR = 64
+
 SearchBackend = Literal["torch", "faiss"]
+SearchScreen = Literal["auto", "bfloat16", "off"]
+
+
+class _LiftedQueries(NamedTuple):
+    """A search's lifted queries (`LiftedGaussians`' fields) and, where the search
+    screens in bfloat16, their screen."""
+
+    features: torch.Tensor
+    offsets: torch.Tensor
+    screen: QueryScreen | None
 
 
 class SearchResult(NamedTuple):
@@ -86,6 +120,12 @@ class GaussianMemory(SlotMemory):
         search_backend: "torch" (blocked GEMM) or "faiss" (exact flat inner-product
             index over the lifted vectors; needs `pip install gaussmem[faiss]`; used by
             `query` on CPU, label-filtered searches stay on torch).
+        search_screen: how the torch backend's CPU searches multiply: "bfloat16" screens
+            candidates with a bfloat16 product whose rounding is bounded
+            (`gaussmem.bfloat16_screen`; the answer stays exact), "off" multiplies in
+            float32, "auto" screens searches of at least `SCREEN_MIN_QUERIES` queries
+            over at least `SCREEN_MIN_SLOTS` slots on a CPU with native bfloat16.
+            Float32 memories only (`screens_search` says what a search will do).
 
     Buffers: `means`, `variances` `(capacity, dim)`; `labels`, `counts`, `ages`, `valid`
     `(capacity,)`; the non-persistent lift cache `entry_lift` `(4 * dim + 1, capacity)`:
@@ -111,6 +151,7 @@ class GaussianMemory(SlotMemory):
         seed: int | None = None,
         max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS,
         search_backend: SearchBackend = "torch",
+        search_screen: SearchScreen = "auto",
     ) -> None:
         super().__init__(
             capacity, age_noise=age_noise, seed=seed, max_block_elements=max_block_elements
@@ -121,8 +162,13 @@ class GaussianMemory(SlotMemory):
             raise ValueError(f"search_backend must be 'torch' or 'faiss', got {search_backend!r}")
         if search_backend == "faiss":
             _import_faiss()
+        if search_screen not in ("auto", "bfloat16", "off"):
+            raise ValueError(
+                f"search_screen must be 'auto', 'bfloat16' or 'off', got {search_screen!r}")
         self.dim = dim
         self.search_backend = search_backend
+        self.search_screen = search_screen
+        self._entry_screen: EntryScreen | None = None
         self._faiss_index: Any = None
         self._faiss_slots: torch.Tensor | None = None
         self._entry_scale: tuple[float, float] | None = None
@@ -147,7 +193,8 @@ class GaussianMemory(SlotMemory):
     def extra_repr(self) -> str:
         return (
             f"capacity={self.capacity}, dim={self.dim}, dtype={self.means.dtype}, "
-            f"age_noise={self.age_noise}, search_backend={self.search_backend!r}"
+            f"age_noise={self.age_noise}, search_backend={self.search_backend!r}, "
+            f"search_screen={self.search_screen!r}"
         )
 
     def _apply(self, fn: Any, recurse: bool = True) -> GaussianMemory:
@@ -217,8 +264,8 @@ class GaussianMemory(SlotMemory):
         """
         mu, var = self._as_queries(mu, var)
         extent = self._searched_extent()
-        lifted = self._lift_query_keys((mu, var))
-        divergence = self._score_block(lifted, slice(None), slice(0, extent))
+        lifted = lift_queries(mu, var)
+        divergence = self._entry_scores(lifted.features, slice(0, extent))
         return (divergence + lifted.offsets[:, None]).clamp_min(0), self.labels[:extent]
 
     def entries(self, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -299,18 +346,48 @@ class GaussianMemory(SlotMemory):
         return self._commit_batch_((mu, var), labels, merge_slots, creator_of)
 
     # --- SlotMemory hooks -------------------------------------------------------------
-    def _lift_query_keys(self, keys: tuple[torch.Tensor, ...]) -> LiftedGaussians:
-        return lift_queries(*keys)
+    def _lift_query_keys(self, keys: tuple[torch.Tensor, ...]) -> _LiftedQueries:
+        lifted = lift_queries(*keys)
+        if not self.screens_search(len(lifted.features)):
+            return _LiftedQueries(lifted.features, lifted.offsets, None)
+        if self._entry_screen is None:
+            self._entry_screen = EntryScreen(self.entry_lift, *self._typical_entries())
+        return _LiftedQueries(lifted.features, lifted.offsets,
+                              self._entry_screen.queries(lifted.features, lifted.offsets))
+
+    def screens_search(self, n_queries: int) -> bool:
+        """Whether a search of `n_queries` now runs its product through the bfloat16
+        screen."""
+        if (self.search_screen == "off" or self.entry_lift.device.type != "cpu"
+                or self.entry_lift.dtype != torch.float32):
+            return False
+        if self.search_screen == "auto" and not (
+                _cpu_has_native_bfloat16() and n_queries >= SCREEN_MIN_QUERIES
+                and self._searched_extent() >= SCREEN_MIN_SLOTS):
+            return False
+        return bool(torch.isfinite(self.entry_offsets).any())   # something to match
+
+    def _typical_entries(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Means and variances of up to `_SCREEN_SAMPLE` matchable entries, evenly spread
+        over the slots: what the screen scales its coordinates by."""
+        matchable = torch.isfinite(self.entry_offsets).nonzero()[:, 0]
+        picks = torch.linspace(0, len(matchable) - 1, min(len(matchable), _SCREEN_SAMPLE))
+        slots = matchable[picks.round().long()]
+        return self.means[slots], self.variances[slots]
 
     def _score_block(
         self,
-        lifted_queries: LiftedGaussians,
+        lifted_queries: _LiftedQueries,
         query_rows: slice,
         slot_rows: slice,
         out: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        # SKL minus the per-query offset; the +inf offsets of empty slots propagate.
-        return self._entry_scores(lifted_queries.features[query_rows], slot_rows, out)
+        # SKL minus the per-query offset, or the screen's product (`_divergence_floor`
+        # reads either); the +inf offsets of empty slots propagate.
+        if lifted_queries.screen is None:
+            return self._entry_scores(lifted_queries.features[query_rows], slot_rows, out)
+        assert self._entry_screen is not None   # built with the queries' screen
+        return self._entry_screen.products(lifted_queries.screen, query_rows, slot_rows, out)
 
     def _entry_scores(self, query_features: torch.Tensor, slot_rows: slice,
                       out: torch.Tensor | None = None) -> torch.Tensor:
@@ -337,15 +414,34 @@ class GaussianMemory(SlotMemory):
         np.matmul(queries.numpy(), entries.numpy(), out=out.numpy())
         return out
 
-    def _candidate_width(self, k: int) -> int:
+    def _candidate_width(self, k: int, lifted_queries: _LiftedQueries) -> int:
         # One past the re-scored candidates: the first other entry's GEMM score bounds
         # every non-candidate's divergence from below.
-        return k + _EXTRA_CANDIDATES + 1
+        return k + _extra_candidates(lifted_queries, k) + 1
+
+    def _divergence_floor(self, lifted_queries: _LiftedQueries, query_rows: slice,
+                          scores: torch.Tensor) -> torch.Tensor:
+        """Float64 lower bounds on the divergences behind `_score_block`'s `scores`
+        `(rows, columns)` for `query_rows`: the GEMM score plus the query's offset less
+        its rounding bound, or the screen's product less its final rounding."""
+        if lifted_queries.screen is not None:
+            return lower_bound_of(scores)
+        bound = self._score_error_bound(lifted_queries, query_rows)
+        return scores.double() + (lifted_queries.offsets[query_rows].double() - bound)[:, None]
+
+    def _score_ceiling(self, lifted_queries: _LiftedQueries, query_rows: slice,
+                       divergence: torch.Tensor) -> torch.Tensor:
+        """`(rows,)` float64: the largest `_score_block` score whose divergence floor is
+        at most `divergence` `(rows,)`; an entry scoring above it is farther."""
+        if lifted_queries.screen is not None:
+            return product_ceiling(divergence)
+        bound = self._score_error_bound(lifted_queries, query_rows)
+        return divergence - lifted_queries.offsets[query_rows].double() + bound
 
     def _refine_candidates(
         self,
         keys: tuple[torch.Tensor, ...],
-        lifted_queries: LiftedGaussians,
+        lifted_queries: _LiftedQueries,
         query_rows: slice,
         scores: torch.Tensor,
         slots: torch.Tensor,
@@ -356,8 +452,9 @@ class GaussianMemory(SlotMemory):
         excluded: torch.Tensor | None,
     ) -> torch.Tensor:
         """Re-rank the GEMM candidates by their exact float64 divergence, then re-score
-        exactly, for every query whose float32 candidates may miss a nearer entry, each
-        entry whose float32 score could place it among the k nearest (`_rescore_near`).
+        exactly, for every query whose candidates may miss a nearer entry, each entry
+        whose score could place it among the k nearest (`_rescore_near`). The bfloat16
+        screen's scores are read through their own floor (`_divergence_floor`).
 
         On an accelerator that second step runs only with `certify` (`query` sets it):
         reading the certificate back would make the host wait for the device on every
@@ -365,7 +462,7 @@ class GaussianMemory(SlotMemory):
         GEMM's order in realistic ranges.
         """
         mu, var = (key[query_rows] for key in keys)
-        n_candidates = min(slots.shape[1], k + _EXTRA_CANDIDATES)
+        n_candidates = min(slots.shape[1], k + _extra_candidates(lifted_queries, k))
         candidates = slots[:, :n_candidates]
         entry_mu, entry_var = self.entries(candidates)
         exact = symmetric_kl_diag(
@@ -376,24 +473,22 @@ class GaussianMemory(SlotMemory):
         if (scores.dtype == torch.float64 or not (certify or self.valid.device.type == "cpu")
                 or slots.shape[1] <= n_candidates):
             return best  # float64 is the reference, or every qualifying slot was re-scored
-        # The lowest divergence any non-candidate can have: its GEMM score, plus the
-        # query's offset, minus the score's worst-case rounding error.
-        bound = self._score_error_bound(lifted_queries, query_rows)
-        floor = (scores[:, n_candidates].double() + lifted_queries.offsets[query_rows].double()
-                 - bound)
+        # The lowest divergence any non-candidate can have.
+        floor = self._divergence_floor(lifted_queries, query_rows,
+                                       scores[:, n_candidates: n_candidates + 1])[:, 0]
         kth = exact[:, best.shape[1] - 1]
         doubtful = (kth > floor).nonzero()[:, 0]
         if len(doubtful):
             rows = torch.arange(query_rows.start, query_rows.stop, device=slots.device)[doubtful]
-            # An entry's divergence is at least its GEMM score plus the query's offset
-            # minus the error bound: only entries whose score is under this ceiling can
-            # be nearer than the k-th candidate.
-            ceiling = (kth[doubtful] - lifted_queries.offsets[rows].double()
-                       + bound[doubtful])
+            screen = lifted_queries.screen
+            if self.search_screen == "auto" and len(rows) < SCREEN_MIN_QUERIES:
+                screen = None   # too few to gain from the screen
+            doubtful_queries = _LiftedQueries(
+                lifted_queries.features[rows], lifted_queries.offsets[rows],
+                None if screen is None else QueryScreen(screen.rows[rows]))
             labels = None if query_labels is None else query_labels[doubtful]
-            again = self._rescore_near(mu[doubtful], var[doubtful],
-                                       lifted_queries.features[rows], ceiling, k, labels,
-                                       same_label,
+            again = self._rescore_near(mu[doubtful], var[doubtful], doubtful_queries,
+                                       kth[doubtful], k, labels, same_label,
                                        None if excluded is None else excluded[doubtful])
             best[doubtful] = again[:, : best.shape[1]]
         return best
@@ -402,35 +497,47 @@ class GaussianMemory(SlotMemory):
         self,
         mu: torch.Tensor,
         var: torch.Tensor,
-        features: torch.Tensor,
-        ceiling: torch.Tensor,
+        lifted_queries: _LiftedQueries,
+        kth: torch.Tensor,
         k: int,
         query_labels: torch.Tensor | None,
         same_label: bool,
         excluded: torch.Tensor | None,
     ) -> torch.Tensor:
         """The k nearest qualifying slots `(rows, k)` by exact float64 divergence among
-        those whose float32 GEMM score (queries' lifted `features`) is at most `ceiling`
-        `(rows,)` float64, NOT_FOUND where fewer qualify (`excluded`: as in
-        `_search_slots`, the rows' own).
+        those whose score for `lifted_queries` could put them within `kth` `(rows,)`
+        float64, NOT_FOUND where fewer qualify (`excluded`: as in `_search_slots`, the
+        rows' own).
 
-        Near-duplicate entries make the float32 ranking uncertain for many queries at
+        Near-duplicate entries make the GEMM's ranking uncertain for many queries at
         once; re-scoring only the entries that could win costs a GEMM and a few exact
         divergences, where lifting every entry again in float64 cost several times the
         search itself.
         """
         n_slots = self._searched_extent()
         _, slot_step = self._block_shape(len(mu), n_slots)
+        every_row = slice(0, len(mu))
+        ceiling = self._score_ceiling(lifted_queries, every_row, kth)
         block_divergences, block_slots = [], []
         for slot_start in range(0, n_slots, slot_step):
             slot_rows = slice(slot_start, min(slot_start + slot_step, n_slots))
-            scores = self._entry_scores(features, slot_rows)
-            near = scores.double() <= ceiling[:, None]
+            qualifies = torch.ones((), dtype=torch.bool, device=kth.device)
             if query_labels is not None:
                 equal = query_labels[:, None] == self.labels[None, slot_rows]
-                near &= equal if same_label else ~equal
+                qualifies = equal if same_label else ~equal
             if excluded is not None:
-                near &= ~excluded_in_block(excluded, slot_rows, scores.shape[1])
+                qualifies = qualifies & ~excluded_in_block(excluded, slot_rows,
+                                                           slot_rows.stop - slot_rows.start)
+            scores = self._score_block(lifted_queries, every_row, slot_rows)
+            near = (scores.double() <= ceiling[:, None]) & qualifies
+            if (lifted_queries.screen is not None
+                    and int(near.sum()) > _SCREEN_MOST_NEAR * len(mu)):
+                # The screen's bound is too loose here (say, means far from the origin):
+                # float32 scores, whose bound is tighter, keep the exact work small.
+                unscreened = lifted_queries._replace(screen=None)
+                scores = self._entry_scores(unscreened.features, slot_rows)
+                near = (scores.double()
+                        <= self._score_ceiling(unscreened, every_row, kth)[:, None]) & qualifies
             rows, columns = near.nonzero(as_tuple=True)
             entries = columns + slot_start
             divergence = torch.full(scores.shape, torch.inf, dtype=torch.float64,
@@ -446,7 +553,7 @@ class GaussianMemory(SlotMemory):
         return found.masked_fill(divergence == torch.inf, NOT_FOUND)
 
     def _score_error_bound(
-        self, lifted_queries: LiftedGaussians, query_rows: slice
+        self, lifted_queries: _LiftedQueries, query_rows: slice
     ) -> torch.Tensor:
         """Bound `(rows,)` float64 on the float32 error of GEMM score plus query offset.
 
@@ -506,6 +613,11 @@ class GaussianMemory(SlotMemory):
         self.entry_lift[:-1, rows] = lifted.features.T
         self.entry_lift[-1, rows] = lifted.offsets
         self._faiss_index = None
+        if self._entry_screen is not None:
+            if slots is None:
+                self._entry_screen = None   # rebuilt by the next screened search
+            else:
+                self._entry_screen.update_(slots, self.entry_lift[:, slots])
         if slots is None or self._entry_scale is None or slots.device.type != "cpu":
             self._entry_scale = None
         else:
@@ -647,6 +759,18 @@ class GaussianMemory(SlotMemory):
         except RuntimeError as error:
             raise MemoryFileError(f"{path}: bad age-noise generator state ({error})") from error
         self._keys_changed_(None)
+
+
+def _extra_candidates(lifted_queries: _LiftedQueries, k: int) -> int:
+    """Candidates beyond k that a search re-scores exactly."""
+    if lifted_queries.screen is None:
+        return _EXTRA_CANDIDATES
+    return _SCREEN_EXTRA_CANDIDATES + _SCREEN_EXTRA_PER_K * k
+
+
+@functools.cache
+def _cpu_has_native_bfloat16() -> bool:
+    return native_bfloat16("cpu")
 
 
 def _import_faiss() -> Any:

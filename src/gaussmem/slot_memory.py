@@ -238,7 +238,7 @@ class SlotMemory(nn.Module):
         found = torch.full((n_queries, k), NOT_FOUND, dtype=torch.int64, device=device)
         if n_slots == 0 or n_queries == 0:
             return found
-        width = self._candidate_width(k)
+        width = self._candidate_width(k, lifted_queries)
         query_step, slot_step = self._block_shape(n_queries, n_slots)
         # One score buffer for every block: a fresh output per block page-faults, which on
         # a CPU costs a visible share of the GEMM's own time.
@@ -271,8 +271,9 @@ class SlotMemory(nn.Module):
             found[query_rows, : best_slots.shape[1]] = best_slots
         return found
 
-    def _candidate_width(self, k: int) -> int:
-        """Candidates per query the search keeps for `_refine_candidates` (>= k)."""
+    def _candidate_width(self, k: int, lifted_queries: Any) -> int:
+        """Candidates per query the search keeps for `_refine_candidates` (>= k), for the
+        queries as `_lift_query_keys` made them."""
         return k
 
     def _refine_candidates(
