@@ -60,8 +60,10 @@ def recognizer_rows(record: dict[str, Any]) -> list[str]:
                 f"search {batch['queries']:,} drawings at once{how}, k = {k}, "
                 f"{batch['entries']:,} entries, {batch['threads']} thread(s)",
                 f"{timing['median_s']:.3f} s (product in float32: "
-                f"{timing['float32_median_s']:.3f} s; same answers: "
-                f"{'yes' if timing['agree'] else '**no**'})"))
+                f"{timing['float32_median_s']:.3f} s); "
+                + (f"same divergences, same entries in {timing['same_entries']:.0%} of "
+                   "rows, the others ties" if timing["agree"]
+                   else "**the divergences differ**")))
     return rows
 
 

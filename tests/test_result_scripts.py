@@ -672,14 +672,16 @@ def test_the_recognizer_table_shows_batch_searches_against_float32() -> None:
               "gallery_entries": 100000, "by_threads": {},
               "batch_search": {"queries": 2048, "entries": 104096, "screened": True,
                                "threads": 2,
-                               "k1": {"median_s": 0.5, "float32_median_s": 1.0, "agree": True},
+                               "k1": {"median_s": 0.5, "float32_median_s": 1.0, "agree": True,
+                                      "same_entries": 0.5},
                                "k10": {"median_s": 0.7, "float32_median_s": 1.1,
-                                       "agree": False}}}
+                                       "agree": False, "same_entries": 0.25}}}
     assert systems.recognizer_rows(record) == [
         "| search 2,048 drawings at once (bfloat16 screen), k = 1, 104,096 entries, 2 "
-        "thread(s) | 0.500 s (product in float32: 1.000 s; same answers: yes) | - |",
+        "thread(s) | 0.500 s (product in float32: 1.000 s); same divergences, same entries "
+        "in 50% of rows, the others ties | - |",
         "| search 2,048 drawings at once (bfloat16 screen), k = 10, 104,096 entries, 2 "
-        "thread(s) | 0.700 s (product in float32: 1.100 s; same answers: **no**) | - |"]
+        "thread(s) | 0.700 s (product in float32: 1.100 s); **the divergences differ** | - |"]
 
 
 def test_the_recognizer_benchmark_gallery_repeats_embeddings_jittered() -> None:
