@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gaussmem.bfloat16_screen import lower_bound_of
+from gaussmem.bfloat16_screen import EntryScreen, lower_bound_of
 from gaussmem.errors import MemoryFileError
 from gaussmem.gaussian import (
     lift_entries,
@@ -990,6 +990,39 @@ def test_the_screen_follows_every_change_of_the_entries():
     plain.load_state_dict(screened.state_dict())
     screened.load_state_dict(state)
     same_answers()
+
+
+@pytest.mark.parametrize("search_screen", ["off", "bfloat16"])
+def test_empty_and_cleared_slots_never_match_a_search(search_screen):
+    """Asked for more entries than the memory holds, a search pads with NOT_FOUND and
+    never names a cleared or never-written slot (the screen's rows for such slots carry
+    an offset of +inf, never NaN)."""
+    means, variances, query_means, query_variances = family_gallery(10, 3, 4, 40, seed=9)
+    memory = GaussianMemory(64, 4, seed=0, search_screen=search_screen)
+    memory.write_support_(means, variances, torch.arange(10))
+    memory.clear_slots_(torch.tensor([3, 7]))
+    found = memory.query(query_means, query_variances, k=12).slots
+    assert (found[:, :8] >= 0).all() and (found[:, 8:] == NOT_FOUND).all()
+    assert set(found[:, :8].flatten().tolist()) <= set(range(10)) - {3, 7}
+
+
+def test_an_entry_or_query_beyond_bfloat16_never_makes_a_nan_bound():
+    """A lifted feature at float32's largest value overflows bfloat16 (or the rescaled
+    float32): that entry's bound becomes -inf (always a candidate, scored exactly), and
+    a query so large gets no screen at all, instead of inf - inf = NaN in the product."""
+    means, variances = random_gaussians(6, seed=10, dtype=torch.float32)
+    lifted = lift_entries(means, variances)
+    lift = torch.cat([lifted.features, lifted.offsets[:, None]], 1).T.contiguous()
+    lift[DIM, 0] = torch.finfo(torch.float32).max
+    screen = EntryScreen(lift, means, variances)
+    queries = lift_queries(means, variances)
+    products = screen.products(screen.queries(queries.features, queries.offsets),
+                               slice(None), slice(None))
+    assert not products.isnan().any()
+    assert (products[:, 0] == -torch.inf).all() and products[:, 1:].isfinite().all()
+    features = queries.features.clone()
+    features[0, DIM] = torch.finfo(torch.float32).max
+    assert screen.queries(features, queries.offsets) is None
 
 
 def test_divergences_to_entries_are_exact_whatever_the_screen():

@@ -110,11 +110,18 @@ class EntryScreen:
         rows[:, 4 * self.dim + 2] = head
         rows[:, 4 * self.dim + 3] = tail
         rows[:, -1] = _rounded_up_norm(features)
+        # A feature too large for float32 once rescaled, or for bfloat16, would make
+        # inf - inf in the product: such an entry's bound becomes -inf instead, so it
+        # is always a candidate and scored exactly.
+        overflowed = ~torch.isfinite(rows[:, : 4 * self.dim]).all(dim=1)
+        rows[overflowed, : 4 * self.dim] = 0.0
+        rows[overflowed, -1] = torch.inf
         self.rows[slots] = rows
 
-    def queries(self, features: torch.Tensor, offsets: torch.Tensor) -> QueryScreen:
+    def queries(self, features: torch.Tensor, offsets: torch.Tensor) -> QueryScreen | None:
         """The screen rows of lifted queries: float32 `features` `(n, 4 * dim)` and
-        `offsets` `(n,)`."""
+        `offsets` `(n,)`; None where some query's row is not finite in bfloat16 (the
+        search then multiplies in float32)."""
         scaled = features.detach() * self.scale
         rows = torch.empty(len(scaled), self.columns, dtype=torch.bfloat16)
         rows[:, : 4 * self.dim] = scaled
@@ -123,7 +130,7 @@ class EntryScreen:
         rows[:, 4 * self.dim + 1] = tail
         rows[:, 4 * self.dim + 2: 4 * self.dim + 4] = 1.0
         rows[:, -1] = -self.factor * _rounded_up_norm(scaled)
-        return QueryScreen(rows)
+        return QueryScreen(rows) if bool(torch.isfinite(rows).all()) else None
 
     def products(self, queries: QueryScreen, query_rows: slice, slot_rows: slice,
                  out: torch.Tensor | None = None) -> torch.Tensor:
@@ -143,7 +150,10 @@ class EntryScreen:
         return out.copy_(product)
 
     def _lowered(self, offsets: torch.Tensor) -> torch.Tensor:
-        return offsets - self.offset_share * (offsets.abs() + self.dim / 2)
+        """Float64 `offsets` less their share of the error; +inf (a slot that cannot
+        match) stays +inf."""
+        lowered = offsets - self.offset_share * (offsets.abs() + self.dim / 2)
+        return torch.where(torch.isinf(offsets), offsets, lowered)
 
 
 def lower_bound_of(products: torch.Tensor) -> torch.Tensor:

@@ -348,12 +348,12 @@ class GaussianMemory(SlotMemory):
     # --- SlotMemory hooks -------------------------------------------------------------
     def _lift_query_keys(self, keys: tuple[torch.Tensor, ...]) -> _LiftedQueries:
         lifted = lift_queries(*keys)
-        if not self.screens_search(len(lifted.features)):
-            return _LiftedQueries(lifted.features, lifted.offsets, None)
-        if self._entry_screen is None:
-            self._entry_screen = EntryScreen(self.entry_lift, *self._typical_entries())
-        return _LiftedQueries(lifted.features, lifted.offsets,
-                              self._entry_screen.queries(lifted.features, lifted.offsets))
+        screen = None
+        if self.screens_search(len(lifted.features)):
+            if self._entry_screen is None:
+                self._entry_screen = EntryScreen(self.entry_lift, *self._typical_entries())
+            screen = self._entry_screen.queries(lifted.features, lifted.offsets)
+        return _LiftedQueries(lifted.features, lifted.offsets, screen)
 
     def screens_search(self, n_queries: int) -> bool:
         """Whether a search of `n_queries` now runs its product through the bfloat16
