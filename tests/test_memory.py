@@ -1025,6 +1025,24 @@ def test_an_entry_or_query_beyond_bfloat16_never_makes_a_nan_bound():
     assert screen.queries(features, queries.offsets) is None
 
 
+@pytest.mark.parametrize("loose", [False, True])
+def test_a_screened_search_past_excluded_slots_matches_brute_force(loose, monkeypatch):
+    """What a gallery's in-order enrollment asks (`_search_slots` with `excluded`):
+    screened, the excluded slots never come back and the rest rank as brute force does,
+    also where a bound too loose to prove anything sends every query searching again."""
+    if loose:
+        monkeypatch.setattr("gaussmem.bfloat16_screen._BFLOAT16_ROUNDOFF", 0.25)
+    means, variances, query_means, query_variances = family_gallery(200, 8, 8, 40, seed=11)
+    memory = GaussianMemory(200, 8, seed=0, search_screen="bfloat16")
+    memory.write_support_(means, variances, torch.arange(200))
+    exact = brute_force_divergence(memory, query_means, query_variances)
+    excluded = exact.argsort(1)[:, :3]
+    found = memory._search_slots((query_means, query_variances), 2, certify=True,
+                                 excluded=excluded)
+    kept = exact.scatter(1, excluded, torch.inf)
+    assert torch.equal(found, kept.topk(2, dim=1, largest=False).indices)
+
+
 def test_divergences_to_entries_are_exact_whatever_the_screen():
     means, variances, query_means, query_variances = family_gallery(100, 5, 4, 10, seed=7)
     screened = GaussianMemory(100, 4, search_screen="bfloat16")
