@@ -180,9 +180,11 @@ def _typical_magnitudes(features: torch.Tensor) -> torch.Tensor:
 
 def _split(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Float64 `values` as bfloat16 head plus tail (each returned in float64), whose sum
-    is within u^2 of the value; +inf stays +inf in the head with a tail of 0."""
+    is within u^2 of the value. An infinite head (+inf for a slot that cannot match, or
+    a value past bfloat16's range, where the float32 product overflows too) gets a tail
+    of 0, never an infinity of the other sign."""
     head = values.to(torch.bfloat16).double()
-    tail = torch.where(torch.isfinite(values), values - head, 0.0)
+    tail = torch.where(torch.isinf(head), 0.0, values - head)
     return head, tail.to(torch.bfloat16).double()
 
 
