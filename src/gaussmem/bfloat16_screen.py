@@ -33,7 +33,12 @@ from typing import NamedTuple
 
 import torch
 
-from gaussmem.gaussian import lift_entries, lift_queries
+from gaussmem.gaussian import (
+    lift_entries,
+    lift_queries,
+    lift_rounding_factor,
+    squared_column_norms,
+)
 
 #: Unit roundoff of bfloat16 (8 significant bits, round to nearest) and of float32.
 _BFLOAT16_ROUNDOFF = 2.0**-8
@@ -58,9 +63,9 @@ class EntryScreen:
     """The entries' rows for the screen's product, slot-major `(capacity, columns)`
     bfloat16 so a block of slots is contiguous, built from the memory's float32 lift.
 
-    Bound. For a query's and an entry's float32 lifts q, e and offsets a, b, the float32
-    search's own analysis (`GaussianMemory._score_error_bound`) puts the divergence D
-    within (5 dim + 16) eps32 (T + |a| + |b| + dim) of q.e + a + b, with T >= sum |q_i e_i|.
+    Bound. For a query's and an entry's float32 lifts q, e and offsets a, b, the
+    divergence D is within `lift_rounding_factor` (T + |a| + |b| + dim) of q.e + a + b,
+    with T >= sum |q_i e_i| (the float32 search's own bound, `gaussmem.gaussian`).
     Rounding q and e to bfloat16 moves q.e by at most (2u + u^2) T, and the float32
     accumulation of the product's n terms at most gamma_n of their magnitudes' sum. The
     bound column subtracts `factor` * |q~| |e~| (the rescaled rows' norms, so T), and
@@ -84,7 +89,7 @@ class EntryScreen:
         self.scale = torch.exp2(torch.round(0.5 * torch.log2(ratio))).float()
         u, eps = _BFLOAT16_ROUNDOFF, _FLOAT32_ROUNDOFF
         gamma = self.columns * eps / (1 - self.columns * eps)
-        lift_error = (5 * self.dim + 16) * eps
+        lift_error = lift_rounding_factor(self.dim)
         #: Multiplies |q~| |e~| in the bound column; divided by (1 - u)^2 (1 - gamma)
         #: because the column's own two factors are rounded and summed with the rest.
         self.factor = ((lift_error + 2 * u + u * u + 2 * gamma)
@@ -190,9 +195,5 @@ def _split(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _rounded_up_norm(rows: torch.Tensor) -> torch.Tensor:
     """Float64 Euclidean norms of float32 `rows` `(n, columns)`, nudged up past their
-    rounding (float64: a float32 sum of squares can overflow)."""
-    squared = torch.zeros(len(rows), dtype=torch.float64)
-    for column in rows.T:   # a column at a time keeps the float64 copy small
-        column = column.double()
-        squared.addcmul_(column, column)
-    return squared.sqrt_() * (1 + 2.0**-40)
+    rounding."""
+    return squared_column_norms(rows.T).sqrt_() * (1 + 2.0**-40)

@@ -116,6 +116,26 @@ def _lift_offsets(mu: torch.Tensor, inverse_var: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu * mu * inverse_var).sum(dim=-1) - 0.5 * mu.shape[-1]
 
 
+def lift_rounding_factor(dim: int) -> float:
+    """Bound on the float32 error of a lifted score (inner product plus both offsets)
+    against the exact divergence, as a multiple of the terms' magnitudes
+    (sum |q_i e_i| + |offsets| + dim): each lifted feature and offset carries a few
+    roundings, and the sum of 4 dim products and the offsets at most 4 dim + 1 more
+    (Higham's gamma_n)."""
+    return (5 * dim + 16) * 2.0**-24
+
+
+def squared_column_norms(by_feature: torch.Tensor) -> torch.Tensor:
+    """Float64 squared Euclidean norms `(n,)` of the columns of `by_feature`
+    `(features, n)`, one feature at a time: float32 squares can overflow, and a float64
+    norm down the columns of a by-feature layout took ten times as long."""
+    squared = torch.zeros(by_feature.shape[1], dtype=torch.float64, device=by_feature.device)
+    for feature in by_feature:
+        feature = feature.double()
+        squared.addcmul_(feature, feature)
+    return squared
+
+
 def pairwise_symmetric_kl(
     mu_a: torch.Tensor,
     var_a: torch.Tensor,

@@ -28,8 +28,10 @@ from gaussmem.gaussian import (
     clamp_variance,
     lift_entries,
     lift_queries,
+    lift_rounding_factor,
     merge_running_,
     similarity_from_divergence,
+    squared_column_norms,
     symmetric_kl_diag,
 )
 from gaussmem.memory_file import FILE_FORMAT, SLOT_TENSORS, read_memory_file
@@ -50,8 +52,6 @@ from gaussmem.slot_memory import (
 #: then shows whether the exact order of these candidates is certain (it is, for almost
 #: every query in realistic ranges) or whether the query is searched again in float64.
 _EXTRA_CANDIDATES = 8
-#: Unit roundoff of float32: the error bound of the GEMM scores is a multiple of it.
-_FLOAT32_ROUNDOFF = 2.0**-24
 
 #: With `search_screen="auto"`, searches over at least this many slots run their matrix
 #: product through the bfloat16 screen on a CPU with native bfloat16
@@ -557,10 +557,8 @@ class GaussianMemory(SlotMemory):
     ) -> torch.Tensor:
         """Bound `(rows,)` float64 on the float32 error of GEMM score plus query offset.
 
-        Each lifted feature and offset carries a few roundings, and the GEMM's sum of 4 dim
-        products and the entry's offset at most 4 dim + 1 more (Higham's gamma_n), each
-        relative to the sum of the terms' magnitudes; Cauchy-Schwarz bounds that sum by
-        the product of the rows' norms.
+        `lift_rounding_factor` of the terms' magnitudes, whose products' sum
+        Cauchy-Schwarz bounds by the product of the rows' norms.
         """
         if self._entry_scale is None:
             self._entry_scale = self._scale_of(None)
@@ -568,7 +566,7 @@ class GaussianMemory(SlotMemory):
         query_norm = lifted_queries.features[query_rows].double().norm(dim=1)
         query_offset = lifted_queries.offsets[query_rows].double().abs()
         magnitude = query_norm * feature_norm + query_offset + offset_max + self.dim
-        return (5 * self.dim + 16) * _FLOAT32_ROUNDOFF * magnitude
+        return lift_rounding_factor(self.dim) * magnitude
 
     def _scale_of(self, slots: torch.Tensor | None) -> tuple[float, float]:
         """Largest feature norm and |offset| among the finite entries at `slots` (None:
@@ -578,13 +576,7 @@ class GaussianMemory(SlotMemory):
         finite = self.valid[rows] & torch.isfinite(offsets)
         if not bool(finite.any()):
             return 0.0, 0.0
-        # Row by row (one feature of every entry at a time): a float64 norm down the
-        # columns of this by-dimension layout took ten times as long, a visible share of
-        # the first certified search of a large gallery.
-        squared = offsets.new_zeros(offsets.shape, dtype=torch.float64)
-        for feature in self.entry_features[:, rows]:
-            feature = feature.double()
-            squared.addcmul_(feature, feature)
+        squared = squared_column_norms(self.entry_features[:, rows])
         return (float(squared.masked_fill(~finite, 0).max().sqrt()),
                 float(offsets.double().abs().masked_fill(~finite, 0).max()))
 
