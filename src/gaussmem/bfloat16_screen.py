@@ -29,7 +29,6 @@ fraction of; the scale evens the two sides' typical magnitudes.
 from __future__ import annotations
 
 import threading
-from typing import NamedTuple
 
 import torch
 
@@ -50,13 +49,6 @@ _BUILD_CHUNK = 2**16
 #: Columns besides the lifted features: the query offset's head and tail (against 1s),
 #: the entry offset's head and tail (1s on the query side), and the rounding bound.
 _EXTRA_COLUMNS = 5
-
-
-class QueryScreen(NamedTuple):
-    """A batch of queries' rows for the screen's product, `(n_queries, columns)`
-    bfloat16."""
-
-    rows: torch.Tensor
 
 
 class EntryScreen:
@@ -123,10 +115,10 @@ class EntryScreen:
         rows[overflowed, -1] = torch.inf
         self.rows[slots] = rows
 
-    def queries(self, features: torch.Tensor, offsets: torch.Tensor) -> QueryScreen | None:
-        """The screen rows of lifted queries: float32 `features` `(n, 4 * dim)` and
-        `offsets` `(n,)`; None where some query's row is not finite in bfloat16 (the
-        search then multiplies in float32)."""
+    def queries(self, features: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor | None:
+        """The screen rows `(n, columns)` bfloat16 of lifted queries: float32 `features`
+        `(n, 4 * dim)` and `offsets` `(n,)`; None where some query's row is not finite in
+        bfloat16 (the search then multiplies in float32)."""
         scaled = features.detach() * self.scale
         rows = torch.empty(len(scaled), self.columns, dtype=torch.bfloat16)
         rows[:, : 4 * self.dim] = scaled
@@ -135,14 +127,14 @@ class EntryScreen:
         rows[:, 4 * self.dim + 1] = tail
         rows[:, 4 * self.dim + 2: 4 * self.dim + 4] = 1.0
         rows[:, -1] = -self.factor * _rounded_up_norm(scaled)
-        return QueryScreen(rows) if bool(torch.isfinite(rows).all()) else None
+        return rows if bool(torch.isfinite(rows).all()) else None
 
-    def products(self, queries: QueryScreen, query_rows: slice, slot_rows: slice,
+    def products(self, queries: torch.Tensor, query_rows: slice, slot_rows: slice,
                  out: torch.Tensor | None = None) -> torch.Tensor:
-        """`(queries, slots)` float32: the screen's product, at most each pair's
-        divergence once `lower_bound_of` has undone its final rounding (+inf at slots
-        that cannot match); into `out` when given."""
-        query_block, slot_block = queries.rows[query_rows], self.rows[slot_rows]
+        """`(queries, slots)` float32: the product of the `queries`' screen rows with the
+        entries', at most each pair's divergence once `lower_bound_of` has undone its
+        final rounding (+inf at slots that cannot match); into `out` when given."""
+        query_block, slot_block = queries[query_rows], self.rows[slot_rows]
         size = len(query_block) * len(slot_block)
         scratch = getattr(self._local, "scratch", None)
         if scratch is None or scratch.numel() < size:

@@ -21,7 +21,7 @@ import numpy as np
 import safetensors.torch
 import torch
 
-from gaussmem.bfloat16_screen import EntryScreen, QueryScreen, lower_bound_of, product_ceiling
+from gaussmem.bfloat16_screen import EntryScreen, lower_bound_of, product_ceiling
 from gaussmem.errors import MemoryFileError
 from gaussmem.gaussian import (
     LiftedGaussians,
@@ -80,11 +80,11 @@ SearchScreen = Literal["auto", "bfloat16", "off"]
 
 class _LiftedQueries(NamedTuple):
     """A search's lifted queries (`LiftedGaussians`' fields) and, where the search
-    screens in bfloat16, their screen."""
+    screens in bfloat16, their screen rows (`EntryScreen.queries`)."""
 
     features: torch.Tensor
     offsets: torch.Tensor
-    screen: QueryScreen | None
+    screen: torch.Tensor | None
 
 
 class SearchResult(NamedTuple):
@@ -481,11 +481,10 @@ class GaussianMemory(SlotMemory):
         if len(doubtful):
             rows = torch.arange(query_rows.start, query_rows.stop, device=slots.device)[doubtful]
             screen = lifted_queries.screen
-            if self.search_screen == "auto" and len(rows) < SCREEN_MIN_QUERIES:
-                screen = None   # too few to gain from the screen
             doubtful_queries = _LiftedQueries(
                 lifted_queries.features[rows], lifted_queries.offsets[rows],
-                None if screen is None else QueryScreen(screen.rows[rows]))
+                screen[rows] if screen is not None and self.screens_search(len(rows))
+                else None)
             labels = None if query_labels is None else query_labels[doubtful]
             again = self._rescore_near(mu[doubtful], var[doubtful], doubtful_queries,
                                        kth[doubtful], k, labels, same_label,
@@ -518,6 +517,9 @@ class GaussianMemory(SlotMemory):
         _, slot_step = self._block_shape(len(mu), n_slots)
         every_row = slice(0, len(mu))
         ceiling = self._score_ceiling(lifted_queries, every_row, kth)
+        unscreened = lifted_queries._replace(screen=None)
+        unscreened_ceiling = (ceiling if lifted_queries.screen is None
+                              else self._score_ceiling(unscreened, every_row, kth))
         block_divergences, block_slots = [], []
         for slot_start in range(0, n_slots, slot_step):
             slot_rows = slice(slot_start, min(slot_start + slot_step, n_slots))
@@ -534,10 +536,8 @@ class GaussianMemory(SlotMemory):
                     and int(near.sum()) > _SCREEN_MOST_NEAR * len(mu)):
                 # The screen's bound is too loose here (say, means far from the origin):
                 # float32 scores, whose bound is tighter, keep the exact work small.
-                unscreened = lifted_queries._replace(screen=None)
                 scores = self._entry_scores(unscreened.features, slot_rows)
-                near = (scores.double()
-                        <= self._score_ceiling(unscreened, every_row, kth)[:, None]) & qualifies
+                near = (scores.double() <= unscreened_ceiling[:, None]) & qualifies
             rows, columns = near.nonzero(as_tuple=True)
             entries = columns + slot_start
             divergence = torch.full(scores.shape, torch.inf, dtype=torch.float64,
