@@ -363,6 +363,8 @@ class GaussianMemory(SlotMemory):
             return False
         if self.search_screen == "auto" and not (
                 _cpu_has_native_bfloat16() and n_queries >= SCREEN_MIN_QUERIES
+                # capacity first: a training memory is smaller and skips the slot scan
+                and self.capacity >= SCREEN_MIN_SLOTS
                 and self._searched_extent() >= SCREEN_MIN_SLOTS):
             return False
         return bool(torch.isfinite(self.entry_offsets).any())   # something to match
